@@ -1,0 +1,1 @@
+"""Explicit baselines: the parameter-exact DiT and an adapter for diffusers' DiT."""

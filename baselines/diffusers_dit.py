@@ -1,0 +1,86 @@
+"""Adapter around diffusers' ``DiTTransformer2DModel`` with the project's ``forward(x, t, y)``
+contract, so a user can evaluate released DiT weights (diffusers format, from a local folder: no
+download ever) as a baseline in the same harness.
+
+Parameter counts differ from the reference DiT: diffusers gives each block its own copy of the
+timestep + class embedding (stack-notes: 749,826,464 at XL/2 vs 674,834,720), so reports label
+this model's count as ``diffusers layout``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from baselines.presets import get_preset
+
+PARAM_COUNT_NOTE = "diffusers layout: each block repeats the timestep+class embedding"
+
+
+class DiffusersDiT(nn.Module):
+    is_implicit = False
+    supports_solution_reuse = False
+    supports_grad_checkpointing = True
+    param_parts = {"transformer": ("transformer",)}
+    param_count_note = PARAM_COUNT_NOTE
+
+    def __init__(self, transformer: nn.Module, learn_sigma: bool):
+        super().__init__()
+        self.transformer = transformer
+        cfg = transformer.config
+        self.in_channels = cfg.in_channels
+        self.out_channels = cfg.out_channels or cfg.in_channels
+        self.learn_sigma = learn_sigma
+        self.patch_size = cfg.patch_size
+        self.num_classes = cfg.num_embeds_ada_norm
+        self.depth = cfg.num_layers
+        self.grad_checkpointing = False
+
+    @property
+    def num_explicit_blocks(self) -> int:
+        return self.depth
+
+    def block_passes(self, iters: int | None = None) -> int:
+        return self.depth
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, drop_labels: torch.Tensor | None = None,
+                **_: object) -> torch.Tensor:
+        if drop_labels is not None:
+            y = torch.where(drop_labels.to(y.device), torch.full_like(y, self.num_classes), y)
+        if self.grad_checkpointing and self.training:
+            self.transformer.enable_gradient_checkpointing()
+        t = t.to(x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        return self.transformer(hidden_states=x, timestep=t, class_labels=y).sample
+
+
+def _transformer_folder(path: Path) -> Path:
+    """Accept the transformer folder itself or a pipeline folder holding ``transformer/``."""
+    if (path / "config.json").is_file():
+        return path
+    if (path / "transformer" / "config.json").is_file():
+        return path / "transformer"
+    raise FileNotFoundError(
+        f"model.pretrained_path={path} holds no diffusers DiT (no config.json there or in transformer/): "
+        "download e.g. facebook/DiT-XL-2-256 on a machine with network and set model.pretrained_path to that folder"
+    )
+
+
+def build_diffusers_dit(model_cfg, *, image_size: int, channels: int, num_classes: int) -> DiffusersDiT:
+    from diffusers import DiTTransformer2DModel
+
+    if model_cfg.pretrained_path:
+        folder = _transformer_folder(Path(model_cfg.pretrained_path).expanduser())
+        transformer = DiTTransformer2DModel.from_pretrained(str(folder), local_files_only=True)
+        learn_sigma = (transformer.config.out_channels or channels) == 2 * transformer.config.in_channels
+        return DiffusersDiT(transformer, learn_sigma)
+    p = get_preset(model_cfg.preset)
+    out_channels = 2 * channels if model_cfg.learn_sigma else channels
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=p.num_heads, attention_head_dim=p.hidden_size // p.num_heads, in_channels=channels,
+        out_channels=out_channels, num_layers=p.depth, sample_size=image_size, patch_size=p.patch_size,
+        num_embeds_ada_norm=num_classes, norm_type="ada_norm_zero",
+    )
+    return DiffusersDiT(transformer, model_cfg.learn_sigma)

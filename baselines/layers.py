@@ -1,0 +1,206 @@
+"""DiT building blocks shared by the DiT baseline and FPDM.
+
+Peebles & Xie, "Scalable Diffusion Models with Transformers" (ICCV 2023), Sec. 3.2: patch embedding
+with a fixed 2-D sin-cos position table, timestep and label embedders (label dropout for
+classifier-free guidance with a null class), adaLN-Zero transformer blocks and the adaLN final layer.
+FPDM (Bai & Melas-Kyriazi, CVPR 2024, Sec. 3.2) builds its pre, fixed point and post layers from
+the same block, so both families share this module and their parameter counts stay comparable.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation: x (B, N, D), shift/scale (B, D)."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p x p patches -> tokens (B, N, D) via a strided convolution."""
+
+    def __init__(self, in_channels: int, hidden_size: int, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal timestep features (256 frequencies) followed by a 2-layer SiLU MLP."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
+        super().__init__()
+        self.frequency_embedding_size = frequency_embedding_size
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size),
+        )
+
+    @staticmethod
+    def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None]
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        if dim % 2:
+            emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+        return emb
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        freq = self.timestep_embedding(t, self.frequency_embedding_size)
+        return self.mlp(freq.to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class table with one extra row, the null label (index ``num_classes``) used for classifier-free
+    guidance and label dropout. The extra row always exists (as in the FPDM code), so an
+    unconditional model is ``num_classes=1`` (2 rows: paper-facts 8.1, 85,349,408 parameters)."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+
+    def forward(self, labels: torch.Tensor, train: bool, generator: torch.Generator | None = None,
+                force_drop: torch.Tensor | None = None) -> torch.Tensor:
+        """``force_drop`` (bool, per sample) replaces the random draw: the training loop draws it over
+        the global batch so that data-parallel ranks drop exactly what one process would."""
+        if force_drop is not None:
+            labels = torch.where(force_drop.to(labels.device), torch.full_like(labels, self.num_classes), labels)
+        elif train and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape, device=labels.device, generator=generator) < self.dropout_prob
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels)
+
+
+# Module-level so that memory estimates can model a fused kernel's saved tensors (harness.memory).
+sdpa = F.scaled_dot_product_attention
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention`` (fused kernels on CUDA)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = sdpa(qkv[0], qkv[1], qkv[2])  # (B, H, N, D/H)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block (DiT Sec. 3.2): LayerNorms without affine parameters, the
+    conditioning vector regresses shift/scale/gate for attention and MLP."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+class FinalLayer(nn.Module):
+    """adaLN LayerNorm then a linear map from tokens to p*p*out_channels values."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+def run_block(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
+    """Apply an explicit block, recomputing its activations in backward when asked (saves memory)."""
+    if use_checkpoint and torch.is_grad_enabled():
+        return checkpoint(block, x, c, use_reentrant=False)
+    return block(x, c)
+
+
+def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
+    """Fixed 2-D sin-cos position table (grid_size**2, embed_dim), as in MAE / DiT."""
+    if embed_dim % 4:
+        raise ValueError(f"hidden size {embed_dim} must be divisible by 4 for the 2-D sin-cos position table")
+    grid_h, grid_w = np.meshgrid(np.arange(grid_size, dtype=np.float32), np.arange(grid_size, dtype=np.float32))
+
+    def one_axis(dim: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    # DiT's meshgrid order: the first half encodes w-index (grid[0]), the second the h-index.
+    return np.concatenate([one_axis(embed_dim // 2, grid_h), one_axis(embed_dim // 2, grid_w)], axis=1)
+
+
+def unpatchify(x: torch.Tensor, patch_size: int, channels: int) -> torch.Tensor:
+    """(B, N, p*p*C) -> (B, C, H, W) for a square grid."""
+    B, N, _ = x.shape
+    h = w = int(round(N ** 0.5))
+    if h * w != N:
+        raise ValueError(f"cannot unpatchify {N} tokens into a square grid")
+    x = x.reshape(B, h, w, patch_size, patch_size, channels)
+    return torch.einsum("nhwpqc->nchpwq", x).reshape(B, channels, h * patch_size, w * patch_size)
+
+
+def dit_initialize(module: nn.Module) -> None:
+    """DiT's initialisation (DiT ``initialize_weights``): xavier-uniform Linear weights with zero
+    biases, the patch conv like a Linear, normal(0.02) label table and timestep MLP, and zeroed
+    adaLN modulation in every block and in the final layer, so each block starts as the identity."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if isinstance(m, PatchEmbed):
+            nn.init.xavier_uniform_(m.proj.weight.view(m.proj.weight.shape[0], -1))
+            nn.init.zeros_(m.proj.bias)
+        elif isinstance(m, LabelEmbedder):
+            nn.init.normal_(m.embedding_table.weight, std=0.02)
+        elif isinstance(m, TimestepEmbedder):
+            nn.init.normal_(m.mlp[0].weight, std=0.02)
+            nn.init.normal_(m.mlp[2].weight, std=0.02)
+        elif isinstance(m, (DiTBlock, FinalLayer)):
+            nn.init.zeros_(m.adaLN_modulation[-1].weight)
+            nn.init.zeros_(m.adaLN_modulation[-1].bias)
+        if isinstance(m, FinalLayer):
+            nn.init.zeros_(m.linear.weight)
+            nn.init.zeros_(m.linear.bias)

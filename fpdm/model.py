@@ -1,0 +1,199 @@
+"""Fixed Point Diffusion Model (Bai & Melas-Kyriazi, CVPR 2024, Sec. 3.2, Fig. 2).
+
+``n_pre`` explicit DiT blocks, an input injection ``x_inj = Linear(x_pre)``, one weight-tied
+fixed point layer ``f(z) = Block(MLP([z, x_inj]), c)`` with
+``MLP = Linear(2D, 2D) -> GELU(tanh) -> Linear(2D, D)`` solved per call, ``n_post`` explicit
+blocks and the final layer. ``z0`` is ``x_pre`` unless a warm start is given (solution reuse).
+The fixed point block is conditioned on ``t_emb + y``; pre, post and final layers on ``y`` only
+(the paper's timestep-independent explicit layers), or on ``t_emb + y`` when
+``pre_post_timestep_conditioning`` is set.
+
+FPDM-XL/2 with 1 pre and 1 post layer (ImageNet, learned sigma) has 86,500,256 parameters
+(paper-facts 8.1).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.layers import (
+    DiTBlock,
+    FinalLayer,
+    LabelEmbedder,
+    PatchEmbed,
+    TimestepEmbedder,
+    dit_initialize,
+    run_block,
+    sincos_pos_embed_2d,
+    unpatchify,
+)
+from baselines.presets import get_preset
+from fpdm.reuse import WarmStart
+from fpdm.training_modes import ImplicitTrainSpec, get_training_mode
+
+
+class InjectionMLP(nn.Module):
+    """Mixes the iterate with the input injection: fc2(GELU_tanh(fc1([z, x_inj])))."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.fc1 = nn.Linear(2 * hidden_size, 2 * hidden_size)
+        self.fc2 = nn.Linear(2 * hidden_size, hidden_size)
+
+    def forward(self, z: torch.Tensor, x_inj: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(torch.cat([z, x_inj], dim=-1)), approximate="tanh"))
+
+
+class FixedPointLayer(nn.Module):
+    """The weight-tied implicit layer: one injection MLP and one DiT block."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.injection = InjectionMLP(hidden_size)
+        self.block = DiTBlock(hidden_size, num_heads, mlp_ratio)
+
+    def forward(self, z: torch.Tensor, x_inj: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.block(self.injection(z, x_inj), c)
+
+
+class FPDM(nn.Module):
+    is_implicit = True
+    supports_solution_reuse = True
+    supports_grad_checkpointing = True
+    param_parts = {
+        "embedders": ("x_embedder", "t_embedder", "y_embedder"),
+        "pre": ("pre_blocks",),
+        "fixed_point": ("pre_projection", "fixed_point"),
+        "post": ("post_blocks",),
+        "final": ("final_layer",),
+    }
+
+    def __init__(
+        self,
+        *,
+        input_size: int = 32,
+        in_channels: int = 4,
+        num_classes: int = 1000,
+        hidden_size: int = 1152,
+        num_heads: int = 16,
+        patch_size: int = 2,
+        mlp_ratio: float = 4.0,
+        pre_depth: int = 1,
+        post_depth: int = 1,
+        class_dropout: float = 0.1,
+        learn_sigma: bool = True,
+        pre_post_timestep_conditioning: bool = False,
+        train_spec: ImplicitTrainSpec | None = None,
+        default_iters: int = 26,
+    ):
+        super().__init__()
+        if input_size % patch_size:
+            raise ValueError(f"image size {input_size} is not divisible by patch size {patch_size}")
+        if pre_depth < 0 or post_depth < 0:
+            raise ValueError("model.pre_depth and model.post_depth must be >= 0")
+        self.in_channels = in_channels
+        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.learn_sigma = learn_sigma
+        self.patch_size = patch_size
+        self.num_classes = num_classes
+        self.pre_depth, self.post_depth = pre_depth, post_depth
+        self.pre_post_timestep_conditioning = pre_post_timestep_conditioning
+        self.train_spec = train_spec or ImplicitTrainSpec()
+        self.train_spec.validate()
+        self.default_iters = default_iters
+        self.grad_checkpointing = False
+        self.train_generator: torch.Generator | None = None  # S-JFB draws, seeded by the run
+        self.label_generator: torch.Generator | None = None  # label dropout draws
+        self.last_solve = None  # SolverStats of the last sampling call
+        self.last_passes = 0  # fixed point evaluations of the last call
+
+        self.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout)
+        grid = input_size // patch_size
+        pos = torch.from_numpy(sincos_pos_embed_2d(hidden_size, grid)).float().unsqueeze(0)
+        pos = pos.to(self.x_embedder.proj.weight.device)  # honours a torch.device("meta") context
+        self.register_buffer("pos_embed", pos, persistent=False)
+        self.pre_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(pre_depth)])
+        self.pre_projection = nn.Linear(hidden_size, hidden_size)
+        self.fixed_point = FixedPointLayer(hidden_size, num_heads, mlp_ratio)
+        self.post_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(post_depth)])
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        dit_initialize(self)
+
+    @property
+    def num_explicit_blocks(self) -> int:
+        return self.pre_depth + self.post_depth
+
+    def block_passes(self, iters: int) -> int:
+        """Transformer-block passes of one forward with ``iters`` evaluations (paper Sec. 4.2)."""
+        return self.pre_depth + iters + self.post_depth
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        iters: int | None = None,
+        solver: Callable | None = None,
+        tol: float = 0.0,
+        warm_start: WarmStart | None = None,
+        drop_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = self.x_embedder(x) + self.pos_embed.to(x.dtype)  # (B, N, D)
+        y_emb = self.y_embedder(y, self.training, self.label_generator, drop_labels)
+        c = self.t_embedder(t) + y_emb
+        c_explicit = c if self.pre_post_timestep_conditioning else y_emb
+        use_ckpt = self.grad_checkpointing and self.training
+        for block in self.pre_blocks:
+            h = run_block(block, h, c_explicit, use_ckpt)
+        x_inj = self.pre_projection(h)
+
+        def f(z: torch.Tensor) -> torch.Tensor:
+            return self.fixed_point(z, x_inj, c)
+
+        if self.training and torch.is_grad_enabled():
+            if warm_start is not None:
+                raise ValueError("solution reuse is for sampling only; training never reuses solutions")
+            z, self.last_passes = get_training_mode(self.train_spec.method)(
+                f, h, self.train_spec, self.train_generator
+            )
+        else:
+            z = self._solve(f, h, t, iters, solver, tol, warm_start)
+        for block in self.post_blocks:
+            z = run_block(block, z, c_explicit, use_ckpt)
+        return unpatchify(self.final_layer(z, c_explicit), self.patch_size, self.out_channels)
+
+    def _solve(self, f, z_pre, t, iters, solver, tol, warm_start) -> torch.Tensor:
+        from fpdm.solvers import get_solver
+
+        iters = self.default_iters if iters is None else int(iters)
+        if iters < 1:
+            raise ValueError(f"the fixed point layer needs at least 1 iteration per call, got iters={iters}")
+        z0 = z_pre if warm_start is None else warm_start.initial(z_pre, t)
+        solve = solver or get_solver("picard")
+        z, stats = solve(f, z0, max_iter=iters, tol=tol)
+        self.last_solve, self.last_passes = stats, stats.nfe
+        if warm_start is not None:
+            warm_start.update(z, t)
+        return z
+
+
+def build_fpdm(preset: str, *, input_size: int, in_channels: int, num_classes: int, pre_depth: int = 1,
+               post_depth: int = 1, learn_sigma: bool = True, class_dropout: float = 0.1,
+               pre_post_timestep_conditioning: bool = False, train_spec: ImplicitTrainSpec | None = None) -> FPDM:
+    p = get_preset(preset)
+    if pre_depth + post_depth >= p.depth:
+        raise ValueError(
+            f"model.pre_depth + model.post_depth = {pre_depth + post_depth} leaves no room for the fixed point layer "
+            f"in preset {preset} (depth {p.depth}); use at most {p.depth - 1} explicit layers in total"
+        )
+    return FPDM(input_size=input_size, in_channels=in_channels, num_classes=num_classes, hidden_size=p.hidden_size,
+                num_heads=p.num_heads, patch_size=p.patch_size, mlp_ratio=p.mlp_ratio, pre_depth=pre_depth,
+                post_depth=post_depth, class_dropout=class_dropout, learn_sigma=learn_sigma,
+                pre_post_timestep_conditioning=pre_post_timestep_conditioning, train_spec=train_spec,
+                default_iters=p.depth - pre_depth - post_depth)

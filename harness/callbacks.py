@@ -1,0 +1,81 @@
+"""Hydra callback of every multirun: write the sweep plan at the start, build the report at the end.
+
+``sweep_plan.json`` lists every planned job (its id and overrides) so a report can name the jobs
+that never produced a record; the report (tables, figures, HTML) is rebuilt from the records alone
+(``python -m reports.build SWEEP_DIR`` does the same by hand).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from harness.io import atomic_write_json
+
+log = logging.getLogger("harness.callbacks")
+
+
+def planned_jobs(config: DictConfig) -> list[dict] | None:
+    """Jobs of a basic-sweeper multirun: the cartesian product Hydra will launch (None for sampled sweeps)."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from harness.config import job_id_from_dirname
+
+    if "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_") or ""):
+        return None
+    params = OmegaConf.to_container(config.hydra.sweeper.params, resolve=False) if config.hydra.sweeper.get("params") else {}
+    lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(config.hydra.overrides.task)
+    parser = OverridesParser.create()
+    (batch,) = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)
+    od = config.hydra.job.config.override_dirname
+    jobs = []
+    for job in batch:
+        dirname = get_overrides_dirname(parser.parse_overrides(job), list(od.exclude_keys), od.item_sep, od.kv_sep)
+        jobs.append({"job_id": job_id_from_dirname(dirname), "overrides": list(job)})
+    return jobs
+
+
+class SweepReportCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            jobs = planned_jobs(config)
+        except Exception as exc:  # never let bookkeeping stop a sweep
+            log.warning("could not write sweep_plan.json: %s", exc)
+            return
+        if jobs is not None:
+            atomic_write_json(sweep_dir / "sweep_plan.json", {"jobs": jobs})
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.exists():
+            return
+        try:
+            from reports.build import build_report
+
+            out = build_report([sweep_dir], sweep_dir)
+            log.info("report: %s", out)
+            print(f"report: {out}")
+        except Exception as exc:
+            log.error("report build failed for %s: %s: %s", sweep_dir, type(exc).__name__, exc)
+        _print_failures(sweep_dir)
+
+
+def _print_failures(sweep_dir: Path) -> None:
+    import json
+
+    failed = []
+    for rec in sorted(sweep_dir.rglob("record.json")):
+        try:
+            data = json.loads(rec.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("status") != "ok":
+            failed.append(f"  {data.get('job_id')}: {data.get('reason')}")
+    if failed:
+        print(f"{len(failed)} job(s) failed:\n" + "\n".join(failed))

@@ -1,0 +1,1 @@
+"""Hydra YAML configs of the harness (primary config: config.yaml)."""

@@ -1,0 +1,61 @@
+"""Diffusion through diffusers' schedulers: process spec, training loss, samplers.
+
+- `spec`: `DiffusionSpec` (1000 linear-beta steps, epsilon / v-prediction, zero terminal SNR,
+  learned sigma, timestep spacing) and the diffusers-derived per-timestep tables.
+- `loss`: `training_loss` (MSE plus DiT/IDDPM's hybrid VB term when sigma is learned).
+- `samplers`: `sample_loop` with a registry of `ddpm`, `ddim`, `dpmpp`; CFG; per-image seeds.
+
+FPDM paper Sec. 4.1 and the official code (paper-facts 3.2, 4.5).
+"""
+
+from harness.diffusion.loss import (
+    discretized_gaussian_log_likelihood,
+    get_mse_weighting,
+    list_mse_weightings,
+    normal_kl,
+    register_mse_weighting,
+    training_loss,
+    vb_terms_bpd,
+)
+from harness.diffusion.samplers import (
+    SampleSchedule,
+    Sampler,
+    get_sampler,
+    list_samplers,
+    make_sample_scheduler,
+    per_image_generators,
+    register_sampler,
+    sample_loop,
+    spaced_timesteps,
+)
+from harness.diffusion.spec import (
+    DiffusionSpec,
+    DiffusionTables,
+    diffusion_tables,
+    make_train_scheduler,
+    predict_x0,
+)
+
+__all__ = [
+    "DiffusionSpec",
+    "DiffusionTables",
+    "SampleSchedule",
+    "Sampler",
+    "diffusion_tables",
+    "discretized_gaussian_log_likelihood",
+    "get_mse_weighting",
+    "get_sampler",
+    "list_mse_weightings",
+    "list_samplers",
+    "make_sample_scheduler",
+    "make_train_scheduler",
+    "normal_kl",
+    "per_image_generators",
+    "predict_x0",
+    "register_mse_weighting",
+    "register_sampler",
+    "sample_loop",
+    "spaced_timesteps",
+    "training_loss",
+    "vb_terms_bpd",
+]

@@ -1,0 +1,276 @@
+"""Sampling loops on diffusers schedulers: DDPM (ancestral), DDIM (eta), DPM-Solver++.
+
+Paper-facts 4.5: DDPM and DDIM (eta = 0) are the paper's samplers; DPM-Solver++ (Lu et al. 2022,
+2nd-order multistep) is a modern reference. S sampling steps are placed by the scheduler's
+`set_timesteps` with `spec.timestep_spacing`; the model always receives the *original* timestep
+indices in [0, T), as IDDPM respacing does.
+
+Respacing and DDIM: diffusers' DDIMScheduler derives the previous timestep as t - T // S, which is
+wrong whenever the gaps are unequal ("linspace", or "trailing" with S not dividing T). We therefore
+run DDIM, like IDDPM's `respace.py`, on the respaced S-step chain: a DDIMScheduler whose
+alphas_cumprod are those of the S chosen timesteps; its step math is untouched.
+
+Classifier-free guidance (Ho & Salimans 2022): with cfg_scale != 1, cond and uncond (null label)
+batches run as one concatenated batch; guided = uncond + s * (cond - uncond) on *all* prediction
+channels [:C], and the variance channels [C:] are the cond ones. DiT's `forward_with_cfg` (and the
+FPDM code) guide only the first 3 channels, a quirk we deliberately do not copy.
+
+Randomness: image i uses its own generator (seed base + i) for its initial noise and for every
+ancestral noise draw (diffusers' `randn_tensor` takes a list of generators, one per batch row),
+so samples do not depend on batch size, sharding or device count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from harness.diffusion.spec import DiffusionSpec, make_train_scheduler
+
+SampleModelFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", int], torch.Tensor]
+
+
+@dataclass
+class SampleSchedule:
+    """A ready-to-step scheduler plus the timesteps of each sampling step (sampling order).
+
+    `model_timesteps[i]` is the original index in [0, T) given to the model at step i;
+    `step_timesteps[i]` is what `scheduler.step` expects (differs only for respaced DDIM).
+    """
+
+    scheduler: object
+    model_timesteps: torch.Tensor
+    step_timesteps: torch.Tensor
+
+
+class Sampler:
+    """One sampling algorithm. Subclasses build the schedule and take one step."""
+
+    name: str = ""
+    uses_variance_channels: bool = False  # pass the learned-variance channels to `step`
+
+    def make_schedule(self, spec: DiffusionSpec, num_steps: int, device: torch.device) -> SampleSchedule:
+        raise NotImplementedError
+
+    def is_stochastic(self, eta: float) -> bool:
+        return False
+
+    def step(self, sched: SampleSchedule, i: int, out: torch.Tensor, x: torch.Tensor, *, generators, eta: float):
+        raise NotImplementedError
+
+
+_SAMPLERS: dict[str, Sampler] = {}
+
+
+def register_sampler(name: str):
+    def deco(cls: type[Sampler]) -> type[Sampler]:
+        if name in _SAMPLERS:
+            raise KeyError(f"sampler {name!r} is already registered")
+        inst = cls()
+        inst.name = name
+        _SAMPLERS[name] = inst
+        return cls
+
+    return deco
+
+
+def get_sampler(name: str) -> Sampler:
+    if name not in _SAMPLERS:
+        raise KeyError(f"unknown sampler {name!r}; valid: {sorted(_SAMPLERS)}")
+    return _SAMPLERS[name]
+
+
+def list_samplers() -> list[str]:
+    return sorted(_SAMPLERS)
+
+
+def spaced_timesteps(spec: DiffusionSpec, num_steps: int) -> torch.Tensor:
+    """The S original timesteps (descending) that `spec.timestep_spacing` picks, via diffusers."""
+    _check_steps(spec, num_steps)
+    s = DDPMScheduler(**spec.scheduler_kwargs())
+    s.set_timesteps(num_steps)
+    return s.timesteps.clone()
+
+
+def _check_steps(spec: DiffusionSpec, num_steps: int) -> None:
+    if not 1 <= int(num_steps) <= spec.num_train_timesteps:
+        raise ValueError(f"num_steps={num_steps} must be in [1, {spec.num_train_timesteps}] (num_train_timesteps)")
+
+
+@register_sampler("ddpm")
+class DDPMSampler(Sampler):
+    """Ancestral sampling (Ho et al. 2020); with learned sigma diffusers' "learned_range" variance."""
+
+    uses_variance_channels = True
+
+    def make_schedule(self, spec, num_steps, device):
+        _check_steps(spec, num_steps)
+        s = make_train_scheduler(spec)  # variance_type learned_range / fixed_large (DiT's choice)
+        s.set_timesteps(num_steps)  # previous_timestep() follows the spaced list: correct respacing
+        return SampleSchedule(s, s.timesteps.clone(), s.timesteps)
+
+    def is_stochastic(self, eta):
+        return True
+
+    def step(self, sched, i, out, x, *, generators, eta):
+        return sched.scheduler.step(out, sched.step_timesteps[i], x, generator=generators).prev_sample
+
+
+@register_sampler("ddim")
+class DDIMSampler(Sampler):
+    """DDIM (Song et al. 2021) on the respaced chain; eta = 0 deterministic, eta = 1 ~ DDPM."""
+
+    def make_schedule(self, spec, num_steps, device):
+        orig = spaced_timesteps(spec, num_steps)  # descending
+        ab_full = make_train_scheduler(spec).alphas_cumprod
+        ab = ab_full[orig.flip(0)]  # ascending chain 0..S-1
+        # Betas of the respaced chain (IDDPM respace.py); diffusers recomputes alphas_cumprod from them.
+        betas = 1.0 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
+        s = DDIMScheduler(
+            num_train_timesteps=len(orig),
+            trained_betas=betas.tolist(),
+            prediction_type=spec.prediction_type,
+            clip_sample=spec.clip_sample,
+            clip_sample_range=spec.clip_sample_range,
+            set_alpha_to_one=True,  # the last step lands on x_0 (alpha_bar = 1)
+            steps_offset=0,
+            timestep_spacing="leading",  # stride 1 over the S respaced indices
+        )
+        s.alphas_cumprod = ab.clone()  # exact values; cumprod of float32 betas drifts slightly
+        s.set_timesteps(len(orig))
+        return SampleSchedule(s, orig, s.timesteps)
+
+    def is_stochastic(self, eta):
+        return eta > 0
+
+    def step(self, sched, i, out, x, *, generators, eta):
+        gens = generators if eta > 0 else None
+        return sched.scheduler.step(out, sched.step_timesteps[i], x, eta=eta, generator=gens).prev_sample
+
+
+@register_sampler("dpmpp")
+class DPMSolverPPSampler(Sampler):
+    """DPM-Solver++ (2M), deterministic; diffusers' own spacing (it ends at sigma = 0)."""
+
+    def make_schedule(self, spec, num_steps, device):
+        _check_steps(spec, num_steps)
+        s = DPMSolverMultistepScheduler(
+            **spec.scheduler_kwargs(),
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            # thresholding with sample_max_value = r clamps x_0 to [-r, r]: plain clipping.
+            thresholding=spec.clip_sample,
+            sample_max_value=spec.clip_sample_range,
+        )
+        s.set_timesteps(num_steps, device=device)
+        return SampleSchedule(s, s.timesteps.clone(), s.timesteps)
+
+    def step(self, sched, i, out, x, *, generators, eta):
+        return sched.scheduler.step(out, sched.step_timesteps[i], x).prev_sample
+
+
+def make_sample_scheduler(spec: DiffusionSpec, sampler: str, num_steps: int, device=None) -> SampleSchedule:
+    """The configured diffusers scheduler for `sampler` with `num_steps` steps (see SampleSchedule)."""
+    return get_sampler(sampler).make_schedule(spec, num_steps, torch.device(device or "cpu"))
+
+
+def per_image_generators(base_seed: int, start: int, count: int, device="cpu") -> list[torch.Generator]:
+    """Generators for images start .. start+count-1; image i is seeded with base_seed + i."""
+    return [torch.Generator(device=device).manual_seed(int(base_seed) + start + k) for k in range(count)]
+
+
+def _guide(out: torch.Tensor, C: int, scale: float) -> torch.Tensor:
+    cond, uncond = out.chunk(2, dim=0)
+    guided = uncond[:, :C] + scale * (cond[:, :C] - uncond[:, :C])
+    return torch.cat([guided, cond[:, C:]], dim=1)
+
+
+@torch.no_grad()
+def sample_loop(
+    model_fn: SampleModelFn,
+    shape: Sequence[int],
+    y: torch.Tensor | None,
+    spec: DiffusionSpec,
+    *,
+    sampler: str,
+    num_steps: int,
+    generator_per_image: Sequence[torch.Generator] | torch.Tensor,
+    eta: float = 0.0,
+    cfg_scale: float = 1.0,
+    null_label: int | None = None,
+    on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Run the reverse process and return x_0 of shape `shape` (B, C, ...).
+
+    - `model_fn(x, t_batch, y, step_index)`: t_batch are original timesteps (B,) long; step_index
+      (0 = noisiest) lets FPDM pick its per-step iterations and warm start.
+    - `generator_per_image`: a list of B generators (initial and ancestral noise per image), or an
+      initial noise tensor (then only deterministic samplers: ddim with eta = 0, dpmpp).
+    - `eta`: DDIM only (0 = deterministic); ddpm is always ancestral, dpmpp always deterministic.
+    - `device`: where to sample; default the device of `y`, else of the noise tensor, else CPU.
+      CPU generators work for CUDA sampling (noise is drawn on the CPU and moved), which also
+      makes samples independent of the device.
+    - `on_step(step_index, t, x)` is called after each step with the updated sample.
+    """
+    impl = get_sampler(sampler)
+    B, C = int(shape[0]), int(shape[1])
+    if isinstance(generator_per_image, torch.Tensor):
+        noise, generators = generator_per_image, None
+        if tuple(noise.shape) != tuple(shape):
+            raise ValueError(f"initial noise shape {tuple(noise.shape)} != shape {tuple(shape)}")
+        if impl.is_stochastic(eta):
+            raise ValueError(
+                f"sampler={sampler!r} (eta={eta}) draws noise every step: pass a list of per-image generators"
+            )
+    else:
+        generators = list(generator_per_image)
+        if len(generators) != B:
+            raise ValueError(
+                f"generator_per_image has {len(generators)} generators for a batch of {B}; give one per image"
+            )
+        noise = None
+    if device is None:
+        device = y.device if isinstance(y, torch.Tensor) else noise.device if noise is not None else "cpu"
+    device = torch.device(device)
+    guided = cfg_scale != 1.0
+    if guided and (null_label is None or y is None):
+        raise ValueError("cfg_scale != 1 needs class labels y and null_label (the model's unconditional class index)")
+
+    sched = impl.make_schedule(spec, num_steps, device)
+    x = noise.to(device) if noise is not None else randn_tensor(tuple(shape), generator=generators, device=device)
+    if y is not None:
+        y = y.to(device)
+        y_in = torch.cat([y, torch.full_like(y, int(null_label))]) if guided else y
+    else:
+        y_in = None
+
+    want_c = 2 * C if spec.learn_sigma else C
+    steps = range(len(sched.model_timesteps))
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=f"{sampler} x{num_steps}")
+    for i in steps:
+        t = int(sched.model_timesteps[i])
+        x_in = torch.cat([x, x]) if guided else x
+        t_batch = torch.full((x_in.shape[0],), t, device=device, dtype=torch.long)
+        out = model_fn(x_in, t_batch, y_in, i).to(x.dtype)
+        if out.shape[1] != want_c or out.shape[0] != x_in.shape[0]:
+            raise ValueError(
+                f"model output shape {tuple(out.shape)} does not match learn_sigma={spec.learn_sigma}: expected "
+                f"{(x_in.shape[0], want_c, *x.shape[2:])}; set DiffusionSpec.learn_sigma to the model's"
+            )
+        if guided:
+            out = _guide(out, C, cfg_scale)
+        if not (impl.uses_variance_channels and spec.learn_sigma):
+            out = out[:, :C]
+        x = impl.step(sched, i, out, x, generators=generators, eta=eta)
+        if on_step is not None:
+            on_step(i, t, x)
+    return x

@@ -1,0 +1,165 @@
+"""Diffusion process specification and the per-timestep tables taken from diffusers.
+
+The forward process is diffusers' `DDPMScheduler` (Ho et al. 2020): by default 1000 steps with
+linear betas 1e-4 .. 0.02, as in DiT and FPDM (paper-facts 3.2). Options used by the FPDM paper:
+v-prediction (Salimans & Ho 2022) and zero-terminal-SNR rescaling (Lin et al. 2024, diffusers'
+`rescale_betas_zero_snr`). Every schedule number here comes from the diffusers scheduler object;
+only the Gaussian posterior q(x_{t-1} | x_t, x_0) of IDDPM (Nichol & Dhariwal 2021, Eq. 10-12),
+which diffusers exposes only one scalar timestep at a time, is tabulated from its arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+from diffusers import DDPMScheduler
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+@dataclass(frozen=True)
+class DiffusionSpec:
+    """Everything that defines the diffusion process of one model (training and sampling).
+
+    - `prediction_type`: what channels `[:C]` of the model output predict, "epsilon" or "v_prediction".
+    - `zero_terminal_snr`: rescale betas so alpha_bar_{T-1} = 0 (Lin et al.). Needs v-prediction
+      (epsilon cannot be inverted to x_0 at SNR 0) and a sampling spacing that starts at t = T-1,
+      i.e. "trailing" (Lin et al.'s choice) or "linspace"; "leading" starts at T - T/S and would
+      never see the zero-SNR step, so it is refused instead of silently changed.
+    - `learn_sigma`: the model outputs 2C channels, `[C:]` interpolate the log-variance between the
+      posterior variance and beta_t (IDDPM "learned_range"); training adds the VB term. Without it
+      DDPM sampling uses the fixed variance beta_t ("fixed_large"), as DiT does.
+    - `timestep_spacing`: how S sampling steps are placed in [0, T) (diffusers' names, Lin et al.
+      Table 2). "linspace" = evenly spaced including t = T-1 and t = 0, which is the paper's
+      respacing (IDDPM `space_timesteps`, `create_diffusion(str(S))`, paper-facts 4.5).
+    - `clip_sample`: clip the predicted x_0 to [-clip_sample_range, clip_sample_range] while
+      sampling. Off by default: right for latents (SD-VAE latents exceed [-1, 1]); switch it on
+      for pixel data in [-1, 1]. Dynamic thresholding is never used.
+    - `mse_weighting`: see `harness.diffusion.loss` ("none" = DiT; "p2" = official FPDM code with v-pred).
+    """
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    prediction_type: str = "epsilon"
+    zero_terminal_snr: bool = False
+    learn_sigma: bool = True
+    timestep_spacing: str = "linspace"
+    clip_sample: bool = False
+    clip_sample_range: float = 1.0
+    mse_weighting: str = "none"
+
+    def __post_init__(self) -> None:
+        _check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        _check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
+        _check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
+        if self.num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps={self.num_train_timesteps} must be >= 2")
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            raise ValueError(
+                "zero_terminal_snr=True needs prediction_type='v_prediction' (epsilon cannot be "
+                "converted to x_0 where alpha_bar = 0); set both, as the FPDM paper does"
+            )
+        if self.zero_terminal_snr and self.timestep_spacing == "leading":
+            raise ValueError(
+                "zero_terminal_snr=True needs timestep_spacing='trailing' (or 'linspace'): 'leading' "
+                "never samples from t = T-1 where the SNR is zero (Lin et al. 2024, Sec. 3.3)"
+            )
+        from harness.diffusion.loss import list_mse_weightings  # late: loss imports this module
+
+        _check_choice("mse_weighting", self.mse_weighting, tuple(list_mse_weightings()))
+
+    def scheduler_kwargs(self) -> dict:
+        """Keyword arguments shared by every diffusers scheduler built from this spec."""
+        return dict(
+            num_train_timesteps=self.num_train_timesteps,
+            beta_schedule=self.beta_schedule,
+            beta_start=self.beta_start,
+            beta_end=self.beta_end,
+            prediction_type=self.prediction_type,
+            rescale_betas_zero_snr=self.zero_terminal_snr,
+            timestep_spacing=self.timestep_spacing,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"{key}={value!r} is not one of {list(valid)}; pick one of those")
+
+
+def make_train_scheduler(spec: DiffusionSpec) -> DDPMScheduler:
+    """The forward (noising) process: diffusers' DDPMScheduler configured from `spec`."""
+    return DDPMScheduler(
+        **spec.scheduler_kwargs(),
+        variance_type="learned_range" if spec.learn_sigma else "fixed_large",
+        clip_sample=spec.clip_sample,
+        clip_sample_range=spec.clip_sample_range,
+    )
+
+
+class DiffusionTables(NamedTuple):
+    """Per-timestep coefficients, float64, shape (T,). Index with a (B,) long tensor of timesteps."""
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    alphas_cumprod_prev: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_log_variance_clipped: torch.Tensor
+    posterior_mean_coef_x0: torch.Tensor
+    posterior_mean_coef_xt: torch.Tensor
+
+    def to(self, device: torch.device) -> "DiffusionTables":
+        return DiffusionTables(*(v.to(device) for v in self))
+
+
+@functools.lru_cache(maxsize=32)
+def diffusion_tables(spec: DiffusionSpec) -> DiffusionTables:
+    """Posterior q(x_{t-1} | x_t, x_0) coefficients from the scheduler's betas / alphas_cumprod.
+
+    Cached per spec (the spec is frozen and hashable); tensors live on the CPU, move them with `.to`.
+    """
+    sched = make_train_scheduler(spec)
+    betas = sched.betas.double()
+    alphas = sched.alphas.double()
+    ab = sched.alphas_cumprod.double()
+    ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
+    post_var = betas * (1.0 - ab_prev) / (1.0 - ab)
+    # Posterior variance is 0 at t = 0; IDDPM clips its log by reusing the t = 1 value.
+    post_log_var = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
+    return DiffusionTables(
+        betas=betas,
+        alphas_cumprod=ab,
+        alphas_cumprod_prev=ab_prev,
+        posterior_variance=post_var,
+        posterior_log_variance_clipped=post_log_var,
+        posterior_mean_coef_x0=betas * ab_prev.sqrt() / (1.0 - ab),
+        posterior_mean_coef_xt=(1.0 - ab_prev) * alphas.sqrt() / (1.0 - ab),
+    )
+
+
+def expand_to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, ...) in `like`'s dtype, for broadcasting against a (B, C, ...) tensor."""
+    return values.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def predict_x0(pred: torch.Tensor, x_t: torch.Tensor, ab_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """x_0 implied by a model prediction (epsilon or v) at noise level alpha_bar_t ((B,) tensor).
+
+    Same formulas as the `step` of diffusers' DDPM/DDIM schedulers, batched over timesteps.
+    """
+    a = expand_to(ab_t.sqrt(), x_t)
+    s = expand_to((1.0 - ab_t).sqrt(), x_t)
+    if prediction_type == "epsilon":
+        return (x_t - s * pred) / a
+    if prediction_type == "v_prediction":
+        return a * x_t - s * pred
+    raise ValueError(f"prediction_type={prediction_type!r} is not one of {list(PREDICTION_TYPES)}")

@@ -1,0 +1,299 @@
+"""Feature extractors for torch-fidelity: a registry of what each one needs (weights, channels,
+preprocessing) and the `digits-cnn` extractor for the embedded sklearn digits data.
+
+`digits-cnn` plays the role Inception-v3 plays for ImageNet-sized data (Heusel et al. 2017 use the
+pool3 features of a classifier trained on the real distribution): a small CNN trained
+deterministically on the training split of sklearn's digits, whose 64-d penultimate layer feeds
+FID/KID/precision-recall and whose 10 logits feed the Inception Score. It is registered with
+`torch_fidelity.register_feature_extractor` (custom extractor API of torch-fidelity 0.4.0,
+`FeatureExtractorBase`), so the metrics themselves are torch-fidelity's.
+
+The trained weights are cached as safetensors (no pickle) with a JSON sidecar recording the
+held-out accuracy, seed, training size and SHA-256; builds are file-locked and atomic.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch_fidelity
+from filelock import FileLock
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+__all__ = [
+    "ExtractorSpec", "WeightsInfo", "register_extractor", "get_extractor", "list_extractors",
+    "DigitsCNN", "FeatureExtractorDigitsCNN", "digits_split", "digits_to_uint8", "ensure_digits_cnn",
+    "default_cache_dir", "sha256_file", "atomic_write_bytes",
+]
+
+# ----------------------------------------------------------------------------------------------
+# Small file helpers (shared with fidelity.py / inception.py)
+
+
+def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Argument, else $FPDM_BENCH_CACHE, else ~/.cache/fpdm-bench."""
+    root = cache_dir or os.environ.get("FPDM_BENCH_CACHE") or Path.home() / ".cache" / "fpdm-bench"
+    return Path(root).expanduser()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_path)` on a temp file in `path`'s directory, then os.replace it into place,
+    so a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Extractor registry (our side): what compute_metrics needs to know about each torch-fidelity name
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    path: str          # handed to torch-fidelity as feature_extractor_weights_path
+    sha256: str        # part of the reference-statistics cache key
+    has_logits: bool   # False: no Inception Score with these weights
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    name: str                  # torch-fidelity registry name
+    feature_layer: str         # layer for FID / KID / precision-recall
+    logits_layer: str | None   # layer for the Inception Score, None if the network has no logits
+    in_channels: int           # inputs are expanded grey -> RGB when 3
+    preprocessing: str         # what the extractor does to uint8 inputs (part of the cache key)
+    resolve_weights: Callable[..., WeightsInfo]  # (weights, cache_dir) -> WeightsInfo
+
+
+_EXTRACTORS: dict[str, ExtractorSpec] = {}
+
+
+def register_extractor(spec: ExtractorSpec) -> ExtractorSpec:
+    _EXTRACTORS[spec.name] = spec
+    return spec
+
+
+def get_extractor(name: str) -> ExtractorSpec:
+    if name not in _EXTRACTORS:
+        raise KeyError(f"metrics.extractor={name!r} is unknown; choose one of {list_extractors()}")
+    return _EXTRACTORS[name]
+
+
+def list_extractors() -> list[str]:
+    return sorted(_EXTRACTORS)
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedded data: sklearn digits, one deterministic stratified 80/20 split
+
+
+def digits_to_uint8(x: np.ndarray) -> np.ndarray:
+    """sklearn digits pixels are integers 0..16; map them onto 0..255 (16 -> 255)."""
+    return np.clip(np.rint(np.asarray(x, np.float64) * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+
+
+def digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """('train' | 'test') -> (uint8 images (N, 1, 8, 8), int64 labels (N,)).
+
+    Stratified 80/20 with random_state=0 (sklearn train_test_split), the split the data module uses.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if split not in ("train", "test"):
+        raise KeyError(f"split={split!r} is unknown; choose one of ['test', 'train']")
+    d = load_digits()
+    idx_train, idx_test = train_test_split(
+        np.arange(len(d.target)), test_size=0.2, random_state=0, stratify=d.target)
+    idx = idx_train if split == "train" else idx_test
+    images = digits_to_uint8(d.images[idx]).reshape(-1, 1, 8, 8)
+    return images, d.target[idx].astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# The digits CNN
+
+
+def to_unit_8x8(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float (B, 1, 8, 8) in [0, 1].
+
+    Colour is averaged to grey; H and W must be multiples of 8 and are area-averaged down to 8x8
+    (16x16 -> 8x8 is an exact 2x2 mean), so 8x8 data and its 2x upsampling give the same features.
+    """
+    if x.dim() != 4 or x.shape[1] not in (1, 3) or x.shape[2] % 8 or x.shape[3] % 8:
+        raise ValueError(f"digits-cnn: expected uint8 (B, 1|3, 8k, 8k) images, got {tuple(x.shape)}")
+    x = x.float().div(255.0).mean(dim=1, keepdim=True)
+    return F.adaptive_avg_pool2d(x, (8, 8)) if x.shape[-2:] != (8, 8) else x
+
+
+class DigitsCNN(nn.Module):
+    """conv8 -> strided conv16 -> 64-d features -> 10 logits (about 0.1 GFLOP per full-batch step).
+    Features are the pre-activation of the penultimate layer: dense and roughly Gaussian, so their
+    covariance is full rank."""
+
+    feature_dim = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc1 = nn.Linear(16 * 4 * 4, self.feature_dim)
+        self.fc2 = nn.Linear(self.feature_dim, 10)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # x: (B, 1, 8, 8) in [0, 1]
+        h = F.relu(self.conv1(x - 0.5))                       # (B, 8, 8, 8)
+        h = F.relu(self.conv2(h))                             # (B, 16, 4, 4)
+        feats = self.fc1(h.flatten(1))                        # (B, 64)
+        return feats, self.fc2(F.relu(feats))                 # (B, 64), (B, 10)
+
+
+# Training recipe; bumping the version changes the cache file name.
+_DIGITS_RECIPE = {"version": 1, "seed": 0, "steps": 150, "lr": 3e-3, "weight_decay": 1e-4}
+
+
+def _train_digits_cnn(seed: int, steps: int, lr: float, weight_decay: float) -> tuple[DigitsCNN, float, int]:
+    """Full-batch Adam on the train split, on CPU, in deterministic mode; returns (model, held-out acc, n)."""
+    x_tr, y_tr = digits_split("train")
+    x_te, y_te = digits_split("test")
+    xt, yt = to_unit_8x8(torch.from_numpy(x_tr)), torch.from_numpy(y_tr)
+    # One thread: the same float reduction order on every machine (and no oversubscription on
+    # small shared CPUs, where 2 threads were 4x slower than 1 for this tiny network).
+    was_det, n_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = DigitsCNN()
+            opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(xt)[1], yt).backward()
+                opt.step()
+    finally:
+        torch.use_deterministic_algorithms(was_det)
+        torch.set_num_threads(n_threads)
+    model.eval()
+    with torch.no_grad():
+        pred = model(to_unit_8x8(torch.from_numpy(x_te)))[1].argmax(1)
+    acc = float((pred == torch.from_numpy(y_te)).float().mean())
+    return model, acc, len(y_tr)
+
+
+def ensure_digits_cnn(cache_dir: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """Path of the cached digits-cnn safetensors (trained on first use) and its sidecar metadata."""
+    from safetensors.torch import save_file
+
+    tag = f"digits-cnn-v{_DIGITS_RECIPE['version']}-seed{_DIGITS_RECIPE['seed']}"
+    path = default_cache_dir(cache_dir) / "extractors" / f"{tag}.safetensors"
+    meta_path = path.with_suffix(".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):  # concurrent jobs: one trains, the others wait and load
+        if path.exists() and meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            if sha256_file(path) == meta.get("sha256"):
+                return path, meta
+        model, acc, n_train = _train_digits_cnn(**{k: v for k, v in _DIGITS_RECIPE.items() if k != "version"})
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        atomic_write_bytes(path, lambda tmp: save_file(state, tmp, metadata={"recipe": json.dumps(_DIGITS_RECIPE)}))
+        meta = {"extractor": "digits-cnn", "heldout_accuracy": acc, "train_size": n_train,
+                "split": "stratified 80/20, random_state=0", "sha256": sha256_file(path),
+                "torch": torch.__version__, **{f"recipe_{k}": v for k, v in _DIGITS_RECIPE.items()}}
+        atomic_write_bytes(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+        return path, meta
+
+
+class FeatureExtractorDigitsCNN(FeatureExtractorBase):
+    """torch-fidelity wrapper: uint8 (B, 1|3, 8k, 8k) -> features '64' and/or 'logits'."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        from safetensors.torch import load_file
+
+        # Never train silently inside torch-fidelity with an unknown cache: the default cache is used
+        # only when no path is given (compute_metrics always passes one).
+        path = feature_extractor_weights_path or ensure_digits_cnn()[0]
+        self.net = DigitsCNN()
+        self.net.load_state_dict(load_file(str(path)))
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x):
+        if not (torch.is_tensor(x) and x.dtype == torch.uint8):
+            raise ValueError("digits-cnn: expecting a torch.uint8 image batch")
+        feats, logits = self.net(to_unit_8x8(x))
+        out = {"64": feats, "logits": logits}
+        return tuple(out[name] for name in self.features_list)
+
+    @staticmethod
+    def get_provided_features_list():
+        return "64", "logits"
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return {"isc": "logits", "fid": "64", "kid": "64", "prc": "64"}[metric]
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registrations
+
+
+def _digits_weights(weights=None, cache_dir=None) -> WeightsInfo:
+    if weights is not None:
+        p = Path(weights)
+        if not p.is_file():
+            raise FileNotFoundError(f"metrics.weights={str(p)!r} does not exist; leave it unset for digits-cnn "
+                                    "to train and cache the default extractor")
+        return WeightsInfo(str(p), sha256_file(p), True)
+    path, meta = ensure_digits_cnn(cache_dir)
+    return WeightsInfo(str(path), meta["sha256"], True)
+
+
+def _inception_weights(weights=None, cache_dir=None) -> WeightsInfo:
+    from harness.metrics.inception import load_inception_weights
+
+    state, sha = load_inception_weights(weights)
+    has_logits = bool(state["fc.weight"].abs().sum() > 0)  # converted FID weights carry a zero fc
+    return WeightsInfo(str(weights), sha, has_logits)
+
+
+register_extractor(ExtractorSpec(
+    "digits-cnn", "64", "logits", 1, "uint8; grey; area-resize to 8x8; /255", _digits_weights))
+register_extractor(ExtractorSpec(
+    "inception-v3-compat", "2048", "logits_unbiased", 3,
+    "uint8; grey->RGB; TF1 bilinear resize to 299x299; (x-128)/128", _inception_weights))
+
+if "digits-cnn" not in FEATURE_EXTRACTORS_REGISTRY:
+    torch_fidelity.register_feature_extractor("digits-cnn", FeatureExtractorDigitsCNN)

@@ -1,0 +1,133 @@
+"""Check every job of a command line before Hydra writes or runs anything.
+
+Hydra creates run directories before calling the task, and prints several lines for a bad
+override. To give one clear line, a non-zero exit and no file written, the entry point composes
+the config of every job of the sweep first (the cartesian product of the command-line overrides
+and the preset's ``hydra.sweeper.params``, as Hydra's basic sweeper expands them) and runs the
+semantic checks on each. Sampled sweeps (Optuna) are checked at their base config; their trials
+are checked again in the task, where a bad point becomes a failed trial.
+"""
+from __future__ import annotations
+
+import re
+import sys
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from harness.config.validate import ConfigError, check_output_dir, validate_config
+
+_HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                           "--info", "-i", "--package", "-p", "--experimental-rerun"}
+_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--resolve", "--version", "--shell-completion", "-sc",
+               "--info", "-i"}
+
+
+def split_argv(argv: list[str]) -> tuple[bool, list[str], bool]:
+    """(multirun?, overrides, informational?) from a Hydra command line."""
+    multirun, info, overrides = False, False, []
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in _INFO_FLAGS:
+            info = True
+            skip = arg in ("--cfg", "-c", "--info", "-i") and i + 1 < len(argv) and not "=" in argv[i + 1]
+        elif arg in _HYDRA_FLAGS_WITH_VALUE:
+            skip = True
+        elif arg.startswith("-"):
+            continue
+        else:
+            overrides.append(arg)
+    return multirun, overrides, info
+
+
+def one_line(exc: BaseException) -> str:
+    """One informative line from a Hydra / OmegaConf composition error: the cause (which key,
+    which type, which valid options) rather than the object dump."""
+    cause = exc.__cause__ or exc
+    lines = [ln.strip() for ln in str(cause).strip().splitlines() if ln.strip()] or [type(exc).__name__]
+    first = lines[0]
+    key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), None)
+    if key and not first.startswith(key):
+        first = f"{key}: {first}"
+    if "Available options in" in str(cause):  # an unknown group option: list the valid ones
+        text = str(cause)
+        group = re.search(r"Available options in '([^']+)'", text).group(1)
+        options = re.findall(r"^\t(\S+)$", text.split("Available options", 1)[1].split("Config search path")[0], re.M)
+        missing = re.search(r"Could not find '([^']+)'", text)
+        name = missing.group(1) if missing else group
+        first = f"{name} does not exist; valid {group} options: {', '.join(options)}"
+    if first.startswith("Key '") and "not in" in first:
+        first += " (unknown key: check the spelling, `python -m harness.run --cfg job` lists the keys)"
+    return re.sub(r"\s+", " ", first)
+
+
+def _job_overrides(overrides: list[str], sweeper_params: dict | None) -> list[list[str]]:
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = [f"{k}={v}" for k, v in (sweeper_params or {}).items()] + overrides
+    parsed = OverridesParser.create().parse_overrides(lines)
+    (batch,) = BasicSweeper.split_arguments(parsed, None)
+    return batch
+
+
+def precheck(argv: list[str], config_module: str = "harness.conf", config_name: str = "config") -> None:
+    """Raise ``ConfigError`` (one line) if any job of this command line is invalid."""
+    multirun, overrides, info = split_argv(argv)
+    if info:
+        return
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=config_module, version_base="1.3"):
+        plain = [o for o in overrides if not _is_sweep(o)]
+        try:
+            base = compose(config_name=config_name, overrides=plain, return_hydra_config=True)
+        except Exception as exc:
+            raise ConfigError(one_line(exc)) from None
+        sweeper_target = str(OmegaConf.select(base, "hydra.sweeper._target_") or "")
+        if multirun and "BasicSweeper" in sweeper_target:
+            params = OmegaConf.to_container(base.hydra.sweeper.params, resolve=False) if base.hydra.sweeper.get("params") else {}
+            jobs = _job_overrides(overrides, params)
+        else:
+            jobs = [plain]
+        for job in jobs:
+            try:
+                cfg = compose(config_name=config_name, overrides=list(job))
+            except Exception as exc:
+                raise ConfigError(one_line(exc)) from None
+            validate_config(cfg)
+        out_key, out_dir = ("hydra.sweep.dir", base.hydra.sweep.dir) if multirun else ("hydra.run.dir", base.hydra.run.dir)
+        check_output_dir(_static_prefix(str(out_dir)), out_key)
+    GlobalHydra.instance().clear()
+
+
+def _static_prefix(path: str) -> str:
+    """The part of an output path before its first interpolation (``multirun/${now:...}``)."""
+    return path.split("${", 1)[0] or "."
+
+
+def _is_sweep(override: str) -> bool:
+    """A command-line sweep (a,b / range / choice / glob) as opposed to a single value."""
+    if "=" not in override:
+        return False
+    value = override.split("=", 1)[1]
+    if value.startswith(("[", "{", "'", '"')):
+        return False
+    return "," in value or bool(re.match(r"^(range|choice|interval|glob|tag)\(", value))
+
+
+def run_precheck_or_exit(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = any(a in ("run.debug=true", "run.debug=True") for a in argv)
+    try:
+        precheck(argv)
+    except ConfigError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

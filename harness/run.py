@@ -1,0 +1,105 @@
+"""``python -m harness.run``: the Hydra app. One call of the task function is one job.
+
+    python -m harness.run                                   # one job on the embedded default
+    python -m harness.run -m sweep=budget_schedules         # the main job: a sweep + its report
+    python -m harness.run -m sweep=tune                     # Optuna (hydra/sweeper=optuna)
+    python -m harness.run -m sweep=depth hydra/launcher=submitit_slurm
+
+The task returns the objective (``run.objective``, FID by default; a tuple for several) so that
+sweepers consume it. Any exception inside a job becomes a ``failed`` record with its reason and
+the objective NaN (the Optuna sweeper tells it as FAIL), so one bad job never sinks a sweep.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+import harness.config  # noqa: F401  (fills the ConfigStore before Hydra composes)
+from harness.config.validate import validate_config
+from harness.records import make_record, write_record
+
+log = logging.getLogger("harness.run")
+
+
+def _objective(metrics: dict, names) -> float | tuple:
+    vals = tuple(float(metrics[n]) if metrics.get(n) is not None else math.nan for n in names)
+    return vals[0] if len(vals) == 1 else vals
+
+
+def task(cfg: DictConfig) -> float | tuple:
+    from harness.job import resolved_config, run_job
+
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    job_id = job_dir.name
+    overrides = list(hc.overrides.task)
+    names = list(cfg.run.objective)
+    nan = _objective({}, names)
+    common = dict(job_id=job_id, overrides=overrides, config=resolved_config(cfg))
+    try:
+        validate_config(cfg)
+        result = run_job(cfg, progress=cfg.run.progress, plan_only=cfg.run.plan)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a failed job is a record, not a crashed sweep
+        if isinstance(exc, SystemExit) and exc.code in (None, 0):
+            raise
+        log.error("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
+        from harness.job import job_axes
+
+        try:
+            axes = job_axes(cfg)
+        except Exception:
+            axes = {}
+        write_record(job_dir, make_record(status="failed", axes=axes, metrics={}, error=exc, **common))
+        if not multirun and cfg.run.debug:
+            raise
+        return nan
+    if cfg.run.plan:
+        status = ", ".join(f"{k}: {v}" for k, v in result.stage_status.items())
+        print(f"[plan] {job_id}  {_axes_line(result.axes)}  ->  {status}")
+        return nan
+    objective = _objective(result.metrics, names)
+    evaluated = "evaluate" in cfg.run.stages
+    finite = all(math.isfinite(v) for v in (objective if isinstance(objective, tuple) else (objective,)))
+    finite = finite or not evaluated  # without the evaluate stage there is no objective to check
+    status = "ok" if finite else "failed"
+    reason = None if finite else f"non-finite objective {names}={objective}"
+    record = make_record(status=status, reason=reason, axes=result.axes, metrics=result.metrics,
+                         protocol=result.protocol, keys=result.keys.as_dict(), artifacts=result.artifacts,
+                         solver_trace=result.solver_trace, extra={"stages": result.stage_status}, **common)
+    write_record(job_dir, record)
+    if not multirun:
+        from harness.console import console_table
+
+        print(console_table([record]))
+    return objective if finite else nan
+
+
+def _axes_line(axes: dict) -> str:
+    keys = ("model", "sampler", "budget_blocks", "steps", "iters_per_step", "schedule", "solver", "reuse")
+    return " ".join(f"{k}={axes.get(k)}" for k in keys if axes.get(k) is not None)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def _hydra_main(cfg: DictConfig):
+    return task(cfg)
+
+
+def main() -> None:
+    from harness.precheck import run_precheck_or_exit
+
+    run_precheck_or_exit(sys.argv[1:])
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""The training stage: one model trained under a compute budget, resumable and data parallel.
+
+Everything random in a step (data order, timesteps, noise, label dropout, S-JFB draws) comes
+from generators seeded by ``(train.seed, step)`` and drawn over the *global* batch, so:
+- a run killed with ``kill -9`` and resumed from its newest checkpoint ends with exactly the same
+  weights as an uninterrupted run (CPU), since the checkpoint restores model, EMA, optimiser and
+  step, and the step fixes every draw;
+- N data-parallel ranks each take a contiguous slice of the same global batch and average their
+  gradients, which reproduces one process at the same global batch within float tolerance.
+Compute is counted as it is spent: block passes per image per step are ``depth`` for DiT and
+``n_pre + (iterations drawn) + n_post`` for FPDM (S-JFB draws a random number each step).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from harness.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
+from harness.distributed import DistInfo, all_reduce_mean_, barrier
+from harness.io import atomic_write, atomic_write_json
+from harness.memory import cuda_peak, training_memory_breakdown
+
+BUDGET_UNITS = ("steps", "seconds", "block_passes")
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A CPU generator fixed by (seed, step, stream): the same draws before and after a resume."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 97 + stream) % (2**63 - 1))
+
+
+def global_batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Indices of the global batch of ``step`` in an endless stream of seeded epoch permutations,
+    so the data position is a function of the step alone."""
+    start = step * batch_size
+    out, pos = [], start
+    while pos < start + batch_size:
+        epoch, offset = divmod(pos, n)
+        perm = torch.randperm(n, generator=step_generator(seed, epoch, 7))
+        take = min(n - offset, start + batch_size - pos)
+        out.append(perm[offset:offset + take])
+        pos += take
+    return torch.cat(out)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    block_passes: int = 0  # per image, summed over steps
+    images: int = 0
+    elapsed_s: float = 0.0
+    losses: list = field(default_factory=list)
+
+
+class _SignalCheckpoint:
+    """Turns SIGUSR1 / SIGTERM (sent by Slurm and submitit before a time limit or pre-emption)
+    into 'checkpoint at the next step boundary', then hands the signal to whoever handled it
+    before (submitit's requeue) or, failing that, exits with the signal's usual code."""
+
+    SIGNALS = ("SIGUSR1", "SIGTERM")
+
+    def __init__(self):
+        self.pending: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.pending = signum
+
+    def release(self):
+        """Called after the checkpoint: restore handlers and deliver the signal onwards."""
+        signum, self.pending = self.pending, None
+        self.__exit__()
+        prev = self.previous.get(signum)
+        if callable(prev):
+            prev(signum, None)
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc):
+        for sig, prev in self.previous.items():
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+
+
+def _load_dataset_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    return torch.stack([torch.as_tensor(x) for x in xs]).float(), torch.as_tensor([int(y) for y in ys])
+
+
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        e = [p for p in ema.parameters()]
+        m = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(e, m, 1.0 - decay)
+
+
+def _budget_reached(budget, state: TrainState) -> bool:
+    spent = {"steps": state.step, "seconds": state.elapsed_s, "block_passes": state.block_passes}[budget.unit]
+    return spent >= budget.value
+
+
+def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch.device,
+                info: DistInfo = DistInfo(), progress: bool = True) -> dict:
+    """Train ``model`` on ``data.train`` until ``cfg.train.budget`` is spent; write checkpoints to
+    ``work_dir`` and, at the end, ``ema.safetensors``, ``model.safetensors`` and ``train_summary.json``.
+    Returns the summary."""
+    from harness.diffusion import training_loss
+
+    tc = cfg.train
+    if tc.budget.unit not in BUDGET_UNITS:
+        raise ValueError(f"train.budget.unit={tc.budget.unit!r} is not one of {list(BUDGET_UNITS)}")
+    if tc.batch_size % info.world_size:
+        raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the {info.world_size} ranks")
+    work_dir = Path(work_dir)
+    X, Y = _load_dataset_tensors(data.train)
+    n = len(X)
+    model = model.to(device).train()
+    ema = copy.deepcopy(model).to(device).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    state = TrainState()
+
+    ckpt = latest_checkpoint(work_dir) if tc.resume else None
+    if ckpt is not None:
+        blob = load_checkpoint(ckpt, map_location=device)
+        model.load_state_dict(blob["model"])
+        ema.load_state_dict(blob["ema"])
+        opt.load_state_dict(blob["optimizer"])
+        restore_rng_states(blob["rng"])
+        state = TrainState(**blob["state"])
+
+    def save(step_state: TrainState) -> None:
+        if info.is_main:
+            save_checkpoint(work_dir, step_state.step, {
+                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                "state": {**step_state.__dict__, "losses": list(step_state.losses[-100:])},
+            })
+        barrier(info)
+
+    local = tc.batch_size // info.world_size
+    lo, hi = info.rank * local, (info.rank + 1) * local
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    log_path = work_dir / "train_log.jsonl"
+    bar = None
+    if progress and info.is_main:
+        from tqdm.auto import tqdm
+
+        total = tc.budget.value if tc.budget.unit == "steps" else None
+        bar = tqdm(total=total, initial=state.step if total else 0, desc=f"train {cfg.model.name}", unit="step")
+    peaks: dict = {}
+    window_t, window_images = time.perf_counter(), 0
+    with _SignalCheckpoint() as signals, cuda_peak(device, peaks, "train_cuda_peak_bytes"):
+        while not _budget_reached(tc.budget, state):
+            t0 = time.perf_counter()
+            idx = global_batch_indices(n, tc.batch_size, state.step, tc.seed)
+            g = step_generator(tc.seed, state.step, 1)
+            t = torch.randint(0, spec.num_train_timesteps, (tc.batch_size,), generator=g)
+            noise = torch.randn((tc.batch_size, *X.shape[1:]), generator=g)
+            drop = torch.rand(tc.batch_size, generator=g) < cfg.model.class_dropout
+            if getattr(model, "is_implicit", False):
+                model.train_generator = step_generator(tc.seed, state.step, 2)
+            x0, y = X[idx][lo:hi].to(device), Y[idx][lo:hi].to(device)
+            t, noise, drop = t[lo:hi].to(device), noise[lo:hi].to(device), drop[lo:hi].to(device)
+
+            with autocast:
+                loss, parts = training_loss(lambda a, b, c: model(a, b, c, drop_labels=drop), x0, y, spec,
+                                            t=t, noise=noise)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"training loss became {loss.item()} at step {state.step}; lower train.lr or enable train.grad_clip"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            all_reduce_mean_(grads, info)
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            _ema_update(ema, model, tc.ema_decay)
+
+            passes = model.num_explicit_blocks + model.last_passes if model.is_implicit else model.block_passes()
+            state.step += 1
+            state.block_passes += int(passes)
+            state.images += tc.batch_size
+            state.elapsed_s += time.perf_counter() - t0
+            loss_value = float(loss.detach())
+            state.losses.append(loss_value)
+            window_images += tc.batch_size
+            if bar is not None:
+                bar.update(1 if bar.total else 0)
+                bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            if info.is_main and (state.step % tc.log_every == 0 or _budget_reached(tc.budget, state)):
+                now = time.perf_counter()
+                line = {"step": state.step, "loss": loss_value, "mse": float(parts["mse"]), "vb": float(parts["vb"]),
+                        "images_per_s": window_images / max(now - window_t, 1e-9),
+                        "block_passes": state.block_passes, "elapsed_s": state.elapsed_s}
+                with open(log_path, "a") as fh:
+                    fh.write(json.dumps(line) + "\n")
+                window_t, window_images = now, 0
+            if signals.pending is not None:
+                save(state)
+                signals.release()
+            if state.step % tc.ckpt_every == 0:
+                save(state)
+    if bar is not None:
+        bar.close()
+    save(state)
+
+    summary = {
+        "train_steps": state.step, "train_block_passes_per_image": state.block_passes,
+        "train_images": state.images, "train_time_s": state.elapsed_s,
+        "train_images_per_s": state.images / state.elapsed_s if state.elapsed_s else math.nan,
+        "train_final_loss": float(sum(state.losses[-20:]) / max(len(state.losses[-20:]), 1)),
+        "train_budget_unit": tc.budget.unit, "train_budget_value": tc.budget.value, **peaks,
+    }
+    summary.update(_memory_breakdown(model, spec, X[:local].to(device), Y[:local].to(device)))
+    if info.is_main:
+        for name, module in (("ema", ema), ("model", model)):
+            tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            atomic_write(work_dir / f"{name}.safetensors", lambda fh, tensors=tensors: fh.write(_st_bytes(tensors)))
+        atomic_write_json(work_dir / "train_summary.json", summary)
+    barrier(info)
+    return summary
+
+
+def _st_bytes(tensors: dict) -> bytes:
+    from safetensors.torch import save
+
+    return save(tensors)
+
+
+def _memory_breakdown(model: nn.Module, spec, x0: torch.Tensor, y: torch.Tensor) -> dict:
+    """Bytes of one training step of this model at the local batch: saved activations measured,
+    parameters / gradients / AdamW state / EMA counted."""
+    from harness.diffusion import training_loss
+
+    g = torch.Generator().manual_seed(0)
+    model.train()
+
+    def forward_loss():
+        return training_loss(model, x0, y, spec, generator=g if x0.device.type == "cpu" else None)[0]
+
+    out = training_memory_breakdown(model, forward_loss)
+    model.zero_grad(set_to_none=True)
+    return {f"train_{k}": v for k, v in out.items()}

@@ -1,0 +1,388 @@
+"""Seaborn figures for the report (paper Fig. 4, 6, 7 analogues plus compute and Optuna views).
+
+Registry: ``register_figure(name, required, ...)`` adds ``fn(data, rows) -> Figure | None``.
+``rows`` are the ok jobs of one FID protocol for figures that plot FID (never two protocols on
+one axis), else all ok jobs. Figures are drawn on ``matplotlib.figure.Figure`` objects with the
+Agg canvas (no pyplot, no global backend) and saved with fixed dpi and no PNG metadata, so two
+builds from the same records give byte-identical PNGs. Record strings reach matplotlib only through
+``mtext`` (``$`` escaped), so a value such as ``$\\frac$`` is shown literally and never parsed as math
+text (which could fail to render); log-axis tick labels still use math text.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from reports.collect import SweepData, setting_axes
+from reports.tables import (TIME_METRICS, TRAIN_MEMORY_TOTALS, aggregate_seeds, best_per_cell, context,
+                            present, row_keys, sort_frame, value_label, varies)
+
+DPI = 100
+_RC = {"font.family": "DejaVu Sans", "svg.hashsalt": "fpdm-bench",
+       "figure.dpi": DPI, "savefig.dpi": DPI, "axes.titlesize": 11, "axes.labelsize": 10}
+MIB = 2.0 ** 20
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str
+    title: str
+    caption: str
+    required: tuple[str, ...]  # job columns that must hold values
+    fn: Callable[[SweepData, pd.DataFrame], Figure | None]
+    per_protocol: bool = True  # plots FID: drawn once per protocol label
+
+
+@dataclass
+class FigureResult:
+    name: str
+    title: str
+    caption: str
+    filename: str
+    png: bytes
+    protocol: str | None = None
+
+
+_FIGURES: dict[str, FigureSpec] = {}
+
+
+def register_figure(name: str, required: tuple[str, ...] | list[str] = (), *, title: str, caption: str = "",
+                    per_protocol: bool = True):
+    def deco(fn):
+        if name in _FIGURES:
+            raise ValueError(f"figure {name!r} is already registered")
+        _FIGURES[name] = FigureSpec(name, title, caption, tuple(required), fn, per_protocol)
+        return fn
+    return deco
+
+
+def get_figure(name: str) -> FigureSpec:
+    try:
+        return _FIGURES[name]
+    except KeyError:
+        raise KeyError(f"unknown figure {name!r}; registered figures: {', '.join(list_figures())}") from None
+
+
+def list_figures() -> list[str]:
+    return list(_FIGURES)
+
+
+def new_figure(ncols: int = 1, width: float = 5.2, height: float = 3.6) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0].tolist()
+    return fig, axes
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    # metadata None drops the Software tag: nothing in the file depends on the build environment.
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def best_setting_rows(rows: pd.DataFrame, cell: list[str], metric: str = "fid") -> pd.DataFrame:
+    """The seed-level rows of the best setting per cell (so seaborn can draw mean +/- std)."""
+    best = best_per_cell(rows, cell, metric)
+    if best.empty:
+        return rows.iloc[0:0]
+    keys = setting_axes(rows)
+    return rows[row_keys(rows, keys).isin(set(row_keys(best, keys)))]
+
+
+def mtext(v: Any) -> str:
+    """Record text for matplotlib: ``$`` escaped so math text never parses it."""
+    return str(v).replace("$", r"\$")
+
+
+def _hue(rows: pd.DataFrame, prefs: tuple[str, ...]) -> str | None:
+    return next((h for h in prefs if varies(rows, h)), None)
+
+
+def _labelled(rows: pd.DataFrame, cols: list[str | None]) -> pd.DataFrame:
+    """Axis values as text for hue/style (bools read on/off); numeric x/y columns as floats."""
+    out = rows.copy()
+    for c in cols:
+        if c:
+            out[c] = out[c].map(lambda v: "n/a" if v is None or (not isinstance(v, str) and pd.isna(v))
+                                else mtext(value_label(v)))
+    return out
+
+
+def _numeric(rows: pd.DataFrame, *cols: str) -> pd.DataFrame:
+    out = rows.copy()
+    for c in cols:
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64")
+    return out.dropna(subset=list(cols))
+
+
+# ---------------------------------------------------------------------------------------------
+# FID figures
+
+
+@register_figure("fid_vs_budget", ("model", "budget_blocks", "fid"), title="FID vs block budget",
+                 caption="Best setting per model and budget; line = mean over seeds, band = +/- 1 std (paper Table 1).")
+def fid_vs_budget(data: SweepData, rows: pd.DataFrame) -> Figure | None:
+    panels = context(rows, ("model", "budget_blocks", "sampler"))
+    style = "sampler" if varies(rows, "sampler") else None
+    pts = best_setting_rows(rows, [*panels, "model", "budget_blocks", *([style] if style else [])])
+    pts = _labelled(_numeric(pts, "budget_blocks", "fid"), ["model", style, *panels])
+    groups = [("", pts)] if not panels else list(pts.groupby(panels[0], sort=True))
+    fig, axes = new_figure(len(groups))
+    for ax, (name, part) in zip(axes, groups):
+        sns.lineplot(data=part, x="budget_blocks", y="fid", hue="model", style=style, errorbar="sd",
+                     marker="o", ax=ax, hue_order=sorted(pts["model"].unique()))
+        ax.set(xlabel="block passes per image", ylabel="FID", title=mtext(f"{panels[0]}={name}") if panels else "")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+@register_figure("fid_vs_iters", ("iters_per_step", "fid"), title="FID vs iterations per step at a fixed budget",
+                 caption="One panel per block budget (fixed compute); more iterations per step means fewer "
+                         "sampling steps (paper Fig. 4, smoothing).")
+def fid_vs_iters(data: SweepData, rows: pd.DataFrame) -> Figure | None:
+    rows = rows[rows["iters_per_step"].notna()]
+    if not varies(rows, "iters_per_step"):
+        return None
+    budget = "budget_blocks" if present(rows, "budget_blocks") else None
+    hue = _hue(rows, ("reuse", "schedule", "model", "solver"))
+    cell = [*([budget] if budget else []), "iters_per_step", *([hue] if hue else [])]
+    pts = _labelled(_numeric(best_setting_rows(rows, cell), "iters_per_step", "fid"), [hue])
+    if budget:
+        # Budgets with the most distinct iteration counts first; at most four panels.
+        counts = pts.groupby(budget)["iters_per_step"].nunique()
+        keep = sorted(counts[counts >= 2].sort_values(ascending=False, kind="mergesort").index[:4])
+        groups = [(b, pts[pts[budget] == b]) for b in keep]
+    else:
+        groups = [(None, pts)]
+    if not groups:
+        return None
+    fig, axes = new_figure(len(groups))
+    for ax, (b, part) in zip(axes, groups):
+        sns.lineplot(data=part, x="iters_per_step", y="fid", hue=hue, errorbar="sd", marker="o", ax=ax,
+                     hue_order=sorted(pts[hue].unique()) if hue else None)
+        ax.set(xlabel="iterations per step", ylabel="FID", title=f"{value_label(b)} blocks" if b is not None else "")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Non-dominated points when both ``x`` (cost) and ``y`` (FID) are minimised, sorted by ``x``."""
+    pts = sort_frame(points.dropna(subset=[x, y]), [x, y])
+    keep, best = [], np.inf
+    for i, v in zip(pts.index, pts[y]):
+        if v < best:
+            keep.append(i)
+            best = v
+    return pts.loc[keep]
+
+
+@register_figure("pareto", ("fid",), title="Pareto frontier: FID vs FLOPs and vs wall time",
+                 caption="Each point is one setting (mean over seeds); the line joins the settings no other "
+                         "setting beats on both cost and FID.")
+def pareto(data: SweepData, rows: pd.DataFrame) -> Figure | None:
+    time_col = next((c for c in TIME_METRICS if present(rows, c)), None)
+    xs = [(c, lab) for c, lab in (("flops_per_image", "FLOPs per image"), (time_col, "wall time per image (s)"))
+          if c and present(rows, c)]
+    if not xs:
+        return None
+    settings = aggregate_seeds(rows)
+    hue = "model" if present(settings, "model") else None
+    settings = _labelled(settings, [hue])
+    fig, axes = new_figure(len(xs))
+    for ax, (col, lab) in zip(axes, xs):
+        pts = _numeric(settings, col, "fid")
+        sns.scatterplot(data=pts, x=col, y="fid", hue=hue, ax=ax, hue_order=sorted(pts[hue].unique()) if hue else None)
+        front = pareto_front(pts, col, "fid")
+        ax.plot(front[col], front["fid"], color="0.2", lw=1.2, ls="--", label="Pareto frontier", drawstyle="steps-post")
+        span = pts[col].max() / pts[col].min() if len(pts) and pts[col].min() > 0 else 1.0
+        # Log only when costs span decades; inside one decade log ticks just crowd the axis.
+        ax.set(xlabel=lab, ylabel="FID", xscale="log" if span > 20 else "linear")
+        ax.legend(fontsize=8, title=hue)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# figures that do not plot FID
+
+
+@register_figure("residual_per_timestep", (), title="Fixed point residual per timestep, with and without reuse",
+                 caption="Final relative residual of each sampling step's solve (paper Fig. 6b/c: delta_t); "
+                         "line = mean over jobs, band = +/- 1 std.", per_protocol=False)
+def residual_per_timestep(data: SweepData, rows: pd.DataFrame) -> Figure | None:
+    tr = data.traces[data.traces["job_id"].isin(set(rows["job_id"]))]
+    if tr.empty:
+        return None
+    hue = _hue(rows, ("reuse", "solver", "schedule"))
+    style = _hue(rows, tuple(h for h in ("solver", "iters_per_step") if h != hue))
+    cols = ["job_id", *[c for c in (hue, style) if c]]
+    tr = _labelled(tr.merge(rows[cols], on="job_id", how="left"), [hue, style])
+    x = "timestep" if tr["timestep"].notna().all() else "step"
+    tr = _numeric(tr, x, "residual")
+    tr = tr[tr["residual"] > 0]
+    if tr.empty:
+        return None
+    fig, (ax,) = new_figure(1, width=6.4)
+    sns.lineplot(data=tr, x=x, y="residual", hue=hue, style=style, errorbar="sd", ax=ax,
+                 hue_order=sorted(tr[hue].unique()) if hue else None)
+    ax.set(yscale="log", xlabel="timestep (sampling runs right to left)" if x == "timestep" else "sampling step",
+           ylabel="relative residual")
+    if x == "timestep":
+        ax.invert_xaxis()
+    return fig
+
+
+@register_figure("memory_breakdown", (), title="Training memory breakdown",
+                 caption="Mean over jobs of each train_mem_*_bytes component, per model.", per_protocol=False)
+def memory_breakdown(data: SweepData, rows: pd.DataFrame) -> Figure | None:
+    comps = [m for m in data.metrics if m.startswith("train_mem_") and m.endswith("_bytes")
+             and m not in TRAIN_MEMORY_TOTALS and present(rows, m)]
+    if not comps or not present(rows, "model"):
+        return None
+    by = ["model", *(["preset"] if varies(rows, "preset") else [])]
+    work = _labelled(rows, by)
+    work["who"] = work[by].agg(" ".join, axis=1)
+    mib = work.groupby("who", sort=True)[comps].mean(numeric_only=False).apply(pd.to_numeric) / MIB
+    long = mib.reset_index().melt(id_vars="who", var_name="component", value_name="MiB")
+    long["component"] = long["component"].str.removeprefix("train_mem_").str.removesuffix("_bytes")
+    fig, (ax,) = new_figure(1, width=6.4, height=0.9 + 0.5 * len(mib))
+    left = np.zeros(len(mib))
+    palette = sns.color_palette("deep", len(comps))
+    for color, (comp, part) in zip(palette, long.groupby("component", sort=False)):
+        vals = part["MiB"].fillna(0).to_numpy()
+        ax.barh(part["who"], vals, left=left, color=color, label=comp)
+        left += vals
+    ax.set(xlabel="MiB", ylabel="")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def _study_values(trials: pd.DataFrame) -> list[str]:
+    return [c for c in trials.columns if c == "value" or c.startswith("values_")]
+
+
+def _directions(study: dict, n: int) -> list[str]:
+    d = study.get("directions") or ([study["direction"]] if study.get("direction") else [])
+    d = [str(x).lower().split(".")[-1] for x in d]
+    return (d + ["minimize"] * n)[:n]
+
+
+def _complete(trials: pd.DataFrame) -> pd.DataFrame:
+    if "state" not in trials:
+        return trials
+    return trials[trials["state"].astype(str).str.upper().str.endswith("COMPLETE")]
+
+
+def optuna_history(study: dict[str, Any]) -> Figure | None:
+    trials, meta = _complete(study["trials"]), study.get("study", {})
+    vals = _study_values(trials)
+    if trials.empty or not vals or "number" not in trials:
+        return None
+    names = meta.get("metric_names") or vals
+    fig, axes = new_figure(len(vals))
+    for ax, col, name, direction in zip(axes, vals, names, _directions(meta, len(vals))):
+        pts = _numeric(trials, "number", col)
+        sns.scatterplot(data=pts, x="number", y=col, ax=ax, label="trial", color="C0")
+        if len(vals) == 1:  # best-so-far is only defined for one objective
+            best = pts[col].cummin() if direction.startswith("min") else pts[col].cummax()
+            ax.plot(pts["number"], best, color="C3", drawstyle="steps-post", label="best so far")
+        ax.set(xlabel="trial", ylabel=mtext(name), title=mtext(direction))
+        ax.legend(fontsize=8)
+    return fig
+
+
+def optuna_importances(study: dict[str, Any]) -> Figure | None:
+    """fANOVA importances (Optuna's evaluator, fixed seed) for the first objective."""
+    import optuna
+
+    trials, meta = _complete(study["trials"]), study.get("study", {})
+    vals = _study_values(trials)
+    params = [c for c in trials.columns if c.startswith("params_") and trials[c].nunique(dropna=True) >= 2]
+    if len(trials) < 3 or not vals or not params:
+        return None
+    dists: dict[str, Any] = {}
+    for c in params:
+        s = trials[c].dropna()
+        if pd.api.types.is_integer_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            dists[c] = optuna.distributions.IntDistribution(int(s.min()), int(s.max()))
+        elif pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            dists[c] = optuna.distributions.FloatDistribution(float(s.min()), float(s.max()))
+        else:
+            dists[c] = optuna.distributions.CategoricalDistribution(sorted(s.astype(str).unique()))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        st = optuna.create_study(directions=_directions(meta, len(vals)))
+        for _, r in trials.iterrows():
+            if r[params].isna().any() or pd.isna(r[vals[0]]):
+                continue
+            p = {c[len("params_"):]: (str(r[c]) if isinstance(dists[c], optuna.distributions.CategoricalDistribution)
+                                     else dists[c].to_external_repr(r[c])) for c in params}
+            d = {c[len("params_"):]: dists[c] for c in params}
+            st.add_trial(optuna.trial.create_trial(params=p, distributions=d, values=[float(r[v]) for v in vals]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imp = optuna.importance.get_param_importances(
+                st, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=lambda t: t.values[0])
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    if not imp:
+        return None
+    frame = pd.DataFrame({"parameter": [mtext(p) for p in imp], "importance": list(imp.values())})
+    fig, (ax,) = new_figure(1, width=6.0, height=0.9 + 0.35 * len(frame))
+    sns.barplot(data=frame, y="parameter", x="importance", ax=ax, color="C0")
+    ax.set(xlabel="fANOVA importance (objective 1)", ylabel="")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# running the registry
+
+
+def _slug(text: str) -> str:
+    import hashlib
+    import re
+
+    s = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:40] or "x"
+    return f"{s}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
+
+
+def build_figures(data: SweepData, protocols: list[tuple[dict, pd.DataFrame]]) -> list[FigureResult]:
+    """Draw every applicable registered figure (per protocol where it plots FID) and the Optuna views."""
+    ok = data.jobs[data.jobs["status"] == "ok"].copy()
+    ok.attrs = dict(data.jobs.attrs)
+    out: list[FigureResult] = []
+    several = len(protocols) > 1
+    with matplotlib.rc_context(_RC), sns.axes_style("whitegrid"), sns.plotting_context("notebook", 0.85):
+        matplotlib.rcParams.update(_RC)  # axes_style may reset fonts; ours win
+        for spec in _FIGURES.values():
+            groups = protocols if spec.per_protocol else [({"label": None}, ok)]
+            for info, rows in groups:
+                if rows.empty or not all(present(rows, c) for c in spec.required):
+                    continue
+                fig = spec.fn(data, rows)
+                if fig is None:
+                    continue
+                label = info.get("label") if spec.per_protocol else None
+                fname = f"{spec.name}__{_slug(label or 'unlabelled')}.png" if several and spec.per_protocol \
+                    else f"{spec.name}.png"
+                out.append(FigureResult(spec.name, spec.title, spec.caption, fname, png_bytes(fig), label))
+        for sweep in sorted(data.studies):
+            study = data.studies[sweep]
+            for name, title, fn in (("optuna_history", "Optuna optimisation history", optuna_history),
+                                    ("optuna_importance", "Optuna parameter importances", optuna_importances)):
+                fig = fn(study)
+                if fig is not None:
+                    out.append(FigureResult(name, f"{title} ({sweep})", "", f"{name}__{_slug(sweep)}.png",
+                                            png_bytes(fig)))
+    return out

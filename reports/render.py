@@ -1,0 +1,266 @@
+"""One self-contained HTML report (and small console tables) from tables, figures and records.
+
+The page needs no network and no JavaScript: figures are base64 ``data:`` URIs, the CSS is inline,
+and every string that comes from a config or record passes through ``html.escape`` (tables through
+``DataFrame.to_html(escape=True)``). Nothing time-dependent is written, so the bytes depend on the
+records alone.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import pandas as pd
+
+from reports.collect import setting_axes
+from reports.figures import FigureResult
+from reports.tables import TableResult, varies
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
+main{max-width:1180px;margin:0 auto;padding:24px 32px 64px;background:#fff}
+h1{font-size:1.6em;margin:.2em 0 .1em}h2{border-bottom:2px solid #dde3ea;padding-bottom:4px;margin-top:2em}
+h3{margin:1.4em 0 .3em;font-size:1.08em}
+.muted{color:#5b6773;font-size:.9em}.protocol{font-size:.88em;color:#34495e;background:#eef3f8;
+display:inline-block;padding:2px 8px;border-radius:4px;margin:2px 0 6px}
+nav.toc{background:#f2f5f8;border:1px solid #dde3ea;border-radius:6px;padding:8px 18px;margin:14px 0}
+nav.toc ul{margin:4px 0;padding-left:18px}nav.toc li{margin:2px 0}
+a{color:#1f5fa8;text-decoration:none}a:hover{text-decoration:underline}
+table.tbl{border-collapse:collapse;font-size:.86em;margin:6px 0 4px;font-variant-numeric:tabular-nums}
+table.tbl th,table.tbl td{border:1px solid #d5dbe2;padding:3px 8px;text-align:left;vertical-align:top}
+table.tbl td.num{text-align:right;white-space:nowrap}
+table.tbl th{background:#eef1f5;text-align:center}table.tbl tr:nth-child(even) td{background:#fafbfc}
+.cards{display:flex;gap:12px;flex-wrap:wrap;margin:10px 0}.card{border:1px solid #dde3ea;border-radius:6px;
+padding:6px 14px;min-width:90px}.card b{font-size:1.4em;display:block}
+.ok b{color:#1e7d32}.failed b{color:#b3261e}.missing b{color:#8a6d00}
+figure{margin:10px 0 24px}figure img{display:block;max-width:100%;border:1px solid #e3e7ec;margin:4px 0}
+figcaption{font-size:.86em;color:#5b6773}
+.grids{display:flex;flex-wrap:wrap;gap:14px}.grids figure{width:250px}.grids img{width:100%;image-rendering:pixelated}
+pre{background:#f4f6f8;padding:6px 8px;overflow:auto;font-size:.8em;max-height:18em}
+.scroll{overflow-x:auto}
+"""
+
+
+@dataclass
+class Grid:
+    job_id: str
+    setting: str
+    png: bytes
+
+
+@dataclass
+class ReportContent:
+    jobs: pd.DataFrame
+    tables: list[TableResult]
+    figures: list[FigureResult]
+    grids: list[Grid] = field(default_factory=list)
+    tracebacks: dict[str, str] = field(default_factory=dict)
+    sweeps: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def esc(v: Any) -> str:
+    return html.escape("" if v is None else str(v), quote=True)
+
+
+def fmt_number(v: Any) -> str:
+    """Fixed, locale-free number text: ints exact, large values with separators, else 4 significant."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, int) or (hasattr(v, "is_integer") and abs(v) < 1e15 and float(v).is_integer()):
+        return f"{int(v):,}" if abs(int(v)) >= 10000 else str(int(v))
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 10000 else f"{v:.4g}"
+    return str(v)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) or hasattr(v, "dtype") and v.dtype.kind in "iuf"
+
+
+def display_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[bool]]:
+    """Merge ``X`` / ``X std`` into ``mean ± std`` text and format every cell as a string;
+    also -> whether each shown column is numeric (right-aligned in HTML)."""
+    out, numeric = {}, []
+    for c in frame.columns:
+        if str(c).endswith(" std") and str(c)[:-4] in frame.columns:
+            continue
+        vals = frame[c].tolist()
+        numeric.append(any(_is_number(v) for v in vals if not (isinstance(v, float) and math.isnan(v))))
+        if f"{c} std" in frame.columns:
+            stds = frame[f"{c} std"].tolist()
+            out[c] = [fmt_number(v) + (f" ± {fmt_number(s)}" if fmt_number(s) and fmt_number(v) else "")
+                      for v, s in zip(vals, stds)]
+        else:
+            out[c] = [fmt_number(v) for v in vals]
+    return pd.DataFrame(out, columns=list(out)), numeric
+
+
+def html_table(frame: pd.DataFrame) -> str:
+    """An escaped HTML table; numeric columns get class ``num`` (right-aligned), empty cells a dash."""
+    disp, numeric = display_frame(frame)
+    head = "".join(f"<th>{esc(c)}</th>" for c in disp.columns)
+    body = []
+    for row in disp.itertuples(index=False):
+        cells = "".join(f'<td class="num">{esc(v) or "—"}</td>' if n else f"<td>{esc(v) or '—'}</td>"
+                        for v, n in zip(row, numeric))
+        body.append(f"<tr>{cells}</tr>")
+    return (f'<div class="scroll"><table class="tbl"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def protocol_line(info: Mapping[str, Any]) -> str:
+    bits = [f"{k}: {info[k]}" for k in ("num_samples", "extractor", "reference", "sampler") if info.get(k)]
+    head = info.get("label") or "protocol not recorded"
+    return f"{head}" + (f" ({'; '.join(bits)})" if bits else "")
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _section(sid: str, title: str, body: str) -> tuple[str, str, str]:
+    return sid, title, f'<section id="{sid}"><h2>{esc(title)}</h2>\n{body}\n</section>'
+
+
+def _summary(c: ReportContent) -> str:
+    counts = c.jobs["status"].value_counts() if len(c.jobs) else pd.Series(dtype=int)
+    cards = "".join(f'<div class="card {s}"><b>{int(counts.get(s, 0))}</b>{s}</div>'
+                    for s in ("ok", "failed", "missing"))
+    sweeps = ", ".join(esc(s) for s in c.sweeps)
+    notes = "".join(f"<p class='muted'>{esc(n)}</p>" for n in c.notes)
+    return f'<p class="muted">Sweeps: {sweeps}. {len(c.jobs)} jobs.</p><div class="cards">{cards}</div>{notes}'
+
+
+def _tables(c: ReportContent) -> str:
+    parts = []
+    for t in c.tables:
+        paper = f' <span class="muted">(mirrors paper {esc(t.paper)})</span>' if t.paper else ""
+        parts.append(f'<h3 id="t-{esc(t.name)}">{esc(t.title)}{paper}</h3>'
+                     f'<div class="protocol">{esc(protocol_line(t.protocol))}</div>{html_table(t.frame)}')
+    return "\n".join(parts) or ("<p class='muted'>No table applies: the ok records hold no FID with the axes "
+                                "a table needs.</p>")
+
+
+def _figures(c: ReportContent) -> str:
+    parts = []
+    for f in c.figures:
+        proto = f'<div class="protocol">{esc(f.protocol)}</div>' if f.protocol else ""
+        parts.append(f'<figure id="f-{esc(f.filename)}"><h3>{esc(f.title)}</h3>{proto}{_img(f.png, f.title)}'
+                     f"<figcaption>{esc(f.caption)}</figcaption></figure>")
+    return "\n".join(parts) or "<p class='muted'>No figure applies to these records.</p>"
+
+
+def _grids(c: ReportContent) -> str:
+    items = "".join(f"<figure>{_img(g.png, g.setting)}<figcaption>{esc(g.setting)}<br>"
+                    f"<span class='muted'>{esc(g.job_id)}</span></figcaption></figure>" for g in c.grids)
+    return f'<div class="grids">{items}</div>'
+
+
+def _problems(c: ReportContent) -> str:
+    bad = c.jobs[c.jobs["status"] != "ok"]
+    if bad.empty:
+        return "<p class='muted'>None: every planned job has an ok record.</p>"
+    rows = []
+    for _, r in bad.iterrows():
+        tb = c.tracebacks.get(r["job_id"])
+        tb_html = f"<details><summary>traceback</summary><pre>{esc(tb)}</pre></details>" if tb else ""
+        rows.append(f"<tr><td>{esc(r['job_id'])}</td><td>{esc(r['sweep'])}</td><td>{esc(r['status'])}</td>"
+                    f"<td>{esc(r['reason'])}{tb_html}</td>"
+                    f"<td>{esc(r['overrides'])}</td></tr>")
+    return ('<div class="scroll"><table class="tbl"><thead><tr><th>job</th><th>sweep</th><th>status</th>'
+            f"<th>reason</th><th>overrides</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _counted(series: pd.Series) -> pd.DataFrame:
+    s = series.dropna().map(str)
+    vc = s.value_counts()
+    return pd.DataFrame({"value": vc.index, "jobs": vc.values}).sort_values(
+        ["jobs", "value"], ascending=[False, True], kind="mergesort")
+
+
+def _provenance(c: ReportContent) -> str:
+    rec = c.jobs[c.jobs["status"] != "missing"]
+    parts = []
+    for col, title in (("git_sha", "Git SHA"), ("python", "Python"), ("hardware", "Hardware"),
+                       ("hostname", "Hosts")):
+        if col in rec and rec[col].notna().any():
+            parts.append(f"<h3>{title}</h3>{html_table(_counted(rec[col]))}")
+    if "packages" in rec and rec["packages"].notna().any():
+        pk = rec["packages"].dropna().map(lambda s: [p.split("=", 1) for p in s.split("; ") if "=" in p])
+        pairs = pd.DataFrame([p for lst in pk for p in lst], columns=["package", "version"])
+        ver = pairs.groupby("package", sort=True)["version"].agg(lambda v: ", ".join(sorted(set(v)))).reset_index()
+        parts.append(f"<h3>Package versions</h3>{html_table(ver)}")
+    cols = [x for x in ("job_id", "config_hash", "key_train", "key_sample", "key_eval") if x in rec]
+    if len(rec):
+        parts.append(f"<h3>Config hashes and cache keys</h3>{html_table(rec[cols])}")
+    return "\n".join(parts) or "<p class='muted'>No provenance recorded.</p>"
+
+
+def _runs(c: ReportContent) -> str:
+    df = c.jobs
+    axes = [a for a in setting_axes(df) if varies(df, a)]
+    if "seed" in df.attrs.get("axes", []) and "seed" in df:
+        axes.append("seed")
+    cols = ["job_id", "status", *axes, *[m for m in ("fid", "kid_mean", "block_passes_per_image", "time_per_image_s")
+                                        if m in df]]
+    return html_table(df[cols])
+
+
+def render_html(content: ReportContent, title: str = "fpdm-bench report") -> str:
+    sections = [_section("summary", "Summary", _summary(content)),
+                _section("tables", "Tables", _tables(content)),
+                _section("figures", "Figures", _figures(content))]
+    if content.grids:
+        sections.append(_section("samples", "Sample grids", _grids(content)))
+    sections += [_section("runs", "All runs", _runs(content)),
+                 _section("problems", "Failed and missing runs", _problems(content)),
+                 _section("provenance", "Provenance", _provenance(content))]
+    toc_items = []
+    for sid, stitle, _ in sections:
+        sub = ""
+        if sid == "tables" and content.tables:
+            sub = "<ul>" + "".join(f'<li><a href="#t-{esc(t.name)}">{esc(t.title)}</a></li>'
+                                   for t in dict((t.name, t) for t in content.tables).values()) + "</ul>"
+        toc_items.append(f'<li><a href="#{sid}">{esc(stitle)}</a>{sub}</li>')
+    toc = f'<nav class="toc"><b>Contents</b><ul>{"".join(toc_items)}</ul></nav>'
+    body = "\n".join(s[2] for s in sections)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{esc(title)}</title><link rel=\"icon\" href=\"data:,\"><style>{_CSS}</style></head>\n"
+            f"<body><main><h1>{esc(title)}</h1>\n{toc}\n{body}\n</main></body></html>\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# console
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    disp, _ = display_frame(frame)
+    head = "| " + " | ".join(map(str, disp.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in disp.columns) + " |"
+    body = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in disp.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def summary_markdown(df: pd.DataFrame, max_rows: int = 50) -> str:
+    """Compact markdown table of the jobs (varying axes, status, main metrics) for the console."""
+    axes = [a for a in setting_axes(df) if varies(df, a)]
+    metrics = [m for m in ("fid", "fid_std", "block_passes_per_image", "params_total", "time_per_image_s")
+               if m in df and df[m].notna().any()]
+    cols = ["job_id", "status", *axes, *metrics]
+    frame = df[cols].head(max_rows)
+    more = f"\n... and {len(df) - max_rows} more jobs" if len(df) > max_rows else ""
+    return _markdown(frame) + more
+
+
+def metrics_table(metrics: Mapping[str, Any]) -> str:
+    """A single run's metrics as a small two-column markdown table (sorted by name)."""
+    items = sorted((str(k), v) for k, v in metrics.items())
+    return _markdown(pd.DataFrame({"metric": [k for k, _ in items],
+                                   "value": [v if isinstance(v, (int, float)) else str(v) for _, v in items]}))

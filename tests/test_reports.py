@@ -1,0 +1,260 @@
+"""reports/: records -> tidy frame -> paper tables, figures, one HTML file (byte-reproducible)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from reports.build import ReportCallback, build_report, main
+from reports.collect import collect, load_sweeps
+from reports.figures import pareto_front
+from reports.render import metrics_table, summary_markdown
+from reports.tables import build_tables, get_table, register_table
+from report_fixtures import (FAILED_AXES, MISSING_OVERRIDES, PROTOCOL, dit_fid, fpdm_fid, job_id, record,
+                             write_fixture_sweeps, write_sweep)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    base = tmp_path_factory.mktemp("reports")
+    a, b = write_fixture_sweeps(base / "sweeps")
+    out1 = build_report([a, b], base / "out1")
+    out2 = build_report([a, b], base / "out2")
+    return {"base": base, "a": a, "b": b, "html": out1, "out1": out1.parent, "out2": out2.parent}
+
+
+def _table(built, name: str) -> pd.DataFrame:
+    return pd.read_csv(built["out1"] / "tables" / f"{name}.csv")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def test_jobs_frame_has_one_row_per_job_with_status_and_provenance(built):
+    df = collect([built["a"], built["b"]])
+    assert list(df["job_id"]) == sorted(df["job_id"])
+    assert df["job_id"].is_unique
+    counts = df["status"].value_counts().to_dict()
+    assert counts == {"ok": 34, "failed": 1, "missing": 1}
+    missing = df[df["status"] == "missing"].iloc[0]
+    assert missing["job_id"] == job_id(MISSING_OVERRIDES) and "sweep_plan.json" in missing["reason"]
+    assert missing["overrides"] == " ".join(MISSING_OVERRIDES)
+    failed = df[df["status"] == "failed"].iloc[0]
+    assert "out of memory" in failed["reason"] and failed["budget_blocks"] == FAILED_AXES["budget_blocks"]
+    for col in ("model", "budget_blocks", "iters_per_step", "reuse", "fid", "params_total", "git_sha",
+                "protocol_label", "config_hash", "key_train", "trace_nfe"):
+        assert col in df.columns, col
+    assert set(df.attrs["axes"]) >= {"model", "seed", "solver"} and "fid" in df.attrs["metrics"]
+    assert df["params_total"].dtype == "Int64"  # ints stay exact in CSVs
+    jobs_csv = (built["out1"] / "tables" / "jobs.csv").read_text()
+    assert str(built["base"]) not in jobs_csv  # only sweep-relative paths: a moved sweep rebuilds
+    assert ",300000," in jobs_csv
+
+
+def test_only_tables_whose_axes_the_records_hold(built):
+    names = {p.stem for p in (built["out1"] / "tables").glob("*.csv")}
+    assert {"table1_budget", "table5_schedule", "solvers", "reuse", "jobs"} <= names
+    # One data set, one depth, no training method axis: those tables would say nothing.
+    assert not names & {"table2_datasets", "depth", "table34_training"}
+
+
+def test_table1_reports_best_setting_mean_and_std_over_seeds(built):
+    t = _table(built, "table1_budget").set_index(["budget_blocks", "model"])
+    mean, std = _mean_std([dit_fid(12, "ddim", s) for s in (0, 1)])
+    assert t.loc[(12, "dit"), "FID ddim"] == pytest.approx(mean)
+    assert t.loc[(12, "dit"), "FID ddim std"] == pytest.approx(std, rel=1e-5)
+    # FPDM at 24 blocks with DDPM: the best of its settings is the increasing schedule, 4 iterations.
+    best = _mean_std([fpdm_fid(24, "ddpm", 4, s, schedule="increasing") for s in (0, 1)])[0]
+    assert t.loc[(24, "fpdm"), "FID ddpm"] == pytest.approx(best)
+    assert "ddpm: iters_per_step=4" in t.loc[(24, "fpdm"), "best setting"]
+    assert "schedule=increasing" in t.loc[(24, "fpdm"), "best setting"]
+    assert t.loc[(24, "dit"), "Params (M)"] == pytest.approx(0.3)
+    assert t.loc[(24, "fpdm"), "Train memory (MiB)"] == pytest.approx(4.0)
+
+
+def test_schedule_reuse_and_solver_tables(built):
+    t5 = _table(built, "table5_schedule").set_index(["budget_blocks", "sampler", "schedule"])
+    assert t5.loc[(24, "ddpm", "increasing"), "FID @ iters 2"] == pytest.approx(
+        statistics.mean(fpdm_fid(24, "ddpm", 2, s, "increasing") for s in (0, 1)))
+    reuse = _table(built, "reuse").set_index(["budget_blocks", "sampler", "iters_per_step"])
+    assert reuse.loc[(24, "ddpm", 2), "FID reuse off"] == pytest.approx(
+        statistics.mean(fpdm_fid(24, "ddpm", 2, s, reuse=False) for s in (0, 1)))
+    assert pd.isna(reuse.loc[(12, "ddim", 2), "FID reuse off"])  # never run: empty, not invented
+    solvers = _table(built, "solvers").set_index(["budget_blocks", "sampler", "solver"])
+    row = solvers.loc[(24, "ddpm", "anderson")]
+    assert row["Evaluations / image"] == 20  # 5 steps x 4 iterations, from the solver trace
+    assert row["Final residual"] == pytest.approx(statistics.mean(0.05 * 0.5 ** i for i in range(5)), rel=1e-5)
+    assert row["Wall time / image (s)"] == pytest.approx(0.012 * 24)
+
+
+def test_two_builds_are_byte_identical(built):
+    f1, f2 = _files(built["out1"]), _files(built["out2"])
+    assert f1.keys() == f2.keys()
+    assert {"figures/fid_vs_budget.png", "figures/pareto.png", "figures/residual_per_timestep.png",
+            "figures/memory_breakdown.png", "figures/fid_vs_iters.png"} <= f1.keys()
+    assert any(k.startswith("figures/optuna_history") for k in f1) and any(
+        k.startswith("figures/optuna_importance") for k in f1)
+    for k in f1:
+        assert f1[k] == f2[k], k
+    assert b"Software" not in f1["figures/pareto.png"]  # no matplotlib version in the PNG
+
+
+def test_moved_sweeps_rebuild_identically_and_sweeps_merge(built, tmp_path):
+    moved = tmp_path / "elsewhere"
+    for src in (built["a"], built["b"]):
+        shutil.copytree(src, moved / src.name)
+    out_moved = build_report([moved / "sweepA", moved / "sweepB"], tmp_path / "o1", figures=False)
+    out_orig = build_report([built["a"], built["b"]], tmp_path / "o2", figures=False)
+    assert _files(out_moved.parent) == _files(out_orig.parent)
+    orig_tables = _files(built["out1"] / "tables")
+    assert _files(out_moved.parent / "tables") == orig_tables
+    assert set(pd.read_csv(out_moved.parent / "tables" / "jobs.csv")["sweep"]) == {"sweepA", "sweepB"}
+
+
+def test_html_has_toc_protocol_grids_problems_and_provenance(built):
+    html = built["html"].read_text()
+    assert 'href="#tables"' in html and 'href="#t-table1_budget"' in html and 'id="provenance"' in html
+    assert html.count(PROTOCOL["label"]) >= 4  # one protocol line per table
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    assert html.count("data:image/png;base64,") >= 7 + 17  # figures + one grid per setting (17 settings)
+    problems = html[html.index('id="problems"'):html.index('id="provenance"')]
+    assert job_id(MISSING_OVERRIDES) in problems and "CUDA out of memory" in problems
+    assert "traceback" in problems
+    prov = html[html.index('id="provenance"'):]
+    assert "0123abcd" in prov and "2.14.1" in prov and "threads=2" in prov
+
+
+def test_optuna_trials_drop_absolute_run_dirs(built):
+    trials = pd.read_csv(built["out1"] / "tables" / "optuna_trials__sweepB.csv")
+    assert list(trials["run"][:2]) == ["job0", "job1"] and "run_dir" not in trials
+
+
+def test_protocols_are_never_mixed(tmp_path):
+    other = dict(PROTOCOL, num_samples=1000, label="FID-1k, digits-cnn, vs train split")
+    recs = []
+    for label, proto in (("a", PROTOCOL), ("b", other)):
+        for budget in (12, 24):
+            axes = {"model": "dit", "sampler": "ddpm", "budget_blocks": budget, "seed": 0, "tag": label}
+            recs.append(record(axes, {"fid": dit_fid(budget, "ddpm", 0) + (100 if label == "b" else 0)},
+                               protocol=proto))
+    html = build_report([write_sweep(tmp_path / "s", recs)], tmp_path / "o", figures=False).read_text()
+    t1 = pd.read_csv(tmp_path / "o" / "tables" / "table1_budget.csv")
+    assert sorted(set(t1["protocol"])) == sorted([PROTOCOL["label"], other["label"]])
+    by = t1.set_index(["protocol", "budget_blocks"])["FID ddpm"]
+    assert by[(other["label"], 12)] == pytest.approx(dit_fid(12, "ddpm", 0) + 100)
+    assert by[(PROTOCOL["label"], 12)] == pytest.approx(dit_fid(12, "ddpm", 0))
+    assert "FID-1k, digits-cnn" in html and "num_samples: 1000" in html
+
+
+def test_hostile_strings_are_escaped(tmp_path):
+    evil = "<script>alert('x')</script>$\\frac{"
+    axes = {"model": evil, "sampler": "ddpm", "budget_blocks": 12, "seed": 0, "<b>key</b>": "v"}
+    ok = record(axes, {"fid": 10.0, "flops_per_image": 1e6}, protocol=dict(PROTOCOL, label=evil))
+    ok["artifacts"] = {"grid": "../../../../etc/passwd"}  # outside the sweep: never embedded
+    ok2 = record(dict(axes, budget_blocks=24), {"fid": 5.0, "flops_per_image": 2e6}, protocol=dict(PROTOCOL))
+    bad = record(dict(axes, seed=1), None, status="failed", reason=f"boom {evil}")
+    sweep = write_sweep(tmp_path / "s", [ok, ok2, bad], planned_extra=[[f"model={evil}"]])
+    html = build_report([sweep], tmp_path / "o").read_text()  # figures too: '$' must not break math text
+    assert "<script" not in html.lower() and "<b>key</b>" not in html
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html and "&lt;b&gt;key&lt;/b&gt;" in html
+    assert "root:" not in html
+    names = sorted(p.name for p in (tmp_path / "o" / "figures").iterdir())
+    assert "fid_vs_budget__FID-64-digits-cnn-vs-train-split-" in " ".join(names)  # one file per protocol
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names), names  # no record text in file names
+
+
+def test_dataset_depth_and_training_tables(tmp_path):
+    recs = []
+    for data, bonus in (("digits", 0.0), ("faces", 50.0)):
+        for model in ("dit", "fpdm"):
+            for pre in ((1, 2) if model == "fpdm" else (None,)):
+                for method in (("sjfb", "jfb") if model == "fpdm" else (None,)):
+                    axes = {"model": model, "data": data, "budget_blocks": 12, "seed": 0, "pre_depth": pre,
+                            "post_depth": pre, "train_method": method}
+                    fid = bonus + (30 if model == "dit" else 10 + pre) + (500 if method == "jfb" else 0)
+                    recs.append(record(axes, {"fid": fid, "train_time_s": 60.0}))
+    data = load_sweeps([write_sweep(tmp_path / "s", recs)])
+    tables = {t.name: t.frame for t in build_tables(data.jobs)}
+    assert {"table1_budget", "table2_datasets", "depth", "table34_training"} <= set(tables)
+    t2 = tables["table2_datasets"].set_index("data")
+    assert t2.loc["faces", "FID dit"] == 80 and t2.loc["faces", "FID fpdm"] == 61  # best: pre=1, sjfb
+    depth = tables["depth"].set_index(["data", "pre_depth"])
+    assert depth.loc[("digits", 2), "FID"] == 12
+    train = tables["table34_training"].set_index(["data", "train_method"])
+    assert train.loc[("digits", "jfb"), "FID"] == 511 and train.loc[("digits", "sjfb"), "Train time (s)"] == 60
+
+
+def test_unreadable_and_duplicate_records(tmp_path):
+    rec = record({"model": "dit", "budget_blocks": 12, "seed": 0}, {"fid": 1.0})
+    a = write_sweep(tmp_path / "a", [dict(rec, status="failed", reason="first try died")])
+    b = write_sweep(tmp_path / "b", [rec])
+    (b / "torn").mkdir()
+    (b / "torn" / "record.json").write_text('{"job_id": "x", "status": ')
+    df = collect([a, b])
+    assert df.set_index("job_id").loc[rec["job_id"], "status"] == "ok"  # the re-run wins
+    torn = df.set_index("job_id").loc["torn"]
+    assert torn["status"] == "failed" and "unreadable record.json" in torn["reason"]
+
+
+def test_same_base_names_get_distinct_sweep_labels(tmp_path):
+    r1 = record({"model": "dit", "budget_blocks": 12, "seed": 0}, {"fid": 1.0})
+    r2 = record({"model": "dit", "budget_blocks": 24, "seed": 0}, {"fid": 2.0})
+    d1 = write_sweep(tmp_path / "x" / "run", [r1])
+    d2 = write_sweep(tmp_path / "y" / "run", [r2])
+    data = load_sweeps([d1, d2])
+    assert sorted(data.jobs["sweep"]) == ["run", "run#2"] and set(data.roots) == {"run", "run#2"}
+
+
+def test_console_tables():
+    df = pd.DataFrame({"job_id": ["j1"], "status": ["ok"], "fid": [12.3456], "params_total": [86500256]})
+    df.attrs["axes"], df.attrs["metrics"] = [], ["fid", "params_total"]
+    text = summary_markdown(df)
+    assert text.splitlines()[0] == "| job_id | status | fid | params_total |" and "12.35" in text
+    assert "86,500,256" in text
+    m = metrics_table({"fid": 3.5, "block_passes_per_image": 140})
+    assert m.splitlines()[2] == "| block_passes_per_image | 140 |"
+
+
+def test_pareto_front_is_the_non_dominated_set():
+    pts = pd.DataFrame({"x": [1, 2, 3, 4, 2.5], "y": [10, 8, 9, 3, 8]})
+    front = pareto_front(pts, "x", "y")
+    assert list(zip(front["x"], front["y"])) == [(1, 10), (2, 8), (4, 3)]
+
+
+def test_registry_errors_name_the_valid_choices():
+    with pytest.raises(KeyError, match="table1_budget"):
+        get_table("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_table("table1_budget", ("model",), title="dup")(lambda df: df)
+
+
+def test_cli(built, tmp_path, capsys):
+    assert main([str(built["a"]), str(built["b"]), "--out", str(tmp_path), "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "report.html").is_file() and "| job_id | status |" in out
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    # default output directory is the first sweep directory
+    solo = write_sweep(tmp_path / "solo", [record({"model": "dit", "budget_blocks": 12, "seed": 0}, {"fid": 1.0})])
+    assert main([str(solo), "--quiet", "--no-figures"]) == 0 and (solo / "report.html").is_file()
+    assert json.loads((solo / "sweep_plan.json").read_text())  # inputs untouched
+
+
+def test_hydra_callback_builds_at_multirun_end_and_never_raises(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    solo = write_sweep(tmp_path / "solo", [record({"model": "dit", "budget_blocks": 12, "seed": 0}, {"fid": 1.0})])
+    ReportCallback(figures=False).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(solo)}}}))
+    assert (solo / "report.html").is_file()
+    ReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "gone")}}}))
+    assert "report build failed" in caplog.text
