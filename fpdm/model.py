@@ -175,6 +175,11 @@ class FPDM(nn.Module):
         if iters < 1:
             raise ValueError(f"the fixed point layer needs at least 1 iteration per call, got iters={iters}")
         z0 = z_pre if warm_start is None else warm_start.initial(z_pre, t)
+        if z0.device.type == "meta":  # shape-only runs (FLOP and memory accounting): no residuals to read
+            for _ in range(iters):
+                z0 = f(z0)
+            self.last_solve, self.last_passes = None, iters
+            return z0
         solve = solver or get_solver("picard")
         z, stats = solve(f, z0, max_iter=iters, tol=tol)
         self.last_solve, self.last_passes = stats, stats.nfe

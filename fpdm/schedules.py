@@ -249,7 +249,8 @@ def explicit(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None
 
 
 @register_schedule("official_increasing")
-def official_increasing(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) -> list[int]:
+def official_increasing(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO,
+                        values=None) -> list[int]:
     """The official LinearController(type="increasing") as the sampler consumes it.
 
     The controller builds linspace(lo, hi) and ``get()`` reads it from the last index down,

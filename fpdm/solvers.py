@@ -24,11 +24,13 @@ non-batch dims.
   (picard: f(z_{K-1}), so ``picard`` with ``tol=0`` returns exactly f(f(...f(z0))) and equals the
   plain loop bit for bit; relaxed/anderson/broyden: their mixing / quasi-Newton step). Its own
   residual is unknown; evaluating f once more to learn it would cost a block pass, so we don't.
-  A frozen sample keeps the update computed from the evaluation that certified convergence.
-- ``SolverStats.best`` is, per sample, the *evaluated* iterate with the lowest finite absolute
-  residual (its residual is known; the relative one would favour runaway iterates). A sample that meets a non-finite residual or iterate is flagged
-  ``diverged`` and its returned iterate is that best one; solvers never raise on numerics
-  (deq#20, deq#26 in the style guide).
+  Returning the best *evaluated* iterate instead would waste the last evaluation, which matters
+  in FPDM's few-iterations-per-step regime. A frozen sample keeps the update computed from the
+  evaluation that certified convergence.
+- ``SolverStats.best`` is, per sample, the evaluated iterate with the lowest finite *absolute*
+  residual (within one sample the relative one would favour runaway iterates). A sample that meets
+  a non-finite residual, residual norm or iterate is flagged ``diverged`` and gets that best
+  iterate back; solvers never raise on numerics (deq#20, deq#26 in the style guide).
 - Autograd: nothing is detached on the iterate path, freezing uses ``torch.where``, and all
   histories are out-of-place, so gradients flow through the iterations when grad is enabled
   (``full`` training mode) and the code also runs under ``no_grad`` / ``inference_mode``.
@@ -166,7 +168,7 @@ _KNOB_RULES = {  # knob name -> (check, what it must be)
 
 def _check_knobs(name: str, **knobs) -> None:
     for k, v in knobs.items():
-        check, what = _KNOB_RULES[k]
+        check, what = _KNOB_RULES.get(k, (lambda _: True, ""))  # solvers may add unruled knobs
         if not check(v):
             raise ValueError(f"solver {name!r}: knob {k}={v!r} must be {what}")
 

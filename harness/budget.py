@@ -212,20 +212,25 @@ def plan_fpdm_flops(flops_budget: float, flops_explicit_per_step: float, flops_p
                           f"{flops_per_iter}")
     n = _int(n_explicit, "n_explicit", 0)
     F, E, I = flops_budget, flops_explicit_per_step, flops_per_iter
+
+    def cost(s: int, t: int) -> float:  # one expression for every check, so float rounding agrees
+        return s * E + t * I
+
     steps, k = _one_of(steps, iters, schedule, values)
     if k is not None:
-        steps = _largest_fitting(lambda s: s * (E + k * I) <= F, _floor_div(F, E + k * I))
+        steps = _largest_fitting(lambda s: cost(s, s * k) <= F, _floor_div(F, E + k * I))
         if steps == 0:
             raise BudgetError(f"FLOP budget {F:.4g} is below one step at {KEY_ITERS}={k} "
                               f"({E + k * I:.4g} FLOPs); raise it or lower {KEY_ITERS}")
-    total = _largest_fitting(lambda t: steps * E + t * I <= F, _floor_div(F - steps * E, I))
+    total = _largest_fitting(lambda t: cost(steps, t) <= F, _floor_div(F - steps * E, I))
     if total < steps:
         raise BudgetError(
             f"FLOP budget {F:.4g} cannot run {KEY_STEPS}={steps} with >= 1 iteration per step "
-            f"(needs {steps * (E + I):.4g}); lower {KEY_STEPS} to <= {_floor_div(F, E + I)}"
+            f"(needs {cost(steps, steps):.4g}); lower {KEY_STEPS} to <= "
+            f"{_largest_fitting(lambda s: cost(s, s) <= F, _floor_div(F, E + I))}"
         )
     plan_iters = _schedule(total, steps, schedule, ratio, values)
-    return _make_plan("fpdm", plan_iters, n, schedule, flops=steps * E + total * I)
+    return _make_plan("fpdm", plan_iters, n, schedule, flops=cost(steps, total))
 
 
 def _floor_div(a: float, b: float) -> int:
@@ -290,7 +295,8 @@ def _plan_fpdm_config(budget, n_explicit, steps=None, iters=None, schedule="cons
     if budget is None:  # steps and iters together define the budget: S * (n + k)
         if steps is None or iters is None:
             raise BudgetError(f"set {KEY_BUDGET}, or both {KEY_STEPS} and {KEY_ITERS}")
-        budget = _int(steps, KEY_STEPS, 1) * (_int(n_explicit, "n_explicit", 0) + _int(iters, KEY_ITERS, 1))
+        n, k = _int(n_explicit, "n_explicit", 0), _int(iters, KEY_ITERS, 1)
+        budget = _int(steps, KEY_STEPS, 1) * (n + k)
         iters = None
     return plan_fpdm(budget, n_explicit, steps=steps, iters=iters, schedule=schedule,
                      ratio=ratio, values=values)
@@ -302,7 +308,8 @@ def plan_from_sample_config(model_kind: str, budget: int | None, n_explicit_or_d
                             values: Sequence[int] | None = None) -> SamplingPlan:
     """Plan from the ``sample.*`` settings. ``n_explicit_or_depth`` is the model's
     ``num_explicit_blocks`` (DiT: depth; FPDM: pre + post). ``budget=None`` derives the budget
-    from ``steps`` (DiT) or ``steps`` and ``iters`` (FPDM, constant k per step)."""
+    from ``steps`` (DiT: steps * depth) or ``steps`` and ``iters`` (FPDM: steps * (n + iters),
+    the steps * iters iterations spread by the schedule)."""
     return get_planner(model_kind)(budget, n_explicit_or_depth, steps=steps, iters=iters,
                                    schedule=schedule, ratio=ratio,
                                    values=None if values is None else list(values))

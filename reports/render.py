@@ -140,7 +140,7 @@ def _summary(c: ReportContent) -> str:
 def _tables(c: ReportContent) -> str:
     parts = []
     for t in c.tables:
-        paper = f' <span class="muted">(mirrors paper {esc(t.paper)})</span>' if t.paper else ""
+        paper = f' <span class="muted">(paper: {esc(t.paper)})</span>' if t.paper else ""
         parts.append(f'<h3 id="t-{esc(t.name)}">{esc(t.title)}{paper}</h3>'
                      f'<div class="protocol">{esc(protocol_line(t.protocol))}</div>{html_table(t.frame)}')
     return "\n".join(parts) or ("<p class='muted'>No table applies: the ok records hold no FID with the axes "

@@ -293,7 +293,7 @@ def table5_schedule(df: pd.DataFrame) -> pd.DataFrame:
 
 
 @register_table("solvers", ("solver",), title="Fixed point solvers: FID, evaluations, residual, wall time",
-                paper="Sec. 3.1 (not in the paper's tables)")
+                paper="Sec. 3.1, no table there")
 def solvers(df: pd.DataFrame) -> pd.DataFrame:
     df = df[df["solver"].notna()]
     rows = [*context(df), "solver", *(["tol"] if varies(df, "tol") else [])]

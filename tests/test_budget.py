@@ -109,7 +109,8 @@ def test_dit_whole_steps_or_refused(depth, budget):
         assert plan_dit(budget, depth).steps == budget // depth
     else:
         lo, hi = budget // depth * depth, (budget // depth + 1) * depth
-        with pytest.raises(BudgetError, match=rf"sample.budget={budget} .*nearest feasible budgets: .*{hi}"):
+        msg = rf"sample.budget={budget} .*nearest feasible budgets: .*{hi}"
+        with pytest.raises(BudgetError, match=msg):
             plan_dit(budget, depth)
         if lo:
             with pytest.raises(BudgetError, match=rf"{lo} or {hi}"):
@@ -128,11 +129,13 @@ def test_flop_mode_never_exceeds_budget(E, I, steps, k, schedule, as_float):
     except BudgetError:
         assert F < E + k * I  # refused only when not even one step fits
         return
-    assert plan.flops_per_image <= F
-    assert plan.flops_per_image == pytest.approx(plan.steps * E + plan.total_iters * I)
+    def cost(s, t):  # FLOPs of s steps with t iterations in total
+        return s * E + t * I
+
+    assert plan.flops_per_image == cost(plan.steps, plan.total_iters) <= F
     # largest: one more iteration would exceed it; one more step at k would not fit
-    assert plan.flops_per_image + I > F
-    assert (plan.steps + 1) * (E + k * I) > F
+    assert cost(plan.steps, plan.total_iters + 1) > F
+    assert cost(plan.steps + 1, (plan.steps + 1) * k) > F
     assert plan.total_iters >= plan.steps * k
     if schedule == "constant":
         assert min(plan.iters) >= k
@@ -170,7 +173,8 @@ def test_steps_and_iters_exactly_one():
 def test_infeasible_messages():
     with pytest.raises(BudgetError, match=r"sample.steps=200.*needs 600 blocks.*>= 600.*<= 93"):
         plan_fpdm(280, 2, steps=200)
-    with pytest.raises(BudgetError, match=r"sample.budget=10 is below one step at sample.iters=26.*>= 28.*<= 8"):
+    msg = r"sample.budget=10 is below one step at sample.iters=26.*>= 28.*<= 8"
+    with pytest.raises(BudgetError, match=msg):
         plan_fpdm(10, 2, iters=26)
     with pytest.raises(BudgetError, match=r"sample.budget=300 .*depth 28.*280 or 308"):
         plan_dit(300, 28)
@@ -193,7 +197,8 @@ def test_plan_is_frozen_and_checked():
     with pytest.raises(ValueError, match="inconsistent"):
         dataclasses.replace(plan, block_passes=plan.block_passes + 1)
     d = plan.to_dict()
-    assert d["iters"] == list(plan.iters) and d["block_passes"] == 280 and d["k_mean"] == 6.0 and d["total_iters"] == 210
+    assert d["iters"] == list(plan.iters) and d["block_passes"] == 280
+    assert d["k_mean"] == 6.0 and d["total_iters"] == 210
 
 
 # ------------------------------------------------------------------ config entry point

@@ -283,3 +283,40 @@ def test_make_solver_validates_knobs():
     cf = Counting(lambda z: 2 * z)
     z, _ = relaxed(cf, torch.ones(1, 1), max_iter=3)
     assert cf.calls == 3 and torch.equal(z, torch.full((1, 1), 1.5**3))
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_adjoint_linear_fixed_point_via_vjp(name):
+    # implicit differentiation solves u = J^T u + g with J = df/dz at z*, f given only through vjps
+    g_ = torch.Generator().manual_seed(5)
+    w = torch.randn(6, 6, generator=g_, dtype=torch.float64) * 0.3
+    x = torch.randn(2, 6, generator=g_, dtype=torch.float64)
+    z_star = torch.zeros(2, 6, dtype=torch.float64)
+    for _ in range(200):
+        z_star = torch.tanh(z_star @ w + x)
+    z_star.requires_grad_()
+    f_star = torch.tanh(z_star @ w + x)
+    grad = torch.randn(2, 6, generator=g_, dtype=torch.float64)
+
+    def adjoint_map(u):
+        (vjp,) = torch.autograd.grad(f_star, z_star, u, retain_graph=True)
+        return vjp + grad
+
+    with torch.enable_grad():
+        u, st = get_solver(name)(adjoint_map, grad, max_iter=300, tol=1e-10)
+    jac = torch.diag_embed(1 - f_star.detach() ** 2) @ w.T  # (B, 6, 6): d f_i / d z_j per sample
+    eye = torch.eye(6, dtype=torch.float64)
+    expected = torch.linalg.solve(eye - jac.transpose(1, 2), grad[..., None])[..., 0]
+    assert st.converged.all()
+    torch.testing.assert_close(u, expected, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_inputs(name, dtype):
+    f64, z0, z_star = linear_problem(torch.linspace(-0.5, 0.5, 8))
+    f = lambda z: f64(z.double()).to(dtype)  # noqa: E731
+    z, st = get_solver(name)(f, z0.to(dtype), max_iter=40)
+    assert z.dtype == dtype and st.rel_residuals.dtype == torch.float32 and not st.diverged.any()
+    tol = 1e-4 if dtype == torch.float32 else 0.1
+    assert ((z.double() - z_star).norm() / z_star.norm()) < tol

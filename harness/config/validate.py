@@ -155,7 +155,7 @@ def _data(cfg) -> None:
 
 @check
 def _metrics(cfg) -> None:
-    from harness.metrics.extractors import list_extractors
+    from harness.metrics import list_extractors
 
     m = cfg.metrics
     _choice("metrics.extractor", m.extractor, list_extractors())

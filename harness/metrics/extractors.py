@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 __all__ = [
     "ExtractorSpec", "WeightsInfo", "register_extractor", "get_extractor", "list_extractors",
-    "DigitsCNN", "FeatureExtractorDigitsCNN", "digits_split", "digits_to_uint8", "ensure_digits_cnn",
+    "DigitsCNN", "FeatureExtractorDigitsCNN", "ensure_digits_cnn",
     "default_cache_dir", "sha256_file", "atomic_write_bytes",
 ]
 
@@ -108,33 +107,6 @@ def list_extractors() -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Embedded data: sklearn digits, one deterministic stratified 80/20 split
-
-
-def digits_to_uint8(x: np.ndarray) -> np.ndarray:
-    """sklearn digits pixels are integers 0..16; map them onto 0..255 (16 -> 255)."""
-    return np.clip(np.rint(np.asarray(x, np.float64) * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-
-
-def digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """('train' | 'test') -> (uint8 images (N, 1, 8, 8), int64 labels (N,)).
-
-    Stratified 80/20 with random_state=0 (sklearn train_test_split), the split the data module uses.
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    if split not in ("train", "test"):
-        raise KeyError(f"split={split!r} is unknown; choose one of ['test', 'train']")
-    d = load_digits()
-    idx_train, idx_test = train_test_split(
-        np.arange(len(d.target)), test_size=0.2, random_state=0, stratify=d.target)
-    idx = idx_train if split == "train" else idx_test
-    images = digits_to_uint8(d.images[idx]).reshape(-1, 1, 8, 8)
-    return images, d.target[idx].astype(np.int64)
-
-
-# ----------------------------------------------------------------------------------------------
 # The digits CNN
 
 
@@ -152,8 +124,10 @@ def to_unit_8x8(x: torch.Tensor) -> torch.Tensor:
 
 class DigitsCNN(nn.Module):
     """conv8 -> strided conv16 -> 64-d features -> 10 logits (about 0.1 GFLOP per full-batch step).
-    Features are the pre-activation of the penultimate layer: dense and roughly Gaussian, so their
-    covariance is full rank."""
+    Features are the pre-activation of the penultimate layer (dense and roughly Gaussian, so their
+    covariance is full rank), standardised per dimension with the training split's mean and std
+    (buffers set after training). Standardising puts them on the O(1) scale KID's polynomial kernel
+    (x.y/d + 1)^3 assumes, as Inception pool features are; it does not change the logits."""
 
     feature_dim = 64
 
@@ -163,12 +137,14 @@ class DigitsCNN(nn.Module):
         self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
         self.fc1 = nn.Linear(16 * 4 * 4, self.feature_dim)
         self.fc2 = nn.Linear(self.feature_dim, 10)
+        self.register_buffer("feat_mean", torch.zeros(self.feature_dim))
+        self.register_buffer("feat_std", torch.ones(self.feature_dim))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # x: (B, 1, 8, 8) in [0, 1]
         h = F.relu(self.conv1(x - 0.5))                       # (B, 8, 8, 8)
         h = F.relu(self.conv2(h))                             # (B, 16, 4, 4)
-        feats = self.fc1(h.flatten(1))                        # (B, 64)
-        return feats, self.fc2(F.relu(feats))                 # (B, 64), (B, 10)
+        pre = self.fc1(h.flatten(1))                          # (B, 64)
+        return (pre - self.feat_mean) / self.feat_std, self.fc2(F.relu(pre))  # (B, 64), (B, 10)
 
 
 # Training recipe; bumping the version changes the cache file name.
@@ -177,9 +153,12 @@ _DIGITS_RECIPE = {"version": 1, "seed": 0, "steps": 150, "lr": 3e-3, "weight_dec
 
 def _train_digits_cnn(seed: int, steps: int, lr: float, weight_decay: float) -> tuple[DigitsCNN, float, int]:
     """Full-batch Adam on the train split, on CPU, in deterministic mode; returns (model, held-out acc, n)."""
-    x_tr, y_tr = digits_split("train")
-    x_te, y_te = digits_split("test")
-    xt, yt = to_unit_8x8(torch.from_numpy(x_tr)), torch.from_numpy(y_tr)
+    # The data module owns the split (stratified 80/20, random_state=0) and the 0..16 -> uint8 map.
+    from harness.data.digits import digits_uint8
+
+    x_tr, y_tr = digits_uint8("train", 8)
+    x_te, y_te = digits_uint8("test", 8)
+    xt, yt = to_unit_8x8(x_tr), y_tr
     # One thread: the same float reduction order on every machine (and no oversubscription on
     # small shared CPUs, where 2 threads were 4x slower than 1 for this tiny network).
     was_det, n_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
@@ -199,8 +178,11 @@ def _train_digits_cnn(seed: int, steps: int, lr: float, weight_decay: float) -> 
         torch.set_num_threads(n_threads)
     model.eval()
     with torch.no_grad():
-        pred = model(to_unit_8x8(torch.from_numpy(x_te)))[1].argmax(1)
-    acc = float((pred == torch.from_numpy(y_te)).float().mean())
+        pre = model.fc1(F.relu(model.conv2(F.relu(model.conv1(xt - 0.5)))).flatten(1))
+        model.feat_mean.copy_(pre.mean(0))
+        model.feat_std.copy_(pre.std(0).clamp_min(1e-6))
+        pred = model(to_unit_8x8(x_te))[1].argmax(1)
+    acc = float((pred == y_te).float().mean())
     return model, acc, len(y_tr)
 
 
@@ -221,7 +203,7 @@ def ensure_digits_cnn(cache_dir: str | os.PathLike | None = None) -> tuple[Path,
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         atomic_write_bytes(path, lambda tmp: save_file(state, tmp, metadata={"recipe": json.dumps(_DIGITS_RECIPE)}))
         meta = {"extractor": "digits-cnn", "heldout_accuracy": acc, "train_size": n_train,
-                "split": "stratified 80/20, random_state=0", "sha256": sha256_file(path),
+                "split": "harness.data.digits train (stratified 80/20, random_state=0)", "sha256": sha256_file(path),
                 "torch": torch.__version__, **{f"recipe_{k}": v for k, v in _DIGITS_RECIPE.items()}}
         atomic_write_bytes(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
         return path, meta

@@ -1,0 +1,47 @@
+"""The evaluation stage: sample quality through torch-fidelity against the data's reference split.
+
+The protocol (sample count, extractor, reference split, seed ranges) travels with every number:
+a FID computed from 1,000 digits samples with the digits CNN is labelled
+"FID-1k, digits-cnn, vs train split", never FID-50K. Reference statistics are computed once per
+(data set, split, extractor, preprocessing) and cached with their provenance.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _check_samples(images: np.ndarray, path: Path) -> None:
+    """Refuse to score samples that are not uint8 images (DiT #27: NaNs inside the evaluator)."""
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"{path}: samples must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
+    if len(images) < 2:
+        raise ValueError(f"{path}: need at least 2 samples to score, got {len(images)}; raise sample.num_images")
+
+
+def evaluate_samples(samples_path: Path, data, cfg, work_dir: Path) -> dict:
+    from harness.metrics import ReferenceSpec, compute_metrics
+
+    with np.load(samples_path) as blob:
+        images = blob["images"]
+    _check_samples(images, samples_path)
+    mc = cfg.metrics
+    split = mc.reference_split
+    reference = ReferenceSpec(name=data.name, split=split, fingerprint=f"{data.fingerprint()}:{split}",
+                              images_fn=lambda: data.reference_images(split))
+    cache_dir = mc.get("extractor_cache") or cfg.paths.extractor_cache or str(Path(cfg.paths.cache_dir) / "extractors")
+    weights = mc.weights
+    if weights and mc.weights_sha256:
+        from harness.metrics.inception import load_inception_weights
+
+        load_inception_weights(weights, expected_sha256=mc.weights_sha256)  # one-line error on a mismatch
+    seed_ranges = cfg.sample.seed_ranges if cfg.sample.seed_ranges > 1 else None
+    device = "cuda" if torch.cuda.is_available() and cfg.run.device != "cpu" else "cpu"
+    out = compute_metrics(torch.from_numpy(images), reference, extractor=mc.extractor, weights=weights,
+                          kid=mc.kid, prc=mc.prc, seed_ranges=seed_ranges, cache_dir=cache_dir, device=device)
+    out.pop("fid_values", None)
+    if not mc.fid:
+        out.pop("fid", None)
+    return out

@@ -1,0 +1,17 @@
+"""Sample-quality metrics through torch-fidelity (FID/KID/precision-recall/IS) and their extractors.
+
+Importing this package registers the `digits-cnn` feature extractor with torch-fidelity.
+See fidelity.py (metrics and reference statistics), extractors.py (extractor registry, digits-cnn),
+inception.py (offline inception-v3-compat weights) and fid_stats.py (float64 FID from statistics).
+"""
+from harness.metrics.extractors import (ExtractorSpec, WeightsInfo, ensure_digits_cnn,
+                                        get_extractor, list_extractors, register_extractor)
+from harness.metrics.fid_stats import features_to_stats, fid_from_stats
+from harness.metrics.fidelity import (ReferenceSpec, ReferenceStats, SeedRangeFID, compute_metrics,
+                                      fid_label, fid_over_seed_ranges, reference_stats)
+
+__all__ = [
+    "ExtractorSpec", "WeightsInfo", "ensure_digits_cnn", "get_extractor", "list_extractors",
+    "register_extractor", "features_to_stats", "fid_from_stats", "ReferenceSpec", "ReferenceStats",
+    "SeedRangeFID", "compute_metrics", "fid_label", "fid_over_seed_ranges", "reference_stats",
+]

@@ -1,0 +1,258 @@
+"""Sample quality through torch-fidelity: FID, KID, precision/recall, Inception Score.
+
+Features come from torch-fidelity's extractors (`create_feature_extractor`,
+`get_featuresdict_from_dataset`) and KID / precision-recall / IS from its metric functions
+(Binkowski et al. 2018; Kynkaanniemi et al. 2019; Salimans et al. 2016). FID (Heusel et al. 2017)
+is computed from float64 statistics (`fid_stats.fid_from_stats`) so that the reference side can be
+computed once per (data set, split, extractor, weights, preprocessing) and cached as `.npz` with
+its provenance; upstream `calculate_metrics` has no precomputed-statistics input (style guide B5).
+
+Every FID carries its protocol, e.g. "FID-1k, digits-cnn, vs train split"; only exactly 50,000
+samples are called FID-50K (DiT#94). Several seed ranges give mean and standard deviation (and the
+minimum, marked as such; edm#16). No step downloads anything: Inception weights come from
+`metrics.weights` (see harness.metrics.inception).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch_fidelity
+from filelock import FileLock
+from torch.utils.data import Dataset
+from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+from torch_fidelity.metric_prc import prc_featuresdict_to_metric
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+from harness.metrics.extractors import (ExtractorSpec, WeightsInfo, atomic_write_bytes, default_cache_dir,
+                                        get_extractor)
+from harness.metrics.fid_stats import features_to_stats, fid_from_stats
+
+__all__ = ["ReferenceSpec", "ReferenceStats", "UInt8Images", "fid_label", "extract_features",
+           "reference_stats", "compute_metrics", "fid_over_seed_ranges", "SeedRangeFID"]
+
+_REF_FORMAT = 1  # bump when the cached reference layout changes
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _as_uint8_tensor(images, what: str) -> torch.Tensor:
+    x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
+    if x.dtype != torch.uint8 or x.dim() != 4:
+        raise ValueError(f"{what}: expected uint8 (N, C, H, W) images, got {x.dtype} {tuple(x.shape)}")
+    return x
+
+
+class UInt8Images(Dataset):
+    """Dataset of uint8 CxHxW tensors as torch-fidelity wants; grey is repeated to RGB when the
+    extractor takes 3 channels (the Inception network)."""
+
+    def __init__(self, images: torch.Tensor, channels: int) -> None:
+        self.images, self.channels = images, channels
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = self.images[i]
+        return x.expand(self.channels, -1, -1).contiguous() if x.shape[0] == 1 and self.channels == 3 else x
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """The real data a metric compares against. `fingerprint` identifies its content (e.g. a data
+    set version or a file hash); `images_fn()` returns uint8 (N, C, H, W), called only on a cache miss."""
+
+    name: str
+    split: str
+    fingerprint: str
+    images_fn: Callable[[], object]
+
+    @property
+    def label(self) -> str:
+        return f"{self.split} split"
+
+
+class ReferenceStats(NamedTuple):
+    mu: np.ndarray        # (D,) float64
+    sigma: np.ndarray     # (D, D) float64
+    n: int
+    features: np.ndarray  # (n, D) float32, for KID and precision/recall
+    provenance: dict
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels
+
+
+def _count(n: int) -> str:
+    if n == 50_000:
+        return "50K"  # the conventional name, reserved for exactly 50,000 samples
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def fid_label(n: int, extractor: str, reference: str) -> str:
+    """fid_label(1000, "digits-cnn", "train split") -> "FID-1k, digits-cnn, vs train split"."""
+    return f"FID-{_count(int(n))}, {extractor}, vs {reference}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Features and reference statistics
+
+
+def _use_cuda(device) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def extract_features(images, spec: ExtractorSpec, weights: WeightsInfo, layers: Sequence[str], *,
+                     device=None, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """uint8 (N, C, H, W) -> {layer: (N, D) float32 CPU tensor} through torch-fidelity's extractor."""
+    x = _as_uint8_tensor(images, "images")
+    device = device if device is not None else x.device
+    cuda = _use_cuda(device)
+    kw = {"feature_extractor_weights_path": weights.path, "verbose": False}
+    fe = create_feature_extractor(spec.name, list(dict.fromkeys(layers)), cuda=cuda, **kw)
+    return get_featuresdict_from_dataset(UInt8Images(x.cpu(), spec.in_channels), fe, batch_size,
+                                         cuda, True, False)  # save_cpu_ram: no DataLoader workers
+
+
+def _ref_key(ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo) -> tuple[str, dict]:
+    ident = {"format": _REF_FORMAT, "dataset": ref.name, "fingerprint": ref.fingerprint, "split": ref.split,
+             "extractor": spec.name, "layer": spec.feature_layer, "weights_sha256": weights.sha256,
+             "preprocessing": spec.preprocessing}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest(), ident
+
+
+def _load_ref(path: Path) -> ReferenceStats:
+    with np.load(path, allow_pickle=False) as z:
+        return ReferenceStats(z["mu"], z["sigma"], int(z["n"]), z["features"], json.loads(str(z["provenance"])))
+
+
+def reference_stats(ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo, *, cache_dir=None,
+                    device=None) -> ReferenceStats:
+    """Reference statistics, computed once per (data, split, extractor, weights, preprocessing) and
+    cached under <cache>/reference/ (file-locked, atomic)."""
+    key, ident = _ref_key(ref, spec, weights)
+    path = default_cache_dir(cache_dir) / "reference" / f"{ref.name}-{ref.split}-{spec.name}-{key[:16]}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            return _load_ref(path)
+        feats = extract_features(ref.images_fn(), spec, weights, [spec.feature_layer], device=device)
+        f = feats[spec.feature_layer]
+        mu, sigma = features_to_stats(f)
+        prov = {**ident, "key": key, "n": int(f.shape[0]), "torch_fidelity": torch_fidelity.__version__,
+                "torch": torch.__version__, "created_unix": int(time.time())}
+        buf = io.BytesIO()
+        np.savez(buf, mu=mu, sigma=sigma, n=np.int64(f.shape[0]), features=f.numpy().astype(np.float32),
+                 provenance=np.array(json.dumps(prov, sort_keys=True)))
+        atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+        return ReferenceStats(mu, sigma, int(f.shape[0]), f.numpy(), prov)
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+
+
+def _ranges(n: int, seed_ranges) -> list[tuple[int, int]]:
+    """None -> [(0, n)]; int K -> K equal contiguous chunks; else explicit [start, end) index pairs."""
+    if seed_ranges is None:
+        return [(0, n)]
+    if isinstance(seed_ranges, int):
+        if seed_ranges < 1 or n // seed_ranges < 2:
+            raise ValueError(f"seed_ranges={seed_ranges}: need >= 1 range of >= 2 samples each (have {n})")
+        k = n // seed_ranges
+        return [(i * k, (i + 1) * k) for i in range(seed_ranges)]
+    out = [(int(a), int(b)) for a, b in seed_ranges]
+    if any(not 0 <= a < b <= n or b - a < 2 for a, b in out):
+        raise ValueError(f"seed_ranges={out}: each (start, end) must satisfy 0 <= start < end <= {n}, end-start >= 2")
+    return out
+
+
+def _one_range(feats: dict, ref: ReferenceStats, spec: ExtractorSpec, *, kid: bool, prc: bool, isc: bool,
+               tf_kw: dict) -> dict:
+    f = feats[spec.feature_layer]
+    mu, sigma = features_to_stats(f)
+    out = {"fid": fid_from_stats(mu, sigma, ref.mu, ref.sigma)}
+    real = {spec.feature_layer: torch.from_numpy(ref.features)}
+    if kid:
+        size = min(1000, f.shape[0], ref.n)  # torch-fidelity's default subset, capped by the sample count
+        m = kid_featuresdict_to_metric(feats, real, spec.feature_layer, kid_subset_size=size, **tf_kw)
+        out.update(kid_mean=m[torch_fidelity.KEY_METRIC_KID_MEAN], kid_std=m[torch_fidelity.KEY_METRIC_KID_STD],
+                   kid_subset_size=size)
+    if prc:  # torch-fidelity convention: input1 = generated, input2 = real
+        m = prc_featuresdict_to_metric(feats, real, spec.feature_layer, **tf_kw)
+        out.update(precision=m[torch_fidelity.KEY_METRIC_PRECISION], recall=m[torch_fidelity.KEY_METRIC_RECALL])
+    if isc:
+        m = isc_featuresdict_to_metric(feats, spec.logits_layer, **tf_kw)
+        out.update(isc_mean=m[torch_fidelity.KEY_METRIC_ISC_MEAN], isc_std=m[torch_fidelity.KEY_METRIC_ISC_STD])
+    return out
+
+
+def compute_metrics(samples_uint8, reference: ReferenceSpec, *, extractor: str = "digits-cnn", weights=None,
+                    kid: bool = True, prc: bool = True, isc: bool | None = None, seed_ranges=None,
+                    cache_dir=None, device=None, rng_seed: int = 2020) -> dict:
+    """Score uint8 (N, C, H, W) samples against `reference`.
+
+    Returns fid, fid_std (None for one range), fid_min, fid_values, kid_mean, kid_std, precision,
+    recall, isc_mean/isc_std (when the extractor has logits; `isc=None` means "when available"),
+    and `protocol` {num_samples (per range), num_ranges, extractor, reference, label, ...}. With
+    several seed ranges every metric is the mean over ranges.
+    """
+    spec = get_extractor(extractor)
+    x = _as_uint8_tensor(samples_uint8, "samples_uint8")
+    winfo = spec.resolve_weights(weights=weights, cache_dir=cache_dir)
+    has_logits = spec.logits_layer is not None and winfo.has_logits
+    if isc and not has_logits:
+        raise ValueError(f"isc=True: extractor {extractor!r} with these weights has no logits; set isc=None or False")
+    isc = has_logits if isc is None else bool(isc)
+    ref = reference_stats(reference, spec, winfo, cache_dir=cache_dir, device=device)
+    layers = [spec.feature_layer] + ([spec.logits_layer] if isc else [])
+    feats = extract_features(x, spec, winfo, layers, device=device)
+    ranges = _ranges(x.shape[0], seed_ranges)
+    tf_kw = {"verbose": False, "save_cpu_ram": True, "rng_seed": rng_seed}
+    per = [_one_range({k: v[a:b] for k, v in feats.items()}, ref, spec, kid=kid, prc=prc, isc=isc, tf_kw=tf_kw)
+           for a, b in ranges]
+    out = {k: float(np.mean([p[k] for p in per])) for k in per[0] if k != "kid_subset_size"}
+    fids = [p["fid"] for p in per]
+    out.update(fid_std=float(np.std(fids, ddof=1)) if len(fids) > 1 else None, fid_min=float(min(fids)),
+               fid_values=fids)
+    n = min(b - a for a, b in ranges)
+    out["protocol"] = {
+        "num_samples": n, "num_ranges": len(ranges), "extractor": extractor, "reference": reference.label,
+        "reference_dataset": reference.name, "reference_n": ref.n, "weights_sha256": winfo.sha256,
+        "preprocessing": spec.preprocessing, "fid_dtype": "float64",
+        "kid_subset_size": per[0].get("kid_subset_size"), "torch_fidelity": torch_fidelity.__version__,
+        "label": fid_label(n, extractor, reference.label)
+        + (f", mean of {len(ranges)} seed ranges" if len(ranges) > 1 else ""),
+    }
+    return out
+
+
+class SeedRangeFID(NamedTuple):
+    mean: float
+    std: float | None
+    values: list
+
+    @property
+    def min(self) -> float:  # papers often report the min over seed ranges (edm#16): report it as such
+        return min(self.values)
+
+
+def fid_over_seed_ranges(sample_sets: Sequence, reference: ReferenceSpec, **kw) -> SeedRangeFID:
+    """One uint8 array per seed range -> (mean, std, values) of FID (std with ddof=1)."""
+    if len(sample_sets) < 1:
+        raise ValueError("sample_sets: need at least one array of samples")
+    kw = {"kid": False, "prc": False, "isc": False, **kw}
+    vals = [compute_metrics(s, reference, **kw)["fid"] for s in sample_sets]
+    return SeedRangeFID(float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None, vals)
