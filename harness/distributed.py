@@ -40,7 +40,10 @@ def _from_submitit() -> DistInfo | None:
     if env.num_tasks <= 1:
         return None
     os.environ.setdefault("MASTER_ADDR", env.hostnames[0] if env.hostnames else "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(29500 + int(env.job_id.split("_")[0]) % 2000))
+    # SLURM_JOB_ID is unique per array element (env.job_id "A_i" shares A across the array), so two
+    # DDP elements of one array on the same node never pick the same port; a requeue keeps it.
+    job = os.environ.get("SLURM_JOB_ID") or env.job_id.split("_")[0]
+    os.environ.setdefault("MASTER_PORT", str(29500 + int(job) % 2000 if job.isdigit() else 29500))
     return DistInfo(env.global_rank, env.num_tasks, env.local_rank)
 
 
@@ -53,9 +56,36 @@ def setup_distributed(device: torch.device) -> DistInfo:
     else:
         info = _from_submitit() or DistInfo()
     if info.enabled:
+        if device.type == "cuda" and device.index is None:
+            # one GPU per local rank; "cuda" then means this rank's GPU everywhere in the job
+            torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
     return info
+
+
+def _collective_device(info: DistInfo) -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_values(values: list[float], info: DistInfo, op: str = "mean") -> list[float]:
+    """Reduce a few Python scalars over the ranks (``mean``, ``sum`` or ``max``); identity on one rank."""
+    if not info.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device(info))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    if op == "mean":
+        t /= info.world_size
+    return t.tolist()
+
+
+def broadcast_flag(flag: bool, info: DistInfo) -> bool:
+    """Rank 0's decision, on every rank (e.g. 'this stage still has to run')."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=_collective_device(info))
+    dist.broadcast(t, src=0)
+    return bool(t.item())
 
 
 def barrier(info: DistInfo) -> None:
@@ -69,3 +99,13 @@ def all_reduce_mean_(tensors: list[torch.Tensor], info: DistInfo) -> None:
     for t in tensors:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t.div_(info.world_size)
+
+
+def broadcast_module_(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's parameters and buffers to every rank (as DistributedDataParallel does at
+    construction), so the ranks start from the same weights whatever their RNG history."""
+    if not info.enabled:
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class JobResult:
     solver_trace: dict | None = None
     artifacts: dict = field(default_factory=dict)
     stage_status: dict = field(default_factory=dict)
+    is_main: bool = True  # False on the other ranks of a data-parallel job: rank 0 writes the record
 
 
 def job_axes(cfg, plan=None) -> dict:
@@ -92,7 +94,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     """Run (or, with ``plan_only``, only inspect) the stages of one job."""
     from harness.accounting import flop_breakdown, params_by_part
     from harness.data import build_dataset
-    from harness.distributed import setup_distributed
+    from harness.distributed import broadcast_flag, setup_distributed
 
     device = resolve_device(cfg.run.device)
     if cfg.run.threads:
@@ -115,14 +117,18 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
 
     # ---- train (skipped for loaded pretrained weights)
     pretrained = cfg.model.name == "dit_diffusers" and bool(cfg.model.pretrained_path)
+    # Every rank joins the process group before any lock: only rank 0 takes the cache lock and
+    # decides whether to train; the other ranks follow its decision, train, and leave the rest to it.
+    info = setup_distributed(device)
+    result.is_main = info.is_main
     if not pretrained:
-        with cache.lock("train", keys.train) as train_dir:
-            if not cache.is_complete("train", keys.train):
+        lock = cache.lock("train", keys.train) if info.is_main else nullcontext(cache.dir("train", keys.train))
+        with lock as train_dir:
+            if broadcast_flag(not cache.is_complete("train", keys.train), info):
                 if "train" not in stages:
                     raise RuntimeError(f"the train stage is not cached (key {keys.train}) and run.stages excludes it")
                 from harness.train import train_model
 
-                info = setup_distributed(device)
                 summary = train_model(model, data, spec, cfg, train_dir, device, info, progress)
                 if not info.is_main:
                     return result
@@ -130,10 +136,14 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
                 result.stage_status["train"] = "ran"
             else:
                 result.stage_status["train"] = "cached"
+            if not info.is_main:
+                return result
             train_summary = cache.read_complete("train", keys.train)
             _load_weights(model, train_dir / "ema.safetensors")  # sampling uses the EMA weights
         result.metrics.update({k: v for k, v in train_summary.items() if not isinstance(v, (dict, list, str))})
         result.artifacts["checkpoint"] = str(train_dir / "ema.safetensors")
+    if not info.is_main:
+        return result
     model = model.to(device).eval()
 
     # ---- sample

@@ -63,6 +63,8 @@ def task(cfg: DictConfig) -> float | tuple:
         if not multirun and cfg.run.debug:
             raise
         return nan
+    if not result.is_main:  # another rank of a data-parallel job: rank 0 writes the record
+        return nan
     if cfg.run.plan:
         status = ", ".join(f"{k}: {v}" for k, v in result.stage_status.items())
         print(f"[plan] {job_id}  {_axes_line(result.axes)}  ->  {status}")

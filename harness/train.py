@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -27,7 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from harness.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
-from harness.distributed import DistInfo, all_reduce_mean_, barrier
+from harness.distributed import DistInfo, all_reduce_mean_, all_reduce_values, barrier, broadcast_module_
 from harness.io import atomic_write, atomic_write_json
 from harness.memory import cuda_peak, training_memory_breakdown
 
@@ -66,12 +67,32 @@ class TrainState:
     losses: list = field(default_factory=list)
 
 
-class _SignalCheckpoint:
-    """Turns SIGUSR1 / SIGTERM (sent by Slurm and submitit before a time limit or pre-emption)
-    into 'checkpoint at the next step boundary', then hands the signal to whoever handled it
-    before (submitit's requeue) or, failing that, exits with the signal's usual code."""
+class Preempted(SystemExit):
+    """Raised after the pre-emption checkpoint when the process must end and a requeued run will
+    continue (submitit has requeued the job). Exit code None: nothing failed, so ``harness.run``
+    re-raises it instead of writing a ``failed`` record, and submitit writes no result for this run."""
 
-    SIGNALS = ("SIGUSR1", "SIGTERM")
+    def __init__(self, message: str):
+        super().__init__(None)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _preempt_signals() -> tuple[str, ...]:
+    # submitit's requeue handler listens to SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL names another;
+    # Slurm sends it signal_delay_s before the time limit and on pre-emption.
+    usr = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
+    return tuple(dict.fromkeys(("SIGUSR1", usr, "SIGTERM")))
+
+
+class _SignalCheckpoint:
+    """Turns SIGUSR1 / SIGUSR2 / SIGTERM (sent by Slurm and submitit before a time limit or
+    pre-emption) into 'checkpoint at the next step boundary', then hands the signal to whoever
+    handled it before (submitit's requeue) or, failing that, exits with the signal's usual code.
+    With several ranks the pending signal is agreed on every step, so all ranks checkpoint at the
+    same step and leave together (a rank left behind would hang in the next collective)."""
 
     def __init__(self):
         self.pending: int | None = None
@@ -79,7 +100,7 @@ class _SignalCheckpoint:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for name in self.SIGNALS:
+            for name in _preempt_signals():
                 sig = getattr(signal, name)
                 self.previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -87,14 +108,33 @@ class _SignalCheckpoint:
     def _handle(self, signum, frame):
         self.pending = signum
 
-    def release(self):
-        """Called after the checkpoint: restore handlers and deliver the signal onwards."""
-        signum, self.pending = self.pending, None
+    def poll(self, info: DistInfo) -> int | None:
+        """The signal pending on any rank (the same answer on every rank), or None."""
+        if not info.enabled:
+            return self.pending
+        signum = int(all_reduce_values([float(self.pending or 0)], info, op="max")[0])
+        return signum or None
+
+    def release(self, signum: int, info: DistInfo = DistInfo()) -> None:
+        """Called after the checkpoint: deliver the signal to the previous handler. If that ends the
+        process (or there is none) every rank ends; if it returns (submitit's SIGTERM bypass, or a
+        non-zero rank) training goes on with these handlers re-armed."""
+        self.pending = None
         self.__exit__()
         prev = self.previous.get(signum)
+        ending: BaseException | None = None
         if callable(prev):
-            prev(signum, None)
-        raise SystemExit(128 + signum)
+            try:
+                prev(signum, None)
+            except SystemExit:  # submitit requeued the job and exits: a requeued run resumes
+                ending = Preempted(f"{signal.Signals(signum).name}: checkpointed at the step boundary, job requeued")
+            except BaseException as exc:  # e.g. submitit's 'not requeued because timed-out too many times'
+                ending = exc
+        else:
+            ending = SystemExit(128 + signum)
+        if all_reduce_values([float(ending is not None)], info, op="max")[0]:
+            raise ending or Preempted(f"{signal.Signals(signum).name}: rank 0 ended the job after its checkpoint")
+        self.__enter__()
 
     def __exit__(self, *exc):
         for sig, prev in self.previous.items():
@@ -131,6 +171,7 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
     if tc.batch_size % info.world_size:
         raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the {info.world_size} ranks")
     work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
     X, Y = _load_dataset_tensors(data.train)
     n = len(X)
     model = model.to(device).train()
@@ -146,6 +187,8 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
         opt.load_state_dict(blob["optimizer"])
         restore_rng_states(blob["rng"])
         state = TrainState(**blob["state"])
+    for module in (model, ema):  # every rank starts from rank 0's weights
+        broadcast_module_(module, info)
 
     def save(step_state: TrainState) -> None:
         if info.is_main:
@@ -201,7 +244,9 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
             state.block_passes += int(passes)
             state.images += tc.batch_size
             state.elapsed_s += time.perf_counter() - t0
-            loss_value = float(loss.detach())
+            # the logged loss is the global-batch mean (each rank holds the mean of its equal slice)
+            loss_value, mse_value, vb_value = all_reduce_values(
+                [float(loss.detach()), float(parts["mse"]), float(parts["vb"])], info)
             state.losses.append(loss_value)
             window_images += tc.batch_size
             if bar is not None:
@@ -209,15 +254,16 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
                 bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             if info.is_main and (state.step % tc.log_every == 0 or _budget_reached(tc.budget, state)):
                 now = time.perf_counter()
-                line = {"step": state.step, "loss": loss_value, "mse": float(parts["mse"]), "vb": float(parts["vb"]),
+                line = {"step": state.step, "loss": loss_value, "mse": mse_value, "vb": vb_value,
                         "images_per_s": window_images / max(now - window_t, 1e-9),
                         "block_passes": state.block_passes, "elapsed_s": state.elapsed_s}
                 with open(log_path, "a") as fh:
                     fh.write(json.dumps(line) + "\n")
                 window_t, window_images = now, 0
-            if signals.pending is not None:
+            signum = signals.poll(info)
+            if signum is not None:
                 save(state)
-                signals.release()
+                signals.release(signum, info)
             if state.step % tc.ckpt_every == 0:
                 save(state)
     if bar is not None:
@@ -229,7 +275,8 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
         "train_images": state.images, "train_time_s": state.elapsed_s,
         "train_images_per_s": state.images / state.elapsed_s if state.elapsed_s else math.nan,
         "train_final_loss": float(sum(state.losses[-20:]) / max(len(state.losses[-20:]), 1)),
-        "train_budget_unit": tc.budget.unit, "train_budget_value": tc.budget.value, **peaks,
+        "train_budget_unit": tc.budget.unit, "train_budget_value": tc.budget.value,
+        "train_world_size": info.world_size, **peaks,
     }
     summary.update(_memory_breakdown(model, spec, X[:local].to(device), Y[:local].to(device)))
     if info.is_main:

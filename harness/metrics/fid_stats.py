@@ -13,6 +13,8 @@ Style guide B5: torcheval#192, k-diffusion PR#78, pytorch-fid#117.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import linalg
 
@@ -45,12 +47,20 @@ def fid_from_stats(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6, imag_tol: flo
         raise ValueError(f"sigma1/sigma2: expected ({mu1.shape[0]}, {mu1.shape[0]}), got {s1.shape} and {s2.shape}")
 
     diff = mu1 - mu2
-    # Plain call: `disp` is deprecated in SciPy >= 1.16; the finiteness check replaces it.
-    covmean = linalg.sqrtm(s1.dot(s2))
-    if not np.isfinite(covmean).all():
-        # Singular product (e.g. fewer samples than dimensions): regularise as pytorch-fid does.
+    # Plain call: `disp` is deprecated in SciPy >= 1.16. A singular product (e.g. fewer samples than
+    # dimensions) shows as a LinAlgWarning or a non-finite result: regularise as pytorch-fid does.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", linalg.LinAlgWarning)
+        try:
+            covmean = linalg.sqrtm(s1.dot(s2))
+            singular = not np.isfinite(covmean).all()
+        except linalg.LinAlgWarning:
+            singular = True
+    if singular:
         offset = np.eye(s1.shape[0]) * eps
-        covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", linalg.LinAlgWarning)
+            covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=imag_tol):
             m = float(np.max(np.abs(covmean.imag)))

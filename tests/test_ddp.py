@@ -1,0 +1,152 @@
+"""Data-parallel training on CPU (gloo), initialised from torchrun's variables.
+
+2 processes at global batch 16 (8 per rank) must log the same per-step losses and end with the
+same weights as 1 process at global batch 16 (harness/train.py, harness/distributed.py), and a
+signal that reaches only one rank must make both checkpoint at the same step and leave together.
+Each rank is this file run as a script (``python tests/test_ddp.py RANK WORLD PORT DIR [BUDGET]``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve()
+OVERRIDES = ["model=fpdm", "train.batch_size=16", "train.log_every=1", "train.ckpt_every=1000",
+             "train.lr=1e-3", "run.threads=1", "run.device=cpu"]
+
+
+def _worker(rank: int, world: int, port: int, out: Path, steps: int) -> None:
+    """One rank: build the model and data from the app's config and train on CPU."""
+    import torch
+    from hydra import compose, initialize_config_module
+
+    import harness.config  # noqa: F401  (fills the ConfigStore)
+    from harness.data import build_dataset
+    from harness.distributed import setup_distributed
+    from harness.job import _build, diffusion_spec
+    from harness.train import train_model
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    with initialize_config_module("harness.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[*OVERRIDES, f"train.budget.value={steps}"])
+    torch.set_num_threads(1)
+    torch.manual_seed(1000 + rank)  # different init per rank: rank 0's weights must be broadcast
+    data = build_dataset(cfg.data)
+    model = _build(cfg, data)
+    device = torch.device("cpu")
+    info = setup_distributed(device)
+    summary = train_model(model, data, diffusion_spec(cfg), cfg, out, device, info, progress=False)
+    (out / f"summary-rank{rank}.json").write_text(json.dumps(summary))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(world: int, out: Path, steps: int) -> list[subprocess.Popen]:
+    out.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    return [subprocess.Popen([sys.executable, str(HERE), str(r), str(world), str(port), str(out), str(steps)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for r in range(world)]
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> list[int]:
+    deadline = time.monotonic() + timeout
+    codes = []
+    try:
+        for p in procs:
+            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("a training rank hung: " + " | ".join((p.communicate()[0] or "")[-800:] for p in procs))
+    return codes
+
+
+def _run(world: int, out: Path, steps: int) -> None:
+    procs = _launch(world, out, steps)
+    codes = _wait(procs)
+    logs = [p.communicate()[0] for p in procs]
+    assert codes == [0] * world, f"ranks exited {codes}:\n" + "\n".join(log[-2000:] for log in logs)
+
+
+def _losses(out: Path) -> list[tuple[int, float]]:
+    return [(d["step"], d["loss"]) for d in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ddp")
+    _run(1, base / "w1", steps=4)
+    _run(2, base / "w2", steps=4)
+    return base / "w1", base / "w2"
+
+
+def test_two_ranks_log_the_same_losses_as_one(runs):
+    one, two = runs
+    l1, l2 = _losses(one), _losses(two)
+    assert [s for s, _ in l1] == [s for s, _ in l2] == [1, 2, 3, 4]
+    # the logged loss is the global-batch mean, not rank 0's half of the batch
+    assert [v for _, v in l2] == pytest.approx([v for _, v in l1], rel=1e-5, abs=1e-6)
+
+
+def test_two_ranks_end_with_the_same_weights_as_one(runs):
+    from safetensors.torch import load_file
+
+    one, two = runs
+    for name in ("model", "ema"):
+        w1, w2 = load_file(str(one / f"{name}.safetensors")), load_file(str(two / f"{name}.safetensors"))
+        assert w1.keys() == w2.keys()
+        worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+        assert worst < 1e-5, f"{name} weights differ by {worst}"
+
+
+def test_rank0_writes_and_summary_reports_world_size(runs):
+    _, two = runs
+    s0 = json.loads((two / "summary-rank0.json").read_text())
+    s1 = json.loads((two / "summary-rank1.json").read_text())
+    assert s0["train_world_size"] == s1["train_world_size"] == 2
+    assert s0["train_images"] == 4 * 16  # images of the global batch, counted once
+    assert s0["train_final_loss"] == pytest.approx(s1["train_final_loss"])  # ranks agree on the logged loss
+    assert json.loads((two / "train_summary.json").read_text())["train_world_size"] == 2
+    assert sorted(p.name for p in two.glob("ckpt-*.pt")) == ["ckpt-00000004.pt"]
+
+
+def test_signal_to_one_rank_checkpoints_both_at_the_same_step(tmp_path):
+    """SIGUSR1 reaches rank 1 only (rank 0 never sees it): the pending signal is agreed over the
+    ranks, rank 0 writes the checkpoint at that step boundary and both exit with 128 + SIGUSR1
+    (nothing handled SIGUSR1 before training) instead of one of them hanging in a collective."""
+    procs = _launch(2, tmp_path, steps=100_000)
+    log = tmp_path / "train_log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and log.read_text().count("\n") >= 2):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            for p in procs:
+                p.kill()
+            pytest.fail("training did not start: " + " | ".join(p.communicate()[0][-800:] for p in procs))
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGUSR1)
+    codes = _wait(procs, timeout=120)
+    assert codes == [128 + signal.SIGUSR1] * 2, [p.communicate()[0][-1500:] for p in procs]
+    ckpts = sorted(tmp_path.glob("ckpt-*.pt"))
+    assert len(ckpts) == 1
+    last_logged = _losses(tmp_path)[-1][0]
+    assert int(ckpts[0].stem.split("-")[1]) == last_logged  # saved at the boundary of the last step run
+
+
+if __name__ == "__main__":
+    _worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]))
