@@ -80,8 +80,12 @@ def job_axes(cfg, plan=None) -> dict:
 def _build(cfg, data):
     from harness.models import build_model
 
-    return build_model(cfg.model, cfg.train, image_size=data.image_size, channels=data.channels,
-                       num_classes=data.num_classes)
+    # The initial weights are part of the train artifact, whose cache key hashes train.seed: draw
+    # them from train.seed, not from whatever the global RNG holds after earlier jobs in this process.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        return build_model(cfg.model, cfg.train, image_size=data.image_size, channels=data.channels,
+                           num_classes=data.num_classes)
 
 
 def _load_weights(model, path: Path) -> None:

@@ -251,7 +251,8 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
             window_images += tc.batch_size
             if bar is not None:
                 bar.update(1 if bar.total else 0)
-                bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+                bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{state.images / max(state.elapsed_s, 1e-9):.0f}",
+                                passes=state.block_passes, refresh=False)
             if info.is_main and (state.step % tc.log_every == 0 or _budget_reached(tc.budget, state)):
                 now = time.perf_counter()
                 line = {"step": state.step, "loss": loss_value, "mse": mse_value, "vb": vb_value,

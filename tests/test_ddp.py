@@ -34,17 +34,22 @@ def _worker(rank: int, world: int, port: int, out: Path, steps: int) -> None:
     from harness.job import _build, diffusion_spec
     from harness.train import train_model
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if world > 1:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     with initialize_config_module("harness.conf", version_base="1.3"):
         cfg = compose("config", overrides=[*OVERRIDES, f"train.budget.value={steps}"])
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(1000 + rank)  # different init per rank: rank 0's weights must be broadcast
-    data = build_dataset(cfg.data)
-    model = _build(cfg, data)
-    device = torch.device("cpu")
-    info = setup_distributed(device)
-    summary = train_model(model, data, diffusion_spec(cfg), cfg, out, device, info, progress=False)
+    try:
+        data = build_dataset(cfg.data)
+        model = _build(cfg, data)
+        device = torch.device("cpu")
+        info = setup_distributed(device)
+        summary = train_model(model, data, diffusion_spec(cfg), cfg, out, device, info, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     (out / f"summary-rank{rank}.json").write_text(json.dumps(summary))
 
 
@@ -77,13 +82,6 @@ def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> list[int]:
     return codes
 
 
-def _run(world: int, out: Path, steps: int) -> None:
-    procs = _launch(world, out, steps)
-    codes = _wait(procs)
-    logs = [p.communicate()[0] for p in procs]
-    assert codes == [0] * world, f"ranks exited {codes}:\n" + "\n".join(log[-2000:] for log in logs)
-
-
 def _losses(out: Path) -> list[tuple[int, float]]:
     return [(d["step"], d["loss"]) for d in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())]
 
@@ -91,8 +89,12 @@ def _losses(out: Path) -> list[tuple[int, float]]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
-    _run(1, base / "w1", steps=4)
-    _run(2, base / "w2", steps=4)
+    procs = _launch(2, base / "w2", steps=4)  # the two ranks start while the reference trains here
+    (base / "w1").mkdir()
+    _worker(0, 1, 0, base / "w1", steps=4)  # the reference: one process, same global batch
+    codes = _wait(procs)
+    logs = [p.communicate()[0] for p in procs]
+    assert codes == [0, 0], f"ranks exited {codes}:\n" + "\n".join(log[-2000:] for log in logs)
     return base / "w1", base / "w2"
 
 

@@ -253,3 +253,24 @@ def test_block_passes_and_flops_show_the_injection_cost():
 
 def test_dit_is_a_dit():
     assert isinstance(build_dit("tiny", input_size=8, in_channels=1, num_classes=10), DiT)
+
+
+def test_diffusers_dit_adapter_contract_and_local_load(tmp_path):
+    from types import SimpleNamespace
+
+    from baselines.diffusers_dit import PARAM_COUNT_NOTE, build_diffusers_dit
+
+    cfg = SimpleNamespace(pretrained_path=None, preset="tiny", learn_sigma=True)
+    torch.manual_seed(0)
+    model = build_diffusers_dit(cfg, image_size=8, channels=1, num_classes=10).eval()
+    x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([1, 500, 999]), torch.tensor([0, 9, 10])
+    out = model(x, t, y)
+    assert out.shape == (3, 2, 8, 8) and model.param_count_note == PARAM_COUNT_NOTE
+    model.transformer.save_pretrained(tmp_path / "transformer")  # a pipeline-style folder
+    loaded = build_diffusers_dit(SimpleNamespace(pretrained_path=str(tmp_path), preset="XL/2", learn_sigma=False),
+                                 image_size=8, channels=1, num_classes=10).eval()
+    assert loaded.learn_sigma and loaded.depth == get_preset("tiny").depth
+    assert torch.equal(loaded(x, t, y), out)
+    with pytest.raises(FileNotFoundError, match="model.pretrained_path"):
+        build_diffusers_dit(SimpleNamespace(pretrained_path=str(tmp_path / "nope"), preset="tiny", learn_sigma=True),
+                            image_size=8, channels=1, num_classes=10)

@@ -8,6 +8,7 @@ key and the fix.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,40 @@ def _positive(key: str, value, allow_none: bool = True, minimum: float = 1) -> N
         return
     if value is None or value < minimum:
         raise ConfigError(f"{key}={value} must be >= {minimum}")
+
+
+@check
+def _top_level(cfg) -> None:
+    """``+name=value`` can append a key the schema does not know (Hydra allows it at the root)."""
+    from dataclasses import fields
+
+    from harness.config.schema import Config
+
+    known = {f.name for f in fields(Config)} | {"hydra"}
+    unknown = sorted(set(cfg.keys()) - known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown top-level key (known: {', '.join(sorted(known - {'hydra'}))}); "
+                          "check the spelling, `python -m harness.run --cfg job` lists the keys")
+
+
+@check
+def _run(cfg) -> None:
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(cfg.run.device)):
+        raise ConfigError(f"run.device={cfg.run.device!r} is not known; valid values: auto, cpu, cuda, cuda:N, mps")
+    for stage in cfg.run.stages:
+        _choice("run.stages", stage, ("train", "sample", "evaluate"))
+
+
+@check
+def _diffusion(cfg) -> None:
+    from harness.job import diffusion_spec
+
+    try:
+        diffusion_spec(cfg)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"diffusion.{exc}") from None
 
 
 @check
@@ -149,6 +184,13 @@ def _data(cfg) -> None:
             raise ConfigError(f"data.root={d.root} does not exist: set data.root to an existing folder")
         if root.is_dir() and not any(root.iterdir()):
             raise ConfigError(f"data.root={d.root} is empty: put images (or class subfolders of images) there")
+        if d.name == "image_folder" and root.is_dir() and not _has_image_file(root):
+            from harness.data.image_folder import IMAGE_EXTENSIONS
+
+            raise ConfigError(f"data.root={d.root} holds no image file ({', '.join(IMAGE_EXTENSIONS)}): point "
+                              "data.root to a folder of images (or class subfolders of images)")
+    _choice("data.split", d.split, ("train", "test", "all"))
+    _positive("data.image_size", d.image_size)
     if d.name == "digits" and d.upscale not in (None, 8, 16):
         raise ConfigError(f"data.upscale={d.upscale} must be 8 or 16 for data=digits")
 
@@ -159,13 +201,46 @@ def _metrics(cfg) -> None:
 
     m = cfg.metrics
     _choice("metrics.extractor", m.extractor, list_extractors())
+    _choice("metrics.reference_split", m.reference_split, ("train", "test", "all"))
+    if m.extractor == "inception-v3-compat" and not m.weights:
+        raise ConfigError("metrics.extractor=inception-v3-compat needs metrics.weights: run "
+                          "`python -m harness.metrics.inception --out PATH` and set metrics.weights=PATH")
+    if m.weights and not Path(m.weights).expanduser().is_file():
+        fix = (f"run `python -m harness.metrics.inception --out {m.weights}`" if m.extractor == "inception-v3-compat"
+               else "leave metrics.weights unset to use the cached extractor")
+        raise ConfigError(f"metrics.weights={m.weights} does not exist: {fix}")
     if m.extractor == "inception-v3-compat":
-        if not m.weights:
-            raise ConfigError("metrics.extractor=inception-v3-compat needs metrics.weights: run "
-                              "`python -m harness.metrics.inception --out PATH` and set metrics.weights=PATH")
-        if not Path(m.weights).expanduser().is_file():
-            raise ConfigError(f"metrics.weights={m.weights} does not exist: run `python -m harness.metrics.inception "
-                              f"--out {m.weights}`")
+        _check_weights_hash(Path(m.weights).expanduser(), m.weights_sha256)
+
+
+def _has_image_file(root: Path) -> bool:
+    """Stops at the first file with an image extension (a large folder is not listed in full)."""
+    from harness.data.image_folder import IMAGE_EXTENSIONS
+
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in root.rglob("*"))
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime key the cache: a changed file re-hashes
+    from harness.metrics.extractors import sha256_file
+
+    return sha256_file(path)
+
+
+def _check_weights_hash(path: Path, expected: str | None) -> None:
+    """Verify the extractor weights before any compute (the evaluate stage checks them again)."""
+    from harness.metrics.inception import _expected_sha256
+
+    want = _expected_sha256(path, expected)
+    if want is None:
+        raise ConfigError(f"metrics.weights={path} has no {path.name}.sha256 beside it to verify against: set "
+                          "metrics.weights_sha256=HASH or rewrite it with `python -m harness.metrics.inception --out PATH`")
+    st = path.stat()
+    digest = _sha256(str(path), st.st_size, st.st_mtime_ns)
+    if not digest.startswith(want):
+        raise ConfigError(f"metrics.weights={path}: sha256 {digest[:16]}... does not match the expected {want[:16]}...; "
+                          "the file is corrupt or not the one hashed: rewrite it with "
+                          "`python -m harness.metrics.inception --out PATH` or fix metrics.weights_sha256")
 
 
 def _writable(path: Path) -> bool:
