@@ -40,6 +40,23 @@ def planned_jobs(config: DictConfig) -> list[dict] | None:
     return jobs
 
 
+def merge_plan(path: Path, jobs: list[dict]) -> None:
+    """Several processes can sweep into one directory at once (array jobs, a second command adding
+    values): the plan is the union of their jobs, merged under a lock so that none is lost."""
+    from filelock import FileLock
+
+    from harness.io import read_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        try:
+            old = read_json(path).get("jobs", [])
+        except (OSError, ValueError, AttributeError):
+            old = []
+        new_ids = {j["job_id"] for j in jobs}
+        atomic_write_json(path, {"jobs": [j for j in old if j.get("job_id") not in new_ids] + jobs})
+
+
 class SweepReportCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -49,7 +66,7 @@ class SweepReportCallback(Callback):
             log.warning("could not write sweep_plan.json: %s", exc)
             return
         if jobs is not None:
-            atomic_write_json(sweep_dir / "sweep_plan.json", {"jobs": jobs})
+            merge_plan(sweep_dir / "sweep_plan.json", jobs)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -31,7 +31,7 @@ def evaluate_samples(samples_path: Path, data, cfg, work_dir: Path) -> dict:
     split = mc.reference_split
     reference = ReferenceSpec(name=data.name, split=split, fingerprint=f"{data.fingerprint()}:{split}",
                               images_fn=lambda: data.reference_images(split))
-    cache_dir = mc.get("extractor_cache") or cfg.paths.extractor_cache or str(Path(cfg.paths.cache_dir) / "extractors")
+    cache_dir = cfg.paths.extractor_cache or cfg.paths.cache_dir  # extractors/ and reference/ go below it
     weights = mc.weights
     if weights and mc.weights_sha256:
         from harness.metrics.inception import load_inception_weights
@@ -42,6 +42,7 @@ def evaluate_samples(samples_path: Path, data, cfg, work_dir: Path) -> dict:
     out = compute_metrics(torch.from_numpy(images), reference, extractor=mc.extractor, weights=weights,
                           kid=mc.kid, prc=mc.prc, seed_ranges=seed_ranges, cache_dir=cache_dir, device=device)
     out.pop("fid_values", None)
+    out["protocol"]["sampler"] = cfg.sample.sampler
     if not mc.fid:
         out.pop("fid", None)
     return out

@@ -89,6 +89,7 @@ def precheck(argv: list[str], config_module: str = "harness.conf", config_name: 
             base = compose(config_name=config_name, overrides=plain, return_hydra_config=True)
         except Exception as exc:
             raise ConfigError(one_line(exc)) from None
+        check_targets(base)
         sweeper_target = str(OmegaConf.select(base, "hydra.sweeper._target_") or "")
         if multirun and "BasicSweeper" in sweeper_target:
             params = OmegaConf.to_container(base.hydra.sweeper.params, resolve=False) if base.hydra.sweeper.get("params") else {}
@@ -104,6 +105,30 @@ def precheck(argv: list[str], config_module: str = "harness.conf", config_name: 
         out_key, out_dir = ("hydra.sweep.dir", base.hydra.sweep.dir) if multirun else ("hydra.run.dir", base.hydra.run.dir)
         check_output_dir(_static_prefix(str(out_dir)), out_key)
     GlobalHydra.instance().clear()
+
+
+# What a user config may ask Hydra (callbacks, sweeper, launcher) or the Optuna sweeper (sampler)
+# to instantiate: the project's own classes, Hydra's plugins and Optuna's samplers, never an
+# arbitrary callable such as ``os.system``.
+ALLOWED_TARGET_PREFIXES = ("harness.", "hydra_plugins.", "hydra._internal.core_plugins.", "optuna.samplers.")
+
+
+def check_targets(cfg) -> None:
+    """Refuse any ``_target_`` outside ``ALLOWED_TARGET_PREFIXES`` anywhere in the composed config."""
+    def walk(node, path):
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if target is not None and not str(target).startswith(ALLOWED_TARGET_PREFIXES):
+                key = f"{path}._target_" if path else "_target_"
+                raise ConfigError(f"{key}={target} is not instantiable from a config: only targets under "
+                                  f"{', '.join(ALLOWED_TARGET_PREFIXES)} are allowed; remove the override")
+            for k, v in node.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
 
 
 def _static_prefix(path: str) -> str:

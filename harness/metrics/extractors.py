@@ -31,7 +31,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 __all__ = [
     "ExtractorSpec", "WeightsInfo", "register_extractor", "get_extractor", "list_extractors",
-    "DigitsCNN", "FeatureExtractorDigitsCNN", "ensure_digits_cnn",
+    "DigitsCNN", "FeatureExtractorDigitsCNN", "ensure_digits_cnn", "to_unit_8x8",
     "default_cache_dir", "sha256_file", "atomic_write_bytes",
 ]
 
