@@ -146,6 +146,13 @@ def _load_dataset_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([torch.as_tensor(x) for x in xs]).float(), torch.as_tensor([int(y) for y in ys])
 
 
+def ema_decay_at(decay: float, step: int) -> float:
+    """EMA decay with the usual warm-up, ``min(decay, (1 + step) / (10 + step))`` (diffusers'
+    ``EMAModel``): early weights, far from the trained model, fade out quickly, so short runs
+    (the embedded default trains for ~1k steps) sample from a trained EMA and not from the init."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     with torch.no_grad():
         e = [p for p in ema.parameters()]
@@ -237,7 +244,7 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             opt.step()
-            _ema_update(ema, model, tc.ema_decay)
+            _ema_update(ema, model, ema_decay_at(tc.ema_decay, state.step))
 
             passes = model.num_explicit_blocks + model.last_passes if model.is_implicit else model.block_passes()
             state.step += 1

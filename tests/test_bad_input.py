@@ -1,0 +1,239 @@
+"""Bad input (issue 7 item 6, issue 4's matrix of bad overrides): one line naming the key or file and
+the fix, a non-zero exit, no traceback unless run.debug=true, nothing written. Inputs only a run
+can see (a corrupt checkpoint or image) end as a failed record naming the file.
+
+The matrix runs the pre-check in process (what ``python -m harness.run`` runs first); a handful of
+cases go through the real command line; a hypothesis test mixes valid and invalid overrides.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
+from harness.config.validate import ConfigError
+from harness.precheck import precheck
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+
+@pytest.fixture
+def inputs(tmp_path, monkeypatch):
+    """Bad files and folders in a scratch cwd: paths in overrides are relative to it."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "notes.txt").write_text("not an image")
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "weights.pt").write_bytes(b"not the inception weights")
+    (tmp_path / "a_file").write_text("")
+    return tmp_path
+
+
+# (overrides, what the one-line message must contain)
+BAD = [
+    (["model.foo=1"], "model.foo"),  # unknown keys
+    (["+trainn.lr=1"], "trainn"),
+    (["trian.lr=1"], "trian"),
+    (["solver=picard", "solver.m=5"], "solver.m"),
+    (["model.pre_depth=abc"], "model.pre_depth"),  # wrong types
+    (["sample.iters=1.5"], "sample.iters"),
+    (["model.learn_sigma=maybe"], "model.learn_sigma"),
+    (["train.budget.value=0"], "train.budget.value=0"),  # zero / negative budgets and iterations
+    (["train.budget.value=-5"], "train.budget.value=-5"),
+    (["sample.budget=0"], "sample.budget=0"),
+    (["sample.iters=0"], "sample.iters=0"),
+    (["sample.steps=-1"], "sample.steps=-1"),
+    (["train.iters.with_grad.min=0"], "train.iters.with_grad"),
+    (["train.iters.no_grad.min=4"], "train.iters.no_grad"),
+    (["-m", "sample.iters=2,0"], "sample.iters=0"),  # one bad job sinks the command, before it runs
+    (["model=dit", "sample.budget=61"], "sample.budget=61"),  # infeasible budgets
+    (["sample.budget=5", "sample.steps=3"], "sample.budget"),
+    (["-m", "model=dit,fpdm", "sample.budget=61"], "sample.budget=61"),
+    (["model.pre_depth=3", "model.post_depth=3"], "model.pre_depth + model.post_depth"),  # deeper than the preset
+    (["solver=newton"], "newton does not exist; valid solver options"),  # unknown names
+    (["sample.schedule=zigzag"], "sample.schedule='zigzag'"),
+    (["sample.sampler=euler"], "sample.sampler='euler'"),
+    (["data=imagenet"], "imagenet does not exist; valid data options"),
+    (["data.name=imagenet"], "data.name='imagenet'"),
+    (["model=unet"], "unet does not exist; valid model options"),
+    (["model.preset=XXL/2"], "model.preset='XXL/2'"),
+    (["train.method=magic"], "train.method='magic'"),
+    (["diffusion.prediction_type=x0"], "diffusion.prediction_type='x0'"),
+    (["metrics.extractor=clip"], "metrics.extractor='clip'"),
+    (["data=image_folder"], "data.root"),  # data folders: unset, missing, empty, not images
+    (["data=image_folder", "data.root=missing"], "data.root=missing does not exist"),
+    (["data=image_folder", "data.root=empty"], "data.root=empty is empty"),
+    (["data=image_folder", "data.root=texts"], "data.root=texts holds no image file"),
+    (["data=latents", "data.root=empty"], "data.root=empty is empty"),
+    (["metrics.extractor=inception-v3-compat"], "metrics.weights"),  # extractor weights
+    (["metrics.extractor=inception-v3-compat", "metrics.weights=missing.pt"], "metrics.weights=missing.pt does not exist"),
+    (["metrics.weights=missing.pt"], "metrics.weights=missing.pt does not exist"),
+    (["metrics.extractor=inception-v3-compat", "metrics.weights=weights.pt"], "weights.pt.sha256"),
+    (["metrics.extractor=inception-v3-compat", "metrics.weights=weights.pt", "metrics.weights_sha256=00ff"],
+     "does not match the expected 00ff"),
+    (["hydra.run.dir=a_file/run"], "hydra.run.dir=a_file/run is not writable"),  # unwritable outputs
+    (["-m", "hydra.sweep.dir=a_file/sweep"], "hydra.sweep.dir=a_file/sweep is not writable"),
+    (["paths.cache_dir=a_file/cache"], "paths.cache_dir=a_file/cache is not writable"),
+    (["run.device=tpu"], "run.device='tpu'"),  # run / misc
+    (["run.stages=[train,deploy]"], "run.stages='deploy'"),
+    (["data.split=val"], "data.split='val'"),
+    (["metrics.reference_split=val"], "metrics.reference_split='val'"),
+    (["sample.num_images=10", "sample.seed_ranges=3"], "sample.seed_ranges=3"),
+    (["model=dit", "sample.reuse=true"], "sample.reuse=true needs model=fpdm"),
+    (["+hydra.callbacks.x._target_=os.system"], "hydra.callbacks.x._target_=os.system"),
+]
+
+
+@pytest.mark.parametrize("argv,expected", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_override_gives_one_line_naming_the_key(argv, expected, inputs):
+    before = sorted(p.relative_to(inputs) for p in inputs.rglob("*"))
+    with pytest.raises(ConfigError) as err:
+        precheck(argv)
+    msg = str(err.value)
+    assert expected in msg and "\n" not in msg and len(msg) < 400, msg
+    assert sorted(p.relative_to(inputs) for p in inputs.rglob("*")) == before  # nothing written
+
+
+def test_a_good_command_line_passes(inputs):
+    precheck(["-m", "model=dit,fpdm", "sample.budget=60", "data=image_folder", "data.root=images"])
+
+
+# (argv, a fragment of the one stderr line) through the real entry point
+CLI_BAD = [
+    (["trian.lr=1"], "trian"),
+    (["-m", "model=dit,fpdm", "sample.budget=61"], "nearest feasible budgets: 60 or 66"),
+    (["data=image_folder", "data.root=texts"], "data.root=texts holds no image file"),
+    (["hydra.run.dir=a_file/run"], "hydra.run.dir=a_file/run is not writable"),
+]
+
+
+@pytest.mark.parametrize("argv,fragment", CLI_BAD, ids=[a[-1] for a, _ in CLI_BAD])
+def test_the_command_line_exits_2_with_one_line_and_writes_nothing(argv, fragment, inputs, run_cli):
+    before = sorted(p.relative_to(inputs) for p in inputs.rglob("*"))
+    proc = run_cli([*argv, f"paths.cache_dir={inputs / 'cache'}"], cwd=inputs, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert sorted(p.relative_to(inputs) for p in inputs.rglob("*")) == before  # no outputs/, multirun/, cache
+
+
+def test_run_debug_shows_the_traceback(inputs, run_cli):
+    proc = run_cli(["sample.iters=0", "run.debug=true"], cwd=inputs, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "ConfigError: sample.iters=0 must be >= 1" in proc.stderr
+    assert not (inputs / "outputs").exists()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _good_checkpoint(d: Path, step: int) -> Path:
+    from harness.checkpoint import save_checkpoint
+
+    return save_checkpoint(d, step, {"model": {"w": torch.arange(4.0) + step}})
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "empty", "not-torch"])
+def test_a_damaged_checkpoint_raises_a_checkpoint_error_naming_it(damage, tmp_path):
+    good = _good_checkpoint(tmp_path, 5)
+    bad = _good_checkpoint(tmp_path, 10)
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    elif damage == "foreign":  # a valid torch file that is not a training checkpoint
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, bad)
+    elif damage == "empty":
+        bad.write_bytes(b"")
+    else:
+        bad.write_text("hello")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+    assert torch.equal(load_checkpoint(good)["model"]["w"], torch.arange(4.0) + 5)  # the previous one is intact
+
+
+def test_a_corrupt_newest_checkpoint_fails_the_job_with_a_record_naming_it(tmp_path, hydra_app, fast_overrides):
+    train = ["run.stages=[train]", "train.budget.value=10", "train.ckpt_every=5"]
+    hydra_app([*fast_overrides, *train])
+    (train_dir,) = (tmp_path / "cache" / "train").glob("*/")
+    for name in ("complete.json", "ema.safetensors", "model.safetensors", "train_summary.json"):
+        (train_dir / name).unlink()  # as if the job had died after its last checkpoint
+    older, newest = list_checkpoints(train_dir)
+    newest.write_bytes(newest.read_bytes()[:1000])
+    returns = hydra_app([*fast_overrides, *train], multirun=True)  # the same job, started again
+    (rec_path,) = (tmp_path / "sweep").glob("*/record.json")
+    rec = json.loads(rec_path.read_text())
+    assert rec["status"] == "failed" and str(newest) in rec["reason"] and "CheckpointError" in rec["reason"]
+    assert "\n" not in rec["reason"] and returns[0][0].return_value != returns[0][0].return_value  # NaN
+    assert load_checkpoint(older)["step"] == 5 and latest_checkpoint(train_dir) == newest  # nothing deleted
+
+
+def test_a_single_failed_run_exits_1_with_one_line(tmp_path, hydra_app, fast_overrides, capsys):
+    """A folder whose .png files do not decode passes the pre-check (a scan only) and fails the job."""
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_text("not a png")
+    with pytest.raises(SystemExit) as exit_:
+        hydra_app([*fast_overrides, "data=image_folder", f"data.root={tmp_path / 'junk'}"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "none is readable" in err[0]
+    rec = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert rec["status"] == "failed" and "data.root" in rec["reason"]
+
+
+# ----------------------------------------------------------------------------- generated overrides
+VALUES = {
+    "model": ["dit", "fpdm", "unet"],
+    "solver": ["picard", "anderson", "newton"],
+    "sample.budget": ["null", "0", "12", "60", "61", "-3", "abc"],
+    "sample.iters": ["null", "0", "1", "2", "8", "1.5"],
+    "sample.steps": ["1", "5", "0", "null"],
+    "sample.schedule": ["constant", "increasing", "cosine", "zigzag"],
+    "sample.sampler": ["ddim", "ddpm", "dpmpp", "euler"],
+    "model.pre_depth": ["0", "1", "2", "5", "-1"],
+    "train.budget.value": ["1", "0", "-2", "20"],
+    "data.name": ["digits", "mnist"],
+    "sample.reuse": ["true", "false", "perhaps"],
+    "model.typo_key": ["1"],
+}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(choice=st.dictionaries(st.sampled_from(sorted(VALUES)), st.integers(0, 6), min_size=1, max_size=5))
+def test_generated_overrides_either_plan_or_fail_cleanly(choice, tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from harness.job import run_job
+
+    monkeypatch.chdir(tmp_path)
+    argv = [f"{k}={VALUES[k][i % len(VALUES[k])]}" for k, i in choice.items()]
+    argv.append(f"paths.cache_dir={tmp_path / 'cache'}")
+    before = sorted(os.listdir(tmp_path))
+    try:
+        precheck(argv)
+    except ConfigError as err:
+        msg = str(err)
+        assert msg and "\n" not in msg and len(msg) < 400
+        assert any(k.split(".")[-1] in msg or k.split("=")[0] in msg for k in [a.split("=")[0] for a in argv]), msg
+        assert sorted(os.listdir(tmp_path)) == before
+        return
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="harness.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=argv)
+    GlobalHydra.instance().clear()
+    result = run_job(cfg, progress=False, plan_only=True)  # what would run, without running it
+    assert set(result.stage_status) == {"train", "sample", "evaluate"}
+    assert all(v == "to run" for v in result.stage_status.values())
+    steps = result.axes["steps"]
+    assert isinstance(steps, int) and steps >= 1
+    assert not (tmp_path / "cache").exists()
