@@ -186,6 +186,9 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
             result.stage_status["evaluate"] = "cached"
         eval_metrics = cache.read_complete("eval", keys.eval)
     result.protocol = eval_metrics.pop("protocol", {})
+    from harness.memory import peak_rss_bytes
+
+    result.metrics["peak_rss_bytes"] = peak_rss_bytes()  # of the job's process (a sweep shares one)
     result.metrics.update({k: v for k, v in eval_metrics.items() if not isinstance(v, (dict, list, str))})
     return result
 

@@ -85,7 +85,7 @@ def cuda_peak(device: torch.device | str, out: dict, key: str):
         yield
     finally:
         torch.cuda.synchronize(dev)
-        out[key] = int(torch.cuda.max_memory_allocated(dev))
+        out[key] = max(out.get(key, 0), int(torch.cuda.max_memory_allocated(dev)))
 
 
 class _FusedAttentionSaves(torch.autograd.Function):

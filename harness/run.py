@@ -72,6 +72,7 @@ def task(cfg: DictConfig) -> float | tuple:
         print(f"[plan] {job_id}  {_axes_line(result.axes)}  ->  {_plan_status(job_dir, result.stage_status)} "
               f"({status})")
         return nan
+    _copy_grid(result.artifacts, job_dir)
     objective = _objective(result.metrics, names)
     evaluated = "evaluate" in cfg.run.stages
     finite = all(math.isfinite(v) for v in (objective if isinstance(objective, tuple) else (objective,)))
@@ -89,6 +90,17 @@ def task(cfg: DictConfig) -> float | tuple:
         if not finite:
             _exit_failed(reason, path)
     return objective if finite else nan
+
+
+def _copy_grid(artifacts: dict, job_dir: Path) -> None:
+    """Keep the job's sample grid beside its record, so the report embeds it from the sweep
+    directory alone (the cache may live elsewhere, or be cleaned)."""
+    import shutil
+
+    src = artifacts.get("grid")
+    if src and Path(src).is_file():
+        shutil.copyfile(src, job_dir / "grid.png")
+        artifacts["grid"] = "grid.png"
 
 
 def _exit_failed(reason: str, record_path: Path) -> None:

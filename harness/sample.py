@@ -21,6 +21,7 @@ from torch import nn
 
 from harness.accounting import flop_breakdown, sampling_flops
 from harness.io import atomic_write
+from harness.memory import cuda_peak
 
 SHARD_PREFIX = "shard-"
 
@@ -94,6 +95,7 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
 
         bar = tqdm(total=sc.num_images, desc=f"sample {cfg.model.name} {plan.steps} steps", unit="img")
     wall, sampled = 0.0, 0
+    peaks: dict = {}
     for start, end in ranges:
         shard = shards_dir / f"{SHARD_PREFIX}{start:07d}-{end:07d}.npz"
         if shard.exists():
@@ -115,7 +117,7 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
             return out
 
         t0 = time.perf_counter()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast, cuda_peak(device, peaks, "sample_cuda_peak_bytes"):
             x0 = sample_loop(model_fn, (end - start, data.channels, data.image_size, data.image_size), labels.to(device),
                              spec, sampler=sc.sampler, num_steps=plan.steps, generator_per_image=gens, eta=sc.eta,
                              cfg_scale=sc.cfg_scale, null_label=data.num_classes, device=device)
@@ -132,7 +134,9 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
             bar.update(end - start)
     if bar is not None:
         bar.close()
-    return _finish(model, data, cfg, plan, work_dir, ranges, implicit, wall, sampled)
+    summary = _finish(model, data, cfg, plan, work_dir, ranges, implicit, wall, sampled)
+    summary.update(peaks)
+    return summary
 
 
 def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall: float, sampled: int) -> dict:
