@@ -170,6 +170,19 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
     return np.concatenate([one_axis(embed_dim // 2, grid_h), one_axis(embed_dim // 2, grid_w)], axis=1)
 
 
+def add_embedders(model: nn.Module, *, input_size: int, in_channels: int, hidden_size: int, patch_size: int,
+                  num_classes: int, class_dropout: float) -> None:
+    """The input side both families share (DiT Sec. 3.2): ``x_embedder`` (patches), ``t_embedder``,
+    ``y_embedder`` and the fixed ``pos_embed`` buffer, set on ``model`` under DiT's names so
+    state dicts stay compatible."""
+    model.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size)
+    model.t_embedder = TimestepEmbedder(hidden_size)
+    model.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout)
+    pos = torch.from_numpy(sincos_pos_embed_2d(hidden_size, input_size // patch_size)).float().unsqueeze(0)
+    pos = pos.to(model.x_embedder.proj.weight.device)  # honours a torch.device("meta") context
+    model.register_buffer("pos_embed", pos, persistent=False)
+
+
 def unpatchify(x: torch.Tensor, patch_size: int, channels: int) -> torch.Tensor:
     """(B, N, p*p*C) -> (B, C, H, W) for a square grid."""
     B, N, _ = x.shape

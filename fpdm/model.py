@@ -22,12 +22,9 @@ from torch import nn
 from baselines.layers import (
     DiTBlock,
     FinalLayer,
-    LabelEmbedder,
-    PatchEmbed,
-    TimestepEmbedder,
+    add_embedders,
     dit_initialize,
     run_block,
-    sincos_pos_embed_2d,
     unpatchify,
 )
 from baselines.presets import get_preset
@@ -110,13 +107,8 @@ class FPDM(nn.Module):
         self.last_solve = None  # SolverStats of the last sampling call
         self.last_passes = 0  # fixed point evaluations of the last call
 
-        self.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout)
-        grid = input_size // patch_size
-        pos = torch.from_numpy(sincos_pos_embed_2d(hidden_size, grid)).float().unsqueeze(0)
-        pos = pos.to(self.x_embedder.proj.weight.device)  # honours a torch.device("meta") context
-        self.register_buffer("pos_embed", pos, persistent=False)
+        add_embedders(self, input_size=input_size, in_channels=in_channels, hidden_size=hidden_size,
+                      patch_size=patch_size, num_classes=num_classes, class_dropout=class_dropout)
         self.pre_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(pre_depth)])
         self.pre_projection = nn.Linear(hidden_size, hidden_size)
         self.fixed_point = FixedPointLayer(hidden_size, num_heads, mlp_ratio)

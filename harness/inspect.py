@@ -13,7 +13,6 @@ import sys
 
 import torch
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
 import harness.config  # noqa: F401
 from harness.config.validate import ConfigError, validate_config

@@ -7,8 +7,6 @@ which also turns any exception into a ``failed`` record.
 """
 from __future__ import annotations
 
-import math
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,18 +202,6 @@ def _dit_flops_per_forward(cfg, data) -> float:
         x = torch.zeros(1, data.channels, data.image_size, data.image_size)
         t = torch.zeros(1, dtype=torch.long)
         return float(count_flops(dit, x, t, t))
-
-
-def objective_values(metrics: dict, names) -> tuple[float, ...]:
-    out = []
-    for name in names:
-        v = metrics.get(name)
-        out.append(float(v) if v is not None else math.nan)
-    return tuple(out)
-
-
-def elapsed_since(t0: float) -> float:
-    return time.perf_counter() - t0
 
 
 def resolved_config(cfg) -> dict:

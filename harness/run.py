@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import harness.config  # noqa: F401  (fills the ConfigStore before Hydra composes)
 from harness.config.validate import validate_config

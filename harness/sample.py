@@ -84,9 +84,6 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
         solver, tol = make_solver(cfg.solver.name, **knobs), float(cfg.solver.tol)
     if sc.reuse and not getattr(model, "supports_solution_reuse", False):
         raise ValueError(f"sample.reuse=true needs a model that supports solution reuse; model={cfg.model.name} does not")
-    steps_stats = _StepStats(plan.steps)
-    passes_spent = 0.0
-    timesteps: list[int] = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sc.precision == "bf16")
     ranges = shard_ranges(sc.num_images, sc.batch_size)
     bar = None

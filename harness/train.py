@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from harness.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
