@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,3 +168,14 @@ def tree(path: Path) -> dict:
 @pytest.fixture
 def snapshot():
     return tree
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: tiny ops (and tiny batched LAPACK calls such as
+    Anderson's Cholesky) stall on OpenMP barriers when the shared CPU is oversubscribed; one
+    thread keeps such files fast without changing any result."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -9,14 +9,7 @@ from fpdm.solvers import SolverStats, get_solver, list_solvers, make_solver, reg
 SOLVERS = ["picard", "relaxed", "anderson", "broyden"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny batched LAPACK calls (Anderson's Cholesky) stall on OpenMP barriers when the shared CPU
-    # is oversubscribed; one thread keeps this file at a few seconds without changing any result
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Counting:
