@@ -132,9 +132,8 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
                 from harness.train import train_model
 
                 summary = train_model(model, data, spec, cfg, train_dir, device, info, progress)
-                if not info.is_main:
-                    return result
-                cache.mark_complete("train", keys.train, summary)
+                if info.is_main:
+                    cache.mark_complete("train", keys.train, summary)
                 result.stage_status["train"] = "ran"
             else:
                 result.stage_status["train"] = "cached"
@@ -149,8 +148,10 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     model = model.to(device).eval()
 
     # ---- sample
-    flops = flop_breakdown(model, data.image_size) if cfg.model.name == "fpdm" else None
-    dit_flops = _dit_flops_per_forward(cfg, data) if cfg.sample.match == "flops" else None
+    # measured FLOPs only plan a FLOP-matched budget here; the sample stage measures its own for the record
+    match_flops = cfg.sample.match == "flops" and cfg.model.name == "fpdm"
+    flops = flop_breakdown(model, data.image_size) if match_flops else None
+    dit_flops = _dit_flops_per_forward(cfg, data) if match_flops else None
     plan = sampling_plan(cfg, depth=getattr(model, "depth", None) if pretrained else None, flops=flops,
                          dit_flops_per_forward=dit_flops)
     result.axes = job_axes(cfg, plan)

@@ -38,30 +38,43 @@ def image_labels(seed: int, start: int, end: int, num_classes: int) -> tuple[tor
 
 
 class _StepStats:
-    """Per-step solver statistics accumulated over batches (sums, divided by images at the end)."""
+    """Per-step solver statistics summed over images (divided by the image count at the end).
 
-    def __init__(self, steps: int):
+    The residual sums stay on the model's device while a batch samples, so recording them costs no
+    host synchronisation inside the sampling loop; ``arrays()`` reads them once per batch."""
+
+    FIELDS = ("nfe", "res_first", "res_last", "delta", "count")
+
+    def __init__(self, steps: int, device: torch.device | str = "cpu"):
         self.steps = steps
-        self.nfe = np.zeros(steps)
-        self.res_first = np.zeros(steps)
-        self.res_last = np.zeros(steps)
-        self.delta = np.zeros(steps)
+        self.nfe = np.zeros(steps)  # evaluations x images: host integers, no sync
         self.count = np.zeros(steps)
-        self.diverged = 0
+        self.res_first = torch.zeros(steps, dtype=torch.float64, device=device)
+        self.res_last = torch.zeros(steps, dtype=torch.float64, device=device)
+        self.delta = torch.zeros(steps, dtype=torch.float64, device=device)
+        self.diverged = torch.zeros((), dtype=torch.long, device=device)
 
     def add(self, i: int, stats, batch: int) -> None:
-        rel = stats.rel_residuals.double()
         self.nfe[i] += stats.nfe * batch
-        self.res_first[i] += float(torch.nan_to_num(rel[0], nan=0.0).sum()) if stats.nfe else 0.0
-        self.res_last[i] += float(torch.nan_to_num(stats.final_rel_residuals.double(), nan=0.0).sum())
-        self.delta[i] += float(torch.nan_to_num(stats.delta_last.double(), nan=0.0).sum())
         self.count[i] += batch
-        self.diverged += int(stats.diverged.sum())
+        if stats.nfe:
+            self.res_first[i] += torch.nan_to_num(stats.rel_residuals[0].double(), nan=0.0).sum()
+        self.res_last[i] += torch.nan_to_num(stats.final_rel_residuals.double(), nan=0.0).sum()
+        self.delta[i] += torch.nan_to_num(stats.delta_last.double(), nan=0.0).sum()
+        self.diverged += stats.diverged.sum()
+
+    def arrays(self) -> dict:
+        """Host copies of every field (one transfer per field), as stored in a shard."""
+        out = {k: np.asarray(v.cpu().numpy() if torch.is_tensor(v) else v) for k, v in
+               ((f, getattr(self, f)) for f in self.FIELDS)}
+        out["diverged"] = np.asarray(int(self.diverged))
+        return out
 
     def to_dict(self, timesteps: list[int]) -> dict:
-        c = np.maximum(self.count, 1)
-        return {"timestep": timesteps, "iters": (self.nfe / c).tolist(), "residual_first": (self.res_first / c).tolist(),
-                "residual": (self.res_last / c).tolist(), "delta": (self.delta / c).tolist()}
+        a = self.arrays()
+        c = np.maximum(a["count"], 1)
+        return {"timestep": timesteps, "iters": (a["nfe"] / c).tolist(), "residual_first": (a["res_first"] / c).tolist(),
+                "residual": (a["res_last"] / c).tolist(), "delta": (a["delta"] / c).tolist()}
 
 
 def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device: torch.device,
@@ -102,7 +115,7 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
         labels, gens = image_labels(sc.seed, start, end, data.num_classes)
         warm = WarmStart() if (implicit and sc.reuse) else None  # reset per batch
         batch_timesteps: list[int] = []
-        batch_stats = _StepStats(plan.steps)
+        batch_stats = _StepStats(plan.steps, device)
 
         def model_fn(x, t, y, step_index, warm=warm, batch_timesteps=batch_timesteps, batch_stats=batch_stats):
             if len(batch_timesteps) == step_index:
@@ -123,10 +136,11 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
         sampled += end - start
         if not np.isfinite(x0.float().cpu().numpy()).all():
             raise FloatingPointError(f"sampling produced non-finite values in images {start}..{end - 1}")
-        np_stats = {f"stat_{k}": getattr(batch_stats, k) for k in ("nfe", "res_first", "res_last", "delta", "count")}
+        arrays = batch_stats.arrays()
+        np_stats = {f"stat_{k}": arrays[k] for k in _StepStats.FIELDS}
         atomic_write(shard, lambda fh: np.savez(fh, images=images, labels=labels.numpy(),
                                                 timesteps=np.asarray(batch_timesteps),
-                                                diverged=np.asarray(batch_stats.diverged), **np_stats))
+                                                diverged=arrays["diverged"], **np_stats))
         if bar is not None:
             bar.update(end - start)
     if bar is not None:
@@ -144,8 +158,9 @@ def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall
     timesteps = shards[0]["timesteps"].tolist() if len(shards) else []
     steps = _StepStats(plan.steps)
     for s in shards:
-        for k in ("nfe", "res_first", "res_last", "delta", "count"):
-            getattr(steps, k).__iadd__(s[f"stat_{k}"])
+        for k in _StepStats.FIELDS:
+            field = getattr(steps, k)
+            field += torch.from_numpy(s[f"stat_{k}"]) if torch.is_tensor(field) else s[f"stat_{k}"]
         steps.diverged += int(s["diverged"])
     atomic_write(work_dir / "samples.npz", lambda fh: np.savez_compressed(fh, images=images, labels=labels))
     save_grid(images[:64], work_dir / "grid.png")
@@ -166,7 +181,7 @@ def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall
         "flops_block": breakdown.block, "flops_injection_per_iter": breakdown.injection_per_iteration,
         "injection_to_block": breakdown.injection_to_block,
         "time_per_image_s": wall / sampled if sampled else math.nan,
-        "solver_diverged_samples": steps.diverged,
+        "solver_diverged_samples": int(steps.diverged),
     }
     if implicit:
         summary["solver_trace"] = steps.to_dict(timesteps)

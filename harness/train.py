@@ -232,9 +232,12 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
             with autocast:
                 loss, parts = training_loss(lambda a, b, c: model(a, b, c, drop_labels=drop), x0, y, spec,
                                             t=t, noise=noise)
-            if not torch.isfinite(loss):
+            # one host read per step for the divergence check and the log (not one per value)
+            local_values = torch.stack([loss.detach(), parts["mse"], parts["vb"]]).float().tolist()
+            if not math.isfinite(local_values[0]):
                 raise TrainingDiverged(
-                    f"training loss became {loss.item()} at step {state.step}; lower train.lr or enable train.grad_clip"
+                    f"training loss became {local_values[0]} at step {state.step}; lower train.lr or enable "
+                    "train.grad_clip"
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -251,9 +254,9 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
             state.images += tc.batch_size
             state.elapsed_s += time.perf_counter() - t0
             # the logged loss is the global-batch mean (each rank holds the mean of its equal slice)
-            loss_value, mse_value, vb_value = all_reduce_values(
-                [float(loss.detach()), float(parts["mse"]), float(parts["vb"])], info)
+            loss_value, mse_value, vb_value = all_reduce_values(local_values, info)
             state.losses.append(loss_value)
+            del state.losses[:-100]  # only the recent losses are read (summary, checkpoint)
             window_images += tc.batch_size
             if bar is not None:
                 bar.update(1 if bar.total else 0)
