@@ -86,6 +86,16 @@ def _build(cfg, data):
                            num_classes=data.num_classes)
 
 
+def _store_train_config(cfg, data, train_dir: Path) -> None:
+    """Keep the config beside the weights, so ``harness.models.load`` rebuilds the model from the
+    train directory alone (written once, under the train lock)."""
+    from harness.io import atomic_write_json
+    from harness.loading import TRAIN_CONFIG_NAME, train_config_blob
+
+    if not (train_dir / TRAIN_CONFIG_NAME).is_file():
+        atomic_write_json(train_dir / TRAIN_CONFIG_NAME, train_config_blob(cfg, data))
+
+
 def _load_weights(model, path: Path) -> None:
     from safetensors.torch import load_file
 
@@ -94,7 +104,7 @@ def _load_weights(model, path: Path) -> None:
 
 def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult:
     """Run (or, with ``plan_only``, only inspect) the stages of one job."""
-    from harness.accounting import flop_breakdown, params_by_part
+    from harness.accounting import params_by_part
     from harness.data import build_dataset
     from harness.distributed import broadcast_flag, setup_distributed
 
@@ -139,6 +149,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
                 result.stage_status["train"] = "cached"
             if not info.is_main:
                 return result
+            _store_train_config(cfg, data, train_dir)
             train_summary = cache.read_complete("train", keys.train)
             _load_weights(model, train_dir / "ema.safetensors")  # sampling uses the EMA weights
         result.metrics.update({k: v for k, v in train_summary.items() if not isinstance(v, (dict, list, str))})
@@ -148,12 +159,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     model = model.to(device).eval()
 
     # ---- sample
-    # measured FLOPs only plan a FLOP-matched budget here; the sample stage measures its own for the record
-    match_flops = cfg.sample.match == "flops" and cfg.model.name == "fpdm"
-    flops = flop_breakdown(model, data.image_size) if match_flops else None
-    dit_flops = _dit_flops_per_forward(cfg, data) if match_flops else None
-    plan = sampling_plan(cfg, depth=getattr(model, "depth", None) if pretrained else None, flops=flops,
-                         dit_flops_per_forward=dit_flops)
+    plan = plan_for_model(cfg, model, data, pretrained)
     result.axes = job_axes(cfg, plan)
     if "sample" not in stages:
         return result
@@ -190,6 +196,18 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     result.metrics["peak_rss_bytes"] = peak_rss_bytes()  # of the job's process (a sweep shares one)
     result.metrics.update({k: v for k, v in eval_metrics.items() if not isinstance(v, (dict, list, str))})
     return result
+
+
+def plan_for_model(cfg, model, data, pretrained: bool = False):
+    """The sampling plan of a built model: a FLOP-matched budget is planned from its measured FLOPs
+    (the sample stage measures its own for the record); loaded pretrained weights give the depth."""
+    from harness.accounting import flop_breakdown
+
+    match_flops = cfg.sample.match == "flops" and cfg.model.name == "fpdm"
+    flops = flop_breakdown(model, data.image_size) if match_flops else None
+    dit_flops = _dit_flops_per_forward(cfg, data) if match_flops else None
+    return sampling_plan(cfg, depth=getattr(model, "depth", None) if pretrained else None, flops=flops,
+                         dit_flops_per_forward=dit_flops)
 
 
 def _dit_flops_per_forward(cfg, data) -> float:

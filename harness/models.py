@@ -60,3 +60,11 @@ def _dit_diffusers(model_cfg, train_cfg, *, image_size, channels, num_classes):
     from baselines.diffusers_dit import build_diffusers_dit
 
     return build_diffusers_dit(model_cfg, image_size=image_size, channels=channels, num_classes=num_classes)
+
+
+def load(record_or_dir, device: str = "cpu"):
+    """The trained EMA model (eval mode) and its resolved config from a job record, a job directory
+    or a train cache directory: ``model, cfg = load("multirun/.../job-abc")`` (``harness.loading``)."""
+    from harness.loading import load as _load
+
+    return _load(record_or_dir, device)

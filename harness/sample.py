@@ -207,3 +207,9 @@ def save_grid(images: np.ndarray, path: Path, scale: int = 4) -> None:
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     atomic_write(path, lambda fh: img.save(fh, format="PNG"))
+
+
+if __name__ == "__main__":  # ``python -m harness.sample RECORD_OR_DIR ...`` (harness.sample_cli)
+    from harness.sample_cli import main
+
+    raise SystemExit(main())

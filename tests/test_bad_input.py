@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -237,3 +239,84 @@ def test_generated_overrides_either_plan_or_fail_cleanly(choice, tmp_path, monke
     steps = result.axes["steps"]
     assert isinstance(steps, int) and steps >= 1
     assert not (tmp_path / "cache").exists()
+
+
+# ----------------------------------------------------------------------------- trained models
+def _train_dir(root: Path, *, ema: bytes | None = b"", complete: bool = True, config: bool = True) -> Path:
+    """A train cache directory as the job lays it out; the weights file is a stand-in (the cases
+    below fail before it is read, except the corrupt-weights case)."""
+    from omegaconf import OmegaConf
+
+    from harness.config.schema import Config, PicardSolverConfig
+
+    d = root / "cache" / "train" / "0123456789abcdef"
+    d.mkdir(parents=True)
+    if ema is not None:
+        (d / "ema.safetensors").write_bytes(ema)
+    if complete:
+        (d / "complete.json").write_text("{}")
+    if config:
+        cfg = OmegaConf.structured(Config)
+        cfg.solver = OmegaConf.structured(PicardSolverConfig)
+        blob = {"config": OmegaConf.to_container(cfg), "data": {"channels": 1, "image_size": 8, "num_classes": 10}}
+        (d / "config.json").write_text(json.dumps(blob))
+    return d
+
+
+def _record(root: Path, status: str, checkpoint: str | None) -> Path:
+    d = root / "job"
+    d.mkdir()
+    rec = {"status": status, "reason": "RuntimeError: CUDA out of memory\nmore", "config": {},
+           "artifacts": {"checkpoint": checkpoint} if checkpoint else {}, "keys": {"train": "fedcba9876543210"}}
+    (d / "record.json").write_text(json.dumps(rec))
+    return d
+
+
+# (how to make the path, extra arguments, what the one line must say)
+LOAD_BAD = [
+    (lambda r: r / "nope", [], "nope does not exist: pass a job record"),
+    (lambda r: (r / "empty").mkdir() or r / "empty", [], "holds no record.json and no trained model"),
+    (lambda r: _train_dir(r, ema=None) and (_good_checkpoint(r / "cache/train/0123456789abcdef", 5).parent),
+     [], "holds only intermediate checkpoints"),
+    (lambda r: _train_dir(r, complete=False), [], "unfinished training run (no complete.json)"),
+    (lambda r: _train_dir(r, config=False), [], "has no config.json"),
+    (lambda r: _record(r, "failed", None), [], "is 'failed' (RuntimeError: CUDA out of memory)"),
+    (lambda r: _record(r, "ok", str(r / "gone" / "ema.safetensors")), [], "has no checkpoint on disk"),
+    (lambda r: (r / "junk.json").write_text("{") and r / "junk.json", [], "is unreadable or not JSON"),
+    (_train_dir, ["sample.num_imagse=64"], "did you mean sample.num_images?"),
+    (_train_dir, ["model.preset=S/2"], "model.preset is fixed by the trained checkpoint"),
+    (_train_dir, ["train.lr=1"], "train.lr is fixed by the trained checkpoint"),
+    (_train_dir, ["sample.num_images=abc"], "sample.num_images=abc"),
+    (_train_dir, ["sample.budget=7"], "sample.budget=7"),
+    (_train_dir, ["sample.schedule=zigzag"], "sample.schedule='zigzag'"),
+    (_train_dir, ["solver=newton"], "solver=newton does not exist"),
+    (_train_dir, ["solver=anderson", "solver.mm=3"], "did you mean solver.m?"),
+    (_train_dir, ["--bogus"], "unexpected argument '--bogus'"),
+    (lambda r: _train_dir(r, ema=b"not safetensors"), ["sample.num_images=4"], "does not load into model=fpdm"),
+]
+
+
+@pytest.mark.parametrize("make,extra,fragment", LOAD_BAD, ids=[f for _, _, f in LOAD_BAD])
+def test_sampling_a_bad_trained_job_gives_one_line(make, extra, fragment, tmp_path, monkeypatch, capsys):
+    from harness.loading import LoadError, resolve_source
+    from harness.sample_cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = make(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main([str(path), *extra, "run.progress=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+    if not extra:  # the library call fails the same way
+        with pytest.raises(LoadError, match=re.escape(fragment)):
+            resolve_source(path)
+
+
+def test_the_sample_command_line_exits_2_without_a_traceback(tmp_path, run_cli, offline_env):
+    proc = subprocess.run([sys.executable, "-m", "harness.sample", str(tmp_path / "nope")], env=offline_env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'} does not exist: pass a job record "
+                                                "(record.json), a job directory or a train cache directory "
+                                                "(<paths.cache_dir>/train/<key>)"]
