@@ -1,5 +1,5 @@
-"""``python -m reports.build DIR [DIR ...] [--out OUTDIR]``: records -> tables/*.csv, figures/*.png,
-report.html (docs/design.md "multirun end"; the Hydra app runs the same builder in its multirun
+"""``python -m reports.build DIR [DIR ...] [--out OUTDIR]``: records -> tables/*.csv (each paper table
+also as .md and .tex), figures/*.png (also .svg and .pdf), report.html (docs/design.md "multirun end"; the Hydra app runs the same builder in its multirun
 callback, ``ReportCallback``).
 
 Reproducible by construction: rows sorted by job id, fixed float format in CSVs, PNGs without
@@ -20,6 +20,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 
 from reports.collect import SweepData, load_sweeps, setting_axes
+from reports.export import latex_table, markdown_table
 from reports.figures import build_figures
 from reports.render import Grid, ReportContent, render_html, summary_markdown
 from reports.tables import build_tables, protocol_groups, sort_frame, value_label, varies
@@ -62,6 +63,14 @@ def _table_csvs(tables) -> dict[str, pd.DataFrame]:
             out[name] = pd.concat([t.frame.assign(protocol=t.protocol.get("label") or "")[
                 ["protocol", *t.frame.columns]] for t in ts], ignore_index=True)
     return out
+
+
+def _caption(tables, name: str) -> str:
+    """Title, the paper's table it mirrors and, when all its rows share one, the FID protocol."""
+    ts = [t for t in tables if t.name == name]
+    labels = {t.protocol.get("label") for t in ts} - {None}
+    paper = f" (paper: {ts[0].paper})" if ts[0].paper else ""
+    return f"{ts[0].title}{paper}" + (f". {labels.pop()}." if len(labels) == 1 else ".")
 
 
 def sample_grids(data: SweepData, limit: int = MAX_GRIDS) -> list[Grid]:
@@ -116,11 +125,15 @@ def _build(dirs: list[Path], out_dir, title: str, with_figures: bool) -> tuple[P
         atomic_write(out / "tables" / "solver_traces.csv", csv_text(data.traces))
     for name, frame in _table_csvs(tables).items():
         atomic_write(out / "tables" / f"{name}.csv", csv_text(frame))
+        atomic_write(out / "tables" / f"{name}.md", markdown_table(frame))
+        atomic_write(out / "tables" / f"{name}.tex", latex_table(frame, _caption(tables, name), f"tab:{name}"))
     for sweep, study in sorted(data.studies.items()):
         atomic_write(out / "tables" / f"optuna_trials__{Path(sweep).name.replace('#', '_')}.csv",
                      csv_text(study["trials"]))
     for f in figures:
         atomic_write(out / "figures" / f.filename, f.png)
+        for fmt, blob in sorted(f.vector.items()):
+            atomic_write(out / "figures" / f"{f.stem}.{fmt}", blob)
     notes = []
     if len(grids) >= MAX_GRIDS:
         notes.append(f"Sample grids: showing the first {MAX_GRIDS} settings.")

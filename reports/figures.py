@@ -4,7 +4,8 @@ Registry: ``register_figure(name, required, ...)`` adds ``fn(data, rows) -> Figu
 ``rows`` are the ok jobs of one FID protocol for figures that plot FID (never two protocols on
 one axis), else all ok jobs. Figures are drawn on ``matplotlib.figure.Figure`` objects with the
 Agg canvas (no pyplot, no global backend) and saved with fixed dpi and no PNG metadata, so two
-builds from the same records give byte-identical PNGs. Record strings reach matplotlib only through
+builds from the same records give byte-identical PNGs; the SVG and PDF copies (for papers) are
+saved without dates or tool versions and with a fixed SVG id salt, so they are byte-identical too. Record strings reach matplotlib only through
 ``mtext`` (``$`` escaped), so a value such as ``$\\frac$`` is shown literally and never parsed as math
 text (which could fail to render); log-axis tick labels still use math text.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import matplotlib
@@ -51,6 +52,11 @@ class FigureResult:
     filename: str
     png: bytes
     protocol: str | None = None
+    vector: dict[str, bytes] = field(default_factory=dict)  # "svg" / "pdf" -> bytes
+
+    @property
+    def stem(self) -> str:
+        return self.filename.rsplit(".", 1)[0]
 
 
 _FIGURES: dict[str, FigureSpec] = {}
@@ -89,6 +95,31 @@ def png_bytes(fig: Figure) -> bytes:
     # metadata None drops the Software tag: nothing in the file depends on the build environment.
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
+
+
+# metadata None drops the key: no creation date, no matplotlib version in the file
+VECTOR_METADATA = {"svg": {"Date": None, "Creator": None},
+                   "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
+
+
+def vector_bytes(fig: Figure) -> dict[str, bytes]:
+    """The figure as SVG and PDF (the rc context of ``build_figures`` fixes ``svg.hashsalt``)."""
+    out = {}
+    for fmt, metadata in VECTOR_METADATA.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=DPI, metadata=metadata)
+        out[fmt] = buf.getvalue()
+    return out
+
+
+def fid_axis_label(rows: pd.DataFrame) -> str:
+    """The FID axis names its protocol: "FID-1k (digits-cnn, vs train split)" from the records'
+    protocol label "FID-1k, digits-cnn, vs train split"; plain "FID" when none is recorded."""
+    labels = rows["protocol_label"].dropna().astype(str).unique() if "protocol_label" in rows else []
+    if len(labels) != 1 or not labels[0]:
+        return "FID"
+    head, _, rest = labels[0].partition(", ")
+    return mtext(f"{head} ({rest})" if rest else head)
 
 
 def best_setting_rows(rows: pd.DataFrame, cell: list[str], metric: str = "fid") -> pd.DataFrame:
@@ -142,7 +173,7 @@ def fid_vs_budget(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     for ax, (name, part) in zip(axes, groups):
         sns.lineplot(data=part, x="budget_blocks", y="fid", hue="model", style=style, errorbar="sd",
                      marker="o", ax=ax, hue_order=sorted(pts["model"].unique()))
-        ax.set(xlabel="block passes per image", ylabel="FID", title=mtext(f"{panels[0]}={name}") if panels else "")
+        ax.set(xlabel="block passes per image", ylabel=fid_axis_label(rows), title=mtext(f"{panels[0]}={name}") if panels else "")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
@@ -171,7 +202,7 @@ def fid_vs_iters(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     for ax, (b, part) in zip(axes, groups):
         sns.lineplot(data=part, x="iters_per_step", y="fid", hue=hue, errorbar="sd", marker="o", ax=ax,
                      hue_order=sorted(pts[hue].unique()) if hue else None)
-        ax.set(xlabel="iterations per step", ylabel="FID", title=f"{value_label(b)} blocks" if b is not None else "")
+        ax.set(xlabel="iterations per step", ylabel=fid_axis_label(rows), title=f"{value_label(b)} blocks" if b is not None else "")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
@@ -207,7 +238,7 @@ def pareto(data: SweepData, rows: pd.DataFrame) -> Figure | None:
         ax.plot(front[col], front["fid"], color="0.2", lw=1.2, ls="--", label="Pareto frontier", drawstyle="steps-post")
         span = pts[col].max() / pts[col].min() if len(pts) and pts[col].min() > 0 else 1.0
         # Log only when costs span decades; inside one decade log ticks just crowd the axis.
-        ax.set(xlabel=lab, ylabel="FID", xscale="log" if span > 20 else "linear")
+        ax.set(xlabel=lab, ylabel=fid_axis_label(rows), xscale="log" if span > 20 else "linear")
         ax.legend(fontsize=8, title=hue)
     return fig
 
@@ -376,7 +407,8 @@ def build_figures(data: SweepData, protocols: list[tuple[dict, pd.DataFrame]]) -
                 label = info.get("label") if spec.per_protocol else None
                 fname = f"{spec.name}__{_slug(label or 'unlabelled')}.png" if several and spec.per_protocol \
                     else f"{spec.name}.png"
-                out.append(FigureResult(spec.name, spec.title, spec.caption, fname, png_bytes(fig), label))
+                out.append(FigureResult(spec.name, spec.title, spec.caption, fname, png_bytes(fig), label,
+                                        vector_bytes(fig)))
         for sweep in sorted(data.studies):
             study = data.studies[sweep]
             for name, title, fn in (("optuna_history", "Optuna optimisation history", optuna_history),
@@ -384,5 +416,5 @@ def build_figures(data: SweepData, protocols: list[tuple[dict, pd.DataFrame]]) -
                 fig = fn(study)
                 if fig is not None:
                     out.append(FigureResult(name, f"{title} ({sweep})", "", f"{name}__{_slug(sweep)}.png",
-                                            png_bytes(fig)))
+                                            png_bytes(fig), vector=vector_bytes(fig)))
     return out

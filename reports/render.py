@@ -141,18 +141,26 @@ def _tables(c: ReportContent) -> str:
     parts = []
     for t in c.tables:
         paper = f' <span class="muted">(paper: {esc(t.paper)})</span>' if t.paper else ""
-        parts.append(f'<h3 id="t-{esc(t.name)}">{esc(t.title)}{paper}</h3>'
-                     f'<div class="protocol">{esc(protocol_line(t.protocol))}</div>{html_table(t.frame)}')
+        proto = f'<div class="protocol">{esc(protocol_line(t.protocol))}</div>' if t.protocol else ""
+        parts.append(f'<h3 id="t-{esc(t.name)}">{esc(t.title)}{paper}</h3>{proto}{html_table(t.frame)}'
+                     + _files(f"tables/{t.name}", (("csv", "CSV"), ("md", "Markdown"), ("tex", "LaTeX"))))
     return "\n".join(parts) or ("<p class='muted'>No table applies: the ok records hold no FID with the axes "
                                 "a table needs.</p>")
+
+
+def _files(stem: str, kinds) -> str:
+    """Links to the files written beside the report (relative: the folder moves as a whole)."""
+    links = " · ".join(f'<a href="{esc(stem)}.{ext}">{label}</a>' for ext, label in kinds)
+    return f'<p class="muted files">Files: {links}</p>'
 
 
 def _figures(c: ReportContent) -> str:
     parts = []
     for f in c.figures:
         proto = f'<div class="protocol">{esc(f.protocol)}</div>' if f.protocol else ""
+        kinds = (("png", "PNG"), *((k, k.upper()) for k in sorted(f.vector)))
         parts.append(f'<figure id="f-{esc(f.filename)}"><h3>{esc(f.title)}</h3>{proto}{_img(f.png, f.title)}'
-                     f"<figcaption>{esc(f.caption)}</figcaption></figure>")
+                     f"<figcaption>{esc(f.caption)}</figcaption>{_files(f'figures/{f.stem}', kinds)}</figure>")
     return "\n".join(parts) or "<p class='muted'>No figure applies to these records.</p>"
 
 

@@ -40,6 +40,7 @@ class TableSpec:
     vary: tuple[str, ...]  # at least one of these takes two or more values (empty: no condition)
     fn: Callable[[pd.DataFrame], pd.DataFrame]
     metric: str = "fid"
+    per_protocol: bool = True  # reports FID: built once per protocol; else once over all ok jobs
 
 
 @dataclass
@@ -56,12 +57,13 @@ _TABLES: dict[str, TableSpec] = {}
 
 
 def register_table(name: str, required_axes: tuple[str, ...] | list[str], *, title: str, paper: str = "",
-                   vary: tuple[str, ...] | list[str] = (), metric: str = "fid"):
-    """Decorator: register ``fn(ok_rows_of_one_protocol) -> table`` under ``name``."""
+                   vary: tuple[str, ...] | list[str] = (), metric: str = "fid", per_protocol: bool = True):
+    """Decorator: register ``fn(ok_rows_of_one_protocol) -> table`` under ``name`` (with
+    ``per_protocol=False``: ``fn(all_ok_rows)``, for tables without FID)."""
     def deco(fn: Callable[[pd.DataFrame], pd.DataFrame]):
         if name in _TABLES:
             raise ValueError(f"table {name!r} is already registered")
-        _TABLES[name] = TableSpec(name, title, paper, tuple(required_axes), tuple(vary), fn, metric)
+        _TABLES[name] = TableSpec(name, title, paper, tuple(required_axes), tuple(vary), fn, metric, per_protocol)
         return fn
     return deco
 
@@ -331,6 +333,30 @@ def reuse(df: pd.DataFrame) -> pd.DataFrame:
     return sort_frame(_with_setting(pivot_metric(best, rows, "reuse", "fid", "FID reuse"), best, rows, "reuse"), rows)
 
 
+MODEL_AXES = ("model", "preset", "data", "pre_depth", "post_depth", "train_method")
+MODEL_COSTS = (("params_total", "Params (M)", 1e6), ("flops_per_forward", "GFLOPs / forward", 1e9),
+               ("train_mem_saved_bytes", "Train activations (MiB)", MIB))
+
+
+@register_table("models", ("model",), metric="params_total", per_protocol=False,
+                title="Per-model cost: parameters, FLOPs per forward, training memory", paper="Sec. 4.2")
+def models(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per trained architecture (model, preset, and the identity axes that vary): what it
+    costs independently of how it is sampled. Training memory is the step total at the training
+    batch (parameters, gradients, AdamW state, EMA and saved activations)."""
+    rows = [a for a in MODEL_AXES if a in ("model", "preset") and present(df, a) or varies(df, a)]
+    mem = train_memory_column(df)
+    wanted = [*MODEL_COSTS[:2], *([(mem, "Train memory (MiB)", MIB)] if mem else []), *MODEL_COSTS[2:]]
+    costs = [(src, dst, scale) for src, dst, scale in wanted if present(df, src)]
+    work = df[rows + [c for c, _, _ in costs]].copy()
+    for src, _, _ in costs:
+        work[src] = pd.to_numeric(work[src], errors="coerce").astype("float64")
+    out = work.groupby(rows, dropna=False, sort=False)[[c for c, _, _ in costs]].mean().reset_index()
+    for src, dst, scale in costs:
+        out[dst] = out.pop(src) / scale
+    return sort_frame(out, rows)
+
+
 # ---------------------------------------------------------------------------------------------
 # running the registry
 
@@ -364,11 +390,13 @@ def build_tables(df: pd.DataFrame) -> list[TableResult]:
     """Every registered table whose axes the ok records hold, once per protocol."""
     ok = df[df["status"] == "ok"].copy()
     ok.attrs = dict(df.attrs)
+    runs = [(info, part, spec) for info, part in protocol_groups(ok) for spec in _TABLES.values() if spec.per_protocol]
+    # tables without FID see every ok job once; an empty protocol means "no FID here"
+    runs += [({}, ok, spec) for spec in _TABLES.values() if not spec.per_protocol and len(ok)]
     results = []
-    for info, part in protocol_groups(ok):
-        for spec in _TABLES.values():
-            if applicable(spec, part):
-                frame = spec.fn(part)
-                if not frame.empty:
-                    results.append(TableResult(spec.name, spec.title, spec.paper, info, frame))
+    for info, part, spec in runs:
+        if applicable(spec, part):
+            frame = spec.fn(part)
+            if not frame.empty:
+                results.append(TableResult(spec.name, spec.title, spec.paper, info, frame))
     return results

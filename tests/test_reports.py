@@ -102,6 +102,8 @@ def test_two_builds_are_byte_identical(built):
     assert f1.keys() == f2.keys()
     assert {"figures/fid_vs_budget.png", "figures/pareto.png", "figures/residual_per_timestep.png",
             "figures/memory_breakdown.png", "figures/fid_vs_iters.png"} <= f1.keys()
+    assert {"figures/pareto.svg", "figures/pareto.pdf", "tables/table1_budget.md", "tables/table1_budget.tex",
+            "tables/models.csv", "tables/models.md", "tables/models.tex"} <= f1.keys()  # paper formats too
     assert any(k.startswith("figures/optuna_history") for k in f1) and any(
         k.startswith("figures/optuna_importance") for k in f1)
     for k in f1:
@@ -258,3 +260,124 @@ def test_hydra_callback_builds_at_multirun_end_and_never_raises(tmp_path, caplog
     assert (solo / "report.html").is_file()
     ReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "gone")}}}))
     assert "report build failed" in caplog.text
+
+
+# ----------------------------------------------------------------------------- paper formats (issue 10)
+PAPER_TABLES = ("table1_budget", "table5_schedule", "solvers", "reuse", "models")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?")
+
+
+def _csv_display(csv: pd.DataFrame) -> list[str]:
+    """The columns a paper table shows: ``X std`` folds into ``X`` as ``mean ± std``."""
+    return [c for c in csv.columns if not (c.endswith(" std") and c[:-4] in csv.columns)]
+
+
+def _assert_cells_match(csv: pd.DataFrame, header: list[str], rows: list[list[str]], pm: str) -> None:
+    """Every shown cell holds the CSV's value: numbers to the 4 significant digits shown (std
+    after ``pm``), text as is, NaN as an empty cell."""
+    cols = _csv_display(csv)
+    assert header == cols
+    assert len(rows) == len(csv) and all(len(r) == len(cols) for r in rows), rows
+    for r, (_, row) in zip(rows, csv.iterrows()):
+        for cell, c in zip(r, cols):
+            value, std = row[c], row.get(f"{c} std")
+            if pd.isna(value):
+                assert cell == "", (c, cell)
+            elif pd.api.types.is_number(value) and not pd.api.types.is_bool(value):
+                numbers = [float(x.replace(",", "")) for x in _NUMBER.findall(cell)]
+                assert numbers[0] == pytest.approx(float(value), rel=5e-4), (c, cell, value)
+                if f"{c} std" in csv.columns and not pd.isna(std):
+                    assert pm in cell and numbers[1] == pytest.approx(float(std), rel=5e-4), (c, cell, std)
+                else:
+                    assert len(numbers) == 1 and pm not in cell, (c, cell)
+            else:
+                assert cell == str(value), (c, cell, value)
+
+
+def _latex_unescape(text: str) -> str:
+    return re.sub(r"\\([&%$#_{}])", r"\1", text.strip())
+
+
+def _latex_rows(tex: str) -> tuple[list[str], list[list[str]]]:
+    body = tex[tex.index("\\toprule") + len("\\toprule"):tex.index("\\bottomrule")]
+    head, rows = body.split("\\midrule")
+    split = lambda line: [_latex_unescape(c) for c in re.split(r"(?<!\\)&", line.strip().removesuffix("\\\\"))]
+    return split(head), [split(ln) for ln in rows.strip().splitlines() if ln.strip()]
+
+
+def _markdown_rows(md: str) -> tuple[list[str], list[list[str]]]:
+    def split(line):
+        cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+        return [c.strip().replace("\\|", "|").replace("\\\\", "\\") for c in cells]
+    lines = md.strip().splitlines()
+    assert re.fullmatch(r"\|(:?-+:?\|)+", lines[1].replace(" ", "")), lines[1]  # the pipe-table rule line
+    return split(lines[0]), [split(ln) for ln in lines[2:]]
+
+
+@pytest.mark.parametrize("name", PAPER_TABLES)
+def test_latex_tables_use_booktabs_and_hold_the_csv_numbers(built, name):
+    tex = (built["out1"] / "tables" / f"{name}.tex").read_text()
+    assert tex.index("\\toprule") < tex.index("\\midrule") < tex.index("\\bottomrule")
+    assert "\\hline" not in tex and f"\\label{{tab:{name}}}" in tex
+    header, rows = _latex_rows(tex)
+    _assert_cells_match(_table(built, name), header, rows, pm="$\\pm$")
+
+
+@pytest.mark.parametrize("name", PAPER_TABLES)
+def test_markdown_tables_parse_to_the_csv_cells(built, name):
+    header, rows = _markdown_rows((built["out1"] / "tables" / f"{name}.md").read_text())
+    _assert_cells_match(_table(built, name), header, rows, pm="±")
+
+
+def test_markdown_escapes_pipes_inside_cells(built):
+    md = (built["out1"] / "tables" / "table1_budget.md").read_text()
+    assert "ddim: iters_per_step=4, reuse=on, schedule=constant, solver=picard \\| ddpm:" in md
+
+
+def test_per_model_table_counts_params_flops_and_training_memory_once_per_model(tmp_path):
+    other = dict(PROTOCOL, num_samples=1000, label="FID-1k, digits-cnn, vs train split")
+    recs = []
+    for model, params, flops, mem in (("dit", 300_000, 2.5e8, 3 * 2 ** 20), ("fpdm", 90_000, 1.5e8, 2 ** 20)):
+        for budget, proto in ((12, PROTOCOL), (24, other)):
+            recs.append(record({"model": model, "preset": "tiny", "budget_blocks": budget, "seed": 0},
+                               {"fid": 10.0 + budget, "params_total": params, "flops_per_forward": flops,
+                                "train_mem_total_bytes": mem}, protocol=proto))
+    data = load_sweeps([write_sweep(tmp_path / "s", recs)])
+    (t,) = [t for t in build_tables(data.jobs) if t.name == "models"]  # once, not once per protocol
+    assert t.protocol == {}
+    got = t.frame.set_index("model")
+    assert list(got.columns) == ["preset", "Params (M)", "GFLOPs / forward", "Train memory (MiB)"]
+    assert got.loc["dit", "Params (M)"] == pytest.approx(0.3) and got.loc["fpdm", "GFLOPs / forward"] == 0.15
+    assert got.loc["dit", "Train memory (MiB)"] == 3 and got.loc["fpdm", "Train memory (MiB)"] == 1
+
+
+def test_figures_come_as_svg_and_pdf_and_the_html_links_every_file(built):
+    out = built["out1"]
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert len(pngs) >= 7
+    for png in pngs:
+        svg, pdf = png.with_suffix(".svg").read_bytes(), png.with_suffix(".pdf").read_bytes()
+        assert b"<svg" in svg and b"<dc:date>" not in svg and b"Matplotlib v" not in svg
+        assert pdf.startswith(b"%PDF") and b"CreationDate" not in pdf
+    html = built["html"].read_text()
+    links = re.findall(r'href="([^"#][^"]*)"', html)
+    links = [u for u in links if not u.startswith("data:")]
+    for name in PAPER_TABLES:
+        assert {f"tables/{name}.{ext}" for ext in ("csv", "md", "tex")} <= set(links), name
+    for png in pngs:
+        assert {f"figures/{png.stem}.{ext}" for ext in ("png", "svg", "pdf")} <= set(links), png.name
+    assert all((out / u).is_file() for u in links), [u for u in links if not (out / u).is_file()]
+
+
+def test_fid_axes_carry_the_protocol_label(built):
+    from reports.figures import get_figure
+
+    data = load_sweeps([built["a"], built["b"]])
+    rows = data.jobs[data.jobs["status"] == "ok"]
+    label = "FID-64 (digits-cnn, vs train split)"  # from the fixture's "FID-64, digits-cnn, vs train split"
+    for name, xlabel in (("fid_vs_budget", "block passes per image"), ("fid_vs_iters", "iterations per step"),
+                         ("pareto", "FLOPs per image")):
+        fig = get_figure(name).fn(data, rows)
+        assert fig.axes[0].get_ylabel() == label and fig.axes[0].get_xlabel() == xlabel, name
+        # and in the written file (matplotlib keeps each text as a comment beside its glyph paths)
+        assert f"<!-- {label} -->" in (built["out1"] / "figures" / f"{name}.svg").read_text()
