@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.cache import ArtifactCache
-from harness.plan import StageKeys, sampling_plan, stage_keys
+from harness.plan import StageKeys, flop_match_inputs, sampling_plan, stage_keys
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,7 +94,7 @@ def _load_weights(model, path: Path) -> None:
 
 def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult:
     """Run (or, with ``plan_only``, only inspect) the stages of one job."""
-    from harness.accounting import flop_breakdown, params_by_part
+    from harness.accounting import params_by_part
     from harness.data import build_dataset
     from harness.distributed import broadcast_flag, setup_distributed
 
@@ -148,10 +148,10 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     model = model.to(device).eval()
 
     # ---- sample
-    # measured FLOPs only plan a FLOP-matched budget here; the sample stage measures its own for the record
-    match_flops = cfg.sample.match == "flops" and cfg.model.name == "fpdm"
-    flops = flop_breakdown(model, data.image_size) if match_flops else None
-    dit_flops = _dit_flops_per_forward(cfg, data) if match_flops else None
+    # both sides of a FLOP match are counted by harness.flops (meta device, attention included),
+    # the path the sample stage records its FLOPs with
+    flops, dit_flops = flop_match_inputs(cfg, model, image_size=data.image_size, channels=data.channels,
+                                         num_classes=data.num_classes)
     plan = sampling_plan(cfg, depth=getattr(model, "depth", None) if pretrained else None, flops=flops,
                          dit_flops_per_forward=dit_flops)
     result.axes = job_axes(cfg, plan)
@@ -193,16 +193,11 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
 
 
 def _dit_flops_per_forward(cfg, data) -> float:
-    """FLOPs of one forward of the DiT of the same preset (meta device: nothing is allocated)."""
-    from baselines.dit import build_dit
-    from harness.accounting import count_flops
+    """FLOPs of one forward of the DiT of the same preset (``harness.flops``, meta device)."""
+    from harness.flops import dit_flops_per_forward
 
-    with torch.device("meta"):
-        dit = build_dit(cfg.model.preset, input_size=data.image_size, in_channels=data.channels,
-                        num_classes=data.num_classes, learn_sigma=cfg.model.learn_sigma).eval()
-        x = torch.zeros(1, data.channels, data.image_size, data.image_size)
-        t = torch.zeros(1, dtype=torch.long)
-        return float(count_flops(dit, x, t, t))
+    return float(dit_flops_per_forward(cfg.model.preset, image_size=data.image_size, channels=data.channels,
+                                       num_classes=data.num_classes, learn_sigma=cfg.model.learn_sigma))
 
 
 def resolved_config(cfg) -> dict:
