@@ -67,7 +67,8 @@ def _step_costs(cfg) -> tuple[Callable[[int], int | None], int, str]:
     if m.name != "fpdm":
         depth = get_preset(m.preset).depth
         cost = step_compute(depth, ckpt)
-        return (lambda s: cost), cost, f"model={m.name} spends {cost} per step ({depth} blocks)"
+        per_block = cost // depth
+        return (lambda s: cost), cost, f"model={m.name} ({cost} per step: {per_block} x {depth} blocks)"
     spec = implicit_train_spec(t)
     explicit = m.pre_depth + m.post_depth
 
