@@ -192,13 +192,5 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     return result
 
 
-def _dit_flops_per_forward(cfg, data) -> float:
-    """FLOPs of one forward of the DiT of the same preset (``harness.flops``, meta device)."""
-    from harness.flops import dit_flops_per_forward
-
-    return float(dit_flops_per_forward(cfg.model.preset, image_size=data.image_size, channels=data.channels,
-                                       num_classes=data.num_classes, learn_sigma=cfg.model.learn_sigma))
-
-
 def resolved_config(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
