@@ -106,6 +106,7 @@ class FPDM(nn.Module):
         self.label_generator: torch.Generator | None = None  # label dropout draws
         self.last_solve = None  # SolverStats of the last sampling call
         self.last_passes = 0  # fixed point evaluations of the last call
+        self.last_counts = None  # FixedPointCounts of the last training call (VJPs filled in by backward)
 
         add_embedders(self, input_size=input_size, in_channels=in_channels, hidden_size=hidden_size,
                       patch_size=patch_size, num_classes=num_classes, class_dropout=class_dropout)
@@ -151,9 +152,10 @@ class FPDM(nn.Module):
         if self.training and torch.is_grad_enabled():
             if warm_start is not None:
                 raise ValueError("solution reuse is for sampling only; training never reuses solutions")
-            z, self.last_passes = get_training_mode(self.train_spec.method)(
+            z, self.last_counts = get_training_mode(self.train_spec.method)(
                 f, h, self.train_spec, self.train_generator
             )
+            self.last_passes = self.last_counts.forward
         else:
             z = self._solve(f, h, t, iters, solver, tol, warm_start)
         for block in self.post_blocks:

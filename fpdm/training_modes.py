@@ -13,13 +13,18 @@
   the solution of the adjoint fixed point ``u = J^T u + g`` (J = df/dz at the solution), solved with
   a registry solver.
 
-Each mode returns ``(z, passes)``, passes being the fixed point layer evaluations actually made,
-so training compute in block passes is counted, not assumed.
+Each mode returns ``(z, counts)``: a ``FixedPointCounts`` of the fixed point layer evaluations
+actually made, with and without gradient, and (implicit mode) the adjoint vector-Jacobian products,
+which are counted when ``backward`` runs them. Training compute is counted, not assumed
+(harness/train_compute.py turns the counts into forward-equivalents). ``planned_counts`` gives
+the same counts from the step's generator without running anything, where they do not depend on
+the data (every mode but ``implicit`` with a tolerance), so a compute budget is checked before
+training.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -46,17 +51,50 @@ class ImplicitTrainSpec:
             )
 
 
-_MODES: dict[str, Callable[..., tuple[torch.Tensor, int]]] = {}
+@dataclass
+class FixedPointCounts:
+    """Fixed point layer evaluations of one training forward (and the backward that follows)."""
+
+    no_grad: int = 0  # forward only: excluded from the backward pass
+    with_grad: int = 0  # forward now, backpropagated by loss.backward()
+    vjp: int = 0  # adjoint vector-Jacobian products, made during backward (implicit mode)
+
+    @property
+    def forward(self) -> int:
+        return self.no_grad + self.with_grad
 
 
-def register_training_mode(name: str):
+class _Counted:
+    """``f`` counting its own calls by whether autograd records them."""
+
+    def __init__(self, f: Fn, counts: FixedPointCounts):
+        self.f, self.counts = f, counts
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self.counts.with_grad += 1
+        else:
+            self.counts.no_grad += 1
+        return self.f(z)
+
+
+Mode = Callable[..., tuple[torch.Tensor, FixedPointCounts]]
+Planner = Callable[[ImplicitTrainSpec, Optional[torch.Generator]], Optional[FixedPointCounts]]
+_MODES: dict[str, Mode] = {}
+_PLANNERS: dict[str, Planner] = {}
+
+
+def register_training_mode(name: str, planner: Planner):
+    """Register a mode with the function that predicts its counts from the spec and generator
+    (drawing exactly what the mode draws; None where the counts depend on the data)."""
     def deco(fn):
         _MODES[name] = fn
+        _PLANNERS[name] = planner
         return fn
     return deco
 
 
-def get_training_mode(name: str):
+def get_training_mode(name: str) -> Mode:
     try:
         return _MODES[name]
     except KeyError:
@@ -67,9 +105,21 @@ def list_training_modes() -> list[str]:
     return list(_MODES)
 
 
+def planned_counts(name: str, spec: ImplicitTrainSpec, generator=None) -> FixedPointCounts | None:
+    """The counts mode ``name`` will make with this generator, or None if only running tells."""
+    get_training_mode(name)
+    return _PLANNERS[name](spec, generator)
+
+
 def _randint(lo: int, hi: int, generator: torch.Generator | None) -> int:
     """Uniform integer in [lo, hi] (both ends), from the run's seeded generator."""
     return int(torch.randint(lo, hi + 1, (1,), generator=generator).item())
+
+
+def _draw(spec: ImplicitTrainSpec, generator) -> tuple[int, int]:
+    """S-JFB's draw (Algorithm 1): n ~ U[n_min, n_max], then m ~ U[m_min, m_max]."""
+    n = _randint(spec.no_grad_min, spec.no_grad_max, generator)
+    return n, _randint(spec.with_grad_min, spec.with_grad_max, generator)
 
 
 def _iterate(f: Fn, z: torch.Tensor, n: int) -> torch.Tensor:
@@ -78,46 +128,74 @@ def _iterate(f: Fn, z: torch.Tensor, n: int) -> torch.Tensor:
     return z
 
 
-def _no_grad_then_grad(f: Fn, z0: torch.Tensor, n: int, m: int) -> torch.Tensor:
+def _no_grad_then_grad(f: Fn, z0: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, FixedPointCounts]:
+    counts = FixedPointCounts()
+    f = _Counted(f, counts)
     with torch.no_grad():
         z = _iterate(f, z0.detach(), n)
-    return _iterate(f, z.detach(), m)
+    return _iterate(f, z.detach(), m), counts
 
 
-@register_training_mode("sjfb")
-def sjfb(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, int]:
-    n = _randint(spec.no_grad_min, spec.no_grad_max, generator)
-    m = _randint(spec.with_grad_min, spec.with_grad_max, generator)
-    return _no_grad_then_grad(f, z0, n, m), n + m
+def _plan_sjfb(spec, generator) -> FixedPointCounts:
+    n, m = _draw(spec, generator)
+    return FixedPointCounts(no_grad=n, with_grad=m)
 
 
-@register_training_mode("jfb")
-def jfb(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, int]:
-    return _no_grad_then_grad(f, z0, spec.no_grad_max, 1), spec.no_grad_max + 1
+def _plan_jfb(spec, generator) -> FixedPointCounts:
+    return FixedPointCounts(no_grad=spec.no_grad_max, with_grad=1)
 
 
-@register_training_mode("multistep_jfb")
-def multistep_jfb(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, int]:
-    return _no_grad_then_grad(f, z0, spec.no_grad_max, spec.with_grad_max), spec.no_grad_max + spec.with_grad_max
+def _plan_multistep(spec, generator) -> FixedPointCounts:
+    return FixedPointCounts(no_grad=spec.no_grad_max, with_grad=spec.with_grad_max)
 
 
-@register_training_mode("full")
-def full(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, int]:
-    n = _randint(spec.no_grad_min, spec.no_grad_max, generator)
-    m = _randint(spec.with_grad_min, spec.with_grad_max, generator)
-    return _iterate(f, z0.detach(), n + m), n + m
+def _plan_full(spec, generator) -> FixedPointCounts:
+    n, m = _draw(spec, generator)
+    return FixedPointCounts(with_grad=n + m)
 
 
-@register_training_mode("implicit")
-def implicit(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, int]:
+def _plan_implicit(spec, generator) -> FixedPointCounts | None:
+    """Without a tolerance both solves run their whole budget; with one, the data decides."""
+    if spec.implicit_tol > 0:
+        return None
+    budget = spec.no_grad_max + spec.with_grad_max
+    return FixedPointCounts(no_grad=budget, with_grad=1, vjp=budget)
+
+
+@register_training_mode("sjfb", _plan_sjfb)
+def sjfb(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, FixedPointCounts]:
+    return _no_grad_then_grad(f, z0, *_draw(spec, generator))
+
+
+@register_training_mode("jfb", _plan_jfb)
+def jfb(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, FixedPointCounts]:
+    return _no_grad_then_grad(f, z0, spec.no_grad_max, 1)
+
+
+@register_training_mode("multistep_jfb", _plan_multistep)
+def multistep_jfb(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, FixedPointCounts]:
+    return _no_grad_then_grad(f, z0, spec.no_grad_max, spec.with_grad_max)
+
+
+@register_training_mode("full", _plan_full)
+def full(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, FixedPointCounts]:
+    n, m = _draw(spec, generator)
+    counts = FixedPointCounts()
+    return _iterate(_Counted(f, counts), z0.detach(), n + m), counts
+
+
+@register_training_mode("implicit", _plan_implicit)
+def implicit(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, FixedPointCounts]:
     from fpdm.solvers import get_solver
 
     solver = get_solver(spec.implicit_solver)
     budget = spec.no_grad_max + spec.with_grad_max
+    counts = FixedPointCounts()
+    f = _Counted(f, counts)
     with torch.no_grad():
-        z_star, stats = solver(f, z0.detach(), max_iter=budget, tol=spec.implicit_tol)
+        z_star, _ = solver(f, z0.detach(), max_iter=budget, tol=spec.implicit_tol)
     if not torch.is_grad_enabled():
-        return f(z_star), stats.nfe + 1
+        return f(z_star), counts
     z_star = z_star.detach().requires_grad_()
     f_star = f(z_star)  # graph to the parameters, the injection and z_star
     handle = None
@@ -126,6 +204,7 @@ def implicit(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -
         handle.remove()  # the vector-Jacobian products below must not re-enter this hook
 
         def adjoint_map(u: torch.Tensor) -> torch.Tensor:
+            counts.vjp += 1
             (vjp,) = torch.autograd.grad(f_star, z_star, u, retain_graph=True)
             return vjp + grad
 
@@ -135,4 +214,4 @@ def implicit(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -
 
     if f_star.requires_grad:
         handle = f_star.register_hook(adjoint_hook)
-    return f_star, stats.nfe + 1
+    return f_star, counts

@@ -35,7 +35,7 @@ def inspect_config(cfg) -> dict:
     from harness.accounting import flop_breakdown, params_by_part, sampling_flops
     from harness.memory import estimate_training_memory
     from harness.models import build_model
-    from harness.plan import sampling_plan
+    from harness.plan import flop_match_inputs, sampling_plan
 
     channels, size, classes = _data_shape(cfg)
     with torch.device("meta"):
@@ -45,13 +45,8 @@ def inspect_config(cfg) -> dict:
     if model.is_implicit and cfg.sample.iters is not None:
         iters = cfg.sample.iters
     flops = flop_breakdown(model, size, iters)
-    dit_flops = None
-    if cfg.sample.match == "flops" and model.is_implicit:
-        from harness.job import _dit_flops_per_forward
-
-        dit_flops = _dit_flops_per_forward(cfg, type("D", (), {"image_size": size, "channels": channels,
-                                                                "num_classes": classes})())
-    plan = sampling_plan(cfg, depth=getattr(model, "depth", None), flops=flops, dit_flops_per_forward=dit_flops)
+    match_flops, dit_flops = flop_match_inputs(cfg, model, image_size=size, channels=channels, num_classes=classes)
+    plan = sampling_plan(cfg, depth=getattr(model, "depth", None), flops=match_flops, dit_flops_per_forward=dit_flops)
     memory = estimate_training_memory(model, cfg.train.batch_size, size,
                                       torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32)
     out = {

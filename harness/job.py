@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.cache import ArtifactCache
-from harness.plan import StageKeys, sampling_plan, stage_keys
+from harness.plan import StageKeys, flop_match_inputs, sampling_plan, stage_keys
 
 
 def resolve_device(name: str) -> torch.device:
@@ -199,28 +199,13 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
 
 
 def plan_for_model(cfg, model, data, pretrained: bool = False):
-    """The sampling plan of a built model: a FLOP-matched budget is planned from its measured FLOPs
-    (the sample stage measures its own for the record); loaded pretrained weights give the depth."""
-    from harness.accounting import flop_breakdown
-
-    match_flops = cfg.sample.match == "flops" and cfg.model.name == "fpdm"
-    flops = flop_breakdown(model, data.image_size) if match_flops else None
-    dit_flops = _dit_flops_per_forward(cfg, data) if match_flops else None
+    """The sampling plan of a built model. Both sides of a FLOP match are counted by harness.flops
+    (meta device, attention included), the path the sample stage records its FLOPs with; loaded
+    pretrained weights give the depth."""
+    flops, dit_flops = flop_match_inputs(cfg, model, image_size=data.image_size, channels=data.channels,
+                                         num_classes=data.num_classes)
     return sampling_plan(cfg, depth=getattr(model, "depth", None) if pretrained else None, flops=flops,
                          dit_flops_per_forward=dit_flops)
-
-
-def _dit_flops_per_forward(cfg, data) -> float:
-    """FLOPs of one forward of the DiT of the same preset (meta device: nothing is allocated)."""
-    from baselines.dit import build_dit
-    from harness.accounting import count_flops
-
-    with torch.device("meta"):
-        dit = build_dit(cfg.model.preset, input_size=data.image_size, in_channels=data.channels,
-                        num_classes=data.num_classes, learn_sigma=cfg.model.learn_sigma).eval()
-        x = torch.zeros(1, data.channels, data.image_size, data.image_size)
-        t = torch.zeros(1, dtype=torch.long)
-        return float(count_flops(dit, x, t, t))
 
 
 def resolved_config(cfg) -> dict:

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from baselines.presets import get_preset
-from harness.budget import SamplingPlan, plan_from_sample_config, plan_fpdm_flops
+from harness.budget import BudgetError, SamplingPlan, plan_from_sample_config, plan_fpdm_flops
 from harness.cache import config_hash
+from harness.flops import FLOP_COUNT_VERSION
 
 # keys that change how a stage runs but not what it produces
 _TRAIN_RUNTIME_KEYS = ("resume", "log_every", "ckpt_every")
-_SAMPLE_RUNTIME_KEYS = ("batch_size",)
+_TRAIN_BUDGET_CHECK_KEYS = ("tolerance",)  # only decide whether a budget is accepted
+_SAMPLE_RUNTIME_KEYS = ("batch_size", "flops_tolerance")
 
 
 def _plain(node) -> dict:
@@ -59,13 +61,59 @@ def sampling_plan(cfg, depth: int | None = None, flops=None, dit_flops_per_forwa
     if sc.match == "flops" and sc.budget is not None:
         if flops is None or dit_flops_per_forward is None:
             raise ValueError("sample.match=flops needs measured FLOPs (the job measures them before sampling)")
-        depth_dit = get_preset(cfg.model.preset).depth
-        plan_dit = plan_from_sample_config("dit", sc.budget, depth_dit)
-        return plan_fpdm_flops(plan_dit.steps * dit_flops_per_forward, flops.explicit_per_forward,
-                               flops.per_iteration, n_explicit=n, steps=steps, iters=iters, schedule=sc.schedule,
-                               ratio=list(sc.ratio), values=values)
+        return _flop_matched_plan(cfg, n, steps, iters, values, flops, dit_flops_per_forward)
     return plan_from_sample_config(kind, sc.budget, n, steps=steps, iters=iters, schedule=sc.schedule,
                                    ratio=list(sc.ratio), values=values)
+
+
+def _flop_matched_plan(cfg, n: int, steps, iters, values, flops, dit_flops: int) -> SamplingPlan:
+    """The FPDM plan spending the most FLOPs not above what DiT spends on ``sample.budget`` blocks.
+    Its shortfall is under one fixed point iteration; above ``sample.flops_tolerance`` (relative)
+    it is refused with how close it gets and the nearest larger budget that is within tolerance."""
+    sc = cfg.sample
+    depth = get_preset(cfg.model.preset).depth
+
+    def plan_at(budget: int) -> tuple[int, SamplingPlan]:
+        target = plan_from_sample_config("dit", budget, depth).steps * dit_flops
+        return target, plan_fpdm_flops(target, flops.explicit_per_forward, flops.per_iteration, n_explicit=n,
+                                       steps=steps, iters=iters, schedule=sc.schedule, ratio=list(sc.ratio),
+                                       values=values)
+
+    def shortfall(target: int, plan: SamplingPlan) -> float:
+        return 1.0 - plan.flops_per_image / target
+
+    target, plan = plan_at(sc.budget)
+    gap = shortfall(target, plan)
+    if gap <= sc.flops_tolerance:
+        return plan
+    better = None
+    for budget in range(sc.budget + depth, 8 * sc.budget + 1, depth):
+        try:
+            if shortfall(*plan_at(budget)) <= sc.flops_tolerance:
+                better = budget
+                break
+        except BudgetError:
+            continue
+    hint = f"sample.budget={better} is within it" if better else "a larger sample.budget shrinks it"
+    raise BudgetError(
+        f"sample.match=flops at sample.budget={sc.budget}: the closest FPDM plan ({plan.steps} steps, "
+        f"{plan.total_iters} iterations) spends {int(plan.flops_per_image):,} FLOPs per image, {gap:.2%} below "
+        f"DiT's {target:,}, more than sample.flops_tolerance={sc.flops_tolerance}; the gap is under one "
+        f"iteration ({flops.per_iteration:,} FLOPs): move sample.budget ({hint}), sample.iters or "
+        f"sample.steps, or raise sample.flops_tolerance"
+    )
+
+
+def flop_match_inputs(cfg, model, *, image_size: int, channels: int, num_classes: int) -> tuple:
+    """``(FPDM FlopBreakdown, DiT FLOPs per forward)`` for ``sample.match=flops``, both counted by
+    ``harness.flops`` on the meta device; ``(None, None)`` when the job is not FLOP-matched."""
+    from harness.flops import dit_flops_per_forward, flop_breakdown
+
+    if not (cfg.sample.match == "flops" and cfg.model.name == "fpdm"):
+        return None, None
+    dit = dit_flops_per_forward(cfg.model.preset, image_size=image_size, channels=channels,
+                                num_classes=num_classes, learn_sigma=cfg.model.learn_sigma)
+    return flop_breakdown(model, image_size), dit
 
 
 @dataclass(frozen=True)
@@ -81,6 +129,7 @@ class StageKeys:
 def stage_keys(cfg) -> StageKeys:
     model = _plain(cfg.model)
     train = {k: v for k, v in _plain(cfg.train).items() if k not in _TRAIN_RUNTIME_KEYS}
+    train["budget"] = {k: v for k, v in train["budget"].items() if k not in _TRAIN_BUDGET_CHECK_KEYS}
     if cfg.model.name != "fpdm":  # FPDM-only knobs must not split the DiT cache
         for k in ("method", "iters", "implicit_solver", "implicit_tol"):
             train.pop(k, None)
@@ -94,6 +143,8 @@ def stage_keys(cfg) -> StageKeys:
             sample.pop(k, None)
         if cfg.sample.budget is not None:
             sample.pop("steps", None)
+    # the FLOP counting convention decides a FLOP-matched plan and the FLOP figures cached with samples
+    sample["flop_count"] = FLOP_COUNT_VERSION
     sample_key = config_hash("sample", train_key, sample, solver)
     eval_key = config_hash("eval", sample_key, _plain(cfg.metrics))
     return StageKeys(train_key, sample_key, eval_key)

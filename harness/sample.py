@@ -164,31 +164,45 @@ def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall
         steps.diverged += int(s["diverged"])
     atomic_write(work_dir / "samples.npz", lambda fh: np.savez_compressed(fh, images=images, labels=labels))
     save_grid(images[:64], work_dir / "grid.png")
-    breakdown = flop_breakdown(model, data.image_size)
-    if implicit:
-        c = np.maximum(steps.count, 1)
-        iters_spent = (steps.nfe / c).tolist()
-        passes = float(sum(model.num_explicit_blocks + k for k in iters_spent))
-        flops = breakdown.explicit_per_forward * plan.steps + breakdown.per_iteration * sum(iters_spent)
-    else:
-        iters_spent, passes = None, float(plan.block_passes)
-        flops = sampling_flops(breakdown, None, plan.steps)
-    guidance = 2 if cfg.sample.cfg_scale != 1.0 else 1
-    summary = {
+    summary = _cost_summary(model, data.image_size, plan, steps, implicit, guidance=2 if cfg.sample.cfg_scale != 1.0 else 1)
+    iters_spent = summary.pop("_iters_spent")
+    summary.update({
         "num_images": int(len(images)), "steps": plan.steps, "plan_iters": list(plan.iters),
-        "block_passes_planned": plan.block_passes, "block_passes_per_image": passes * guidance,
-        "flops_per_image": float(flops) * guidance, "flops_per_forward": breakdown.per_forward,
-        "flops_block": breakdown.block, "flops_injection_per_iter": breakdown.injection_per_iteration,
-        "injection_to_block": breakdown.injection_to_block,
         "time_per_image_s": wall / sampled if sampled else math.nan,
         "solver_diverged_samples": int(steps.diverged),
-    }
+    })
     if implicit:
         summary["solver_trace"] = steps.to_dict(timesteps)
         summary["solver_iters_mean"] = float(np.mean(iters_spent)) if iters_spent else math.nan
         summary["solver_nfe_per_image"] = float(np.sum(iters_spent))
         summary["solver_final_residual"] = float(np.mean(summary["solver_trace"]["residual"]))
     return summary
+
+
+def _cost_summary(model, image_size: int, plan, steps: "_StepStats", implicit: bool, guidance: int) -> dict:
+    """Block passes and FLOPs per image, planned and spent, from ``harness.flops`` (the path the
+    plan is matched with). Spent = planned unless a solver tolerance stopped early; with
+    classifier-free guidance every forward runs twice (``guidance``)."""
+    breakdown = flop_breakdown(model, image_size)
+    planned_flops = sampling_flops(breakdown, list(plan.iters) if implicit else None, plan.steps)
+    if plan.flops_per_image is not None and plan.flops_per_image != planned_flops:
+        raise RuntimeError(f"the plan was matched on {plan.flops_per_image} FLOPs per image but the model "
+                           f"counts {planned_flops}: the plan and the model disagree")
+    iters_spent, passes, flops = None, plan.block_passes, planned_flops
+    if implicit:
+        c = np.maximum(steps.count, 1)
+        iters_spent = (steps.nfe / c).tolist()
+        if iters_spent != [float(k) for k in plan.iters]:  # early stopping: count what ran
+            passes = plan.steps * model.num_explicit_blocks + sum(iters_spent)
+            flops = breakdown.explicit_per_forward * plan.steps + breakdown.per_iteration * sum(iters_spent)
+    return {
+        "_iters_spent": iters_spent, "guidance_forwards": guidance,
+        "block_passes_planned": plan.block_passes, "block_passes_per_image": passes * guidance,
+        "flops_planned": planned_flops, "flops_per_image": flops * guidance, "flops_per_forward": breakdown.per_forward,
+        "flops_block": breakdown.block, "flops_injection_per_iter": breakdown.injection_per_iteration,
+        "flops_per_iteration": breakdown.per_iteration, "flops_explicit_per_forward": breakdown.explicit_per_forward,
+        "injection_to_block": breakdown.injection_to_block,
+    }
 
 
 def save_grid(images: np.ndarray, path: Path, scale: int = 4) -> None:

@@ -8,7 +8,9 @@ from generators seeded by ``(train.seed, step)`` and drawn over the *global* bat
 - N data-parallel ranks each take a contiguous slice of the same global batch and average their
   gradients, which reproduces one process at the same global batch within float tolerance.
 Compute is counted as it is spent: block passes per image per step are ``depth`` for DiT and
-``n_pre + (iterations drawn) + n_post`` for FPDM (S-JFB draws a random number each step).
+``n_pre + (iterations drawn) + n_post`` for FPDM (S-JFB draws a random number each step), and
+forward-equivalents (backward and recompute included, harness/train_compute.py) from the counts
+the training mode reports after backward.
 """
 from __future__ import annotations
 
@@ -30,8 +32,7 @@ from harness.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_s
 from harness.distributed import DistInfo, all_reduce_mean_, all_reduce_values, barrier, broadcast_module_
 from harness.io import atomic_write, atomic_write_json
 from harness.memory import cuda_peak, training_memory_breakdown
-
-BUDGET_UNITS = ("steps", "seconds", "block_passes")
+from harness.train_compute import BUDGET_UNITS, model_step_compute
 
 
 class TrainingDiverged(RuntimeError):
@@ -60,7 +61,8 @@ def global_batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch
 @dataclass
 class TrainState:
     step: int = 0
-    block_passes: int = 0  # per image, summed over steps
+    block_passes: int = 0  # forward block passes per image, summed over steps
+    compute: int = 0  # forward-equivalents per image (backward 2, recompute 1, VJP 2), summed over steps
     images: int = 0
     elapsed_s: float = 0.0
     losses: list = field(default_factory=list)
@@ -160,7 +162,8 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def _budget_reached(budget, state: TrainState) -> bool:
-    spent = {"steps": state.step, "seconds": state.elapsed_s, "block_passes": state.block_passes}[budget.unit]
+    spent = {"steps": state.step, "seconds": state.elapsed_s, "block_passes": state.block_passes,
+             "compute": state.compute}[budget.unit]
     return spent >= budget.value
 
 
@@ -251,6 +254,7 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
             passes = model.num_explicit_blocks + model.last_passes if model.is_implicit else model.block_passes()
             state.step += 1
             state.block_passes += int(passes)
+            state.compute += model_step_compute(model)
             state.images += tc.batch_size
             state.elapsed_s += time.perf_counter() - t0
             # the logged loss is the global-batch mean (each rank holds the mean of its equal slice)
@@ -266,7 +270,8 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
                 now = time.perf_counter()
                 line = {"step": state.step, "loss": loss_value, "mse": mse_value, "vb": vb_value,
                         "images_per_s": window_images / max(now - window_t, 1e-9),
-                        "block_passes": state.block_passes, "elapsed_s": state.elapsed_s}
+                        "block_passes": state.block_passes, "compute_fwd_equiv": state.compute,
+                        "elapsed_s": state.elapsed_s}
                 with open(log_path, "a") as fh:
                     fh.write(json.dumps(line) + "\n")
                 window_t, window_images = now, 0
@@ -282,6 +287,7 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
 
     summary = {
         "train_steps": state.step, "train_block_passes_per_image": state.block_passes,
+        "train_compute_fwd_equiv": state.compute,
         "train_images": state.images, "train_time_s": state.elapsed_s,
         "train_images_per_s": state.images / state.elapsed_s if state.elapsed_s else math.nan,
         "train_final_loss": float(sum(state.losses[-20:]) / max(len(state.losses[-20:]), 1)),

@@ -94,6 +94,18 @@ BAD = [
     (["sample.num_images=10", "sample.seed_ranges=3"], "sample.seed_ranges=3"),
     (["model=dit", "sample.reuse=true"], "sample.reuse=true needs model=fpdm"),
     (["+hydra.callbacks.x._target_=os.system"], "hydra.callbacks.x._target_=os.system"),
+    # matched budgets that cannot be met: how close they get and the knob to move, before any compute
+    (["sample.match=flops", "sample.budget=12", "sample.iters=1"],
+     "10.91% below DiT's 20,414,464, more than sample.flops_tolerance=0.01"),
+    (["sample.match=flops", "sample.budget=12", "sample.iters=1"], "sample.budget=30 is within it"),
+    (["sample.flops_tolerance=-0.1"], "sample.flops_tolerance=-0.1 must be in [0, 1)"),
+    (["model=dit", "train.budget.unit=compute", "train.budget.value=100"],
+     "90 forward-equivalents per image after 5 steps and 108 after 6 (+8.0%); set train.budget.value=90 or 108"),
+    (["train.budget.unit=compute", "train.budget.value=100", "train.method=implicit"],
+     "may be overshot by up to 27 forward-equivalents"),
+    (["train.budget.unit=compute", "train.budget.value=100", "train.method=implicit"], "train.implicit_tol=0"),
+    (["train.budget.unit=comput"], "train.budget.unit='comput'"),
+    (["train.budget.tolerance=1.5"], "train.budget.tolerance=1.5 must be in [0, 1)"),
 ]
 
 
@@ -111,12 +123,20 @@ def test_a_good_command_line_passes(inputs):
     precheck(["-m", "model=dit,fpdm", "sample.budget=60", "data=image_folder", "data.root=images"])
 
 
+def test_matched_budgets_within_tolerance_pass(inputs):
+    precheck(["sample.match=flops", "sample.budget=120", "sample.iters=2"])  # 0.2% short of DiT
+    precheck(["sample.match=flops", "sample.budget=12", "sample.iters=1", "sample.flops_tolerance=0.2"])
+    precheck(["model=dit", "train.budget.unit=compute", "train.budget.value=108"])  # 6 DiT steps exactly
+    precheck(["-m", "model=dit,fpdm", "train.budget.unit=compute", "train.budget.value=27000"])
+
+
 # (argv, a fragment of the one stderr line) through the real entry point
 CLI_BAD = [
     (["trian.lr=1"], "trian"),
     (["-m", "model=dit,fpdm", "sample.budget=61"], "nearest feasible budgets: 60 or 66"),
     (["data=image_folder", "data.root=texts"], "data.root=texts holds no image file"),
     (["hydra.run.dir=a_file/run"], "hydra.run.dir=a_file/run is not writable"),
+    (["sample.match=flops", "sample.budget=12", "sample.iters=1"], "raise sample.flops_tolerance"),
 ]
 
 

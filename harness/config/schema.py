@@ -78,8 +78,13 @@ class TrainItersConfig:
 
 @dataclass
 class TrainBudgetConfig:
-    unit: str = "steps"  # steps | seconds | block_passes
+    # steps | seconds | block_passes (forward block passes per image) | compute (forward-equivalents
+    # per image: forward 1, backward 2, checkpoint recompute 1, adjoint VJP 2, per block pass)
+    unit: str = "steps"
     value: float = 1500
+    # unit=compute: largest accepted relative gap between the budget and what the run spends
+    # (a run stops at a step boundary); checked before training, see harness/train_compute.py
+    tolerance: float = 0.01
 
 
 @dataclass
@@ -116,6 +121,7 @@ class SampleConfig:
     schedule_values: Optional[List[int]] = None  # schedule=list: the per-step iterations, in sampling order
     ratio: List[float] = field(default_factory=lambda: [0.5, 1.5])  # span of linear schedules
     match: str = "blocks"  # blocks | flops: what a budget matches between models
+    flops_tolerance: float = 0.01  # match=flops: largest accepted shortfall below DiT's FLOPs (relative)
     reuse: bool = False  # warm-start each step from the previous solution (FPDM Sec. 3.3)
     cfg_scale: float = 1.0  # classifier-free guidance; the paper's FIDs use none
     eta: float = 0.0  # DDIM

@@ -115,12 +115,15 @@ def _solver(cfg) -> None:
 @check
 def _train(cfg) -> None:
     from fpdm.training_modes import list_training_modes
+    from harness.train_compute import BUDGET_UNITS
 
     t = cfg.train
     _choice("train.method", t.method, list_training_modes())
-    _choice("train.budget.unit", t.budget.unit, ("steps", "seconds", "block_passes"))
+    _choice("train.budget.unit", t.budget.unit, BUDGET_UNITS)
     if not t.budget.value > 0:
         raise ConfigError(f"train.budget.value={t.budget.value} must be > 0")
+    if not 0.0 <= t.budget.tolerance < 1.0:
+        raise ConfigError(f"train.budget.tolerance={t.budget.tolerance} must be in [0, 1)")
     if not 0 <= t.iters.no_grad.min <= t.iters.no_grad.max:
         raise ConfigError(f"train.iters.no_grad needs 0 <= min <= max, got min={t.iters.no_grad.min} "
                           f"max={t.iters.no_grad.max}")
@@ -136,6 +139,18 @@ def _train(cfg) -> None:
         raise ConfigError(f"train.ema_decay={t.ema_decay} must be in [0, 1)")
     _choice("train.precision", t.precision, ("fp32", "bf16"))
     _choice("train.implicit_solver", t.implicit_solver, __import__("fpdm.solvers").solvers.list_solvers())
+
+
+@check
+def _train_compute_budget(cfg) -> None:
+    """A compute budget the run would miss by more than its tolerance, before training."""
+    from harness.train_compute import check_compute_budget
+
+    if cfg.train.budget.unit != "compute" or (cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path):
+        return
+    problem = check_compute_budget(cfg)
+    if problem:
+        raise ConfigError(problem)
 
 
 @check
@@ -162,12 +177,36 @@ def _sample(cfg) -> None:
         raise ConfigError(f"sample.reuse=true needs model=fpdm (model={cfg.model.name} has no fixed point to reuse)")
     if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
         return  # the depth is known once the weights are loaded
-    if s.match == "flops" and cfg.model.name == "fpdm":
-        return  # planned from measured FLOPs at run time
+    if not 0.0 <= s.flops_tolerance < 1.0:
+        raise ConfigError(f"sample.flops_tolerance={s.flops_tolerance} must be in [0, 1)")
+    flops = _flop_match_on_meta(cfg)
+    if flops is None:
+        return  # the data check below names the data problem
     try:
-        sampling_plan(cfg)
+        sampling_plan(cfg, **flops)
     except (BudgetError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _flop_match_on_meta(cfg) -> dict | None:
+    """FLOP counts for a ``sample.match=flops`` plan, from a shape-only model (nothing allocated),
+    counted as the run counts them; None when the data's shape cannot be read."""
+    if not (cfg.sample.match == "flops" and cfg.model.name == "fpdm" and cfg.sample.budget is not None):
+        return {}
+    import torch
+
+    from harness.inspect import _data_shape
+    from harness.models import build_model
+    from harness.plan import flop_match_inputs
+
+    try:
+        channels, size, classes = _data_shape(cfg)
+    except Exception:  # noqa: BLE001 - a missing or unreadable data set is reported by the data check
+        return None
+    with torch.device("meta"):
+        model = build_model(cfg.model, cfg.train, image_size=size, channels=channels, num_classes=classes)
+    flops, dit = flop_match_inputs(cfg, model, image_size=size, channels=channels, num_classes=classes)
+    return {"flops": flops, "dit_flops_per_forward": dit}
 
 
 @check

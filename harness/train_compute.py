@@ -1,0 +1,114 @@
+"""Training compute in forward-equivalents (``train.budget.unit=compute``), per image.
+
+The paper matches sampling in transformer-block forward passes (Sec. 4.2) and training in wall
+time (Sec. 4.1, Tables 3-4: equal training time). Forward passes alone would charge a no-grad S-JFB
+iteration (Sec. 3.4, Algorithm 1) the same as a DiT block that also runs backward, so this unit
+charges, per transformer-block pass of one image:
+
+    forward 1, backward 2 (gradients w.r.t. inputs and weights: two products per forward product),
+    checkpoint recompute 1 (the forward again, inside backward), adjoint VJP 2 (one backward).
+
+Per training step and image that is, with E explicit blocks (DiT: depth; FPDM: pre + post, always
+backpropagated: the injection is not detached) and the fixed point counts the training mode
+reports (``fpdm.training_modes.FixedPointCounts``: what actually ran):
+
+    DiT            3 E (+ E with gradient checkpointing)
+    FPDM           3 E (+ E) + no_grad + 3 with_grad + 2 vjp
+      sjfb         n + 3 m                 (n, m drawn per step)
+      jfb          N + 3;  multistep_jfb  N + 3 M;  full  3 (n + m)
+      implicit     forward solve nfe + 3 + 2 x adjoint VJPs actually run
+
+Non-block compute (embedders, injection projection, final layer) is not charged, as in the
+paper's block count. A run stops at the first step boundary that reaches the budget; the check
+below replays the seeded draws (or takes the worst case where the data decides) before training,
+so a budget the run would miss by more than ``train.budget.tolerance`` is refused up front.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from fpdm.training_modes import FixedPointCounts, ImplicitTrainSpec, planned_counts
+
+FORWARD, BACKWARD, RECOMPUTE, VJP = 1, 2, 1, 2
+BUDGET_UNITS = ("steps", "seconds", "block_passes", "compute")
+MAX_REPLAYED_STEPS = 2_000_000  # beyond this the check uses the worst-case step instead of a replay
+
+
+def step_compute(explicit_blocks: int, checkpointing: bool, counts: FixedPointCounts | None = None) -> int:
+    """Forward-equivalents per image of one training step (see the module docstring)."""
+    per_explicit = FORWARD + BACKWARD + (RECOMPUTE if checkpointing else 0)
+    cost = explicit_blocks * per_explicit
+    if counts is not None:
+        cost += counts.no_grad * FORWARD + counts.with_grad * (FORWARD + BACKWARD) + counts.vjp * VJP
+    return cost
+
+
+def model_step_compute(model) -> int:
+    """The step just run by ``model`` (call after ``loss.backward()``: adjoint VJPs run there)."""
+    counts = model.last_counts if getattr(model, "is_implicit", False) else None
+    return step_compute(model.num_explicit_blocks, bool(model.grad_checkpointing), counts)
+
+
+def _worst_counts(spec: ImplicitTrainSpec) -> FixedPointCounts:
+    """The costliest step of any mode: the implicit mode's full solves, N + M forward evaluations,
+    one with gradient and N + M VJPs (3(N+M) + 3, at least full's 3(N+M) and S-JFB's n + 3m)."""
+    budget = spec.no_grad_max + spec.with_grad_max
+    return FixedPointCounts(no_grad=budget, with_grad=1, vjp=budget)
+
+
+def _step_costs(cfg) -> tuple[Callable[[int], int | None], int, str]:
+    """(cost of step s or None when only running tells, worst-case step cost, description)."""
+    from baselines.presets import get_preset
+    from harness.models import implicit_train_spec
+    from harness.train import step_generator
+
+    m, t = cfg.model, cfg.train
+    ckpt = bool(m.grad_checkpointing)
+    if m.name != "fpdm":
+        depth = get_preset(m.preset).depth
+        cost = step_compute(depth, ckpt)
+        per_block = cost // depth
+        return (lambda s: cost), cost, f"model={m.name} ({cost} per step: {per_block} x {depth} blocks)"
+    spec = implicit_train_spec(t)
+    explicit = m.pre_depth + m.post_depth
+
+    def cost_at(s: int) -> int | None:
+        counts = planned_counts(t.method, spec, step_generator(t.seed, s, 2))
+        return None if counts is None else step_compute(explicit, ckpt, counts)
+
+    return cost_at, step_compute(explicit, ckpt, _worst_counts(spec)), f"train.method={t.method} (train.seed={t.seed})"
+
+
+def _replay(cost_at: Callable[[int], int | None], value: float) -> Iterator[tuple[int, int, int]]:
+    """(steps, spent before the last step, spent) where the run stops; nothing if unknowable."""
+    spent, before, s = 0, 0, 0
+    while spent < value:
+        if s >= MAX_REPLAYED_STEPS:
+            return
+        cost = cost_at(s)
+        if cost is None:
+            return
+        before, spent, s = spent, spent + cost, s + 1
+    yield s, before, spent
+
+
+def check_compute_budget(cfg) -> str | None:
+    """None if a ``train.budget.unit=compute`` run lands within ``train.budget.tolerance`` of
+    ``train.budget.value``; else one line saying how close it gets and what to change."""
+    value, tol = float(cfg.train.budget.value), float(cfg.train.budget.tolerance)
+    cost_at, worst, who = _step_costs(cfg)
+    stop = next(_replay(cost_at, value), None)
+    if stop is None:  # data-dependent (or very long): the last step overshoots by at most `worst`
+        if worst <= tol * value:
+            return None
+        return (f"train.budget.value={value:g} (unit=compute) may be overshot by up to {worst} forward-equivalents "
+                f"({worst / value:.1%}) with {who}, whose cost depends on the data; raise train.budget.value to "
+                f">= {worst / tol:.0f}, set train.implicit_tol=0 (fixed solves) or raise train.budget.tolerance")
+    steps, before, spent = stop
+    gap = (spent - value) / value
+    if gap <= tol:
+        return None
+    options = f"{before} or {spent}" if before else f"{spent}"
+    return (f"train.budget.value={value:g} (unit=compute) cannot be met within train.budget.tolerance={tol:g}: "
+            f"{who} spends {before} forward-equivalents per image after {steps - 1} steps and {spent} after "
+            f"{steps} (+{gap:.1%}); set train.budget.value={options}, or raise train.budget.tolerance")

@@ -1,0 +1,147 @@
+"""One FLOP count (harness/flops.py) against closed forms derived by hand, independent of the code.
+
+Convention: 2 FLOPs per multiply-add of the matrix products (linear, patch conv, attention);
+elementwise ops not counted. With N tokens of width D, MLP ratio 4, one adaLN-Zero block is
+24 N D^2 (qkv 6, proj 2, MLP 16) + 4 N^2 D (Q K^T and A V) + 12 D^2 (adaLN, once per image), and
+one FPDM iteration adds the injection MLP, fc1 2D->2D and fc2 2D->D: 12 N D^2.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from baselines.dit import build_dit
+from fpdm.model import build_fpdm
+from harness.budget import plan_dit, plan_fpdm
+from harness.config.schema import Config, PicardSolverConfig
+from harness.flops import dit_flops_per_forward, flop_breakdown
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def block(N: int, D: int) -> int:
+    return 24 * N * D * D + 4 * N * N * D + 12 * D * D
+
+
+def injection(N: int, D: int) -> int:
+    return 2 * N * (2 * D) * (2 * D) + 2 * N * (2 * D) * D
+
+
+def shared(N: int, D: int, C: int, p: int, out: int) -> int:
+    """Patch conv + timestep MLP (256 -> D -> D) + final layer (adaLN D -> 2D, linear D -> p*p*out)."""
+    return 2 * N * (C * p * p) * D + (2 * 256 * D + 2 * D * D) + (2 * D * 2 * D + 2 * N * D * p * p * out)
+
+
+# (preset, image size, channels, N, D, depth, patch)
+PRESETS = [("tiny", 8, 1, 16, 64, 6, 2), ("S/2", 32, 4, 256, 384, 12, 2), ("XL/2", 32, 4, 256, 1152, 28, 2)]
+
+
+def test_tiny_numbers_by_hand():
+    # N=16, D=64: 1,572,864 + 65,536 + 49,152; the injection MLP 786,432
+    assert block(16, 64) == 1_687_552 and injection(16, 64) == 786_432
+    assert round(injection(16, 64) / block(16, 64), 3) == 0.466
+
+
+@pytest.mark.parametrize("preset,size,C,N,D,depth,p", PRESETS, ids=[p[0] for p in PRESETS])
+def test_dit_block_and_forward_match_the_closed_form(preset, size, C, N, D, depth, p):
+    with torch.device("meta"):
+        dit = build_dit(preset, input_size=size, in_channels=C, num_classes=10)
+    fb = flop_breakdown(dit, size)
+    assert fb.block == block(N, D)
+    assert fb.per_forward == depth * block(N, D) + shared(N, D, C, p, 2 * C)
+    assert fb.per_iteration == fb.injection_per_iteration == 0
+
+
+@pytest.mark.parametrize("preset,size,C,N,D,depth,p", PRESETS, ids=[p[0] for p in PRESETS])
+def test_fpdm_iteration_and_forward_match_the_closed_form(preset, size, C, N, D, depth, p):
+    with torch.device("meta"):
+        fpdm = build_fpdm(preset, input_size=size, in_channels=C, num_classes=10)
+    k = 3
+    fb = flop_breakdown(fpdm, size, iters=k)
+    assert fb.block == block(N, D)
+    assert fb.injection_per_iteration == injection(N, D)
+    assert fb.per_iteration == block(N, D) + injection(N, D)
+    explicit = 2 * block(N, D) + 2 * N * D * D + shared(N, D, C, p, 2 * C)  # pre + post, projection
+    assert fb.explicit_per_forward == explicit
+    assert fb.per_forward == explicit + k * (block(N, D) + injection(N, D))
+
+
+def test_dit_xl2_is_dits_118_6_gflops():
+    """DiT paper Table 4 lists DiT-XL/2 at 118.6 Gflops, counted as multiply-adds."""
+    flops = dit_flops_per_forward("XL/2", image_size=32, channels=4, num_classes=1000)
+    assert round(flops / 2 / 1e9, 1) == 118.6
+
+
+def test_the_count_does_not_depend_on_the_device():
+    """A CPU model counts attention too (torch has no formula for the CPU attention kernel)."""
+    torch.manual_seed(0)
+    cpu = build_fpdm("tiny", input_size=8, in_channels=1, num_classes=10)
+    with torch.device("meta"):
+        meta = build_fpdm("tiny", input_size=8, in_channels=1, num_classes=10)
+    assert flop_breakdown(cpu, 8) == flop_breakdown(meta, 8)
+    fb = flop_breakdown(cpu, 8)
+    assert fb.block == 1_687_552 and round(fb.injection_to_block, 3) == 0.466
+    assert cpu.training and next(cpu.parameters()).device.type == "cpu"  # the model is left as it was
+
+
+# ------------------------------------------------------------------ sample stage and FLOP matching
+def _cfg(**over):
+    cfg = OmegaConf.structured(Config)
+    cfg.solver = OmegaConf.structured(PicardSolverConfig)
+    cfg.sample.num_images = 2
+    cfg.sample.batch_size = 2
+    for k, v in over.items():
+        OmegaConf.update(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def data():
+    from harness.data import build_dataset
+
+    return build_dataset(OmegaConf.structured(Config).data)
+
+
+# FPDM tiny on 8x8x1 digits, 1 pre + 1 post: explicit part and one iteration, by hand
+E_TINY = 2 * block(16, 64) + 2 * 16 * 64 * 64 + shared(16, 64, 1, 2, 2)
+I_TINY = block(16, 64) + injection(16, 64)
+DIT_TINY = 6 * block(16, 64) + shared(16, 64, 1, 2, 2)
+
+
+def test_tiny_totals_by_hand():
+    assert (E_TINY, I_TINY, DIT_TINY) == (3_588_096, 2_473_984, 10_207_232)
+
+
+@pytest.mark.parametrize("kind", ["fpdm", "dit"])
+def test_sample_stage_records_the_plans_passes_and_flops(kind, data, tmp_path):
+    from harness.job import diffusion_spec
+    from harness.models import build_model
+    from harness.sample import sample_model
+
+    cfg = _cfg(**{"model.name": kind})
+    model = build_model(cfg.model, cfg.train, image_size=8, channels=1, num_classes=data.num_classes)
+    plan = plan_fpdm(60, 2, iters=2, schedule="increasing") if kind == "fpdm" else plan_dit(24, 6)
+    s = sample_model(model, data, diffusion_spec(cfg), cfg, plan, tmp_path, torch.device("cpu"), progress=False)
+    assert s["block_passes_per_image"] == s["block_passes_planned"] == plan.block_passes
+    hand = E_TINY * plan.steps + I_TINY * sum(plan.iters) if kind == "fpdm" else DIT_TINY * plan.steps
+    assert s["flops_per_image"] == s["flops_planned"] == hand
+    assert s["flops_block"] == block(16, 64)
+    if kind == "fpdm":
+        assert round(s["injection_to_block"], 3) == 0.466
+
+
+def test_flop_matched_plan_uses_the_same_count_on_both_sides():
+    from harness.models import build_model
+    from harness.plan import flop_match_inputs, sampling_plan
+
+    cfg = _cfg(**{"sample.match": "flops", "sample.budget": 120, "sample.iters": 2})
+    model = build_model(cfg.model, cfg.train, image_size=8, channels=1, num_classes=10)
+    flops, dit = flop_match_inputs(cfg, model, image_size=8, channels=1, num_classes=10)
+    assert dit == DIT_TINY and (flops.explicit_per_forward, flops.per_iteration) == (E_TINY, I_TINY)
+    plan = sampling_plan(cfg, flops=flops, dit_flops_per_forward=dit)
+    budget = 20 * DIT_TINY  # 120 blocks = 20 DiT steps
+    assert plan.steps == budget // (E_TINY + 2 * I_TINY)  # 23
+    assert plan.total_iters == (budget - plan.steps * E_TINY) // I_TINY
+    assert plan.flops_per_image == plan.steps * E_TINY + plan.total_iters * I_TINY <= budget
+    assert budget - plan.flops_per_image < I_TINY
