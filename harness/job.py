@@ -72,7 +72,20 @@ def job_axes(cfg, plan=None) -> dict:
     if fpdm:
         axes["no_grad_max"] = cfg.train.iters.no_grad.max
         axes["with_grad_max"] = cfg.train.iters.with_grad.max
+    axes.update(architecture_axes(cfg))
     return axes
+
+
+def architecture_axes(cfg) -> dict:
+    """The resolved architecture (preset + ``model.depth`` ... ``model.mlp_ratio``) as axes, so a
+    depth / width ablation groups like any other sweep; None where loaded weights decide it."""
+    from baselines.presets import ARCHITECTURE_KNOBS
+    from harness.models import model_architecture
+
+    if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
+        return dict.fromkeys(ARCHITECTURE_KNOBS)
+    arch = model_architecture(cfg.model)
+    return {k: getattr(arch, k) for k in ARCHITECTURE_KNOBS}
 
 
 def _build(cfg, data):
@@ -196,9 +209,10 @@ def _dit_flops_per_forward(cfg, data) -> float:
     """FLOPs of one forward of the DiT of the same preset (meta device: nothing is allocated)."""
     from baselines.dit import build_dit
     from harness.accounting import count_flops
+    from harness.models import model_architecture
 
     with torch.device("meta"):
-        dit = build_dit(cfg.model.preset, input_size=data.image_size, in_channels=data.channels,
+        dit = build_dit(model_architecture(cfg.model), input_size=data.image_size, in_channels=data.channels,
                         num_classes=data.num_classes, learn_sigma=cfg.model.learn_sigma).eval()
         x = torch.zeros(1, data.channels, data.image_size, data.image_size)
         t = torch.zeros(1, dtype=torch.long)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
-from baselines.presets import get_preset
+from baselines.presets import ARCHITECTURE_KNOBS
 from harness.budget import SamplingPlan, plan_from_sample_config, plan_fpdm_flops
 from harness.cache import config_hash
 
@@ -30,12 +30,18 @@ def explicit_blocks(cfg) -> int:
         return cfg.model.pre_depth + cfg.model.post_depth
     if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
         return -1  # known once the weights are loaded
-    return get_preset(cfg.model.preset).depth
+    return _arch(cfg).depth
+
+
+def _arch(cfg):
+    from harness.models import model_architecture
+
+    return model_architecture(cfg.model)
 
 
 def default_iters(cfg) -> int:
-    """FPDM's DiT-equivalent iterations per step: preset depth - pre - post (paper Sec. 4.2)."""
-    return get_preset(cfg.model.preset).depth - cfg.model.pre_depth - cfg.model.post_depth
+    """FPDM's DiT-equivalent iterations per step: depth - pre - post (paper Sec. 4.2)."""
+    return _arch(cfg).depth - cfg.model.pre_depth - cfg.model.post_depth
 
 
 def sampling_plan(cfg, depth: int | None = None, flops=None, dit_flops_per_forward: float | None = None) -> SamplingPlan:
@@ -59,7 +65,7 @@ def sampling_plan(cfg, depth: int | None = None, flops=None, dit_flops_per_forwa
     if sc.match == "flops" and sc.budget is not None:
         if flops is None or dit_flops_per_forward is None:
             raise ValueError("sample.match=flops needs measured FLOPs (the job measures them before sampling)")
-        depth_dit = get_preset(cfg.model.preset).depth
+        depth_dit = _arch(cfg).depth
         plan_dit = plan_from_sample_config("dit", sc.budget, depth_dit)
         return plan_fpdm_flops(plan_dit.steps * dit_flops_per_forward, flops.explicit_per_forward,
                                flops.per_iteration, n_explicit=n, steps=steps, iters=iters, schedule=sc.schedule,
@@ -78,8 +84,25 @@ class StageKeys:
         return {"train": self.train, "sample": self.sample, "eval": self.eval}
 
 
-def stage_keys(cfg) -> StageKeys:
+def _model_identity(cfg) -> dict:
+    """``cfg.model`` for the train key, with the architecture knobs replaced by what they change:
+    a knob that is null or equal to the preset's value is dropped, so ``model.depth=6`` on the
+    6-deep tiny preset trains (and caches) the same model as no knob, and keys of configs without
+    knobs are unchanged."""
     model = _plain(cfg.model)
+    if cfg.model.name == "dit_diffusers" and cfg.model.get("pretrained_path"):
+        return model
+    from baselines.presets import get_preset
+
+    base, arch = get_preset(cfg.model.preset), _arch(cfg)
+    for knob in ARCHITECTURE_KNOBS:
+        if knob in model and getattr(arch, knob) == getattr(base, knob):
+            model.pop(knob)
+    return model
+
+
+def stage_keys(cfg) -> StageKeys:
+    model = _model_identity(cfg)
     train = {k: v for k, v in _plain(cfg.train).items() if k not in _TRAIN_RUNTIME_KEYS}
     if cfg.model.name != "fpdm":  # FPDM-only knobs must not split the DiT cache
         for k in ("method", "iters", "implicit_solver", "implicit_tol"):
