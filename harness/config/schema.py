@@ -177,6 +177,7 @@ class RunConfig:
 @dataclass
 class InspectConfig:
     format: str = "text"  # text | json
+    ddp: bool = False  # memory estimate: add DistributedDataParallel's gradient buckets
 
 
 @dataclass

@@ -309,6 +309,11 @@ def _writable(path: Path) -> bool:
     return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
+@check
+def _inspect(cfg) -> None:
+    _choice("inspect.format", cfg.inspect.format, ("text", "json"))
+
+
 @check(disk=True)
 def _paths(cfg) -> None:
     if not _writable(Path(cfg.paths.cache_dir)):
