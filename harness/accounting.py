@@ -89,13 +89,22 @@ def flop_breakdown(model: nn.Module, image_size: int, iters: int | None = None) 
             per_iter = block + inj
             return FlopBreakdown(total, one - per_iter, block, per_iter, inj)
         total = count_flops(model, x, t, y)
-        hidden = model.blocks[0].attn.qkv.in_features
-        z = torch.zeros(1, tokens, hidden, device=device)
-        c = torch.zeros(1, hidden, device=device)
-        block = count_flops(model.blocks[0], z, c)
-        return FlopBreakdown(total, total, block, 0, 0)
+        return FlopBreakdown(total, total, _explicit_block_flops(model, tokens, t, y), 0, 0)
     finally:
         model.train(was_training)
+
+
+def _explicit_block_flops(model: nn.Module, tokens: int, t: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of the first explicit block: a DiT block, or diffusers' block (which embeds t and y
+    itself, part of its cost in that layout)."""
+    if hasattr(model, "transformer"):  # baselines.diffusers_dit adapter
+        blk = model.transformer.transformer_blocks[0]
+        hidden = model.transformer.inner_dim
+        z = torch.zeros(1, tokens, hidden, device=t.device)
+        return count_flops(lambda: blk(z, timestep=t, class_labels=y))
+    hidden = model.blocks[0].attn.qkv.in_features
+    z = torch.zeros(1, tokens, hidden, device=t.device)
+    return count_flops(model.blocks[0], z, torch.zeros(1, hidden, device=t.device))
 
 
 def sampling_flops(breakdown: FlopBreakdown, iters_per_step: list[int] | tuple[int, ...] | None, steps: int) -> int:
