@@ -71,7 +71,9 @@ class AutocastModel(TorchFunctionMode):
         return x.to(dtype)
 
     def _cast_all(self, args, kwargs, dtype):
-        cast = lambda a: [self._cast(x, dtype) for x in a] if isinstance(a, (list, tuple)) else self._cast(a, dtype)  # noqa: E731
+        def cast(a):
+            return [self._cast(x, dtype) for x in a] if isinstance(a, (list, tuple)) else self._cast(a, dtype)
+
         return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
 
     @property

@@ -55,7 +55,10 @@ def _architecture(cfg, model) -> dict:
 def inspect_config(cfg) -> dict:
     from harness.accounting import flop_breakdown, params_by_part, sampling_flops
     from harness.data.shape import input_shape
-    from harness.memory_estimate import assumptions_from_config, estimate_training_memory
+    from harness.memory_estimate import (
+        assumptions_from_config,
+        estimate_training_memory,
+    )
     from harness.plan import sampling_plan
 
     shape = input_shape(cfg.data)
@@ -92,8 +95,8 @@ def inspect_config(cfg) -> dict:
 
 
 def _memory_lines(mem: dict) -> list[str]:
-    lines = [f"training memory at batch {mem['batch_size']} ({mem['precision']}"
-             + (f", train.method={mem['train_method']}" if mem["train_method"] else "") + "):"]
+    method = f", train.method={mem['train_method']}" if mem["train_method"] else ""
+    lines = [f"training memory at batch {mem['batch_size']} ({mem['precision']}{method}):"]
     if mem["with_grad_iters_max"] is not None:
         lines.append(f"  with-grad iterations m: expected {mem['with_grad_iters_expected']:g}, "
                      f"maximum {mem['with_grad_iters_max']} (the *_max rows)")
@@ -107,8 +110,8 @@ def _memory_lines(mem: dict) -> list[str]:
 def _text(info: dict) -> str:
     m, p, f, pl = info["model"], info["params"], info["flops"], info["plan"]
     arch = " ".join(f"{k}={v}" for k, v in m["architecture"].items())
-    lines = [f"model {m['name']} {m['preset']}  input {m['channels']}x{m['image_size']}x{m['image_size']}  "
-             f"classes {m['num_classes']}  explicit blocks {m['explicit_blocks']}",
+    lines = [(f"model {m['name']} {m['preset']}  input {m['channels']}x{m['image_size']}x{m['image_size']}  "
+              f"classes {m['num_classes']}  explicit blocks {m['explicit_blocks']}"),
              f"architecture: {arch}"]
     if m["shape_note"]:
         lines.append(f"  ({m['shape_note']})")
@@ -140,7 +143,7 @@ def _compose(argv: list[str]):
     try:
         with initialize_config_module(config_module="harness.conf", version_base="1.3"):
             return compose(config_name="config", overrides=argv)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - Hydra raises several types; one line names the key
         raise ConfigError(one_line(exc)) from None
     finally:
         GlobalHydra.instance().clear()
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = any(a in ("run.debug=true", "run.debug=True") for a in argv)
     try:
         cfg, info = inspect_argv(argv)
-    except Exception as exc:  # one line, never a traceback (run.debug=true shows it)
+    except Exception as exc:
         if debug:
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

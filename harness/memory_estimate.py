@@ -22,8 +22,8 @@ saves the same tensors, so the saved bytes are measured at m=1 and m=2 and extra
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
 
 import torch
 from torch import nn

@@ -37,7 +37,7 @@ def _argv(model, method, solver, data, *extra):
 
 @pytest.mark.parametrize("model,method,solver,data", CASES, ids=["-".join(c) for c in CASES])
 def test_inspect_counts_every_combination_without_data(model, method, solver, data):
-    cfg, info = inspect_argv(_argv(model, method, solver, data, "sample.steps=5"))
+    _, info = inspect_argv(_argv(model, method, solver, data, "sample.steps=5"))
     m = info["model"]
     assert (m["channels"], m["image_size"], m["num_classes"]) == SHAPES[data]
     assert info["params"]["total"] == sum(v for k, v in info["params"].items() if k not in ("total", "note"))
@@ -118,6 +118,6 @@ def test_bad_inspect_input_is_one_line_exit_2(argv, fragment, capsys):
 def test_the_command_line_no_longer_crashes_on_the_default_fpdm():
     """The default tiny FPDM trains with S-JFB, whose random draw used to run on meta tensors."""
     proc = subprocess.run([sys.executable, "-m", "harness.inspect", "model=fpdm"], capture_output=True, text=True,
-                          timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          check=False, timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "total_max" in proc.stdout and "assumptions:" in proc.stdout

@@ -23,7 +23,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.memory_estimate import MemoryAssumptions, estimate_training_memory, with_grad_iterations
+from harness.memory_estimate import (
+    MemoryAssumptions,
+    estimate_training_memory,
+    with_grad_iterations,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,11 +36,11 @@ LABEL_TABLE = 11 * 64  # not a matmul weight: autocast does not cast it
 
 
 def _model(name, **spec):
-    from fpdm.training_modes import ImplicitTrainSpec
-    from harness.models import build_model
     from omegaconf import OmegaConf
 
+    from fpdm.training_modes import ImplicitTrainSpec
     from harness.config.schema import Config
+    from harness.models import build_model
 
     cfg = OmegaConf.structured(Config)
     cfg.model.name = name

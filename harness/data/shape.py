@@ -13,9 +13,10 @@ validate ``model.patch_size``. The shape follows each source's own rules:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .registry import DataConfigError
 
