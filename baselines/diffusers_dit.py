@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from baselines.presets import get_preset
+from baselines.presets import ARCHITECTURE_KNOBS, resolve_preset
 
 PARAM_COUNT_NOTE = "diffusers layout: each block repeats the timestep+class embedding"
 
@@ -76,7 +76,7 @@ def build_diffusers_dit(model_cfg, *, image_size: int, channels: int, num_classe
         transformer = DiTTransformer2DModel.from_pretrained(str(folder), local_files_only=True)
         learn_sigma = (transformer.config.out_channels or channels) == 2 * transformer.config.in_channels
         return DiffusersDiT(transformer, learn_sigma)
-    p = get_preset(model_cfg.preset)
+    p = resolve_preset(model_cfg.preset, **{k: getattr(model_cfg, k, None) for k in ARCHITECTURE_KNOBS})
     out_channels = 2 * channels if model_cfg.learn_sigma else channels
     transformer = DiTTransformer2DModel(
         num_attention_heads=p.num_heads, attention_head_dim=p.hidden_size // p.num_heads, in_channels=channels,

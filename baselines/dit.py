@@ -17,7 +17,7 @@ from baselines.layers import (
     run_block,
     unpatchify,
 )
-from baselines.presets import get_preset
+from baselines.presets import Preset, resolve_preset
 
 
 class DiT(nn.Module):
@@ -82,9 +82,9 @@ class DiT(nn.Module):
         return unpatchify(self.final_layer(h, c), self.patch_size, self.out_channels)
 
 
-def build_dit(preset: str, *, input_size: int, in_channels: int, num_classes: int, learn_sigma: bool = True,
+def build_dit(preset: str | Preset, *, input_size: int, in_channels: int, num_classes: int, learn_sigma: bool = True,
               class_dropout: float = 0.1, depth: int | None = None) -> DiT:
-    p = get_preset(preset)
+    p = resolve_preset(preset)  # a preset name, or a Preset with architecture knobs applied
     return DiT(input_size=input_size, in_channels=in_channels, num_classes=num_classes, hidden_size=p.hidden_size,
                depth=depth or p.depth, num_heads=p.num_heads, patch_size=p.patch_size, mlp_ratio=p.mlp_ratio,
                class_dropout=class_dropout, learn_sigma=learn_sigma)

@@ -7,7 +7,7 @@ explicit depth used to match budgets (an FPDM with ``pre + post`` explicit block
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,23 @@ def get_preset(name: str) -> Preset:
 
 def list_presets() -> list[str]:
     return list(_PRESETS)
+
+
+ARCHITECTURE_KNOBS = ("depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio")
+
+
+def resolve_preset(preset: "str | Preset", **knobs) -> Preset:
+    """The preset with any architecture knob that is not None replacing its value (DiT Table 1
+    sizes as a starting point for depth / width / head / patch ablations). Knobs equal to the
+    preset's values give a preset equal to it, so caches keyed on the result are shared."""
+    base = preset if isinstance(preset, Preset) else get_preset(preset)
+    unknown = set(knobs) - set(ARCHITECTURE_KNOBS)
+    if unknown:
+        raise KeyError(f"unknown architecture knob(s) {sorted(unknown)}; valid: {', '.join(ARCHITECTURE_KNOBS)}")
+    changes = {k: v for k, v in knobs.items() if v is not None}
+    if "mlp_ratio" in changes:
+        changes["mlp_ratio"] = float(changes["mlp_ratio"])
+    return replace(base, **changes) if changes else base
 
 
 _SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}

@@ -27,7 +27,7 @@ from baselines.layers import (
     run_block,
     unpatchify,
 )
-from baselines.presets import get_preset
+from baselines.presets import Preset, resolve_preset
 from fpdm.reuse import WarmStart
 from fpdm.training_modes import ImplicitTrainSpec, get_training_mode
 
@@ -182,14 +182,14 @@ class FPDM(nn.Module):
         return z
 
 
-def build_fpdm(preset: str, *, input_size: int, in_channels: int, num_classes: int, pre_depth: int = 1,
+def build_fpdm(preset: str | Preset, *, input_size: int, in_channels: int, num_classes: int, pre_depth: int = 1,
                post_depth: int = 1, learn_sigma: bool = True, class_dropout: float = 0.1,
                pre_post_timestep_conditioning: bool = False, train_spec: ImplicitTrainSpec | None = None) -> FPDM:
-    p = get_preset(preset)
+    p = resolve_preset(preset)  # a preset name, or a Preset with architecture knobs applied
     if pre_depth + post_depth >= p.depth:
         raise ValueError(
             f"model.pre_depth + model.post_depth = {pre_depth + post_depth} leaves no room for the fixed point layer "
-            f"in preset {preset} (depth {p.depth}); use at most {p.depth - 1} explicit layers in total"
+            f"in preset {p.name} (depth {p.depth}); use at most {p.depth - 1} explicit layers in total"
         )
     return FPDM(input_size=input_size, in_channels=in_channels, num_classes=num_classes, hidden_size=p.hidden_size,
                 num_heads=p.num_heads, patch_size=p.patch_size, mlp_ratio=p.mlp_ratio, pre_depth=pre_depth,

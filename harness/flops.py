@@ -135,9 +135,9 @@ def sampling_flops(breakdown: FlopBreakdown, iters_per_step: Sequence[int] | Non
     return breakdown.explicit_per_forward * steps + breakdown.per_iteration * sum(iters_per_step)
 
 
-def dit_flops_per_forward(preset: str, *, image_size: int, channels: int, num_classes: int,
+def dit_flops_per_forward(preset, *, image_size: int, channels: int, num_classes: int,
                           learn_sigma: bool = True) -> int:
-    """FLOPs of one forward of the DiT of ``preset``: the reference side of ``sample.match=flops``,
+    """FLOPs of one forward of the DiT of ``preset`` (a name or a resolved ``Preset``): the reference side of ``sample.match=flops``,
     built on the meta device and counted by the same path as the FPDM side."""
     from baselines.dit import build_dit
 

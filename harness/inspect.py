@@ -1,10 +1,14 @@
-"""``python -m harness.inspect <overrides>``: a model's accounting without training.
+"""``python -m harness.inspect <overrides>``: a model's accounting without training or data.
 
-Composes the same config as ``harness.run`` and prints parameter counts (total and by part),
-FLOPs per image (one forward and the whole sampling plan), the sampling plan for the ``sample.*``
-settings (steps, per-step iterations in sampling order, block passes per step and in total) and a
-training-memory estimate at ``train.batch_size`` (meta device: nothing is allocated, so XL/2
-works on a laptop). ``inspect.format=json`` prints one JSON object instead.
+Composes the same config as ``harness.run`` and prints parameter counts (total and by part), the
+resolved architecture, FLOPs per image (one forward and the whole sampling plan), the sampling
+plan for the ``sample.*`` settings (steps, per-step iterations in sampling order, block passes per
+step and in total) and a training-memory estimate at ``train.batch_size`` with its assumptions
+(``harness.memory_estimate``). Everything runs on the meta device: nothing is allocated, no data
+is read (the input shape comes from the ``data`` config, ``harness.data.shape``), so the paper's
+XL/2 on ImageNet latents is counted on a laptop, and the output is the same on every run.
+``inspect.format=json`` prints one JSON object instead; ``inspect.ddp=true`` adds DDP's gradient
+buckets to the memory estimate. A bad config prints one ``error:`` line and exits 2.
 """
 from __future__ import annotations
 
@@ -12,62 +16,103 @@ import json
 import sys
 
 import torch
-from hydra import compose, initialize_config_module
 
-import harness.config  # noqa: F401
-from harness.config.validate import ConfigError, validate_config
-from harness.precheck import one_line
+from harness.config.validate import ConfigError
 
 
-def _data_shape(cfg) -> tuple[int, int, int]:
-    """(channels, image size, classes) without loading pixels where the config says enough."""
-    if cfg.data.name == "latents":
-        return 4, cfg.data.image_size // 8, cfg.data.num_classes or 1000
-    if cfg.data.name == "digits":
-        return 1, cfg.data.image_size, cfg.data.num_classes or 10
-    from harness.data import build_dataset
+def _build_meta_model(cfg, shape):
+    """The configured model on the meta device; released diffusers weights contribute only their
+    ``config.json`` (the architecture), never their tensors."""
+    from harness.models import build_model
 
-    d = build_dataset(cfg.data)
-    return d.channels, d.image_size, d.num_classes
+    with torch.device("meta"):
+        if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
+            from pathlib import Path
+
+            from diffusers import DiTTransformer2DModel
+
+            from baselines.diffusers_dit import DiffusersDiT, _transformer_folder
+
+            folder = _transformer_folder(Path(cfg.model.pretrained_path).expanduser())
+            transformer = DiTTransformer2DModel.from_config(DiTTransformer2DModel.load_config(str(folder)))
+            out = transformer.config.out_channels or transformer.config.in_channels
+            return DiffusersDiT(transformer, learn_sigma=out == 2 * transformer.config.in_channels)
+        return build_model(cfg.model, cfg.train, image_size=shape.image_size, channels=shape.channels,
+                           num_classes=shape.num_classes)
+
+
+def _architecture(cfg, model) -> dict:
+    from harness.job import architecture_axes
+
+    arch = architecture_axes(cfg)
+    if arch.get("depth") is None:  # loaded weights: read what they define
+        c = model.transformer.config
+        arch = {"depth": c.num_layers, "hidden_size": c.num_attention_heads * c.attention_head_dim,
+                "num_heads": c.num_attention_heads, "patch_size": c.patch_size, "mlp_ratio": 4.0}
+    return arch
 
 
 def inspect_config(cfg) -> dict:
     from harness.accounting import flop_breakdown, params_by_part, sampling_flops
-    from harness.memory import estimate_training_memory
-    from harness.models import build_model
+    from harness.data.shape import input_shape
+    from harness.memory_estimate import (
+        assumptions_from_config,
+        estimate_training_memory,
+    )
     from harness.plan import flop_match_inputs, sampling_plan
 
-    channels, size, classes = _data_shape(cfg)
-    with torch.device("meta"):
-        model = build_model(cfg.model, cfg.train, image_size=size, channels=channels, num_classes=classes)
+    shape = input_shape(cfg.data)
+    model = _build_meta_model(cfg, shape)
+    size = shape.image_size if not hasattr(model, "transformer") else model.transformer.config.sample_size
     params = params_by_part(model)
-    iters = None
-    if model.is_implicit and cfg.sample.iters is not None:
-        iters = cfg.sample.iters
+    iters = cfg.sample.iters if model.is_implicit and cfg.sample.iters is not None else None
     flops = flop_breakdown(model, size, iters)
-    match_flops, dit_flops = flop_match_inputs(cfg, model, image_size=size, channels=channels, num_classes=classes)
-    plan = sampling_plan(cfg, depth=getattr(model, "depth", None), flops=match_flops, dit_flops_per_forward=dit_flops)
-    memory = estimate_training_memory(model, cfg.train.batch_size, size,
-                                      torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32)
+    match_flops, dit_flops = flop_match_inputs(cfg, model, image_size=size, channels=shape.channels,
+                                               num_classes=shape.num_classes)
+    depth = model.depth if cfg.model.name == "dit_diffusers" else None
+    plan = sampling_plan(cfg, depth=depth, flops=match_flops, dit_flops_per_forward=dit_flops)
+    assumptions = assumptions_from_config(cfg, ddp=bool(cfg.inspect.ddp))
+    memory = estimate_training_memory(model, size, assumptions)
+    method = cfg.train.method if model.is_implicit else None
+    iters_per_step = list(plan.iters) if model.is_implicit else None
     out = {
-        "model": {"name": cfg.model.name, "preset": cfg.model.preset, "image_size": size, "channels": channels,
-                  "num_classes": classes, "explicit_blocks": model.num_explicit_blocks},
+        "model": {"name": cfg.model.name, "preset": cfg.model.preset, "image_size": size, "channels": shape.channels,
+                  "num_classes": shape.num_classes, "explicit_blocks": model.num_explicit_blocks,
+                  "architecture": _architecture(cfg, model), "data": cfg.data.name, "shape_note": shape.note},
         "params": params,
-        "flops": {**flops.as_dict(), "sampling_per_image": sampling_flops(flops, list(plan.iters) if model.is_implicit else None, plan.steps)},
+        "flops": {**flops.as_dict(), "sampling_per_image": sampling_flops(flops, iters_per_step, plan.steps)},
         "plan": {"steps": plan.steps, "iters": list(plan.iters), "block_passes_per_step": list(plan.block_passes_per_step),
                  "block_passes": plan.block_passes, "k_mean": plan.k_mean, "schedule": plan.schedule},
-        "memory": {**memory, "batch_size": cfg.train.batch_size, "precision": cfg.train.precision},
+        "memory": {**memory, "batch_size": cfg.train.batch_size, "precision": cfg.train.precision,
+                   "train_method": method, "assumptions": assumptions.describe(method)},
     }
     if getattr(model, "param_count_note", None):
         out["params"]["note"] = model.param_count_note
     return out
 
 
+def _memory_lines(mem: dict) -> list[str]:
+    method = f", train.method={mem['train_method']}" if mem["train_method"] else ""
+    lines = [f"training memory at batch {mem['batch_size']} ({mem['precision']}{method}):"]
+    if mem["with_grad_iters_max"] is not None:
+        lines.append(f"  with-grad iterations m: expected {mem['with_grad_iters_expected']:g}, "
+                     f"maximum {mem['with_grad_iters_max']} (the *_max rows)")
+    lines += [f"  {k.replace('mem_', '').replace('_bytes', ''):<18} {v / 2**20:>12,.1f} MiB"
+              for k, v in mem.items() if k.startswith("mem_") and (v or "total" in k or "saved" in k)]
+    lines.append("  assumptions:")
+    lines += [f"    - {a}" for a in mem["assumptions"]]
+    return lines
+
+
 def _text(info: dict) -> str:
-    m, p, f, pl, mem = info["model"], info["params"], info["flops"], info["plan"], info["memory"]
-    lines = [f"model {m['name']} {m['preset']}  input {m['channels']}x{m['image_size']}x{m['image_size']}  "
-             f"classes {m['num_classes']}  explicit blocks {m['explicit_blocks']}",
-             "parameters:"]
+    m, p, f, pl = info["model"], info["params"], info["flops"], info["plan"]
+    arch = " ".join(f"{k}={v}" for k, v in m["architecture"].items())
+    lines = [(f"model {m['name']} {m['preset']}  input {m['channels']}x{m['image_size']}x{m['image_size']}  "
+              f"classes {m['num_classes']}  explicit blocks {m['explicit_blocks']}"),
+             f"architecture: {arch}"]
+    if m["shape_note"]:
+        lines.append(f"  ({m['shape_note']})")
+    lines.append("parameters:")
     lines += [f"  {k:<12} {v:>14,}" for k, v in p.items() if k != "note"]
     if "note" in p:
         lines.append(f"  ({p['note']})")
@@ -81,24 +126,47 @@ def _text(info: dict) -> str:
     if any(pl["iters"]):
         lines.append(f"  iterations per step (sampling order): {pl['iters']}")
     lines.append(f"  block passes per step: {pl['block_passes_per_step']}")
-    lines.append(f"training memory at batch {mem['batch_size']} ({mem['precision']} activations):")
-    lines += [f"  {k.replace('mem_', '').replace('_bytes', ''):<10} {v / 2**20:>12,.1f} MiB"
-              for k, v in mem.items() if k.startswith("mem_")]
-    return "\n".join(lines)
+    return "\n".join(lines + _memory_lines(info["memory"]))
+
+
+def _compose(argv: list[str]):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    import harness.config  # noqa: F401  (fills the ConfigStore)
+    from harness.precheck import one_line
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="harness.conf", version_base="1.3"):
+            return compose(config_name="config", overrides=argv)
+    except Exception as exc:  # noqa: BLE001 - Hydra raises several types; one line names the key
+        raise ConfigError(one_line(exc)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def inspect_argv(argv: list[str]) -> dict:
+    """Compose, check (without the checks that need files) and inspect one command line."""
+    from harness.config.validate import validate_config
+
+    cfg = _compose(argv)
+    validate_config(cfg, disk=False)
+    return cfg, inspect_config(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    debug = any(a in ("run.debug=true", "run.debug=True") for a in argv)
     try:
-        with initialize_config_module(config_module="harness.conf", version_base="1.3"):
-            try:
-                cfg = compose(config_name="config", overrides=argv)
-            except Exception as exc:
-                raise ConfigError(one_line(exc)) from None
-        validate_config(cfg)
-        info = inspect_config(cfg)
-    except (ConfigError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        cfg, info = inspect_argv(argv)
+    except Exception as exc:
+        if debug:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        known = isinstance(exc, (ValueError, KeyError, FileNotFoundError))
+        print(f"error: {msg.strip(chr(34) + chr(39)) if isinstance(exc, KeyError) else msg}"
+              + ("" if known else f" ({type(exc).__name__}; run.debug=true shows the traceback)"), file=sys.stderr)
         return 2
     print(json.dumps(info, indent=2, sort_keys=True) if cfg.inspect.format == "json" else _text(info))
     return 0

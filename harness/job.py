@@ -72,7 +72,20 @@ def job_axes(cfg, plan=None) -> dict:
     if fpdm:
         axes["no_grad_max"] = cfg.train.iters.no_grad.max
         axes["with_grad_max"] = cfg.train.iters.with_grad.max
+    axes.update(architecture_axes(cfg))
     return axes
+
+
+def architecture_axes(cfg) -> dict:
+    """The resolved architecture (preset + ``model.depth`` ... ``model.mlp_ratio``) as axes, so a
+    depth / width ablation groups like any other sweep; None where loaded weights decide it."""
+    from baselines.presets import ARCHITECTURE_KNOBS
+    from harness.models import model_architecture
+
+    if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
+        return dict.fromkeys(ARCHITECTURE_KNOBS)
+    arch = model_architecture(cfg.model)
+    return {k: getattr(arch, k) for k in ARCHITECTURE_KNOBS}
 
 
 def _build(cfg, data):

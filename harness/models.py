@@ -20,6 +20,16 @@ def list_models() -> list[str]:
     return list(_BUILDERS)
 
 
+def model_architecture(model_cfg: Any):
+    """The resolved architecture (a ``baselines.presets.Preset``): ``model.preset`` with the
+    knobs ``model.depth``, ``model.hidden_size``, ``model.num_heads``, ``model.patch_size`` and
+    ``model.mlp_ratio`` applied where they are not null. For FPDM ``depth`` is the DiT-equivalent
+    depth that sets its default iterations (depth - pre - post, paper Sec. 4.2)."""
+    from baselines.presets import ARCHITECTURE_KNOBS, resolve_preset
+
+    return resolve_preset(model_cfg.preset, **{k: getattr(model_cfg, k, None) for k in ARCHITECTURE_KNOBS})
+
+
 def build_model(model_cfg: Any, train_cfg: Any, *, image_size: int, channels: int, num_classes: int) -> nn.Module:
     try:
         builder = _BUILDERS[model_cfg.name]
@@ -34,7 +44,7 @@ def build_model(model_cfg: Any, train_cfg: Any, *, image_size: int, channels: in
 def _dit(model_cfg, train_cfg, *, image_size, channels, num_classes):
     from baselines.dit import build_dit
 
-    return build_dit(model_cfg.preset, input_size=image_size, in_channels=channels, num_classes=num_classes,
+    return build_dit(model_architecture(model_cfg), input_size=image_size, in_channels=channels, num_classes=num_classes,
                      learn_sigma=model_cfg.learn_sigma, class_dropout=model_cfg.class_dropout)
 
 
@@ -55,7 +65,7 @@ def _fpdm(model_cfg, train_cfg, *, image_size, channels, num_classes):
     from fpdm.model import build_fpdm
 
     spec = implicit_train_spec(train_cfg)
-    return build_fpdm(model_cfg.preset, input_size=image_size, in_channels=channels, num_classes=num_classes,
+    return build_fpdm(model_architecture(model_cfg), input_size=image_size, in_channels=channels, num_classes=num_classes,
                       pre_depth=model_cfg.pre_depth, post_depth=model_cfg.post_depth,
                       learn_sigma=model_cfg.learn_sigma, class_dropout=model_cfg.class_dropout,
                       pre_post_timestep_conditioning=model_cfg.pre_post_timestep_conditioning, train_spec=spec)

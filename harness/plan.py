@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
-from baselines.presets import get_preset
+from baselines.presets import ARCHITECTURE_KNOBS
 from harness.budget import BudgetError, SamplingPlan, plan_from_sample_config, plan_fpdm_flops
 from harness.cache import config_hash
 from harness.flops import FLOP_COUNT_VERSION
@@ -32,12 +32,18 @@ def explicit_blocks(cfg) -> int:
         return cfg.model.pre_depth + cfg.model.post_depth
     if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
         return -1  # known once the weights are loaded
-    return get_preset(cfg.model.preset).depth
+    return _arch(cfg).depth
+
+
+def _arch(cfg):
+    from harness.models import model_architecture
+
+    return model_architecture(cfg.model)
 
 
 def default_iters(cfg) -> int:
-    """FPDM's DiT-equivalent iterations per step: preset depth - pre - post (paper Sec. 4.2)."""
-    return get_preset(cfg.model.preset).depth - cfg.model.pre_depth - cfg.model.post_depth
+    """FPDM's DiT-equivalent iterations per step: depth - pre - post (paper Sec. 4.2)."""
+    return _arch(cfg).depth - cfg.model.pre_depth - cfg.model.post_depth
 
 
 def sampling_plan(cfg, depth: int | None = None, flops=None, dit_flops_per_forward: float | None = None) -> SamplingPlan:
@@ -71,7 +77,7 @@ def _flop_matched_plan(cfg, n: int, steps, iters, values, flops, dit_flops: int)
     Its shortfall is under one fixed point iteration; above ``sample.flops_tolerance`` (relative)
     it is refused with how close it gets and the nearest larger budget that is within tolerance."""
     sc = cfg.sample
-    depth = get_preset(cfg.model.preset).depth
+    depth = _arch(cfg).depth
 
     def plan_at(budget: int) -> tuple[int, SamplingPlan]:
         target = plan_from_sample_config("dit", budget, depth).steps * dit_flops
@@ -111,7 +117,7 @@ def flop_match_inputs(cfg, model, *, image_size: int, channels: int, num_classes
 
     if not (cfg.sample.match == "flops" and cfg.model.name == "fpdm"):
         return None, None
-    dit = dit_flops_per_forward(cfg.model.preset, image_size=image_size, channels=channels,
+    dit = dit_flops_per_forward(_arch(cfg), image_size=image_size, channels=channels,
                                 num_classes=num_classes, learn_sigma=cfg.model.learn_sigma)
     return flop_breakdown(model, image_size), dit
 
@@ -126,8 +132,25 @@ class StageKeys:
         return {"train": self.train, "sample": self.sample, "eval": self.eval}
 
 
-def stage_keys(cfg) -> StageKeys:
+def _model_identity(cfg) -> dict:
+    """``cfg.model`` for the train key, with the architecture knobs replaced by what they change:
+    a knob that is null or equal to the preset's value is dropped, so ``model.depth=6`` on the
+    6-deep tiny preset trains (and caches) the same model as no knob, and keys of configs without
+    knobs are unchanged."""
     model = _plain(cfg.model)
+    if cfg.model.name == "dit_diffusers" and cfg.model.get("pretrained_path"):
+        return model
+    from baselines.presets import get_preset
+
+    base, arch = get_preset(cfg.model.preset), _arch(cfg)
+    for knob in ARCHITECTURE_KNOBS:
+        if knob in model and getattr(arch, knob) == getattr(base, knob):
+            model.pop(knob)
+    return model
+
+
+def stage_keys(cfg) -> StageKeys:
+    model = _model_identity(cfg)
     train = {k: v for k, v in _plain(cfg.train).items() if k not in _TRAIN_RUNTIME_KEYS}
     train["budget"] = {k: v for k, v in train["budget"].items() if k not in _TRAIN_BUDGET_CHECK_KEYS}
     if cfg.model.name != "fpdm":  # FPDM-only knobs must not split the DiT cache

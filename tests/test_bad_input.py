@@ -106,6 +106,18 @@ BAD = [
     (["train.budget.unit=compute", "train.budget.value=100", "train.method=implicit"], "train.implicit_tol=0"),
     (["train.budget.unit=comput"], "train.budget.unit='comput'"),
     (["train.budget.tolerance=1.5"], "train.budget.tolerance=1.5 must be in [0, 1)"),
+    # architecture knobs on top of the preset (issue 10 item 4)
+    (["model.num_heads=5", "model.hidden_size=128"], "model.num_heads=5 does not divide model.hidden_size=128"),
+    (["model.num_heads=3"], "model.num_heads=3 does not divide model.hidden_size=64 (from model.preset=tiny)"),
+    (["model.hidden_size=66", "model.num_heads=2"], "model.hidden_size=66 must be a multiple of 4"),
+    (["model.patch_size=3"], "model.patch_size=3 does not divide the model input size 8"),
+    (["model.depth=2"], "model.pre_depth + model.post_depth = 2 is not below the depth 2 of model.depth=2"),
+    (["model.depth=0"], "model.depth=0 must be >= 1"),
+    (["model.mlp_ratio=0"], "model.mlp_ratio=0.0 must be > 0"),
+    (["model.hidden_size=abc"], "model.hidden_size"),
+    (["model=dit_diffusers", "model.mlp_ratio=2"], "model.mlp_ratio=2.0 is not supported by model=dit_diffusers"),
+    (["model=dit_diffusers", "model.pretrained_path=a_file", "model.depth=4"], "model.depth=4 cannot change"),
+    (["inspect.format=xml"], "inspect.format='xml'"),
 ]
 
 

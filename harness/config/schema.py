@@ -12,6 +12,13 @@ from omegaconf import MISSING
 class ModelConfig:
     name: str = "fpdm"  # dit | fpdm | dit_diffusers
     preset: str = "tiny"  # tiny, S/2 ... XL/8 (baselines.presets)
+    # Architecture knobs on top of the preset (null = the preset's value): depth / width / head /
+    # patch ablations as plain overrides. FPDM's depth is its DiT-equivalent depth (default iters).
+    depth: Optional[int] = None
+    hidden_size: Optional[int] = None
+    num_heads: Optional[int] = None
+    patch_size: Optional[int] = None
+    mlp_ratio: Optional[float] = None
     pre_depth: int = 1  # FPDM explicit layers before the fixed point layer (paper default 1)
     post_depth: int = 1  # ... and after it
     learn_sigma: bool = True
@@ -176,6 +183,7 @@ class RunConfig:
 @dataclass
 class InspectConfig:
     format: str = "text"  # text | json
+    ddp: bool = False  # memory estimate: add DistributedDataParallel's gradient buckets
 
 
 @dataclass

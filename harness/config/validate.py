@@ -14,15 +14,22 @@ from pathlib import Path
 from typing import Callable
 
 _CHECKS: list[Callable] = []
+_DISK_CHECKS: set[Callable] = set()  # checks that read files (skipped by ``harness.inspect``)
 
 
 class ConfigError(ValueError):
     pass
 
 
-def check(fn: Callable) -> Callable:
-    _CHECKS.append(fn)
-    return fn
+def check(fn: Callable | None = None, *, disk: bool = False):
+    """Register a check; ``disk=True`` marks one that needs files (data, weights, output folders),
+    which ``validate_config(cfg, disk=False)`` skips: inspect counts a model without its data."""
+    def deco(f: Callable) -> Callable:
+        _CHECKS.append(f)
+        if disk:
+            _DISK_CHECKS.add(f)
+        return f
+    return deco(fn) if fn is not None else deco
 
 
 def _choice(key: str, value, valid) -> None:
@@ -74,12 +81,18 @@ def _diffusion(cfg) -> None:
 
 @check
 def _model(cfg) -> None:
-    from baselines.presets import get_preset, list_presets
+    from baselines.presets import list_presets
     from harness.models import list_models
 
     m = cfg.model
     _choice("model.name", m.name, list_models())
     if m.name == "dit_diffusers" and m.pretrained_path:
+        from baselines.presets import ARCHITECTURE_KNOBS
+
+        knob = next((k for k in ARCHITECTURE_KNOBS if m.get(k) is not None), None)
+        if knob:
+            raise ConfigError(f"model.{knob}={m[knob]} cannot change the architecture of the weights in "
+                              f"model.pretrained_path: unset model.{knob} or model.pretrained_path")
         if not Path(m.pretrained_path).expanduser().exists():
             raise ConfigError(f"model.pretrained_path={m.pretrained_path} does not exist: set it to a local "
                               "diffusers DiT folder (download e.g. facebook/DiT-XL-2-256 elsewhere and copy it here)")
@@ -87,15 +100,56 @@ def _model(cfg) -> None:
     _choice("model.preset", m.preset, list_presets())
     if not 0.0 <= m.class_dropout < 1.0:
         raise ConfigError(f"model.class_dropout={m.class_dropout} must be in [0, 1)")
+    arch = _architecture(cfg)
     if m.name == "fpdm":
         _positive("model.pre_depth", m.pre_depth, minimum=0)
         _positive("model.post_depth", m.post_depth, minimum=0)
-        depth = get_preset(m.preset).depth
+        depth, where = arch.depth, (f"model.depth={m.depth}" if m.get("depth") is not None
+                                    else f"model.preset={m.preset}")
         if m.pre_depth + m.post_depth >= depth:
             raise ConfigError(
                 f"model.pre_depth + model.post_depth = {m.pre_depth + m.post_depth} is not below the depth {depth} of "
-                f"model.preset={m.preset}; use at most {depth - 1} explicit layers in total or a deeper preset"
+                f"{where}; use at most {depth - 1} explicit layers in total or a deeper preset (or model.depth)"
             )
+
+
+def _architecture(cfg):
+    """The preset with ``model.depth`` ... ``model.mlp_ratio`` applied, checked: the width splits
+    into whole heads and fits the 2-D sin-cos position table, the patch tiles the input."""
+    from baselines.presets import ARCHITECTURE_KNOBS, get_preset
+    from harness.models import model_architecture
+
+    m = cfg.model
+    for knob in ("depth", "hidden_size", "num_heads", "patch_size"):
+        _positive(f"model.{knob}", m.get(knob))
+    if m.get("mlp_ratio") is not None and not m.mlp_ratio > 0:
+        raise ConfigError(f"model.mlp_ratio={m.mlp_ratio} must be > 0 (null = the preset's {get_preset(m.preset).mlp_ratio})")
+    a = model_architecture(m)
+    given = {k for k in ARCHITECTURE_KNOBS if m.get(k) is not None}
+
+    def src(k: str) -> str:
+        return f"model.{k}={getattr(a, k)}" + ("" if k in given else f" (from model.preset={m.preset})")
+
+    if a.hidden_size % a.num_heads:
+        divisors = [h for h in range(1, min(a.hidden_size, 64) + 1) if a.hidden_size % h == 0]
+        raise ConfigError(f"{src('num_heads')} does not divide {src('hidden_size')}: set model.num_heads to a divisor "
+                          f"of the width (e.g. {', '.join(map(str, divisors[-4:]))}) or change model.hidden_size")
+    if a.hidden_size % 4:
+        raise ConfigError(f"{src('hidden_size')} must be a multiple of 4 (the 2-D sin-cos position table splits it "
+                          "in four): set model.hidden_size to a multiple of 4")
+    if m.name == "dit_diffusers" and a.mlp_ratio != 4.0:
+        raise ConfigError(f"model.mlp_ratio={a.mlp_ratio} is not supported by model=dit_diffusers (diffusers' DiT has "
+                          "a fixed 4x MLP): unset model.mlp_ratio or use model=dit")
+    try:
+        from harness.data.shape import input_shape
+
+        size = input_shape(cfg.data, classes=False).image_size
+    except (ValueError, KeyError):
+        return a  # the data checks name the data problem
+    if size % a.patch_size:
+        raise ConfigError(f"{src('patch_size')} does not divide the model input size {size} (data={cfg.data.name}): "
+                          f"set model.patch_size to a divisor of {size} or change data.image_size")
+    return a
 
 
 @check
@@ -215,6 +269,15 @@ def _data(cfg) -> None:
 
     d = cfg.data
     _choice("data.name", d.name, list_datasets())
+    _choice("data.split", d.split, ("train", "test", "all"))
+    _positive("data.image_size", d.image_size)
+    if d.name == "digits" and d.upscale not in (None, 8, 16):
+        raise ConfigError(f"data.upscale={d.upscale} must be 8 or 16 for data=digits")
+
+
+@check(disk=True)
+def _data_root(cfg) -> None:
+    d = cfg.data
     if d.name in ("image_folder", "latents"):
         if not d.root:
             raise ConfigError(f"data={d.name} needs data.root: set data.root=/path/to/{'images' if d.name == 'image_folder' else 'latents'}")
@@ -228,13 +291,9 @@ def _data(cfg) -> None:
 
             raise ConfigError(f"data.root={d.root} holds no image file ({', '.join(IMAGE_EXTENSIONS)}): point "
                               "data.root to a folder of images (or class subfolders of images)")
-    _choice("data.split", d.split, ("train", "test", "all"))
-    _positive("data.image_size", d.image_size)
-    if d.name == "digits" and d.upscale not in (None, 8, 16):
-        raise ConfigError(f"data.upscale={d.upscale} must be 8 or 16 for data=digits")
 
 
-@check
+@check(disk=True)  # extractor weights on disk; inspect evaluates nothing
 def _metrics(cfg) -> None:
     from harness.metrics import list_extractors
 
@@ -290,16 +349,23 @@ def _writable(path: Path) -> bool:
 
 
 @check
+def _inspect(cfg) -> None:
+    _choice("inspect.format", cfg.inspect.format, ("text", "json"))
+
+
+@check(disk=True)
 def _paths(cfg) -> None:
     if not _writable(Path(cfg.paths.cache_dir)):
         raise ConfigError(f"paths.cache_dir={cfg.paths.cache_dir} is not writable: set paths.cache_dir to a "
                           "directory you can write to")
 
 
-def validate_config(cfg) -> None:
-    """Run every registered check; raise the first ``ConfigError``."""
+def validate_config(cfg, disk: bool = True) -> None:
+    """Run every registered check; raise the first ``ConfigError``. ``disk=False`` skips the
+    checks that need files on this machine (``harness.inspect``: nothing is read or written)."""
     for fn in _CHECKS:
-        fn(cfg)
+        if disk or fn not in _DISK_CHECKS:
+            fn(cfg)
 
 
 def check_output_dir(path: str | Path, key: str) -> None:

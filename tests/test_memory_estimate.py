@@ -1,0 +1,110 @@
+"""The training-memory estimate against numbers counted by hand (issue 12 item 4).
+
+A DiT block of the tiny preset (D=64, 4 heads, MLP 256) at batch 2 on 8x8 digits with patch 2
+(N=16 tokens) saves, in elements, with x and c carrying gradient:
+  adaLN: silu input c 128, linear input silu(c) 128, output (read by the gates) 768;
+  norm1: input x 2048 + mean/rstd 64; modulate: normed 2048 and (1 + scale) 128;
+  qkv input 2048; q, k, v (one qkv buffer) 6144; fused SDPA output 2048 and log-sum-exp 128;
+  proj input (reshaped copy) 2048; gate * attn: attn output 2048;
+  norm2: input 2048 + 64; normed 2048, (1 + scale) 128; fc1 input 2048; GELU input 8192;
+  fc2 input 8192; gate * mlp: mlp output 2048                      -> 44,544 elements.
+In fp32 that is 178,176 bytes. Under CUDA autocast bf16 the matmul outputs and the casts feeding
+matmuls are bf16 while c, silu(c), x, mean/rstd, both normed tensors, the second input x1 and the
+log-sum-exp stay fp32:
+  fp32: c 128, x 2048 + 64, normed 2048, x1 2048 + 64, normed2 2048, lse 128  = 8,576 el -> 34,304 B
+  bf16: the other 35,968 elements                                              -> 71,936 B
+  total 106,240 bytes (not half of fp32: the residual stream and LayerNorm stay fp32).
+A fixed point iteration adds the injection MLP (fc1 input [z, x_inj] 4096, GELU input 4096, fc2
+input 4096) and the block but not c, which every iteration shares: 44,544 - 128 + 12,288 = 56,704
+elements, 226,816 bytes in fp32.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.memory_estimate import (
+    MemoryAssumptions,
+    estimate_training_memory,
+    with_grad_iterations,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY_DIT_PARAMS = 478_600  # tests/test_inspect.py::_dit_params(64, 6)
+LABEL_TABLE = 11 * 64  # not a matmul weight: autocast does not cast it
+
+
+def _model(name, **spec):
+    from omegaconf import OmegaConf
+
+    from fpdm.training_modes import ImplicitTrainSpec
+    from harness.config.schema import Config
+    from harness.models import build_model
+
+    cfg = OmegaConf.structured(Config)
+    cfg.model.name = name
+    with torch.device("meta"):
+        model = build_model(cfg.model, cfg.train, image_size=8, channels=1, num_classes=10)
+    if spec:
+        model.train_spec = ImplicitTrainSpec(**spec)
+    return model
+
+
+@pytest.mark.parametrize("precision,block_bytes", [("fp32", 178_176), ("bf16", 106_240)])
+def test_checkpoint_recompute_peak_is_one_block_counted_by_hand(precision, block_bytes):
+    a = MemoryAssumptions(batch_size=2, precision=precision, grad_checkpointing=True)
+    mem = estimate_training_memory(_model("dit"), 8, a)
+    assert mem["mem_recompute_bytes"] == block_bytes
+    off = estimate_training_memory(_model("dit"), 8, MemoryAssumptions(batch_size=2, precision=precision))
+    assert off["mem_recompute_bytes"] == 0 and off["mem_saved_bytes"] > mem["mem_saved_bytes"]
+
+
+@pytest.mark.parametrize("precision,ddp", [("fp32", False), ("bf16", True)])
+def test_parameter_sized_parts(precision, ddp):
+    mem = estimate_training_memory(_model("dit"), 8, MemoryAssumptions(batch_size=2, precision=precision, ddp=ddp))
+    p = TINY_DIT_PARAMS
+    assert (mem["mem_params_bytes"], mem["mem_grads_bytes"], mem["mem_optimizer_bytes"], mem["mem_ema_bytes"]) == \
+        (4 * p, 4 * p, 8 * p, 4 * p)
+    assert mem["mem_ddp_buckets_bytes"] == (4 * p if ddp else 0)
+    assert mem["mem_autocast_weights_bytes"] == (2 * (p - LABEL_TABLE) if precision == "bf16" else 0)
+    parts = [k for k in mem if k.startswith("mem_") and k not in ("mem_total_bytes", "mem_total_max_bytes",
+                                                                  "mem_saved_max_bytes")]
+    assert mem["mem_total_bytes"] == sum(mem[k] for k in parts)
+
+
+def test_sjfb_memory_at_expected_and_maximum_m():
+    """with-grad m ~ U{1..3}: E[m] = 2, max 3; one more iteration saves 226,816 bytes (docstring)."""
+    model = _model("fpdm", method="sjfb", no_grad_min=0, no_grad_max=3, with_grad_min=1, with_grad_max=3)
+    a = MemoryAssumptions(batch_size=2, precision="fp32")
+    mem = estimate_training_memory(model, 8, a)
+    assert (mem["with_grad_iters_expected"], mem["with_grad_iters_max"]) == (2.0, 3)
+    assert mem["mem_saved_max_bytes"] - mem["mem_saved_bytes"] == 226_816
+    assert mem["mem_total_max_bytes"] - mem["mem_total_bytes"] == 226_816
+    assert estimate_training_memory(model, 8, a) == mem  # no random draw: the same every time
+    jfb = _model("fpdm", method="jfb", no_grad_min=0, no_grad_max=3, with_grad_min=1, with_grad_max=3)
+    assert estimate_training_memory(jfb, 8, a)["mem_saved_bytes"] == mem["mem_saved_bytes"] - 226_816
+
+
+@pytest.mark.parametrize("method,expected", [("sjfb", (6.5, 12)), ("jfb", (1.0, 1)), ("multistep_jfb", (12.0, 12)),
+                                             ("full", (11.5, 22)), ("implicit", (1.0, 1))])
+def test_with_grad_iterations_per_method(method, expected):
+    """The paper's official draws: no-grad U{0..10}, with-grad U{1..12}; full backpropagates
+    through both (E = 5 + 6.5)."""
+    from fpdm.training_modes import ImplicitTrainSpec
+
+    spec = ImplicitTrainSpec(method=method, no_grad_min=0, no_grad_max=10, with_grad_min=1, with_grad_max=12)
+    assert with_grad_iterations(spec) == expected
+
+
+def test_paper_scale_estimate_states_assumptions_and_both_m():
+    from harness.memory import paper_scale_estimate
+
+    est = paper_scale_estimate()
+    dit, fpdm = est["dit"], est["fpdm"]
+    assert dit["mem_params_bytes"] == 674_834_720 * 4 and fpdm["mem_params_bytes"] == 86_500_256 * 4
+    assert (fpdm["with_grad_iters_expected"], fpdm["with_grad_iters_max"]) == (6.5, 12)
+    assert fpdm["mem_total_bytes"] < fpdm["mem_total_max_bytes"]
+    # checkpointing on: the recompute peak is one XL block, the same block in both models
+    assert dit["mem_recompute_bytes"] == fpdm["mem_recompute_bytes"] > 0
+    assert any("autocast" in n for n in est["assumptions"]["notes"])
