@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = compose(config_name="config", overrides=argv)
             except Exception as exc:
                 raise ConfigError(one_line(exc)) from None
+        # inspect scores nothing: the evaluate stage's checks (feature-network weights) do not apply
+        cfg.run.stages = [s for s in cfg.run.stages if s != "evaluate"]
         validate_config(cfg)
         info = inspect_config(cfg)
     except (ConfigError, ValueError, KeyError) as exc:

@@ -95,5 +95,8 @@ def stage_keys(cfg) -> StageKeys:
         if cfg.sample.budget is not None:
             sample.pop("steps", None)
     sample_key = config_hash("sample", train_key, sample, solver)
-    eval_key = config_hash("eval", sample_key, _plain(cfg.metrics))
+    from harness.metrics.choice import extractor_name
+
+    metrics = {**_plain(cfg.metrics), "extractor": extractor_name(cfg)}  # null and its default: one key
+    eval_key = config_hash("eval", sample_key, metrics)
     return StageKeys(train_key, sample_key, eval_key)
