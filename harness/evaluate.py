@@ -23,6 +23,7 @@ def _check_samples(images: np.ndarray, path: Path) -> None:
 
 def evaluate_samples(samples_path: Path, data, cfg, work_dir: Path) -> dict:
     from harness.metrics import ReferenceSpec, compute_metrics
+    from harness.metrics.choice import extractor_name
 
     with np.load(samples_path) as blob:
         images = blob["images"]
@@ -39,7 +40,7 @@ def evaluate_samples(samples_path: Path, data, cfg, work_dir: Path) -> dict:
         load_inception_weights(weights, expected_sha256=mc.weights_sha256)  # one-line error on a mismatch
     seed_ranges = cfg.sample.seed_ranges if cfg.sample.seed_ranges > 1 else None
     device = "cuda" if torch.cuda.is_available() and cfg.run.device != "cpu" else "cpu"
-    out = compute_metrics(torch.from_numpy(images), reference, extractor=mc.extractor, weights=weights,
+    out = compute_metrics(torch.from_numpy(images), reference, extractor=extractor_name(cfg), weights=weights,
                           kid=mc.kid, prc=mc.prc, seed_ranges=seed_ranges, cache_dir=cache_dir, device=device)
     out.pop("fid_values", None)
     out["protocol"]["sampler"] = cfg.sample.sampler

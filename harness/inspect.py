@@ -151,6 +151,8 @@ def inspect_argv(argv: list[str]) -> dict:
     from harness.config.validate import validate_config
 
     cfg = _compose(argv)
+    # inspect scores nothing: the evaluate stage's checks (feature-network weights) do not apply
+    cfg.run.stages = [s for s in cfg.run.stages if s != "evaluate"]
     validate_config(cfg, disk=False)
     return cfg, inspect_config(cfg)
 

@@ -169,5 +169,8 @@ def stage_keys(cfg) -> StageKeys:
     # the FLOP counting convention decides a FLOP-matched plan and the FLOP figures cached with samples
     sample["flop_count"] = FLOP_COUNT_VERSION
     sample_key = config_hash("sample", train_key, sample, solver)
-    eval_key = config_hash("eval", sample_key, _plain(cfg.metrics))
+    from harness.metrics.choice import extractor_name
+
+    metrics = {**_plain(cfg.metrics), "extractor": extractor_name(cfg)}  # null and its default: one key
+    eval_key = config_hash("eval", sample_key, metrics)
     return StageKeys(train_key, sample_key, eval_key)

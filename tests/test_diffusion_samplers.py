@@ -199,8 +199,7 @@ def test_stochastic_sampler_with_noise_tensor_is_refused():
         make_sample_scheduler(spec, "ddim", 0)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu  # skipped with the reason without CUDA (tests/conftest.py)
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
 def test_cuda_matches_cpu_with_cpu_generators(sampler):
     spec = DiffusionSpec(prediction_type="v_prediction")

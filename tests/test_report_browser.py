@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import CHROMIUM
 from reports.build import build_report
 from report_fixtures import write_fixture_sweeps
 
-CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.browser  # skipped with the reason without Chromium (tests/conftest.py)
 # Console messages are logged as `...:INFO:CONSOLE:12] "Uncaught ...", source: file:///.../report.html (12)`.
 _CONSOLE = re.compile(r"CONSOLE[:(]\d+|Uncaught|Refused to|Not allowed to load|net::ERR_")
 
@@ -35,7 +36,6 @@ def _near(img: np.ndarray, rgb: tuple[int, int, int], tol: int) -> int:
     return int((np.abs(img.astype(int) - np.array(rgb)).max(axis=-1) <= tol).sum())
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium missing (apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium(tmp_path):
     a, b = write_fixture_sweeps(tmp_path / "sweeps")
     html = build_report([a, b], tmp_path / "out")

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from fpdm.solvers import SolverStats, get_solver, list_solvers, make_solver, register_solver, solver_knobs
+from fpdm.solvers import RESIDUAL_EPS, SolverStats, get_solver, list_solvers, make_solver, register_solver, solver_knobs
 
 SOLVERS = ["picard", "relaxed", "anderson", "broyden"]
 
@@ -58,14 +58,38 @@ def test_reaches_fixed_point_of_contraction(name):
     torch.testing.assert_close(z, z_star, atol=1e-7, rtol=0)
 
 
+def certified_error_bound(eigs: torch.Tensor, z_star: torch.Tensor, tol: float) -> torch.Tensor:
+    """Per-sample bound on ||z - z*|| for an evaluated iterate whose relative residual met ``tol``.
+
+    For f(z) = A z + b with symmetric A of spectral radius rho < 1, ||z - z*|| <= ||f(z) - z|| / (1 - rho),
+    and the stopping rule gives ||f(z) - z|| < tol (||f(z)|| + eps) <= tol (||z*|| + ||z - z*|| + eps),
+    hence ||z - z*|| <= tol (||z*|| + eps) / (1 - rho - tol). Round-off: the float64 residual and the
+    LU solve for z* are accurate to about d * float64 eps * cond(I - A) * ||z*||, with
+    cond(I - A) = (1 + max|lambda|) / (1 - max lambda). Nothing here comes from a solver run.
+    """
+    rho, d = float(eigs.abs().max()), eigs.numel()
+    cond = (1 + rho) / (1 - float(eigs.max()))
+    norm = z_star.flatten(1).norm(dim=1)
+    return tol * (norm + RESIDUAL_EPS) / (1 - rho - tol) + d * torch.finfo(torch.float64).eps * cond * norm
+
+
 def test_accelerated_solvers_beat_picard_on_ill_conditioned_map():
     eigs = torch.tensor([0.99, 0.985, 0.97, -0.95, 0.9, 0.5, -0.3, 0.1])
     f, z0, z_star = linear_problem(eigs, batch=2, shape=(8,), seed=3)
+    tol = 1e-11
+    bound = certified_error_bound(eigs, z_star, tol)
     nfe = {}
     for name in ["picard", "anderson", "broyden"]:
-        z, st = get_solver(name)(f, z0, max_iter=4000, tol=1e-11)
+        z, st = get_solver(name)(f, z0, max_iter=4000, tol=tol)
         assert st.converged.all(), name
-        torch.testing.assert_close(z, z_star, atol=1e-6, rtol=0)
+        # The certified (evaluated) iterate is as close as the conditioning allows. The returned z is
+        # the update computed after it, whose residual the contract leaves unmeasured
+        # (docs/architecture.md, "Solver contract"); for picard that update is f(z), no farther (A contracts).
+        err_best = (st.best - z_star).flatten(1).norm(dim=1)
+        assert (err_best <= bound).all(), (name, err_best.tolist(), bound.tolist())
+        if name == "picard":
+            err = (z - z_star).flatten(1).norm(dim=1)
+            assert (err <= bound).all(), (err.tolist(), bound.tolist())
         nfe[name] = st.nfe
     assert nfe["anderson"] * 5 < nfe["picard"], nfe
     assert nfe["broyden"] * 5 < nfe["picard"], nfe

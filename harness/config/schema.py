@@ -154,7 +154,8 @@ class DataConfig:
 
 @dataclass
 class MetricsConfig:
-    extractor: str = "digits-cnn"  # digits-cnn | inception-v3-compat
+    # digits-cnn | inception-v3-compat; null: the data source's (digits: digits-cnn, else inception)
+    extractor: Optional[str] = None
     weights: Optional[str] = None  # inception-v3-compat: local weights file
     weights_sha256: Optional[str] = None
     fid: bool = True

@@ -296,18 +296,26 @@ def _data_root(cfg) -> None:
 @check(disk=True)  # extractor weights on disk; inspect evaluates nothing
 def _metrics(cfg) -> None:
     from harness.metrics import list_extractors
+    from harness.metrics.choice import INCEPTION_HOWTO, extractor_misfit, extractor_name
 
     m = cfg.metrics
-    _choice("metrics.extractor", m.extractor, list_extractors())
+    if m.extractor is not None:  # null: the data source's default (harness/metrics/choice.py)
+        _choice("metrics.extractor", m.extractor, list_extractors())
     _choice("metrics.reference_split", m.reference_split, ("train", "test", "all"))
-    if m.extractor == "inception-v3-compat" and not m.weights:
-        raise ConfigError("metrics.extractor=inception-v3-compat needs metrics.weights: run "
-                          "`python -m harness.metrics.inception --out PATH` and set metrics.weights=PATH")
     if m.weights and not Path(m.weights).expanduser().is_file():
-        fix = (f"run `python -m harness.metrics.inception --out {m.weights}`" if m.extractor == "inception-v3-compat"
+        fix = (f"run `python -m harness.metrics.inception --out {m.weights}`" if m.extractor != "digits-cnn"
                else "leave metrics.weights unset to use the cached extractor")
         raise ConfigError(f"metrics.weights={m.weights} does not exist: {fix}")
-    if m.extractor == "inception-v3-compat":
+    if "evaluate" not in cfg.run.stages:
+        return  # nothing is scored, so no feature network is needed
+    name = extractor_name(cfg)
+    misfit = extractor_misfit(name, cfg.data.name)
+    if misfit:
+        raise ConfigError(misfit)
+    if name == "inception-v3-compat" and not m.weights:
+        default = "" if m.extractor else f" (the default for data={cfg.data.name})"
+        raise ConfigError(f"metrics.extractor=inception-v3-compat{default} needs metrics.weights; {INCEPTION_HOWTO}")
+    if name == "inception-v3-compat":
         _check_weights_hash(Path(m.weights).expanduser(), m.weights_sha256)
 
 

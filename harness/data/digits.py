@@ -75,7 +75,7 @@ def _resolve_size(spec: DataSpec) -> int:
     return size
 
 
-@register_dataset("digits")
+@register_dataset("digits", extractor="digits-cnn")
 def build_digits(spec: DataSpec) -> DataSource:
     size = _resolve_size(spec)
     u8, labels = digits_uint8(spec.split, size)

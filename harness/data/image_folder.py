@@ -155,7 +155,7 @@ def check_root(root: str | None, key: str = "data.root") -> Path:
     return path
 
 
-@register_dataset("image_folder")
+@register_dataset("image_folder", extractor="inception-v3-compat")
 def build_image_folder(spec: DataSpec) -> DataSource:
     root = check_root(spec.root)
     size = spec.image_size or DEFAULT_IMAGE_SIZE

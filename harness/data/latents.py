@@ -177,7 +177,7 @@ def _subset(split: str, *, keys, make):
     return make(select_split(keys, split))
 
 
-@register_dataset("latents")
+@register_dataset("latents", extractor="inception-v3-compat")
 def build_latents(spec: DataSpec) -> DataSource:
     if spec.root is None:
         raise DataPathError("data.root is not set: set data.root=/path/to/latents (written by python -m harness.data.encode)")

@@ -213,16 +213,29 @@ class DataSource:
 # ----------------------------------------------------------------------------------------------
 DatasetBuilder = Callable[[DataSpec], DataSource]
 _DATASETS: dict[str, DatasetBuilder] = {}
+# The feature network a source's samples are scored with when metrics.extractor is null: the metric
+# follows the data (an 8x8-digits classifier scores digits; Inception scores natural images).
+_DEFAULT_EXTRACTORS: dict[str, str] = {}
+NATURAL_IMAGES_EXTRACTOR = "inception-v3-compat"
 
 
-def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
-    """Decorator: register ``builder(spec: DataSpec) -> DataSource`` under ``name``."""
+def register_dataset(name: str, *,
+                     extractor: str = NATURAL_IMAGES_EXTRACTOR) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Decorator: register ``builder(spec: DataSpec) -> DataSource`` under ``name``; ``extractor`` is
+    the default ``metrics.extractor`` for its samples (natural images: Inception)."""
     def deco(builder: DatasetBuilder) -> DatasetBuilder:
         if name in _DATASETS and _DATASETS[name] is not builder:
             raise KeyError(f"dataset {name!r} is already registered")
         _DATASETS[name] = builder
+        _DEFAULT_EXTRACTORS[name] = extractor
         return builder
     return deco
+
+
+def default_extractor(name: str) -> str:
+    """The ``metrics.extractor`` used for data source ``name`` when the config leaves it null."""
+    get_dataset_builder(name)  # an unknown source: the one-line error naming data.name
+    return _DEFAULT_EXTRACTORS[name]
 
 
 def get_dataset_builder(name: str) -> DatasetBuilder:

@@ -86,6 +86,10 @@ class ExtractorSpec:
     in_channels: int           # inputs are expanded grey -> RGB when 3
     preprocessing: str         # what the extractor does to uint8 inputs (part of the cache key)
     resolve_weights: Callable[..., WeightsInfo]  # (weights, cache_dir) -> WeightsInfo
+    # Data sources whose images the network's features mean something for (None: any natural images).
+    # A classifier trained on 8x8 grey digits says nothing about colour photographs.
+    data_sources: tuple[str, ...] | None = None
+    trained_on: str = "ImageNet photographs"
 
 
 _EXTRACTORS: dict[str, ExtractorSpec] = {}
@@ -272,7 +276,8 @@ def _inception_weights(weights=None, cache_dir=None) -> WeightsInfo:
 
 
 register_extractor(ExtractorSpec(
-    "digits-cnn", "64", "logits", 1, "uint8; grey; area-resize to 8x8; /255", _digits_weights))
+    "digits-cnn", "64", "logits", 1, "uint8; grey; area-resize to 8x8; /255", _digits_weights,
+    data_sources=("digits",), trained_on="scikit-learn's 8x8 grey digits"))
 register_extractor(ExtractorSpec(
     "inception-v3-compat", "2048", "logits_unbiased", 3,
     "uint8; grey->RGB; TF1 bilinear resize to 299x299; (x-128)/128", _inception_weights))
