@@ -34,8 +34,14 @@ def diffusion_spec(cfg):
     return DiffusionSpec(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.beta_schedule,
                          beta_start=d.beta_start, beta_end=d.beta_end, prediction_type=d.prediction_type,
                          zero_terminal_snr=d.zero_terminal_snr, learn_sigma=cfg.model.learn_sigma,
-                         timestep_spacing=d.timestep_spacing, clip_sample=d.clip_sample and not _is_latent(cfg),
+                         timestep_spacing=d.timestep_spacing, clip_mode=effective_clip_mode(cfg),
                          mse_weighting=d.mse_weighting)
+
+
+def effective_clip_mode(cfg) -> str:
+    """``sample.clip_mode``, except that latents are never clipped (SD-VAE latents exceed [-1, 1];
+    DiT and FPDM sample latents with clip_denoised=False). The protocol label shows the result."""
+    return "none" if _is_latent(cfg) else cfg.sample.clip_mode
 
 
 def _is_latent(cfg) -> bool:

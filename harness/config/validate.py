@@ -64,8 +64,10 @@ def _run(cfg) -> None:
 
 @check
 def _diffusion(cfg) -> None:
+    from harness.diffusion.spec import CLIP_MODES
     from harness.job import diffusion_spec
 
+    _choice("sample.clip_mode", cfg.sample.clip_mode, CLIP_MODES)
     try:
         diffusion_spec(cfg)
     except (ValueError, KeyError) as exc:
