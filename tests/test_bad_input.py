@@ -37,6 +37,14 @@ def inputs(tmp_path, monkeypatch):
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
     (tmp_path / "weights.pt").write_bytes(b"not the inception weights")
     (tmp_path / "a_file").write_text("")
+    # diffusers pipeline folders of pretrained DiT weights: one with its (epsilon, no zero-SNR)
+    # scheduler config beside the transformer, as facebook/DiT-XL-2-256 ships, one without
+    for name, sched in (("dit_eps", {"_class_name": "DDIMScheduler", "prediction_type": "epsilon"}), ("dit_bare", None)):
+        (tmp_path / name / "transformer").mkdir(parents=True)
+        (tmp_path / name / "transformer" / "config.json").write_text(json.dumps({"in_channels": 4, "out_channels": 8}))
+        if sched:
+            (tmp_path / name / "scheduler").mkdir()
+            (tmp_path / name / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched))
     return tmp_path
 
 
@@ -91,6 +99,12 @@ BAD = [
     (["metrics.reference_split=val"], "metrics.reference_split='val'"),
     (["sample.num_images=10", "sample.seed_ranges=3"], "sample.seed_ranges=3"),
     (["model=dit", "sample.reuse=true"], "sample.reuse=true needs model=fpdm"),
+    (["protocol=imagenet"], "imagenet does not exist; valid protocol options"),  # protocols
+    (["sample.clip_mode=adm"], "sample.clip_mode='adm'"),
+    # weights trained under another diffusion process cannot carry the paper's protocol
+    (["protocol=paper", "model=dit_diffusers", "model.pretrained_path=dit_eps"],
+     "diffusion.prediction_type=v_prediction (protocol=paper) but the weights"),
+    (["protocol=official", "model=dit_diffusers", "model.pretrained_path=dit_bare"], "cannot be confirmed"),
     (["+hydra.callbacks.x._target_=os.system"], "hydra.callbacks.x._target_=os.system"),
 ]
 
@@ -107,6 +121,10 @@ def test_bad_override_gives_one_line_naming_the_key(argv, expected, inputs):
 
 def test_a_good_command_line_passes(inputs):
     precheck(["-m", "model=dit,fpdm", "sample.budget=60", "data=image_folder", "data.root=images"])
+    precheck(["-m", "protocol=digits,paper,official", "model=dit,fpdm", "data=image_folder", "data.root=images"])
+    # the released weights under the keys they were trained with: allowed, and labelled a deviation
+    precheck(["protocol=paper", "model=dit_diffusers", "model.pretrained_path=dit_eps",
+              "diffusion.prediction_type=epsilon", "diffusion.zero_terminal_snr=false"])
 
 
 # (argv, a fragment of the one stderr line) through the real entry point

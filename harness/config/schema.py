@@ -188,6 +188,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
     sweep: Any = None  # the name of the sweep preset, set by sweeps/*.yaml
+    protocol: str = "digits"  # set by the protocol group (harness/conf/protocol/*.yaml): digits | paper | official
 
 
 SOLVER_CONFIGS = {

@@ -268,3 +268,13 @@ def validate_config(cfg) -> None:
 def check_output_dir(path: str | Path, key: str) -> None:
     if not _writable(Path(path)):
         raise ConfigError(f"{key}={path} is not writable: point it to a directory you can write to")
+
+
+@check
+def _protocol(cfg) -> None:
+    from harness.protocol import check_weights_carry_protocol, list_protocols
+
+    _choice("protocol", cfg.protocol, list_protocols())
+    problem = check_weights_carry_protocol(cfg)
+    if problem:
+        raise ConfigError(problem)
