@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from baselines.presets import get_preset
-from harness.budget import SamplingPlan, plan_from_sample_config, plan_fpdm_flops
+from harness.budget import BudgetError, SamplingPlan, plan_from_sample_config, plan_fpdm_flops
 from harness.cache import config_hash
 
 # keys that change how a stage runs but not what it produces
@@ -78,6 +78,20 @@ class StageKeys:
         return {"train": self.train, "sample": self.sample, "eval": self.eval}
 
 
+def _key_by_plan(cfg, sample: dict) -> None:
+    """Key FPDM's sample stage by the integer plan it runs, not by the names that produced it: two
+    schedules that expand to the same per-step iterations (e.g. ``cosine`` and ``increasing`` at
+    2 iterations per step) share one artifact, so a sweep samples that plan once and the report
+    shows one row naming both (``reports.merge``)."""
+    try:
+        planned = sampling_plan(cfg)
+    except (BudgetError, ValueError):
+        return  # an infeasible budget fails later with its own message; keep the plain key
+    for k in ("budget", "steps", "iters", "schedule", "schedule_values", "ratio"):
+        sample.pop(k, None)
+    sample["plan_iters"] = list(planned.iters)
+
+
 def stage_keys(cfg) -> StageKeys:
     model = _plain(cfg.model)
     train = {k: v for k, v in _plain(cfg.train).items() if k not in _TRAIN_RUNTIME_KEYS}
@@ -94,6 +108,8 @@ def stage_keys(cfg) -> StageKeys:
             sample.pop(k, None)
         if cfg.sample.budget is not None:
             sample.pop("steps", None)
+    if cfg.model.name == "fpdm" and cfg.sample.match == "blocks":
+        _key_by_plan(cfg, sample)
     sample_key = config_hash("sample", train_key, sample, solver)
     eval_key = config_hash("eval", sample_key, _plain(cfg.metrics))
     return StageKeys(train_key, sample_key, eval_key)

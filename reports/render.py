@@ -142,7 +142,8 @@ def _tables(c: ReportContent) -> str:
     for t in c.tables:
         paper = f' <span class="muted">(paper: {esc(t.paper)})</span>' if t.paper else ""
         parts.append(f'<h3 id="t-{esc(t.name)}">{esc(t.title)}{paper}</h3>'
-                     f'<div class="protocol">{esc(protocol_line(t.protocol))}</div>{html_table(t.frame)}')
+                     f'<div class="protocol">{esc(protocol_line(t.protocol))}</div>{html_table(t.frame)}'
+                     + "".join(f"<p class='muted'>{esc(n)}</p>" for n in t.notes))
     return "\n".join(parts) or ("<p class='muted'>No table applies: the ok records hold no FID with the axes "
                                 "a table needs.</p>")
 
