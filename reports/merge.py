@@ -26,17 +26,21 @@ def merge_same_artifact(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty or "key_eval" not in df.columns or not df["key_eval"].notna().any():
         return df
     axes = [a for a in df.attrs.get("axes", []) if a in df.columns]
-    rows = []
-    keyed = df[df["key_eval"].notna()]
+    out = df.copy()  # dtypes kept: only merged axis cells change
+    drop: list = []
+    keyed = df[df["key_eval"].notna()].sort_values("job_id", kind="mergesort")
     for _, group in keyed.groupby("key_eval", sort=False):
-        row = group.sort_values("job_id", kind="mergesort").iloc[0].copy()
+        if len(group) < 2:
+            continue
+        first, rest = group.index[0], list(group.index[1:])
+        drop += rest
         for a in axes:
             names = sorted({str(v) for v in group[a] if v is not None and not (isinstance(v, float) and pd.isna(v))})
             if len(names) > 1:
-                row[a] = " = ".join(names)
-        rows.append(row)
-    out = pd.concat([pd.DataFrame(rows), df[df["key_eval"].isna()]])
-    out = out.sort_values("job_id", kind="mergesort").reset_index(drop=True)
+                if out[a].dtype != object:
+                    out[a] = out[a].astype(object)
+                out.at[first, a] = " = ".join(names)
+    out = out.drop(index=drop).reset_index(drop=True)
     out.attrs = dict(df.attrs)
     return out
 
