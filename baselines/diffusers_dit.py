@@ -36,6 +36,7 @@ class DiffusersDiT(nn.Module):
         self.num_classes = cfg.num_embeds_ada_norm
         self.depth = cfg.num_layers
         self.grad_checkpointing = False
+        _disable_internal_label_dropout(transformer)
 
     @property
     def num_explicit_blocks(self) -> int:
@@ -54,6 +55,21 @@ class DiffusersDiT(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         return self.transformer(hidden_states=x, timestep=t, class_labels=y).sample
+
+
+def _disable_internal_label_dropout(transformer: nn.Module) -> None:
+    """Label dropout happens once, in ``forward`` from the harness's seeded ``drop_labels``.
+
+    diffusers' ``LabelEmbedding`` (one per block in its DiT layout) would otherwise drop another
+    ``dropout_prob`` (0.1) of the labels in train mode, independently per block and from the global
+    RNG: about 19% dropped in all, blocks disagreeing on the label, and a resumed run no longer
+    bit-identical. Its table keeps the null row (it was sized with dropout on), which the forced
+    drops use."""
+    from diffusers.models.embeddings import LabelEmbedding
+
+    for module in transformer.modules():
+        if isinstance(module, LabelEmbedding):
+            module.dropout_prob = 0.0
 
 
 def _transformer_folder(path: Path) -> Path:

@@ -34,8 +34,14 @@ def diffusion_spec(cfg):
     return DiffusionSpec(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.beta_schedule,
                          beta_start=d.beta_start, beta_end=d.beta_end, prediction_type=d.prediction_type,
                          zero_terminal_snr=d.zero_terminal_snr, learn_sigma=cfg.model.learn_sigma,
-                         timestep_spacing=d.timestep_spacing, clip_sample=d.clip_sample and not _is_latent(cfg),
+                         timestep_spacing=d.timestep_spacing, clip_mode=effective_clip_mode(cfg),
                          mse_weighting=d.mse_weighting)
+
+
+def effective_clip_mode(cfg) -> str:
+    """``sample.clip_mode``, except that latents are never clipped (SD-VAE latents exceed [-1, 1];
+    DiT and FPDM sample latents with clip_denoised=False). The protocol label shows the result."""
+    return "none" if _is_latent(cfg) else cfg.sample.clip_mode
 
 
 def _is_latent(cfg) -> bool:
@@ -69,6 +75,9 @@ def job_axes(cfg, plan=None) -> dict:
         "cfg_scale": float(cfg.sample.cfg_scale), "seed": cfg.sample.seed, "train_seed": cfg.train.seed,
         "prediction_type": cfg.diffusion.prediction_type, "sweep": cfg.get("sweep"),
     }
+    from harness.protocol import protocol_axes
+
+    axes.update(protocol_axes(cfg))  # protocol name, clip_mode, zero-SNR, spacing, ... (harness.protocol)
     if fpdm:
         axes["no_grad_max"] = cfg.train.iters.no_grad.max
         axes["with_grad_max"] = cfg.train.iters.with_grad.max
@@ -204,6 +213,12 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
             result.stage_status["evaluate"] = "cached"
         eval_metrics = cache.read_complete("eval", keys.eval)
     result.protocol = eval_metrics.pop("protocol", {})
+    from harness.protocol import protocol_label
+
+    # The FID protocol (samples, extractor, reference) and the diffusion protocol travel together:
+    # reports group tables by this label, so runs of different protocols never share a table.
+    result.protocol["diffusion"] = protocol_label(cfg)
+    result.protocol["label"] = "; ".join(filter(None, [result.protocol.get("label"), result.protocol["diffusion"]]))
     from harness.memory import peak_rss_bytes
 
     result.metrics["peak_rss_bytes"] = peak_rss_bytes()  # of the job's process (a sweep shares one)

@@ -132,6 +132,20 @@ class StageKeys:
         return {"train": self.train, "sample": self.sample, "eval": self.eval}
 
 
+def _key_by_plan(cfg, sample: dict) -> None:
+    """Key FPDM's sample stage by the integer plan it runs, not by the names that produced it: two
+    schedules that expand to the same per-step iterations (e.g. ``cosine`` and ``increasing`` at
+    2 iterations per step) share one artifact, so a sweep samples that plan once and the report
+    shows one row naming both (``reports.merge``)."""
+    try:
+        planned = sampling_plan(cfg)
+    except (BudgetError, ValueError):
+        return  # an infeasible budget fails later with its own message; keep the plain key
+    for k in ("budget", "steps", "iters", "schedule", "schedule_values", "ratio"):
+        sample.pop(k, None)
+    sample["plan_iters"] = list(planned.iters)
+
+
 def _model_identity(cfg) -> dict:
     """``cfg.model`` for the train key, with the architecture knobs replaced by what they change:
     a knob that is null or equal to the preset's value is dropped, so ``model.depth=6`` on the
@@ -166,6 +180,8 @@ def stage_keys(cfg) -> StageKeys:
             sample.pop(k, None)
         if cfg.sample.budget is not None:
             sample.pop("steps", None)
+    if cfg.model.name == "fpdm" and cfg.sample.match == "blocks":
+        _key_by_plan(cfg, sample)
     # the FLOP counting convention decides a FLOP-matched plan and the FLOP figures cached with samples
     sample["flop_count"] = FLOP_COUNT_VERSION
     sample_key = config_hash("sample", train_key, sample, solver)

@@ -147,11 +147,16 @@ def _load_dataset_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([torch.as_tensor(x) for x in xs]).float(), torch.as_tensor([int(y) for y in ys])
 
 
-def ema_decay_at(decay: float, step: int) -> float:
-    """EMA decay with the usual warm-up, ``min(decay, (1 + step) / (10 + step))`` (diffusers'
+def ema_decay_at(decay: float, step: int, warmup: bool = True) -> float:
+    """EMA decay at ``step`` (0-based).
+
+    With ``warmup`` (the default): ``min(decay, (1 + step) / (10 + step))`` (diffusers'
     ``EMAModel``): early weights, far from the trained model, fade out quickly, so short runs
-    (the embedded default trains for ~1k steps) sample from a trained EMA and not from the init."""
-    return min(decay, (1 + step) / (10 + step))
+    (the embedded default trains for ~1k steps) sample from a trained EMA and not from the init.
+    Without (``train.ema_warmup=false``, the official FPDM/DiT code): the EMA starts as a copy of
+    the initial weights and every step uses the plain ``decay``, so after n steps it still holds
+    ``decay**n`` of the initialisation (0.999**4000 = 1.8%)."""
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
@@ -249,7 +254,7 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             opt.step()
-            _ema_update(ema, model, ema_decay_at(tc.ema_decay, state.step))
+            _ema_update(ema, model, ema_decay_at(tc.ema_decay, state.step, tc.ema_warmup))
 
             passes = model.num_explicit_blocks + model.last_passes if model.is_implicit else model.block_passes()
             state.step += 1

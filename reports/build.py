@@ -114,8 +114,11 @@ def _build(dirs: list[Path], out_dir, title: str, with_figures: bool) -> tuple[P
     data = load_sweeps(dirs)
     out = Path(out_dir) if out_dir is not None else dirs[0]
     jobs = data.jobs
+    from reports.merge import merge_same_artifact
+
     ok = jobs[jobs["status"] == "ok"].copy()
     ok.attrs = dict(jobs.attrs)
+    ok = merge_same_artifact(ok)
     tables = build_tables(jobs)
     figures = build_figures(data, protocol_groups(ok)) if with_figures else []
     grids = sample_grids(data)

@@ -143,6 +143,7 @@ def _tables(c: ReportContent) -> str:
         paper = f' <span class="muted">(paper: {esc(t.paper)})</span>' if t.paper else ""
         proto = f'<div class="protocol">{esc(protocol_line(t.protocol))}</div>' if t.protocol else ""
         parts.append(f'<h3 id="t-{esc(t.name)}">{esc(t.title)}{paper}</h3>{proto}{html_table(t.frame)}'
+                     + "".join(f"<p class='muted'>{esc(n)}</p>" for n in t.notes)
                      + _files(f"tables/{t.name}", (("csv", "CSV"), ("md", "Markdown"), ("tex", "LaTeX"))))
     return "\n".join(parts) or ("<p class='muted'>No table applies: the ok records hold no FID with the axes "
                                 "a table needs.</p>")

@@ -388,8 +388,11 @@ def applicable(spec: TableSpec, df: pd.DataFrame) -> bool:
 
 def build_tables(df: pd.DataFrame) -> list[TableResult]:
     """Every registered table whose axes the ok records hold, once per protocol."""
+    from reports.merge import merge_same_artifact, schedule_notes
+
     ok = df[df["status"] == "ok"].copy()
     ok.attrs = dict(df.attrs)
+    ok = merge_same_artifact(ok)  # jobs that share one sampled artifact are one row
     runs = [(info, part, spec) for info, part in protocol_groups(ok) for spec in _TABLES.values() if spec.per_protocol]
     # tables without FID see every ok job once; an empty protocol means "no FID here"
     runs += [({}, ok, spec) for spec in _TABLES.values() if not spec.per_protocol and len(ok)]
@@ -398,5 +401,6 @@ def build_tables(df: pd.DataFrame) -> list[TableResult]:
         if applicable(spec, part):
             frame = spec.fn(part)
             if not frame.empty:
-                results.append(TableResult(spec.name, spec.title, spec.paper, info, frame))
+                notes = schedule_notes(frame) if "schedule" in spec.required_axes else []
+                results.append(TableResult(spec.name, spec.title, spec.paper, info, frame, notes))
     return results

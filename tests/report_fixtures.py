@@ -48,7 +48,8 @@ def record(axes: dict, metrics: dict | None, status: str = "ok", reason: str | N
             "traceback_tail": "Traceback ...\nRuntimeError: CUDA out of memory" if status == "failed" else None,
             "axes": axes, "metrics": metrics or {}, "protocol": protocol or PROTOCOL, "solver_trace": trace,
             "artifacts": {"grid": "samples/grid.png"} if grid else {},
-            "keys": {"train": "t" + job_id(overrides)[:6], "sample": "s" + job_id(overrides)[:6], "eval": "e"},
+            "keys": {"train": "t" + job_id(overrides)[:6], "sample": "s" + job_id(overrides)[:6],
+                     "eval": "e" + job_id(overrides)[:6]},
             "config": {"axes": axes}, "overrides": overrides, "provenance": PROVENANCE}
 
 

@@ -39,6 +39,14 @@ def inputs(tmp_path, monkeypatch):
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
     (tmp_path / "weights.pt").write_bytes(b"not the inception weights")
     (tmp_path / "a_file").write_text("")
+    # diffusers pipeline folders of pretrained DiT weights: one with its (epsilon, no zero-SNR)
+    # scheduler config beside the transformer, as facebook/DiT-XL-2-256 ships, one without
+    for name, sched in (("dit_eps", {"_class_name": "DDIMScheduler", "prediction_type": "epsilon"}), ("dit_bare", None)):
+        (tmp_path / name / "transformer").mkdir(parents=True)
+        (tmp_path / name / "transformer" / "config.json").write_text(json.dumps({"in_channels": 4, "out_channels": 8}))
+        if sched:
+            (tmp_path / name / "scheduler").mkdir()
+            (tmp_path / name / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched))
     return tmp_path
 
 
@@ -100,6 +108,12 @@ BAD = [
     (["metrics.reference_split=val"], "metrics.reference_split='val'"),
     (["sample.num_images=10", "sample.seed_ranges=3"], "sample.seed_ranges=3"),
     (["model=dit", "sample.reuse=true"], "sample.reuse=true needs model=fpdm"),
+    (["protocol=imagenet"], "imagenet does not exist; valid protocol options"),  # protocols
+    (["sample.clip_mode=adm"], "sample.clip_mode='adm'"),
+    # weights trained under another diffusion process cannot carry the paper's protocol
+    (["protocol=paper", "model=dit_diffusers", "model.pretrained_path=dit_eps"],
+     "diffusion.prediction_type=v_prediction (protocol=paper) but the weights"),
+    (["protocol=official", "model=dit_diffusers", "model.pretrained_path=dit_bare"], "cannot be confirmed"),
     (["+hydra.callbacks.x._target_=os.system"], "hydra.callbacks.x._target_=os.system"),
     # matched budgets that cannot be met: how close they get and the knob to move, before any compute
     (["sample.match=flops", "sample.budget=12", "sample.iters=1"],
@@ -145,6 +159,11 @@ def test_a_good_command_line_passes(inputs):
     precheck(["-m", "model=dit,fpdm", "sample.budget=60", "data=image_folder", "data.root=images", *weights])
     precheck(["data=image_folder", "data.root=images", "run.stages=[train,sample]"])  # nothing scored: no extractor
     precheck(["-m", "data=digits,image_folder", "data.root=images", *weights])  # each source its own default
+    precheck(["-m", "protocol=digits,paper,official", "model=dit,fpdm", "data=image_folder", "data.root=images",
+              *weights])
+    # the released weights under the keys they were trained with: allowed, and labelled a deviation
+    precheck(["protocol=paper", "model=dit_diffusers", "model.pretrained_path=dit_eps",
+              "diffusion.prediction_type=epsilon", "diffusion.zero_terminal_snr=false"])
 
 
 def test_matched_budgets_within_tolerance_pass(inputs):

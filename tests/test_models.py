@@ -274,3 +274,97 @@ def test_diffusers_dit_adapter_contract_and_local_load(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.pretrained_path"):
         build_diffusers_dit(SimpleNamespace(pretrained_path=str(tmp_path / "nope"), preset="tiny", learn_sigma=True),
                             image_size=8, channels=1, num_classes=10)
+
+
+def test_diffusers_dit_drops_labels_exactly_once_and_deterministically():
+    """The adapter's seeded drop mask is the only label dropout: every block's label embedding sees
+    exactly ``where(drop, null, y)`` in train mode (diffusers would add an unseeded 10% per block)."""
+    from types import SimpleNamespace
+
+    from baselines.diffusers_dit import build_diffusers_dit
+    from diffusers.models.embeddings import LabelEmbedding
+
+    torch.manual_seed(0)
+    model = build_diffusers_dit(SimpleNamespace(pretrained_path=None, preset="tiny", learn_sigma=True),
+                                image_size=8, channels=1, num_classes=10).train()
+    for p in model.parameters():  # break adaLN-Zero so the output depends on the labels
+        p.data.add_(0.05 * torch.randn_like(p))
+    n = 4000
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 1000, (n,), generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    drop = torch.rand(n, generator=g) < 0.1
+    seen = []
+    embeddings = [m for m in model.modules() if isinstance(m, LabelEmbedding)]
+    assert len(embeddings) == get_preset("tiny").depth  # one per block in diffusers' layout
+    for m in embeddings:
+        m.embedding_table.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    with torch.no_grad():
+        out1 = model(x, t, y, drop_labels=drop)
+        torch.manual_seed(123)  # a different global RNG state must not matter
+        out2 = model(x, t, y, drop_labels=drop)
+    expected = torch.where(drop, torch.full_like(y, 10), y)
+    for labels in seen:
+        assert torch.equal(labels, expected)
+    rate = float((seen[0] == 10).float().mean())
+    assert rate == float(drop.float().mean()) and 0.08 < rate < 0.12  # ~10%, not ~19%
+    assert torch.equal(out1, out2)
+
+
+def _perturbed_fpdm() -> FPDM:
+    torch.manual_seed(0)
+    model = build_fpdm("tiny", input_size=8, in_channels=1, num_classes=10).eval()
+    for p in model.parameters():  # break the zero init so every input matters
+        p.data.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_reuse_warm_starts_from_the_previous_solution_and_matters_at_one_iteration():
+    """At k=1 the warm start *is* the output's input: with reuse the fixed point layer starts at the
+    previous step's solution (not at x_pre) and the prediction changes; a model that ignored the warm
+    start would give the same output with and without reuse and fail here."""
+    model = _perturbed_fpdm()
+    starts, solutions, pre_outs = [], [], []
+    model.fixed_point.register_forward_pre_hook(lambda m, inp: starts.append(inp[0].clone()))
+    model.fixed_point.register_forward_hook(lambda m, inp, out: solutions.append(out.clone()))
+    model.pre_blocks[0].register_forward_hook(lambda m, inp, out: pre_outs.append(out.clone()))
+    x1, x2, y = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8), torch.tensor([1, 2, 3])
+    warm = WarmStart()
+    with torch.inference_mode():
+        first = model(x1, torch.full((3,), 900), y, iters=1, warm_start=warm)
+        reused = model(x2, torch.full((3,), 800), y, iters=1, warm_start=warm)
+        plain_first = model(x1, torch.full((3,), 900), y, iters=1)
+        plain = model(x2, torch.full((3,), 800), y, iters=1)
+    assert torch.equal(starts[0], pre_outs[0])  # the first step falls back to x_pre
+    assert torch.equal(starts[1], solutions[0])  # the second starts from the first step's solution
+    assert torch.equal(starts[3], pre_outs[3])  # without reuse: from the current x_pre
+    assert torch.equal(first, plain_first)
+    assert (reused - plain).abs().max() > 1e-3 * plain.abs().max()
+    assert warm.uses == 1
+
+
+def test_fpdm_conditioning_post_and_final_see_the_class_fixed_point_sees_t():
+    """Perturb t (class fixed) and y (t fixed) and record the conditioning vector each part receives."""
+    model = _perturbed_fpdm()
+    seen: dict[str, list] = {"pre": [], "fixed_point": [], "post": [], "final": []}
+    model.pre_blocks[0].register_forward_hook(lambda m, inp, out: seen["pre"].append(inp[1].clone()))
+    model.fixed_point.block.register_forward_hook(lambda m, inp, out: seen["fixed_point"].append(inp[1].clone()))
+    model.post_blocks[0].register_forward_hook(lambda m, inp, out: seen["post"].append(inp[1].clone()))
+    model.final_layer.register_forward_hook(lambda m, inp, out: seen["final"].append(inp[1].clone()))
+    x = torch.randn(2, 1, 8, 8)
+    calls = [(torch.tensor([10, 10]), torch.tensor([3, 4])),   # reference
+             (torch.tensor([900, 900]), torch.tensor([3, 4])),  # t changed
+             (torch.tensor([10, 10]), torch.tensor([5, 6]))]    # y changed
+    with torch.no_grad():
+        outs = [model(x, t, y, iters=2) for t, y in calls]
+        y_emb = [model.y_embedder(y, False, None, None) for _, y in calls]
+    for part in ("pre", "post", "final"):
+        ref, t_changed, y_changed = seen[part][0], seen[part][1], seen[part][2]
+        assert torch.equal(ref, t_changed), part  # blind to t
+        assert not torch.equal(ref, y_changed), part  # sees the class
+        torch.testing.assert_close(ref, y_emb[0], rtol=0, atol=0)  # the class embedding itself
+    fp = seen["fixed_point"]  # two evaluations per call (iters=2), same c both times
+    assert torch.equal(fp[0], fp[1])
+    assert not torch.equal(fp[0], fp[2]) and not torch.equal(fp[0], fp[4])  # sees t and y
+    torch.testing.assert_close(fp[0], model.t_embedder(calls[0][0]) + y_emb[0])
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[0], outs[2])

@@ -67,7 +67,6 @@ class DiffusionConfig:
     prediction_type: str = "epsilon"  # epsilon | v_prediction (paper: v_prediction)
     zero_terminal_snr: bool = False  # paper: true (Lin et al.), needs trailing spacing
     timestep_spacing: str = "linspace"  # linspace (the paper's respacing) | leading | trailing
-    clip_sample: bool = True  # clip predicted x0 to [-1, 1] while sampling (pixels; off for latents)
     mse_weighting: str = "none"  # none (DiT) | p2 (official FPDM code with v-prediction)
 
 
@@ -106,6 +105,7 @@ class TrainConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     ema_decay: float = 0.999
+    ema_warmup: bool = True  # false: official EMA (starts at the init weights, plain decay every step)
     grad_clip: Optional[float] = None
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     ckpt_every: int = 500  # steps between checkpoints (also on SIGUSR1/SIGTERM)
@@ -132,6 +132,9 @@ class SampleConfig:
     reuse: bool = False  # warm-start each step from the previous solution (FPDM Sec. 3.3)
     cfg_scale: float = 1.0  # classifier-free guidance; the paper's FIDs use none
     eta: float = 0.0  # DDIM
+    # official: clip x0 to [-1, 1], re-derive eps from it (ADM ddim_sample, the DiT/FPDM code);
+    # diffusers: clip x0, keep the model's eps; none: no clipping. Latents are never clipped.
+    clip_mode: str = "official"
     num_images: int = 1000
     batch_size: int = 250
     seed: int = 0  # image i uses seed + i
@@ -200,6 +203,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
     sweep: Any = None  # the name of the sweep preset, set by sweeps/*.yaml
+    protocol: str = "digits"  # set by the protocol group (harness/conf/protocol/*.yaml): digits | paper | official
 
 
 SOLVER_CONFIGS = {

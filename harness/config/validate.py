@@ -71,8 +71,10 @@ def _run(cfg) -> None:
 
 @check
 def _diffusion(cfg) -> None:
+    from harness.diffusion.spec import CLIP_MODES
     from harness.job import diffusion_spec
 
+    _choice("sample.clip_mode", cfg.sample.clip_mode, CLIP_MODES)
     try:
         diffusion_spec(cfg)
     except (ValueError, KeyError) as exc:
@@ -379,3 +381,13 @@ def validate_config(cfg, disk: bool = True) -> None:
 def check_output_dir(path: str | Path, key: str) -> None:
     if not _writable(Path(path)):
         raise ConfigError(f"{key}={path} is not writable: point it to a directory you can write to")
+
+
+@check
+def _protocol(cfg) -> None:
+    from harness.protocol import check_weights_carry_protocol, list_protocols
+
+    _choice("protocol", cfg.protocol, list_protocols())
+    problem = check_weights_carry_protocol(cfg)
+    if problem:
+        raise ConfigError(problem)

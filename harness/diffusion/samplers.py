@@ -10,6 +10,12 @@ wrong whenever the gaps are unequal ("linspace", or "trailing" with S not dividi
 run DDIM, like IDDPM's `respace.py`, on the respaced S-step chain: a DDIMScheduler whose
 alphas_cumprod are those of the S chosen timesteps; its step math is untouched.
 
+Clipping (`spec.clip_mode`): DDIM with "official" passes diffusers' `use_clipped_model_output=True`,
+which re-derives eps' = (x_t - sqrt(ab_t) x0_clipped) / sqrt(1 - ab_t) exactly as ADM's `ddim_sample`
+(`_predict_eps_from_xstart`) does before x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps';
+"diffusers" keeps the model's epsilon (or, for v, sqrt(ab) v + sqrt(1 - ab) x_t). DDPM's posterior
+mean uses only the clipped x_0 in both libraries, so there the two modes are the same sampler.
+
 Classifier-free guidance (Ho & Salimans 2022): with cfg_scale != 1, cond and uncond (null label)
 batches run as one concatenated batch; guided = uncond + s * (cond - uncond) on *all* prediction
 channels [:C], and the variance channels [C:] are the cond ones. DiT's `forward_with_cfg` (and the
@@ -45,6 +51,7 @@ class SampleSchedule:
     scheduler: object
     model_timesteps: torch.Tensor
     step_timesteps: torch.Tensor
+    use_clipped_model_output: bool = False  # DDIM: eps re-derived from the clipped x_0 (clip_mode official)
 
 
 class Sampler:
@@ -142,14 +149,15 @@ class DDIMSampler(Sampler):
         )
         s.alphas_cumprod = ab.clone()  # exact values; cumprod of float32 betas drifts slightly
         s.set_timesteps(len(orig))
-        return SampleSchedule(s, orig, s.timesteps)
+        return SampleSchedule(s, orig, s.timesteps, use_clipped_model_output=spec.clip_mode == "official")
 
     def is_stochastic(self, eta):
         return eta > 0
 
     def step(self, sched, i, out, x, *, generators, eta):
         gens = generators if eta > 0 else None
-        return sched.scheduler.step(out, sched.step_timesteps[i], x, eta=eta, generator=gens).prev_sample
+        return sched.scheduler.step(out, sched.step_timesteps[i], x, eta=eta, generator=gens,
+                                    use_clipped_model_output=sched.use_clipped_model_output).prev_sample
 
 
 @register_sampler("dpmpp")

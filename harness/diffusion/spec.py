@@ -20,6 +20,11 @@ from diffusers import DDPMScheduler
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+# How a clipped x_0 enters the sampler's update (harness.diffusion.samplers, docs/architecture.md):
+# "official" = ADM's ddim_sample (the DiT / FPDM code): epsilon is re-derived from the clipped x_0;
+# "diffusers" = diffusers' default (use_clipped_model_output=False): the model's epsilon is kept;
+# "none" = no clipping.
+CLIP_MODES = ("official", "diffusers", "none")
 
 
 @dataclass(frozen=True)
@@ -37,9 +42,13 @@ class DiffusionSpec:
     - `timestep_spacing`: how S sampling steps are placed in [0, T) (diffusers' names, Lin et al.
       Table 2). "linspace" = evenly spaced including t = T-1 and t = 0, which is the paper's
       respacing (IDDPM `space_timesteps`, `create_diffusion(str(S))`, paper-facts 4.5).
-    - `clip_sample`: clip the predicted x_0 to [-clip_sample_range, clip_sample_range] while
-      sampling. Off by default: right for latents (SD-VAE latents exceed [-1, 1]); switch it on
-      for pixel data in [-1, 1]. Dynamic thresholding is never used.
+    - `clip_mode`: clip the predicted x_0 to [-clip_sample_range, clip_sample_range] while
+      sampling, and how the clipped x_0 enters the update (`CLIP_MODES`): "official" (ADM's
+      `ddim_sample`, as the DiT and FPDM code run it: epsilon re-derived from the clipped x_0),
+      "diffusers" (clip x_0, keep the model's epsilon for the DDIM direction) or "none". For DDPM
+      the posterior mean is built from x_0 alone, so "official" and "diffusers" coincide. "none"
+      by default: right for latents (SD-VAE latents exceed [-1, 1], and DiT/FPDM sample latents
+      with clip_denoised=False); clip pixel data in [-1, 1]. Dynamic thresholding is never used.
     - `mse_weighting`: see `harness.diffusion.loss` ("none" = DiT; "p2" = official FPDM code with v-pred).
     """
 
@@ -51,7 +60,7 @@ class DiffusionSpec:
     zero_terminal_snr: bool = False
     learn_sigma: bool = True
     timestep_spacing: str = "linspace"
-    clip_sample: bool = False
+    clip_mode: str = "none"
     clip_sample_range: float = 1.0
     mse_weighting: str = "none"
 
@@ -59,6 +68,7 @@ class DiffusionSpec:
         _check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         _check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
         _check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
+        _check_choice("clip_mode", self.clip_mode, CLIP_MODES)
         if self.num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps={self.num_train_timesteps} must be >= 2")
         if self.zero_terminal_snr and self.prediction_type != "v_prediction":
@@ -74,6 +84,11 @@ class DiffusionSpec:
         from harness.diffusion.loss import list_mse_weightings  # late: loss imports this module
 
         _check_choice("mse_weighting", self.mse_weighting, tuple(list_mse_weightings()))
+
+    @property
+    def clip_sample(self) -> bool:
+        """Whether sampling clips the predicted x_0 at all."""
+        return self.clip_mode != "none"
 
     def scheduler_kwargs(self) -> dict:
         """Keyword arguments shared by every diffusers scheduler built from this spec."""
