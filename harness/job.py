@@ -185,6 +185,8 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
             result.stage_status["evaluate"] = "cached"
         eval_metrics = cache.read_complete("eval", keys.eval)
     result.protocol = eval_metrics.pop("protocol", {})
+    if isinstance(eval_metrics.get("features"), dict):  # per-ruler features for the report's bootstrap
+        result.artifacts["features"] = eval_metrics.pop("features")
     from harness.memory import peak_rss_bytes
 
     result.metrics["peak_rss_bytes"] = peak_rss_bytes()  # of the job's process (a sweep shares one)

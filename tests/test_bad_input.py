@@ -92,6 +92,13 @@ BAD = [
     (["sample.num_images=10", "sample.seed_ranges=3"], "sample.seed_ranges=3"),
     (["model=dit", "sample.reuse=true"], "sample.reuse=true needs model=fpdm"),
     (["+hydra.callbacks.x._target_=os.system"], "hydra.callbacks.x._target_=os.system"),
+    # issue 13: statistics settings that cannot give an interval
+    (["sample.num_images=10", "sample.seed_ranges=10"], "sample.seed_ranges=10 leaves 1"),
+    (["metrics.bootstrap=0"], "metrics.bootstrap=0 must be >= 1"),
+    (["metrics.second_extractor=clip"], "metrics.second_extractor='clip'"),
+    (["-m", "model=fpdm", "sample.schedule=increasing,cosine"], "compare.schedule=constant is not in the sweep"),
+    (["-m", "model=dit,fpdm", "compare.model=dit_diffusers"], "compare.model=dit_diffusers is not in the sweep"),
+    (["-m", "model=fpdm", "model.pre_depth=0,2", "compare.depth=[1,1]"], "compare.depth=[1, 1]"),
 ]
 
 
