@@ -40,10 +40,37 @@ def evaluate_samples(samples_path: Path, data, cfg, work_dir: Path) -> dict:
         load_inception_weights(weights, expected_sha256=mc.weights_sha256)  # one-line error on a mismatch
     seed_ranges = cfg.sample.seed_ranges if cfg.sample.seed_ranges > 1 else None
     device = "cuda" if torch.cuda.is_available() and cfg.run.device != "cpu" else "cpu"
+    keep: dict = {}
     out = compute_metrics(torch.from_numpy(images), reference, extractor=extractor_name(cfg), weights=weights,
-                          kid=mc.kid, prc=mc.prc, seed_ranges=seed_ranges, cache_dir=cache_dir, device=device)
+                          kid=mc.kid, prc=mc.prc, seed_ranges=seed_ranges, cache_dir=cache_dir, device=device,
+                          keep=keep)
     out.pop("fid_values", None)
+    _add_evidence(out, keep, torch.from_numpy(images), reference, cfg, work_dir, seed_ranges, cache_dir, device)
     out["protocol"]["sampler"] = cfg.sample.sampler
     if not mc.fid:
         out.pop("fid", None)
     return out
+
+
+def _add_evidence(out: dict, keep: dict, images, reference, cfg, work_dir: Path, seed_ranges, cache_dir,
+                  device) -> None:
+    """Features kept for reports, the noise floor and bootstrap interval, under both rulers
+    (harness.metrics.evidence)."""
+    from harness.metrics import compute_metrics
+    from harness.metrics.evidence import ruler_evidence, second_ruler, store_features
+
+    mc = cfg.metrics
+    first = extractor_name(cfg)
+    kw = {"resamples": mc.bootstrap, "seed": mc.bootstrap_seed, "floor_splits": mc.noise_floor_splits}
+    out["features"] = {first: store_features(work_dir, first, keep)}
+    out.update(ruler_evidence(keep, out["fid"], **kw), bootstrap_resamples=mc.bootstrap,
+               bootstrap_seed=mc.bootstrap_seed)
+    second = second_ruler(first, mc.second_extractor)
+    if second is None:
+        return
+    keep2: dict = {}
+    fid2 = compute_metrics(images, reference, extractor=second, kid=False, prc=False, isc=False,
+                           seed_ranges=seed_ranges, cache_dir=cache_dir, device=device, keep=keep2)["fid"]
+    out["features"][second] = store_features(work_dir, second, keep2)
+    out.update(fid_second=fid2, **ruler_evidence(keep2, fid2, suffix="_second", **kw))
+    out["protocol"]["second_extractor"] = second

@@ -219,6 +219,8 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     # reports group tables by this label, so runs of different protocols never share a table.
     result.protocol["diffusion"] = protocol_label(cfg)
     result.protocol["label"] = "; ".join(filter(None, [result.protocol.get("label"), result.protocol["diffusion"]]))
+    if isinstance(eval_metrics.get("features"), dict):  # per-ruler features for the report's bootstrap
+        result.artifacts["features"] = eval_metrics.pop("features")
     from harness.memory import peak_rss_bytes
 
     result.metrics["peak_rss_bytes"] = peak_rss_bytes()  # of the job's process (a sweep shares one)

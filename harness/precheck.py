@@ -96,12 +96,17 @@ def precheck(argv: list[str], config_module: str = "harness.conf", config_name: 
             jobs = _job_overrides(overrides, params)
         else:
             jobs = [plain]
+        cfgs = []
         for job in jobs:
             try:
                 cfg = compose(config_name=config_name, overrides=list(job))
             except Exception as exc:
                 raise ConfigError(one_line(exc)) from None
             validate_config(cfg)
+            cfgs.append(cfg)
+        from harness.config.sweep_checks import check_comparisons
+
+        check_comparisons(cfgs)  # a report baseline the sweep never runs
         out_key, out_dir = ("hydra.sweep.dir", base.hydra.sweep.dir) if multirun else ("hydra.run.dir", base.hydra.run.dir)
         check_output_dir(_static_prefix(str(out_dir)), out_key)
     GlobalHydra.instance().clear()

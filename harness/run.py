@@ -73,6 +73,9 @@ def task(cfg: DictConfig) -> float | tuple:
               f"({status})")
         return nan
     _copy_grid(result.artifacts, job_dir)
+    from harness.metrics.evidence import keep_beside_record
+
+    keep_beside_record(result.artifacts, job_dir)  # features + reference stats: reports rebuild from the sweep dir
     objective = _objective(result.metrics, names)
     evaluated = "evaluate" in cfg.run.stages
     finite = all(math.isfinite(v) for v in (objective if isinstance(objective, tuple) else (objective,)))

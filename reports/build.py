@@ -122,6 +122,9 @@ def _build(dirs: list[Path], out_dir, title: str, with_figures: bool) -> tuple[P
     tables = build_tables(jobs)
     figures = build_figures(data, protocol_groups(ok)) if with_figures else []
     grids = sample_grids(data)
+    from reports.conclusions import build_significance, csv_frames, section_html
+
+    significance = build_significance(data)  # paired bootstrap from the features beside the records
 
     atomic_write(out / "tables" / "jobs.csv", csv_text(jobs))
     if not data.traces.empty:
@@ -130,6 +133,8 @@ def _build(dirs: list[Path], out_dir, title: str, with_figures: bool) -> tuple[P
         atomic_write(out / "tables" / f"{name}.csv", csv_text(frame))
         atomic_write(out / "tables" / f"{name}.md", markdown_table(frame))
         atomic_write(out / "tables" / f"{name}.tex", latex_table(frame, _caption(tables, name), f"tab:{name}"))
+    for name, frame in csv_frames(significance).items():
+        atomic_write(out / "tables" / f"{name}.csv", csv_text(frame))
     for sweep, study in sorted(data.studies.items()):
         atomic_write(out / "tables" / f"optuna_trials__{Path(sweep).name.replace('#', '_')}.csv",
                      csv_text(study["trials"]))
@@ -141,7 +146,8 @@ def _build(dirs: list[Path], out_dir, title: str, with_figures: bool) -> tuple[P
     if len(grids) >= MAX_GRIDS:
         notes.append(f"Sample grids: showing the first {MAX_GRIDS} settings.")
     content = ReportContent(jobs=jobs, tables=tables, figures=figures, grids=grids, tracebacks=data.tracebacks,
-                            sweeps=list(data.roots), notes=notes)
+                            sweeps=list(data.roots), notes=notes,
+                            extra_sections=[("significance", "Differences you can believe", section_html(significance))])
     html_path = out / "report.html"
     atomic_write(html_path, render_html(content, title=title))
     return html_path, data

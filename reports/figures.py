@@ -404,6 +404,10 @@ def build_figures(data: SweepData, protocols: list[tuple[dict, pd.DataFrame]]) -
                 fig = spec.fn(data, rows)
                 if fig is None:
                     continue
+                if spec.per_protocol:
+                    from reports.noise_band import draw_noise_floor
+
+                    draw_noise_floor(fig, rows)  # real-vs-real band on every FID axis
                 label = info.get("label") if spec.per_protocol else None
                 fname = f"{spec.name}__{_slug(label or 'unlabelled')}.png" if several and spec.per_protocol \
                     else f"{spec.name}.png"

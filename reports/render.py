@@ -60,6 +60,7 @@ class ReportContent:
     tracebacks: dict[str, str] = field(default_factory=dict)
     sweeps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    extra_sections: list[tuple[str, str, str]] = field(default_factory=list)  # (id, title, trusted HTML)
 
 
 def esc(v: Any) -> str:
@@ -224,6 +225,7 @@ def _runs(c: ReportContent) -> str:
 def render_html(content: ReportContent, title: str = "fpdm-bench report") -> str:
     sections = [_section("summary", "Summary", _summary(content)),
                 _section("tables", "Tables", _tables(content)),
+                *(_section(sid, title, body) for sid, title, body in content.extra_sections),
                 _section("figures", "Figures", _figures(content))]
     if content.grids:
         sections.append(_section("samples", "Sample grids", _grids(content)))

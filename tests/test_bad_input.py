@@ -139,6 +139,13 @@ BAD = [
     (["model=dit_diffusers", "model.mlp_ratio=2"], "model.mlp_ratio=2.0 is not supported by model=dit_diffusers"),
     (["model=dit_diffusers", "model.pretrained_path=a_file", "model.depth=4"], "model.depth=4 cannot change"),
     (["inspect.format=xml"], "inspect.format='xml'"),
+    # issue 13: statistics settings that cannot give an interval
+    (["sample.num_images=10", "sample.seed_ranges=10"], "sample.seed_ranges=10 leaves 1"),
+    (["metrics.bootstrap=0"], "metrics.bootstrap=0 must be >= 1"),
+    (["metrics.second_extractor=clip"], "metrics.second_extractor='clip'"),
+    (["-m", "model=fpdm", "sample.schedule=increasing,cosine"], "compare.schedule=constant is not in the sweep"),
+    (["-m", "model=dit,fpdm", "compare.model=dit_diffusers"], "compare.model=dit_diffusers is not in the sweep"),
+    (["-m", "model=fpdm", "model.pre_depth=0,2", "compare.depth=[1,1]"], "compare.depth=[1, 1]"),
 ]
 
 

@@ -165,6 +165,12 @@ class MetricsConfig:
     kid: bool = True
     prc: bool = True
     reference_split: str = "train"
+    # A second feature network scores every sample set too (reports show whether the two rulers
+    # agree on each ordering): auto = the registered partner (digits-cnn <-> digits-mlp), null = none.
+    second_extractor: Optional[str] = "auto"
+    bootstrap: int = 200  # resamples of the images' features for every FID interval (percentile, 95%)
+    bootstrap_seed: int = 0  # seeds the resampled indices (and the noise floor's splits)
+    noise_floor_splits: int = 5  # real-vs-real FIDs averaged into the noise floor
 
 
 @dataclass
@@ -191,6 +197,17 @@ class InspectConfig:
 
 
 @dataclass
+class CompareConfig:
+    """The baseline each setting is compared against in reports (paired bootstrap of the FID
+    difference; reports/significance.py). null: no comparison along that axis."""
+    model: Optional[str] = "dit"  # FPDM vs DiT at the same budget
+    schedule: Optional[str] = "constant"
+    reuse: Optional[bool] = False
+    solver: Optional[str] = "picard"
+    depth: Optional[List[int]] = field(default_factory=lambda: [1, 1])  # [pre_depth, post_depth]
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     solver: Any = MISSING
@@ -202,6 +219,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     run: RunConfig = field(default_factory=RunConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     sweep: Any = None  # the name of the sweep preset, set by sweeps/*.yaml
     protocol: str = "digits"  # set by the protocol group (harness/conf/protocol/*.yaml): digits | paper | official
 

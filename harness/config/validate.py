@@ -226,6 +226,10 @@ def _sample(cfg) -> None:
     _positive("sample.num_images", s.num_images, allow_none=False)
     _positive("sample.batch_size", s.batch_size, allow_none=False)
     _positive("sample.seed_ranges", s.seed_ranges, allow_none=False)
+    if s.seed_ranges > 1 and s.num_images // s.seed_ranges < 2:
+        raise ConfigError(f"sample.seed_ranges={s.seed_ranges} leaves {s.num_images // s.seed_ranges} of "
+                          f"sample.num_images={s.num_images} images per range (FID needs >= 2); use at most "
+                          f"sample.seed_ranges={max(1, s.num_images // 2)} or raise sample.num_images")
     if s.num_images % s.seed_ranges:
         raise ConfigError(f"sample.num_images={s.num_images} does not split into sample.seed_ranges={s.seed_ranges} "
                           "equal ranges; make it a multiple")
@@ -304,6 +308,13 @@ def _metrics(cfg) -> None:
     if m.extractor is not None:  # null: the data source's default (harness/metrics/choice.py)
         _choice("metrics.extractor", m.extractor, list_extractors())
     _choice("metrics.reference_split", m.reference_split, ("train", "test", "all"))
+    if m.second_extractor not in (None, "auto"):
+        _choice("metrics.second_extractor", m.second_extractor, ["auto", *list_extractors()])
+    if m.bootstrap < 1:
+        raise ConfigError(f"metrics.bootstrap={m.bootstrap} must be >= 1: it is the number of bootstrap resamples "
+                          "behind every interval; use e.g. metrics.bootstrap=200")
+    _positive("metrics.noise_floor_splits", m.noise_floor_splits, allow_none=False)
+    if m.extractor == "inception-v3-compat" and not m.weights:
     if m.weights and not Path(m.weights).expanduser().is_file():
         fix = (f"run `python -m harness.metrics.inception --out {m.weights}`" if m.extractor != "digits-cnn"
                else "leave metrics.weights unset to use the cached extractor")

@@ -37,7 +37,7 @@ from harness.metrics.extractors import (ExtractorSpec, WeightsInfo, atomic_write
 from harness.metrics.fid_stats import features_to_stats, fid_from_stats
 
 __all__ = ["ReferenceSpec", "ReferenceStats", "UInt8Images", "fid_label", "extract_features",
-           "reference_stats", "compute_metrics", "fid_over_seed_ranges", "SeedRangeFID"]
+           "reference_stats", "reference_path", "compute_metrics", "fid_over_seed_ranges", "SeedRangeFID"]
 
 _REF_FORMAT = 1  # bump when the cached reference layout changes
 
@@ -138,12 +138,18 @@ def _load_ref(path: Path) -> ReferenceStats:
         return ReferenceStats(z["mu"], z["sigma"], int(z["n"]), z["features"], json.loads(str(z["provenance"])))
 
 
+def reference_path(ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo, cache_dir=None) -> Path:
+    """Where `reference_stats` caches these statistics (the noise floor is cached beside them)."""
+    key = _ref_key(ref, spec, weights)[0]
+    return default_cache_dir(cache_dir) / "reference" / f"{ref.name}-{ref.split}-{spec.name}-{key[:16]}.npz"
+
+
 def reference_stats(ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo, *, cache_dir=None,
                     device=None) -> ReferenceStats:
     """Reference statistics, computed once per (data, split, extractor, weights, preprocessing) and
     cached under <cache>/reference/ (file-locked, atomic)."""
     key, ident = _ref_key(ref, spec, weights)
-    path = default_cache_dir(cache_dir) / "reference" / f"{ref.name}-{ref.split}-{spec.name}-{key[:16]}.npz"
+    path = reference_path(ref, spec, weights, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
@@ -201,13 +207,15 @@ def _one_range(feats: dict, ref: ReferenceStats, spec: ExtractorSpec, *, kid: bo
 
 def compute_metrics(samples_uint8, reference: ReferenceSpec, *, extractor: str = "digits-cnn", weights=None,
                     kid: bool = True, prc: bool = True, isc: bool | None = None, seed_ranges=None,
-                    cache_dir=None, device=None, rng_seed: int = 2020) -> dict:
+                    cache_dir=None, device=None, rng_seed: int = 2020, keep: dict | None = None) -> dict:
     """Score uint8 (N, C, H, W) samples against `reference`.
 
     Returns fid, fid_std (None for one range), fid_min, fid_values, kid_mean, kid_std, precision,
     recall, isc_mean/isc_std (when the extractor has logits; `isc=None` means "when available"),
     and `protocol` {num_samples (per range), num_ranges, extractor, reference, label, ...}. With
-    several seed ranges every metric is the mean over ranges.
+    several seed ranges every metric is the mean over ranges. A `keep` dict receives the sample
+    features (`features`, (N, D) float32), the `reference` statistics and their cache `reference_path`,
+    so callers (bootstrap, noise floor) never extract twice.
     """
     spec = get_extractor(extractor)
     x = _as_uint8_tensor(samples_uint8, "samples_uint8")
@@ -220,6 +228,9 @@ def compute_metrics(samples_uint8, reference: ReferenceSpec, *, extractor: str =
     layers = [spec.feature_layer] + ([spec.logits_layer] if isc else [])
     feats = extract_features(x, spec, winfo, layers, device=device)
     ranges = _ranges(x.shape[0], seed_ranges)
+    if keep is not None:
+        keep.update(features=feats[spec.feature_layer].numpy().astype(np.float32), reference=ref, ranges=ranges,
+                    reference_path=reference_path(reference, spec, winfo, cache_dir))
     tf_kw = {"verbose": False, "save_cpu_ram": True, "rng_seed": rng_seed}
     per = [_one_range({k: v[a:b] for k, v in feats.items()}, ref, spec, kid=kid, prc=prc, isc=isc, tf_kw=tf_kw)
            for a, b in ranges]
