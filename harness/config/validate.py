@@ -314,7 +314,6 @@ def _metrics(cfg) -> None:
         raise ConfigError(f"metrics.bootstrap={m.bootstrap} must be >= 1: it is the number of bootstrap resamples "
                           "behind every interval; use e.g. metrics.bootstrap=200")
     _positive("metrics.noise_floor_splits", m.noise_floor_splits, allow_none=False)
-    if m.extractor == "inception-v3-compat" and not m.weights:
     if m.weights and not Path(m.weights).expanduser().is_file():
         fix = (f"run `python -m harness.metrics.inception --out {m.weights}`" if m.extractor != "digits-cnn"
                else "leave metrics.weights unset to use the cached extractor")
