@@ -42,6 +42,8 @@ def task(cfg: DictConfig) -> float | tuple:
     job_id = job_dir.name
     overrides = list(hc.overrides.task)
     names = list(cfg.run.objective)
+    if cfg.get("sweep") is None and hc.runtime.choices.get("sweep"):  # a user's sweep/*.yaml (--config-dir)
+        cfg.sweep = hc.runtime.choices["sweep"]
     nan = _objective({}, names)
     common = dict(job_id=job_id, overrides=overrides, config=resolved_config(cfg))
     try:
@@ -137,7 +139,7 @@ def _hydra_main(cfg: DictConfig):
 def main() -> None:
     from harness.precheck import run_precheck_or_exit
 
-    run_precheck_or_exit(sys.argv[1:])
+    run_precheck_or_exit(sys.argv[1:], calling_file=__file__)
     _hydra_main()
 
 

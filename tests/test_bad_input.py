@@ -91,7 +91,8 @@ BAD = [
     (["metrics.reference_split=val"], "metrics.reference_split='val'"),
     (["sample.num_images=10", "sample.seed_ranges=3"], "sample.seed_ranges=3"),
     (["model=dit", "sample.reuse=true"], "sample.reuse=true needs model=fpdm"),
-    (["+hydra.callbacks.x._target_=os.system"], "hydra.callbacks.x._target_=os.system"),
+    (["+hydra.callbacks.x._target_=no_such_module.Callback"],  # a user callback that does not import
+     "hydra.callbacks.x._target_=no_such_module.Callback cannot be imported"),
 ]
 
 
