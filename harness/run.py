@@ -52,8 +52,8 @@ def task(cfg: DictConfig) -> float | tuple:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # a failed job is a record, not a crashed sweep
-        if isinstance(exc, SystemExit) and exc.code in (None, 0):
-            raise
+        if isinstance(exc, SystemExit) and (exc.code in (None, 0) or _interrupted(exc)):
+            raise  # requeued, or stopped by SIGINT/SIGTERM after its checkpoint: no record, rerun resumes
         log.error("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
         from harness.job import job_axes
 
@@ -92,6 +92,12 @@ def task(cfg: DictConfig) -> float | tuple:
         if not finite:
             _exit_failed(reason, path)
     return objective if finite else nan
+
+
+def _interrupted(exc: BaseException) -> bool:
+    from harness.train import Interrupted
+
+    return isinstance(exc, Interrupted)
 
 
 def _copy_grid(artifacts: dict, job_dir: Path) -> None:
@@ -140,7 +146,15 @@ def main() -> None:
     from harness.precheck import run_precheck_or_exit
 
     run_precheck_or_exit(sys.argv[1:], calling_file=__file__)
-    _hydra_main()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:  # Ctrl-C outside training (sampling, evaluation): cached stages rerun
+        print("interrupted (SIGINT); rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    except SystemExit as exc:
+        if _interrupted(exc):  # the whole sweep stops, not only the job in training
+            print(f"interrupted: {exc}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":
