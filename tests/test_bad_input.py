@@ -93,6 +93,8 @@ BAD = [
     (["model=dit", "sample.reuse=true"], "sample.reuse=true needs model=fpdm"),
     (["+hydra.callbacks.x._target_=no_such_module.Callback"],  # a user callback that does not import
      "hydra.callbacks.x._target_=no_such_module.Callback cannot be imported"),
+    (["-m", "--config-dir", "no_such_dir", "sweep=mine"], "--config-dir=no_such_dir is not a directory"),
+    (["-m", "sweep=mine"], "sweep/mine does not exist; valid sweep options"),  # a user sweep without its dir
 ]
 
 
