@@ -121,3 +121,25 @@ def test_a_record_is_loaded_with_project_targets_and_refused_with_a_foreign_one(
     check_loaded_targets({"hydra": {"sweeper": {"sampler": {"_target_": "optuna.samplers.TPESampler"}}}}, "x")
     with pytest.raises(ConfigError, match="builtins.eval"):
         check_loaded_targets({"a": {"_target_": "builtins.eval"}}, "cache/eval/k/complete.json")
+
+
+def test_report_callback_options_out_also_and_title(tmp_path):
+    """``reports.build.ReportCallback`` as a user callback: a second report, elsewhere, over this sweep
+    and an earlier one (the job tables list the jobs of both)."""
+    from omegaconf import OmegaConf
+    from report_fixtures import record, write_sweep
+
+    from reports.build import ReportCallback
+
+    now = write_sweep(tmp_path / "now", [record({"model": "dit", "budget_blocks": 12, "seed": 0}, {"fid": 1.0})])
+    old = write_sweep(tmp_path / "old", [record({"model": "dit", "budget_blocks": 24, "seed": 0}, {"fid": 2.0})])
+    out = tmp_path / "shared"
+    cb = ReportCallback(out=str(out), also=[str(old)], figures=False, title="now vs old")
+    path = cb.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(now)}}}))
+    assert path == out / "report.html" and "now vs old" in path.read_text()
+    assert not (now / "report.html").exists()  # only where it was asked to go
+    import pandas as pd
+
+    jobs = pd.read_csv(out / "tables" / "jobs.csv")
+    assert sorted(zip(jobs["sweep"], jobs["budget_blocks"])) == [("now", 12), ("old", 24)]  # both sweeps' jobs
+    assert ReportCallback(enabled=False).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(now)}}})) is None
