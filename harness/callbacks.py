@@ -10,10 +10,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from harness.io import atomic_write_json
+from reports.callback import ReportCallback
 
 log = logging.getLogger("harness.callbacks")
 
@@ -57,7 +57,11 @@ def merge_plan(path: Path, jobs: list[dict]) -> None:
         atomic_write_json(path, {"jobs": [j for j in old if j.get("job_id") not in new_ids] + jobs})
 
 
-class SweepReportCallback(Callback):
+class SweepReportCallback(ReportCallback):
+    """The app's default multirun callback: ``sweep_plan.json`` at the start, then the report
+    (``reports.build.ReportCallback``: its options, e.g. ``hydra.callbacks.sweep_report.figures=false``)
+    and the list of failed jobs at the end."""
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
@@ -72,14 +76,7 @@ class SweepReportCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.exists():
             return
-        try:
-            from reports.build import build_report
-
-            out = build_report([sweep_dir], sweep_dir)
-            log.info("report: %s", out)
-            print(f"report: {out}")
-        except Exception as exc:
-            log.error("report build failed for %s: %s: %s", sweep_dir, type(exc).__name__, exc)
+        super().on_multirun_end(config, **kwargs)
         _print_failures(sweep_dir)
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 import sys
 
-from hydra import compose, initialize_config_module
+from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from harness.config.targets import check_user_targets_import
 from harness.config.validate import ConfigError, check_output_dir, validate_config
 
 _HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
@@ -77,19 +78,66 @@ def _job_overrides(overrides: list[str], sweeper_params: dict | None) -> list[li
     return batch
 
 
-def precheck(argv: list[str], config_module: str = "harness.conf", config_name: str = "config") -> None:
-    """Raise ``ConfigError`` (one line) if any job of this command line is invalid."""
+def _flag(argv: list[str], names: tuple[str, ...]) -> str | None:
+    """The value of a Hydra flag given as ``--flag VALUE`` or ``--flag=VALUE`` (the last one wins)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg in names and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif "=" in arg and arg.split("=", 1)[0] in names:
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _init_search_path(argv: list[str], calling_file: str | None, config_module: str) -> None:
+    """Initialise Hydra on the search path ``@hydra.main`` builds for this command line: the app's
+    config directory (or ``--config-path``) plus ``--config-dir``, so a user's own ``sweep/*.yaml``
+    and ``hydra/launcher/*.yaml`` are found here exactly as Hydra finds them (``hydra.searchpath``
+    is an override: Hydra's compose applies it)."""
+    import os
+
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+
+    package, default_path = config_module.rsplit(".", 1)
+    config_path = _flag(argv, ("--config-path", "-cp")) or default_path
+    calling_module = None if calling_file is not None else f"{package}.run"
+    if calling_file is not None:  # Hydra: absolute, or relative to the app's file (not the cwd)
+        primary = os.path.join(os.path.dirname(os.path.realpath(calling_file)), config_path)
+        if not os.path.isdir(primary):
+            raise ConfigError(f"--config-path={config_path} is not a directory (a relative path starts at "
+                              f"{os.path.dirname(primary)}); give the absolute path of your config folder")
+    search_path = create_automatic_config_search_path(calling_file, calling_module, config_path)
+    config_dir = _flag(argv, ("--config-dir", "-cd"))
+    if config_dir is not None:
+        if not os.path.isdir(config_dir):
+            raise ConfigError(f"--config-dir={config_dir} is not a directory; give the folder that holds "
+                              "your sweep/ and hydra/launcher/ configs")
+        search_path.prepend(provider="command-line", path=f"file://{os.path.abspath(config_dir)}",
+                            anchor=SearchPathQuery(provider="schema"))
+    GlobalHydra.instance().clear()
+    Hydra.create_main_hydra2(task_name="run", config_search_path=search_path)
+
+
+def precheck(argv: list[str], config_module: str = "harness.conf", config_name: str = "config",
+             calling_file: str | None = None) -> None:
+    """Raise ``ConfigError`` (one line) if any job of this command line is invalid.
+
+    ``calling_file``: the file of the ``@hydra.main`` app (``harness/run.py``), whose directory
+    anchors a relative ``--config-path`` as in Hydra; None composes from ``config_module``."""
     multirun, overrides, info = split_argv(argv)
     if info:
         return
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module=config_module, version_base="1.3"):
+    config_name = _flag(argv, ("--config-name", "-cn")) or config_name
+    _init_search_path(argv, calling_file, config_module)
+    try:
         plain = [o for o in overrides if not _is_sweep(o)]
         try:
             base = compose(config_name=config_name, overrides=plain, return_hydra_config=True)
         except Exception as exc:
             raise ConfigError(one_line(exc)) from None
-        check_targets(base)
+        check_user_targets_import(base)  # any target the user names; see harness.config.targets
         sweeper_target = str(OmegaConf.select(base, "hydra.sweeper._target_") or "")
         if multirun and "BasicSweeper" in sweeper_target:
             params = OmegaConf.to_container(base.hydra.sweeper.params, resolve=False) if base.hydra.sweeper.get("params") else {}
@@ -109,31 +157,8 @@ def precheck(argv: list[str], config_module: str = "harness.conf", config_name: 
         check_comparisons(cfgs)  # a report baseline the sweep never runs
         out_key, out_dir = ("hydra.sweep.dir", base.hydra.sweep.dir) if multirun else ("hydra.run.dir", base.hydra.run.dir)
         check_output_dir(_static_prefix(str(out_dir)), out_key)
-    GlobalHydra.instance().clear()
-
-
-# What a user config may ask Hydra (callbacks, sweeper, launcher) or the Optuna sweeper (sampler)
-# to instantiate: the project's own classes, Hydra's plugins and Optuna's samplers, never an
-# arbitrary callable such as ``os.system``.
-ALLOWED_TARGET_PREFIXES = ("harness.", "hydra_plugins.", "hydra._internal.core_plugins.", "optuna.samplers.")
-
-
-def check_targets(cfg) -> None:
-    """Refuse any ``_target_`` outside ``ALLOWED_TARGET_PREFIXES`` anywhere in the composed config."""
-    def walk(node, path):
-        if isinstance(node, dict):
-            target = node.get("_target_")
-            if target is not None and not str(target).startswith(ALLOWED_TARGET_PREFIXES):
-                key = f"{path}._target_" if path else "_target_"
-                raise ConfigError(f"{key}={target} is not instantiable from a config: only targets under "
-                                  f"{', '.join(ALLOWED_TARGET_PREFIXES)} are allowed; remove the override")
-            for k, v in node.items():
-                walk(v, f"{path}.{k}" if path else str(k))
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                walk(v, f"{path}[{i}]")
-
-    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def _static_prefix(path: str) -> str:
@@ -151,11 +176,11 @@ def _is_sweep(override: str) -> bool:
     return "," in value or bool(re.match(r"^(range|choice|interval|glob|tag)\(", value))
 
 
-def run_precheck_or_exit(argv: list[str] | None = None) -> None:
+def run_precheck_or_exit(argv: list[str] | None = None, calling_file: str | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     debug = any(a in ("run.debug=true", "run.debug=True") for a in argv)
     try:
-        precheck(argv)
+        precheck(argv, calling_file=calling_file)
     except ConfigError as exc:
         if debug:
             raise

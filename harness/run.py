@@ -42,6 +42,8 @@ def task(cfg: DictConfig) -> float | tuple:
     job_id = job_dir.name
     overrides = list(hc.overrides.task)
     names = list(cfg.run.objective)
+    if cfg.get("sweep") is None and hc.runtime.choices.get("sweep"):  # a user's sweep/*.yaml (--config-dir)
+        cfg.sweep = hc.runtime.choices["sweep"]
     nan = _objective({}, names)
     common = dict(job_id=job_id, overrides=overrides, config=resolved_config(cfg))
     try:
@@ -50,8 +52,8 @@ def task(cfg: DictConfig) -> float | tuple:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # a failed job is a record, not a crashed sweep
-        if isinstance(exc, SystemExit) and exc.code in (None, 0):
-            raise
+        if isinstance(exc, SystemExit) and (exc.code in (None, 0) or _interrupted(exc)):
+            raise  # requeued, or stopped by SIGINT/SIGTERM after its checkpoint: no record, rerun resumes
         log.error("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
         from harness.job import job_axes
 
@@ -93,6 +95,12 @@ def task(cfg: DictConfig) -> float | tuple:
         if not finite:
             _exit_failed(reason, path)
     return objective if finite else nan
+
+
+def _interrupted(exc: BaseException) -> bool:
+    from harness.train import Interrupted
+
+    return isinstance(exc, Interrupted)
 
 
 def _copy_grid(artifacts: dict, job_dir: Path) -> None:
@@ -140,8 +148,16 @@ def _hydra_main(cfg: DictConfig):
 def main() -> None:
     from harness.precheck import run_precheck_or_exit
 
-    run_precheck_or_exit(sys.argv[1:])
-    _hydra_main()
+    run_precheck_or_exit(sys.argv[1:], calling_file=__file__)
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:  # Ctrl-C outside training (sampling, evaluation): cached stages rerun
+        print("interrupted (SIGINT); rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    except SystemExit as exc:
+        if _interrupted(exc):  # the whole sweep stops, not only the job in training
+            print(f"interrupted: {exc}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

@@ -81,11 +81,26 @@ class Preempted(SystemExit):
         return self.message
 
 
+class Interrupted(SystemExit):
+    """SIGINT / SIGTERM on a local run or sweep (no submitit handler to requeue): raised after the
+    checkpoint to stop the whole process with 128 + signal. ``harness.run`` writes no record for it,
+    so rerunning the same command resumes the job from its checkpoint."""
+
+    def __init__(self, signum: int, step: int | None = None):
+        super().__init__(128 + signum)
+        where = f"checkpointed at step {step}" if step is not None else "checkpointed"
+        self.message = f"{signal.Signals(signum).name}: {where}; rerun the same command to resume"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def _preempt_signals() -> tuple[str, ...]:
     # submitit's requeue handler listens to SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL names another;
-    # Slurm sends it signal_delay_s before the time limit and on pre-emption.
+    # Slurm sends it signal_delay_s before the time limit and on pre-emption. SIGINT (Ctrl-C) and
+    # SIGTERM (kill) of a local run checkpoint too, then stop the process (``Interrupted``).
     usr = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
-    return tuple(dict.fromkeys(("SIGUSR1", usr, "SIGTERM")))
+    return tuple(dict.fromkeys(("SIGUSR1", usr, "SIGTERM", "SIGINT")))
 
 
 class _SignalCheckpoint:
@@ -116,7 +131,7 @@ class _SignalCheckpoint:
         signum = int(all_reduce_values([float(self.pending or 0)], info, op="max")[0])
         return signum or None
 
-    def release(self, signum: int, info: DistInfo = DistInfo()) -> None:
+    def release(self, signum: int, info: DistInfo = DistInfo(), step: int | None = None) -> None:
         """Called after the checkpoint: deliver the signal to the previous handler. If that ends the
         process (or there is none) every rank ends; if it returns (submitit's SIGTERM bypass, or a
         non-zero rank) training goes on with these handlers re-armed."""
@@ -124,7 +139,10 @@ class _SignalCheckpoint:
         self.__exit__()
         prev = self.previous.get(signum)
         ending: BaseException | None = None
-        if callable(prev):
+        if signum in (signal.SIGINT, signal.SIGTERM) and prev in (None, signal.SIG_DFL, signal.SIG_IGN,
+                                                                 signal.default_int_handler):
+            ending = Interrupted(signum, step)  # local: nobody requeues, stop the whole process
+        elif callable(prev):
             try:
                 prev(signum, None)
             except SystemExit:  # submitit requeued the job and exits: a requeued run resumes
@@ -283,7 +301,7 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
             signum = signals.poll(info)
             if signum is not None:
                 save(state)
-                signals.release(signum, info)
+                signals.release(signum, info, step=state.step)
             if state.step % tc.ckpt_every == 0:
                 save(state)
     if bar is not None:

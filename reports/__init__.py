@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "build_report": "reports.build", "main": "reports.build", "ReportCallback": "reports.build",
+    "build_report": "reports.build", "main": "reports.build", "ReportCallback": "reports.callback",
     "collect": "reports.collect", "load_sweeps": "reports.collect", "SweepData": "reports.collect",
     "summary_markdown": "reports.render", "metrics_table": "reports.render", "render_html": "reports.render",
     "register_table": "reports.tables", "get_table": "reports.tables", "list_tables": "reports.tables",

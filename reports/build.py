@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
-from hydra.experimental.callback import Callback
 
+from reports.callback import ReportCallback  # noqa: F401  (the Hydra target reports.build.ReportCallback)
 from reports.collect import SweepData, load_sweeps, setting_axes
 from reports.export import latex_table, markdown_table
 from reports.figures import build_figures
@@ -151,26 +151,6 @@ def _build(dirs: list[Path], out_dir, title: str, with_figures: bool) -> tuple[P
     html_path = out / "report.html"
     atomic_write(html_path, render_html(content, title=title))
     return html_path, data
-
-
-class ReportCallback(Callback):
-    """Hydra callback: build the report at the end of every multirun (never fails the sweep).
-
-    Config: ``hydra.callbacks.report: {_target_: reports.build.ReportCallback, figures: true}``."""
-
-    def __init__(self, enabled: bool = True, figures: bool = True) -> None:
-        self.enabled, self.figures = enabled, figures
-
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        if not self.enabled:
-            return
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        try:
-            path = build_report([sweep_dir], figures=self.figures)
-            log.info("report written to %s", path)
-        except Exception as exc:  # a report bug must not turn finished jobs into a failed sweep
-            log.warning("report build failed for %s: %s (rebuild with: python -m reports.build %s)",
-                        sweep_dir, exc, sweep_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

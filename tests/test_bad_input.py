@@ -114,7 +114,6 @@ BAD = [
     (["protocol=paper", "model=dit_diffusers", "model.pretrained_path=dit_eps"],
      "diffusion.prediction_type=v_prediction (protocol=paper) but the weights"),
     (["protocol=official", "model=dit_diffusers", "model.pretrained_path=dit_bare"], "cannot be confirmed"),
-    (["+hydra.callbacks.x._target_=os.system"], "hydra.callbacks.x._target_=os.system"),
     # matched budgets that cannot be met: how close they get and the knob to move, before any compute
     (["sample.match=flops", "sample.budget=12", "sample.iters=1"],
      "10.91% below DiT's 20,414,464, more than sample.flops_tolerance=0.01"),
@@ -146,6 +145,10 @@ BAD = [
     (["-m", "model=fpdm", "sample.schedule=increasing,cosine"], "compare.schedule=constant is not in the sweep"),
     (["-m", "model=dit,fpdm", "compare.model=dit_diffusers"], "compare.model=dit_diffusers is not in the sweep"),
     (["-m", "model=fpdm", "model.pre_depth=0,2", "compare.depth=[1,1]"], "compare.depth=[1, 1]"),
+    (["+hydra.callbacks.x._target_=no_such_module.Callback"],  # a user callback that does not import
+     "hydra.callbacks.x._target_=no_such_module.Callback cannot be imported"),
+    (["-m", "--config-dir", "no_such_dir", "sweep=mine"], "--config-dir=no_such_dir is not a directory"),
+    (["-m", "sweep=mine"], "sweep/mine does not exist; valid sweep options"),  # a user sweep without its dir
 ]
 
 

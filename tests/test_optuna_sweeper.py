@@ -341,3 +341,57 @@ def test_rdb_study_reloads_and_direction_mismatch_is_an_error(toy, tmp_path):
     with pytest.raises(ValueError, match="direction"):  # the stored study is reloaded and checked
         sweep_inproc(toy, tmp_path / "b", db, "hydra.sweeper.n_trials=2",
                      "hydra.sweeper.direction=maximize", "y=1,2")
+
+
+# ----------------------------------------------------------------------------- stable storage, plan
+def test_storage_root_is_the_fixed_part_of_the_sweep_dir():
+    assert st.storage_root("multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}") == Path("multirun")
+    assert st.storage_root("/scratch/me/tune_${now:%H}/x") == Path("/scratch/me")
+    assert st.storage_root("/pinned/sweep") == Path("/pinned/sweep")
+    assert st.expand_spec("journal", "fpdm-tune") == "journal:optuna/fpdm-tune.journal"
+    assert st.expand_spec("memory", "x") is None and st.expand_spec(None, "x") is None
+    assert st.expand_spec("sqlite:///a.db", "x") == "sqlite:///a.db"
+
+
+def test_rerunning_the_same_command_tops_up_one_study_keyed_by_name(toy, tmp_path, capsys):
+    """Default storage: <fixed part of hydra.sweep.dir>/optuna/<study_name>.journal, so two runs of the
+    same command (two time-stamped sweep folders) share one study; run.plan=true then shows it."""
+    root = tmp_path / "multirun"
+    args = ["hydra.sweeper.sampler=random", "hydra.sweeper.seed=0", f"hydra.sweep.dir={root}/${{now:%H%M%S%f}}",
+            "+hydra.sweeper.params.x='interval(0,1)'", "y=range(1,4)"]
+    sweep_inproc(toy, tmp_path / "unused", *args, "hydra.sweeper.n_trials=2")
+    sweep_inproc(toy, tmp_path / "unused", *args, "hydra.sweeper.n_trials=3")
+    journal = root / "optuna" / "toy_objective.journal"
+    study = optuna.load_study(study_name="toy_objective", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert states(study) == [TrialState.COMPLETE] * 3  # topped up to 3, not 2 + 3
+    assert len([d for d in root.iterdir() if d.name != "optuna"]) == 2  # two time-stamped sweep folders
+
+    before = (journal.read_bytes(), sorted(p.name for p in root.iterdir()))
+    capsys.readouterr()
+    assert sweep_inproc(toy, tmp_path / "unused", *args, "hydra.sweeper.n_trials=5", "+run.plan=true") == []
+    out = capsys.readouterr().out
+    assert "[plan] Optuna study 'toy_objective': 3 trial(s) done of 5, a rerun tops up the same study" in out
+    assert f"storage: journal:{journal}" in out and "sampler: random (seed 0)" in out
+    assert "param x: float [0.0, 1.0]" in out and "param y: int [1, 3]" in out
+    assert (journal.read_bytes(), sorted(p.name for p in root.iterdir())) == before  # nothing touched
+    assert len(optuna.load_study(study_name="toy_objective",
+                                 storage=JournalStorage(JournalFileBackend(str(journal)))).trials) == 3
+
+    fresh = tmp_path / "fresh"
+    sweep_inproc(toy, tmp_path / "unused", *args[:2], f"hydra.sweep.dir={fresh}/${{now:%f}}", "y=range(1,4)",
+                 "hydra.sweeper.n_trials=4", "+run.plan=true")
+    assert "0 trial(s) done of 4, a new study" in capsys.readouterr().out
+    assert not fresh.exists()  # no journal, no sweep folder
+
+
+def test_the_tune_preset_plans_without_running_a_trial(tmp_path, run_cli):
+    proc = run_cli(["-m", "sweep=tune", "run.plan=true", f"paths.cache_dir={tmp_path / 'cache'}"],
+                   cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "[plan] Optuna study 'fpdm-tune': 0 trial(s) done of 12, a new study" in out
+    assert f"storage: journal:{tmp_path / 'multirun' / 'optuna' / 'fpdm-tune.journal'}" in out
+    for line in ("param sample.iters: int [1, 8]", "param solver: choice(picard, anderson)",
+                 "param sample.schedule: choice(constant, increasing, decreasing, cosine)"):
+        assert line in out
+    assert "Traceback" not in proc.stderr and os.listdir(tmp_path) == []  # no study, no sweep dir, no cache

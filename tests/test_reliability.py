@@ -379,13 +379,19 @@ def test_the_project_loads_weights_and_arrays_without_pickle():
     assert loads >= 2  # checkpoints and Inception weights
 
 
-def test_configs_cannot_instantiate_foreign_targets(tmp_path, run_cli):
+def test_a_record_naming_a_foreign_target_is_refused_before_anything_runs(tmp_path):
+    """The user may name any callback on their command line (tests/test_extending.py); a config the
+    project loads back from a record may only name the project's own classes."""
+    from harness.config.targets import trusted_config
+    from harness.config.validate import ConfigError
+
     marker = tmp_path / "pwned"
-    proc = run_cli(["+hydra.callbacks.evil._target_=os.system", f"+hydra.callbacks.evil.command='touch {marker}'"],
-                   cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2 and "hydra.callbacks.evil._target_=os.system" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert not marker.exists() and sorted(os.listdir(tmp_path)) == []
+    rec = tmp_path / "record.json"
+    rec.write_text(json.dumps({"config": {"hydra": {"callbacks": {"evil": {
+        "_target_": "os.system", "command": f"touch {marker}"}}}}}))
+    with pytest.raises(ConfigError, match="hydra.callbacks.evil._target_=os.system"):
+        trusted_config(rec)
+    assert not marker.exists()
 
 
 def test_sockets_are_blocked_here_and_in_subprocesses(offline_env):

@@ -7,10 +7,12 @@ class lives here and the config is stored under group ``hydra/sweeper``, name ``
 Usage (fields in ``config.py``)::
 
     python -m harness.run -m hydra/sweeper=optuna hydra.sweeper.n_trials=40 \
-        hydra.sweeper.storage=journal:optuna/journal.log \
         "+hydra.sweeper.params.lr='tag(log, interval(1e-4, 1e-1))'" "model=choice(dit,fpdm)"
 
-Rerunning the same command resumes the study and tops it up to ``n_trials``. For parallel
+The study is kept in ``<root>/optuna/<study_name>.journal`` (``<root>``: the fixed part of
+``hydra.sweep.dir``, ``multirun`` by default), so rerunning the same command resumes the study and
+tops it up to ``n_trials``; ``run.plan=true`` prints the search space and the trials already done
+and runs nothing. For parallel
 workers without batch barriers, start several such processes (e.g. one per Slurm task) with
 ``n_jobs=1``, the same storage/study_name and different seeds (or ``seed=null``); each asks until
 the study holds ``n_trials`` trials. Multi-objective: ``hydra.sweeper.sampler=nsgaii

@@ -28,9 +28,12 @@ class OptunaSweeperConf:
     direction: Any = "minimize"
     # None: the Hydra job name (the app name), so a rerun of the same command resumes the study.
     study_name: Optional[str] = None
-    # None (in memory) | "journal:PATH" (JournalStorage on a file; relative PATH resolves against
-    # hydra.sweep.dir) | an RDB URL such as "sqlite:///study.db" or "postgresql://...".
-    storage: Optional[str] = None
+    # "journal" (default): JournalStorage in <root>/optuna/<study_name>.journal, where <root> is the
+    # fixed part of hydra.sweep.dir before its first ${...} ("multirun" for the default
+    # multirun/${now:...}/${now:...}), so rerunning the same command tops up the same study |
+    # "journal:PATH" (relative PATH resolves against <root>) | an RDB URL such as
+    # "sqlite:///study.db" or "postgresql://..." | "memory" or null (a new study every run).
+    storage: Optional[str] = "journal"
     # TOTAL number of trials in the study (COMPLETE + FAIL + PRUNED, interrupted ones excluded):
     # a resumed or parallel sweep tops up to it. None is only valid for the grid sampler (the
     # whole grid).
@@ -54,3 +57,6 @@ class OptunaSweeperConf:
     # Export FPDM_OPTUNA_STUDY / FPDM_OPTUNA_TRIAL to each job (hydra.job.env_set), so the task
     # can record which trial it is.
     export_trial_env: bool = True
+    # A boolean key of the app's config (absent = false): when true the sweep prints its plan
+    # (search space, sampler, storage, trials already done) and runs no trial, touches no study.
+    plan_key: Optional[str] = "run.plan"

@@ -38,14 +38,39 @@ NOT_COUNTED = ("interrupted", "over_budget")
 _JOURNAL = "journal:"
 
 
-def resolve_storage(spec: Optional[str], sweep_dir: Union[str, Path]) -> Union[None, str, BaseStorage]:
-    """``None`` | ``journal:PATH`` (relative to ``sweep_dir``) | RDB URL -> Optuna storage."""
+def storage_root(sweep_dir_template: str) -> Path:
+    """Where relative journal paths live: the fixed folders of ``hydra.sweep.dir`` before the first
+    interpolation. ``multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}`` -> ``multirun``, so rerunning the
+    same command (a new time-stamped sweep folder) finds the same study; a pinned sweep dir is its
+    own root."""
+    parts = []
+    for part in Path(str(sweep_dir_template)).parts:
+        if "${" in part:
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def expand_spec(spec: Optional[str], study_name: str) -> Optional[str]:
+    """``journal`` (the default) -> ``journal:optuna/<study_name>.journal``; ``memory``/None/"" -> None."""
+    if spec is None or spec in ("", "memory"):
+        return None
+    if spec == "journal":
+        return f"{_JOURNAL}optuna/{study_name}.journal"
+    return spec
+
+
+def journal_path(spec: str, root: Union[str, Path]) -> Path:
+    path = Path(spec[len(_JOURNAL):]).expanduser()
+    return path if path.is_absolute() else Path(root) / path
+
+
+def resolve_storage(spec: Optional[str], root: Union[str, Path]) -> Union[None, str, BaseStorage]:
+    """``None`` | ``journal:PATH`` (relative to ``root``, see ``storage_root``) | RDB URL -> Optuna storage."""
     if spec is None or spec == "":
         return None
     if spec.startswith(_JOURNAL):
-        path = Path(spec[len(_JOURNAL):]).expanduser()
-        if not path.is_absolute():
-            path = Path(sweep_dir) / path
+        path = journal_path(spec, root)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" in spec:
@@ -56,18 +81,37 @@ def resolve_storage(spec: Optional[str], sweep_dir: Union[str, Path]) -> Union[N
     )
 
 
-def describe_storage(spec: Optional[str], sweep_dir: Union[str, Path]) -> Optional[str]:
+def describe_storage(spec: Optional[str], root: Union[str, Path]) -> Optional[str]:
     """The storage as written to study.json: journal paths made absolute, passwords hidden."""
     if not spec:
         return None
     if spec.startswith(_JOURNAL):
-        path = Path(spec[len(_JOURNAL):]).expanduser()
-        return _JOURNAL + str(path if path.is_absolute() else Path(sweep_dir) / path)
+        return _JOURNAL + str(journal_path(spec, root).absolute())
     head, sep, tail = spec.partition("://")
     if "@" in tail and ":" in tail.split("@", 1)[0]:
         user = tail.split("@", 1)[0].split(":", 1)[0]
         tail = f"{user}:***@{tail.split('@', 1)[1]}"
     return head + sep + tail
+
+
+def peek_trials(spec: Optional[str], root: Union[str, Path], study_name: str) -> Optional[List[FrozenTrial]]:
+    """The study's trials, read without creating anything (no journal file, no database, no study):
+    [] when there is no such study yet, None for in-memory storage."""
+    if not spec:
+        return None
+    if spec.startswith(_JOURNAL):
+        path = journal_path(spec, root)
+        if not path.is_file():
+            return []
+        storage: Union[str, BaseStorage] = JournalStorage(JournalFileBackend(str(path)))
+    elif spec.startswith("sqlite:///") and not Path(spec[len("sqlite:///"):]).is_file():
+        return []
+    else:
+        storage = spec
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+    except KeyError:  # no study of that name in the storage yet
+        return []
 
 
 def owner_attrs() -> dict:

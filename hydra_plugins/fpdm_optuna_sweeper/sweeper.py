@@ -72,7 +72,7 @@ class AskTellSweeper(Sweeper):
         seed: Optional[int] = None,
         direction: Any = "minimize",
         study_name: Optional[str] = None,
-        storage: Optional[str] = None,
+        storage: Optional[str] = "journal",
         n_trials: Optional[int] = None,
         n_jobs: int = 1,
         max_failure_rate: float = 0.25,
@@ -81,6 +81,7 @@ class AskTellSweeper(Sweeper):
         objective_key: Any = None,
         stale_after_s: float = 600.0,
         export_trial_env: bool = True,
+        plan_key: Optional[str] = "run.plan",
     ) -> None:
         if n_jobs < 1:
             raise ValueError(f"hydra.sweeper.n_jobs={n_jobs}: must be >= 1")
@@ -95,6 +96,7 @@ class AskTellSweeper(Sweeper):
         self.params = _plain(params) or {}
         self.custom_search_space, self.objective_key = custom_search_space, _plain(objective_key)
         self.stale_after_s, self.export_trial_env = float(stale_after_s), export_trial_env
+        self.plan_key = plan_key
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.launcher = None
@@ -105,14 +107,24 @@ class AskTellSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        # relative journals live under the fixed part of the sweep dir, not the time-stamped folder
+        template = OmegaConf.to_container(config.hydra.sweep, resolve=False)["dir"]
+        self.storage_root = st.storage_root(str(template))
+
+    def _study_name(self) -> str:
+        assert self.config is not None
+        return self.study_name or str(self.config.hydra.job.name)
+
+    def _storage(self) -> Optional[str]:
+        """The storage spec with the default ``journal`` expanded to the study's own file."""
+        return st.expand_spec(self.storage_spec, self._study_name())
 
     # ---------------------------------------------------------------- study
     def _open_study(self, space: Any) -> Tuple[optuna.Study, int]:
-        assert self.config is not None
-        name = self.study_name or str(self.config.hydra.job.name)
+        name = self._study_name()
         study = optuna.create_study(
             study_name=name,
-            storage=st.resolve_storage(self.storage_spec, self.sweep_dir),
+            storage=st.resolve_storage(self._storage(), self.storage_root),
             directions=self.directions,
             load_if_exists=True,
         )
@@ -138,7 +150,7 @@ class AskTellSweeper(Sweeper):
 
     def _info(self, n_trials: int, study: optuna.Study) -> Dict[str, Any]:
         return {
-            "storage": st.describe_storage(self.storage_spec, self.sweep_dir),
+            "storage": st.describe_storage(self._storage(), self.storage_root),
             "n_trials": n_trials,
             "n_jobs": self.n_jobs,
             "max_failure_rate": self.max_failure_rate,
@@ -244,6 +256,19 @@ class AskTellSweeper(Sweeper):
             )
 
     # ---------------------------------------------------------------- sweep
+    def _print_plan(self, space: Any) -> None:
+        """What the sweep would run (``plan_key`` true): no study, journal or sweep dir is created."""
+        from .plan import plan_lines
+
+        spec = self._storage()
+        name = self._study_name()
+        lines = plan_lines(study_name=name, space=space, custom=self.custom_search_space,
+                           sampler=self.sampler_spec, seed=self.seed, directions=self.directions,
+                           n_trials=self.n_trials, n_jobs=self.n_jobs,
+                           storage=st.describe_storage(spec, self.storage_root),
+                           trials=st.peek_trials(spec, self.storage_root, name))
+        print("\n".join(lines), flush=True)
+
     def sweep(self, arguments: List[str]) -> List[FrozenTrial]:
         assert self.config is not None
         space = parse_search_space(self.params, arguments)
@@ -255,6 +280,9 @@ class AskTellSweeper(Sweeper):
                 "The Optuna sweeper has no search space: set hydra.sweeper.params, "
                 "hydra.sweeper.custom_search_space or pass sweep overrides (x=choice(1,2))"
             )
+        if self.plan_key and OmegaConf.select(self.config, self.plan_key, default=False):
+            self._print_plan(space)
+            return []
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         # Atomic: several sweeper processes sharing a study may share the sweep dir too.
         atomic_write_text(self.sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
