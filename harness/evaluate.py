@@ -57,6 +57,7 @@ def _add_evidence(out: dict, keep: dict, images, reference, cfg, work_dir: Path,
     """Features kept for reports, the noise floor and bootstrap interval, under both rulers
     (harness.metrics.evidence)."""
     from harness.metrics import compute_metrics
+    from harness.metrics.choice import extractor_name
     from harness.metrics.evidence import ruler_evidence, second_ruler, store_features
 
     mc = cfg.metrics

@@ -95,11 +95,11 @@ def test_readme_report_rebuild_on_fixture_records(command, tmp_path, offline_env
 
 
 @pytest.mark.parametrize("command", _params(MAIN))
-def test_readme_main_job_plans_its_24_jobs(command, tmp_path, offline_env):
+def test_readme_main_job_plans_its_30_jobs(command, tmp_path, offline_env):
     proc = _run(command, ["run.plan=true", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.cache_dir={tmp_path / 'c'}"],
                 tmp_path, offline_env)
     plans = [ln for ln in proc.stdout.splitlines() if ln.startswith("[plan] ")]
-    assert len(plans) == 24 and all("to run" in ln for ln in plans), proc.stdout[-2000:]
+    assert len(plans) == 30 and all("to run" in ln for ln in plans), proc.stdout[-2000:]
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.safetensors"))  # nothing trained
 
 
@@ -110,7 +110,7 @@ def test_readme_main_job_runs_at_toy_size(command, tmp_path, offline_env, fast_o
     toy = [o for o in fast_overrides_for(tmp_path) if not o.startswith("sample.steps=")]  # budgets set the steps
     _run(command, toy, tmp_path, offline_env, timeout=1700)
     sweep = tmp_path / "sweep"
-    assert len(list(sweep.glob("*/record.json"))) == 24
+    assert len(list(sweep.glob("*/record.json"))) == 30
     assert (sweep / "report.html").is_file() and list((sweep / "figures").glob("*.png"))
 
 

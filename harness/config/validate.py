@@ -255,12 +255,13 @@ def _flop_match_on_meta(cfg) -> dict | None:
         return {}
     import torch
 
-    from harness.inspect import _data_shape
+    from harness.data.shape import input_shape
     from harness.models import build_model
     from harness.plan import flop_match_inputs
 
     try:
-        channels, size, classes = _data_shape(cfg)
+        shape = input_shape(cfg.data)
+        channels, size, classes = shape.channels, shape.image_size, shape.num_classes
     except Exception:  # noqa: BLE001 - a missing or unreadable data set is reported by the data check
         return None
     with torch.device("meta"):
