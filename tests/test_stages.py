@@ -10,14 +10,14 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from harness.budget import plan_fpdm
-from harness.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from harness.compute.budget import plan_fpdm
+from harness.stages.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from harness.config.schema import Config, PicardSolverConfig
 from harness.data import build_dataset
-from harness.job import diffusion_spec
-from harness.models import build_model
-from harness.sample import sample_model
-from harness.train import global_batch_indices, train_model
+from harness.stages.job import diffusion_spec
+from harness.stages.models import build_model
+from harness.stages.sample import sample_model
+from harness.stages.train import global_batch_indices, train_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -130,7 +130,7 @@ def test_existing_shards_are_skipped(tmp_path, data):
 
 
 def test_paper_scale_memory_estimate_reports_the_ratio():
-    from harness.memory import PAPER_TRAIN_MEMORY_GB, paper_scale_estimate
+    from harness.compute.memory import PAPER_TRAIN_MEMORY_GB, paper_scale_estimate
 
     t0 = time.perf_counter()
     est = paper_scale_estimate(with_grad_iters=6)

@@ -64,7 +64,7 @@ def _run(cfg) -> None:
 
 @check
 def _diffusion(cfg) -> None:
-    from harness.job import diffusion_spec
+    from harness.stages.job import diffusion_spec
 
     try:
         diffusion_spec(cfg)
@@ -75,7 +75,7 @@ def _diffusion(cfg) -> None:
 @check
 def _model(cfg) -> None:
     from baselines.presets import get_preset, list_presets
-    from harness.models import list_models
+    from harness.stages.models import list_models
 
     m = cfg.model
     _choice("model.name", m.name, list_models())
@@ -141,9 +141,9 @@ def _train(cfg) -> None:
 @check
 def _sample(cfg) -> None:
     from fpdm.schedules import list_schedules
-    from harness.budget import BudgetError
+    from harness.compute.budget import BudgetError
     from harness.diffusion import list_samplers
-    from harness.plan import sampling_plan
+    from harness.compute.plan import sampling_plan
 
     s = cfg.sample
     _choice("sample.sampler", s.sampler, list_samplers())

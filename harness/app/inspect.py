@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_module
 
 import harness.config  # noqa: F401
 from harness.config.validate import ConfigError, validate_config
-from harness.precheck import one_line
+from harness.app.precheck import one_line
 
 
 def _data_shape(cfg) -> tuple[int, int, int]:
@@ -32,10 +32,10 @@ def _data_shape(cfg) -> tuple[int, int, int]:
 
 
 def inspect_config(cfg) -> dict:
-    from harness.accounting import flop_breakdown, params_by_part, sampling_flops
-    from harness.memory import estimate_training_memory
-    from harness.models import build_model
-    from harness.plan import sampling_plan
+    from harness.compute.flops import flop_breakdown, params_by_part, sampling_flops
+    from harness.compute.memory import estimate_training_memory
+    from harness.stages.models import build_model
+    from harness.compute.plan import sampling_plan
 
     channels, size, classes = _data_shape(cfg)
     with torch.device("meta"):
@@ -47,7 +47,7 @@ def inspect_config(cfg) -> dict:
     flops = flop_breakdown(model, size, iters)
     dit_flops = None
     if cfg.sample.match == "flops" and model.is_implicit:
-        from harness.job import _dit_flops_per_forward
+        from harness.stages.job import _dit_flops_per_forward
 
         dit_flops = _dit_flops_per_forward(cfg, type("D", (), {"image_size": size, "channels": channels,
                                                                 "num_classes": classes})())
@@ -95,7 +95,7 @@ def _text(info: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        with initialize_config_module(config_module="harness.conf", version_base="1.3"):
+        with initialize_config_module(config_module="harness.config", version_base="1.3"):
             try:
                 cfg = compose(config_name="config", overrides=argv)
             except Exception as exc:

@@ -77,7 +77,7 @@ def _job_overrides(overrides: list[str], sweeper_params: dict | None) -> list[li
     return batch
 
 
-def precheck(argv: list[str], config_module: str = "harness.conf", config_name: str = "config") -> None:
+def precheck(argv: list[str], config_module: str = "harness.config", config_name: str = "config") -> None:
     """Raise ``ConfigError`` (one line) if any job of this command line is invalid."""
     multirun, overrides, info = split_argv(argv)
     if info:

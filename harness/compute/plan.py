@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from baselines.presets import get_preset
-from harness.budget import SamplingPlan, plan_from_sample_config, plan_fpdm_flops
-from harness.cache import config_hash
+from harness.compute.budget import SamplingPlan, plan_from_sample_config, plan_fpdm_flops
+from harness.stages.cache import config_hash
 
 # keys that change how a stage runs but not what it produces
 _TRAIN_RUNTIME_KEYS = ("resume", "log_every", "ckpt_every")

@@ -1,6 +1,6 @@
 """One job = one point of a sweep: train (cached), sample (cached), evaluate (cached), record.
 
-Each stage works in its content-addressed cache directory under a file lock (``harness.cache``),
+Each stage works in its content-addressed cache directory under a file lock (``harness.stages.cache``),
 so concurrent jobs that need the same checkpoint train it once and a re-run sweep only reads
 ``complete.json`` markers. The record of the job is written by the caller (``harness.run``),
 which also turns any exception into a ``failed`` record.
@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from harness.cache import ArtifactCache
-from harness.plan import StageKeys, sampling_plan, stage_keys
+from harness.stages.cache import ArtifactCache
+from harness.compute.plan import StageKeys, sampling_plan, stage_keys
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,7 +76,7 @@ def job_axes(cfg, plan=None) -> dict:
 
 
 def _build(cfg, data):
-    from harness.models import build_model
+    from harness.stages.models import build_model
 
     # The initial weights are part of the train artifact, whose cache key hashes train.seed: draw
     # them from train.seed, not from whatever the global RNG holds after earlier jobs in this process.
@@ -94,9 +94,9 @@ def _load_weights(model, path: Path) -> None:
 
 def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult:
     """Run (or, with ``plan_only``, only inspect) the stages of one job."""
-    from harness.accounting import flop_breakdown, params_by_part
+    from harness.compute.flops import flop_breakdown, params_by_part
     from harness.data import build_dataset
-    from harness.distributed import broadcast_flag, setup_distributed
+    from harness.runtime.distributed import broadcast_flag, setup_distributed
 
     device = resolve_device(cfg.run.device)
     if cfg.run.threads:
@@ -129,7 +129,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
             if broadcast_flag(not cache.is_complete("train", keys.train), info):
                 if "train" not in stages:
                     raise RuntimeError(f"the train stage is not cached (key {keys.train}) and run.stages excludes it")
-                from harness.train import train_model
+                from harness.stages.train import train_model
 
                 summary = train_model(model, data, spec, cfg, train_dir, device, info, progress)
                 if info.is_main:
@@ -159,7 +159,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
         return result
     with cache.lock("sample", keys.sample) as sample_dir:
         if not cache.is_complete("sample", keys.sample):
-            from harness.sample import sample_model
+            from harness.stages.sample import sample_model
 
             summary = sample_model(model, data, spec, cfg, plan, sample_dir, device, progress)
             cache.mark_complete("sample", keys.sample, summary)
@@ -176,7 +176,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
         return result
     with cache.lock("eval", keys.eval) as eval_dir:
         if not cache.is_complete("eval", keys.eval):
-            from harness.evaluate import evaluate_samples
+            from harness.stages.evaluate import evaluate_samples
 
             metrics = evaluate_samples(sample_dir / "samples.npz", data, cfg, eval_dir)
             cache.mark_complete("eval", keys.eval, metrics)
@@ -185,7 +185,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
             result.stage_status["evaluate"] = "cached"
         eval_metrics = cache.read_complete("eval", keys.eval)
     result.protocol = eval_metrics.pop("protocol", {})
-    from harness.memory import peak_rss_bytes
+    from harness.compute.memory import peak_rss_bytes
 
     result.metrics["peak_rss_bytes"] = peak_rss_bytes()  # of the job's process (a sweep shares one)
     result.metrics.update({k: v for k, v in eval_metrics.items() if not isinstance(v, (dict, list, str))})
@@ -195,7 +195,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
 def _dit_flops_per_forward(cfg, data) -> float:
     """FLOPs of one forward of the DiT of the same preset (meta device: nothing is allocated)."""
     from baselines.dit import build_dit
-    from harness.accounting import count_flops
+    from harness.compute.flops import count_flops
 
     with torch.device("meta"):
         dit = build_dit(cfg.model.preset, input_size=data.image_size, in_channels=data.channels,

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.accounting import flop_breakdown, sampling_flops
-from harness.io import atomic_write
-from harness.memory import cuda_peak
+from harness.compute.flops import flop_breakdown, sampling_flops
+from harness.runtime.io import atomic_write
+from harness.compute.memory import cuda_peak
 
 SHARD_PREFIX = "shard-"
 
