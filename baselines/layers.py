@@ -84,7 +84,7 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)
 
 
-# Module-level so that memory estimates can model a fused kernel's saved tensors (harness.memory).
+# Module-level so that memory estimates can model a fused kernel's saved tensors (harness.compute.memory).
 sdpa = F.scaled_dot_product_attention
 
 

@@ -24,7 +24,7 @@ from fpdm.model import build_fpdm
 from fpdm.training_modes import ImplicitTrainSpec
 from harness.diffusion import training_loss
 from harness.diffusion.spec import DiffusionSpec
-from harness.memory import saved_tensor_bytes
+from harness.compute.memory import saved_tensor_bytes
 
 REFERENCE = {"dit": (1.7, 0.56), "fpdm": (1.55, 0.71)}
 

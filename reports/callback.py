@@ -17,7 +17,7 @@ log = logging.getLogger("reports.build")
 class ReportCallback(Callback):
     """Hydra callback: build the report at the end of every multirun (never fails the sweep).
 
-    The app's default callback (``harness.callbacks.SweepReportCallback``) is this one plus the
+    The app's default callback (``harness.app.callbacks.SweepReportCallback``) is this one plus the
     sweep plan. Add your own, e.g. a second report that compares this sweep with earlier ones in a
     shared folder (docs/extending.md)::
 

@@ -1,6 +1,6 @@
 """Rows that are one artifact are one row: jobs whose evaluation cache key (``key_eval``) is the
 same sampled the same images (their sample keys hash the integer plan, not the schedule's name,
-``harness.plan``), so the report shows them once, naming every setting that produced them, e.g.
+``harness.compute.plan``), so the report shows them once, naming every setting that produced them, e.g.
 schedule ``cosine = increasing`` when both expand to the same per-step iterations.
 
 Also the schedule directions a report states beside any table over ``schedule`` (``fpdm.schedules``,

@@ -172,12 +172,12 @@ def hydra_app():
     from hydra._internal.hydra import Hydra
     from hydra.core.global_hydra import GlobalHydra
 
-    import harness.run as app
+    import harness.app.run as app
 
     def run(overrides, multirun: bool = False):
         GlobalHydra.instance().clear()
-        hydra_ = Hydra.create_main_hydra_file_or_module(calling_file=None, calling_module="harness.run",
-                                                        config_path="conf", job_name="run")
+        hydra_ = Hydra.create_main_hydra_file_or_module(calling_file=None, calling_module="harness.app.run",
+                                                        config_path="pkg://harness.config", job_name="run")
         try:
             if multirun:  # the CLI's -m sets hydra.mode; Hydra.multirun alone does not
                 return hydra_.multirun(config_name="config", task_function=app.task,

@@ -1,4 +1,4 @@
-"""Fixture sweeps for the report tests: job records written the way harness/records.py lays them out
+"""Fixture sweeps for the report tests: job records written the way harness/stages/records.py lays them out
 (docs/architecture.md "Job record"), with ok, failed and missing jobs, solver traces, sample grids and
 an Optuna study. FIDs follow a closed-form rule so tests can state the expected table values."""
 from __future__ import annotations

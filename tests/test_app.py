@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from harness.config import list_sweeps
 from harness.config.validate import validate_config
-from harness.precheck import _job_overrides, precheck
+from harness.app.precheck import _job_overrides, precheck
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -45,7 +45,7 @@ def returns_by_job(returns) -> dict[str, object]:
 def compose_cfg():
     def _compose(overrides):
         GlobalHydra.instance().clear()
-        with initialize_config_module(config_module="harness.conf", version_base="1.3"):
+        with initialize_config_module(config_module="harness.config", version_base="1.3"):
             return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
 
     yield _compose
@@ -68,7 +68,7 @@ def _image_folder(root: Path) -> Path:
 def test_every_group_option_composes_validates_and_instantiates(group, option, tmp_path, compose_cfg):
     from fpdm.solvers import make_solver
     from harness.data import build_dataset
-    from harness.job import _build
+    from harness.stages.job import _build
 
     # photos are scored with Inception (weights needed); this test stops before scoring
     extra = ([f"data.root={_image_folder(tmp_path / 'img')}", "run.stages=[train,sample]"]
@@ -92,7 +92,7 @@ def test_the_remaining_options_compose_and_the_callback_instantiates(tmp_path, c
     """dit_diffusers and latents need local files to build; they compose and name what is missing."""
     from hydra.utils import instantiate
 
-    from harness.callbacks import SweepReportCallback
+    from harness.app.callbacks import SweepReportCallback
     from harness.config.validate import ConfigError
 
     cfg = compose_cfg(["model=dit_diffusers", "data=latents"])

@@ -8,16 +8,16 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from harness.config.validate import validate_config
-from harness.job import job_axes
-from harness.plan import sampling_plan, stage_keys
-from harness.precheck import _job_overrides, precheck
+from harness.stages.job import job_axes
+from harness.compute.plan import sampling_plan, stage_keys
+from harness.app.precheck import _job_overrides, precheck
 
 
 @pytest.fixture
 def jobs():
     def expand(overrides):
         GlobalHydra.instance().clear()
-        with initialize_config_module(config_module="harness.conf", version_base="1.3"):
+        with initialize_config_module(config_module="harness.config", version_base="1.3"):
             cfgs = [compose(config_name="config", overrides=list(job)) for job in _job_overrides(overrides, {})]
         GlobalHydra.instance().clear()
         return cfgs

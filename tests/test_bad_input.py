@@ -19,9 +19,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
+from harness.stages.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
 from harness.config.validate import ConfigError
-from harness.precheck import precheck
+from harness.app.precheck import precheck
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -214,7 +214,7 @@ def test_run_debug_shows_the_traceback(inputs, run_cli):
 
 # ----------------------------------------------------------------------------- checkpoints
 def _good_checkpoint(d: Path, step: int) -> Path:
-    from harness.checkpoint import save_checkpoint
+    from harness.stages.checkpoint import save_checkpoint
 
     return save_checkpoint(d, step, {"model": {"w": torch.arange(4.0) + step}})
 
@@ -290,7 +290,7 @@ def test_generated_overrides_either_plan_or_fail_cleanly(choice, tmp_path, monke
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from harness.job import run_job
+    from harness.stages.job import run_job
 
     monkeypatch.chdir(tmp_path)
     argv = [f"{k}={VALUES[k][i % len(VALUES[k])]}" for k, i in choice.items()]
@@ -305,7 +305,7 @@ def test_generated_overrides_either_plan_or_fail_cleanly(choice, tmp_path, monke
         assert sorted(os.listdir(tmp_path)) == before
         return
     GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="harness.conf", version_base="1.3"):
+    with initialize_config_module(config_module="harness.config", version_base="1.3"):
         cfg = compose(config_name="config", overrides=argv)
     GlobalHydra.instance().clear()
     result = run_job(cfg, progress=False, plan_only=True)  # what would run, without running it
@@ -373,8 +373,8 @@ LOAD_BAD = [
 
 @pytest.mark.parametrize("make,extra,fragment", LOAD_BAD, ids=[f for _, _, f in LOAD_BAD])
 def test_sampling_a_bad_trained_job_gives_one_line(make, extra, fragment, tmp_path, monkeypatch, capsys):
-    from harness.loading import LoadError, resolve_source
-    from harness.sample_cli import main
+    from harness.stages.loading import LoadError, resolve_source
+    from harness.app.sample import main
 
     monkeypatch.chdir(tmp_path)
     path = make(tmp_path)

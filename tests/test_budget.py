@@ -1,11 +1,11 @@
-"""Budget math (harness/budget.py): paper examples (paper-facts 4.1, 8.2, footnote 4), exact
+"""Budget math (harness/compute/budget.py): paper examples (paper-facts 4.1, 8.2, footnote 4), exact
 budget properties, FLOP matching, and error messages naming the config keys."""
 import dataclasses
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from harness.budget import (
+from harness.compute.budget import (
     BudgetError, SamplingPlan, dit_flops_budget, list_planners, plan_dit, plan_fpdm,
     plan_fpdm_flops, plan_from_sample_config, sampling_block_passes,
 )

@@ -1,7 +1,7 @@
 """Data-parallel training on CPU (gloo), initialised from torchrun's variables.
 
 2 processes at global batch 16 (8 per rank) must log the same per-step losses and end with the
-same weights as 1 process at global batch 16 (harness/train.py, harness/distributed.py), and a
+same weights as 1 process at global batch 16 (harness/stages/train.py, harness/runtime/distributed.py), and a
 signal that reaches only one rank must make both checkpoint at the same step and leave together.
 Each rank is this file run as a script (``python tests/test_ddp.py RANK WORLD PORT DIR [BUDGET]``).
 """
@@ -30,14 +30,14 @@ def _worker(rank: int, world: int, port: int, out: Path, steps: int) -> None:
 
     import harness.config  # noqa: F401  (fills the ConfigStore)
     from harness.data import build_dataset
-    from harness.distributed import setup_distributed
-    from harness.job import _build, diffusion_spec
-    from harness.train import train_model
+    from harness.runtime.distributed import setup_distributed
+    from harness.stages.job import _build, diffusion_spec
+    from harness.stages.train import train_model
 
     if world > 1:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    with initialize_config_module("harness.conf", version_base="1.3"):
+    with initialize_config_module("harness.config", version_base="1.3"):
         cfg = compose("config", overrides=[*OVERRIDES, f"train.budget.value={steps}"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -12,7 +12,7 @@ from hydra import compose
 
 from harness.config.targets import check_loaded_targets, trusted_config
 from harness.config.validate import ConfigError
-from harness.precheck import _init_search_path, precheck
+from harness.app.precheck import _init_search_path, precheck
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -70,7 +70,7 @@ def test_user_primary_config_via_config_path_and_searchpath(tmp_path, user_dir, 
     primary.mkdir()
     (primary / "myconfig.yaml").write_text(
         "defaults:\n  - config\n  - _self_\n"
-        f"hydra:\n  searchpath:\n    - pkg://harness.conf\n    - file://{user_dir}\n"
+        f"hydra:\n  searchpath:\n    - pkg://harness.config\n    - file://{user_dir}\n"
         "sample:\n  iters: 2\n")
     proc = run_cli(["-m", "--config-path", primary, "--config-name", "myconfig", "sweep=mine",
                     "run.plan=true", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.cache_dir={tmp_path / 'cache'}"],
@@ -85,7 +85,7 @@ def test_user_primary_config_via_config_path_and_searchpath(tmp_path, user_dir, 
 def test_searchpath_override_and_a_cluster_profile_of_ones_own_compose(tmp_path, user_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     precheck(["-m", f"hydra.searchpath=[file://{user_dir}]", "sweep=mine", "hydra/launcher=mycluster"])
-    _init_search_path(["--config-dir", str(user_dir)], None, "harness.conf")
+    _init_search_path(["--config-dir", str(user_dir)], None, "harness.config")
     cfg = compose("config", overrides=["sweep=mine", "hydra/launcher=mycluster"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")  # the project's slurm_cpu underneath

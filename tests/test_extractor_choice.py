@@ -9,14 +9,14 @@ from hydra.core.global_hydra import GlobalHydra
 
 import harness.config  # noqa: F401  (fills the ConfigStore)
 from harness.metrics.choice import extractor_misfit, extractor_name
-from harness.plan import stage_keys
+from harness.compute.plan import stage_keys
 
 
 @pytest.fixture
 def cfg_of():
     def compose_(overrides):
         GlobalHydra.instance().clear()
-        with initialize_config_module(config_module="harness.conf", version_base="1.3"):
+        with initialize_config_module(config_module="harness.config", version_base="1.3"):
             return compose(config_name="config", overrides=list(overrides))
 
     yield compose_

@@ -1,4 +1,4 @@
-"""One FLOP count (harness/flops.py) against closed forms derived by hand, independent of the code.
+"""One FLOP count (harness/compute/flops.py) against closed forms derived by hand, independent of the code.
 
 Convention: 2 FLOPs per multiply-add of the matrix products (linear, patch conv, attention);
 elementwise ops not counted. With N tokens of width D, MLP ratio 4, one adaLN-Zero block is
@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 
 from baselines.dit import build_dit
 from fpdm.model import build_fpdm
-from harness.budget import plan_dit, plan_fpdm
+from harness.compute.budget import plan_dit, plan_fpdm
 from harness.config.schema import Config, PicardSolverConfig
-from harness.flops import dit_flops_per_forward, flop_breakdown
+from harness.compute.flops import dit_flops_per_forward, flop_breakdown
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,9 +115,9 @@ def test_tiny_totals_by_hand():
 
 @pytest.mark.parametrize("kind", ["fpdm", "dit"])
 def test_sample_stage_records_the_plans_passes_and_flops(kind, data, tmp_path):
-    from harness.job import diffusion_spec
-    from harness.models import build_model
-    from harness.sample import sample_model
+    from harness.stages.job import diffusion_spec
+    from harness.stages.models import build_model
+    from harness.stages.sample import sample_model
 
     cfg = _cfg(**{"model.name": kind})
     model = build_model(cfg.model, cfg.train, image_size=8, channels=1, num_classes=data.num_classes)
@@ -132,8 +132,8 @@ def test_sample_stage_records_the_plans_passes_and_flops(kind, data, tmp_path):
 
 
 def test_flop_matched_plan_uses_the_same_count_on_both_sides():
-    from harness.models import build_model
-    from harness.plan import flop_match_inputs, sampling_plan
+    from harness.stages.models import build_model
+    from harness.compute.plan import flop_match_inputs, sampling_plan
 
     cfg = _cfg(**{"sample.match": "flops", "sample.budget": 120, "sample.iters": 2})
     model = build_model(cfg.model, cfg.train, image_size=8, channels=1, num_classes=10)

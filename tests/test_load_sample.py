@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.checkpoint import latest_checkpoint, load_checkpoint
+from harness.stages.checkpoint import latest_checkpoint, load_checkpoint
 from harness.models import load
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,7 +65,7 @@ def test_sample_cli_writes_the_requested_images_and_a_grid(trained, offline_env,
 
     # in process, default output beside the record: image i depends on its seed alone, so the
     # first 8 images of a smaller run are the same images
-    from harness.sample_cli import main
+    from harness.app.sample import main
 
     assert main([str(trained["run"]), "sample.num_images=8", *args[2:-1]]) == 0
     (default,) = trained["run"].glob("samples-*/samples.npz")
@@ -74,7 +74,7 @@ def test_sample_cli_writes_the_requested_images_and_a_grid(trained, offline_env,
 
 
 def test_sample_cli_refuses_an_output_dir_of_other_settings(trained, tmp_path, capsys):
-    from harness.sample_cli import main
+    from harness.app.sample import main
 
     base = [str(trained["train_dir"]), "sample.num_images=4", "sample.batch_size=4", "sample.steps=2",
             "run.progress=false", f"out={tmp_path}"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.memory_estimate import (
+from harness.compute.memory_estimate import (
     MemoryAssumptions,
     estimate_training_memory,
     with_grad_iterations,
@@ -40,7 +40,7 @@ def _model(name, **spec):
 
     from fpdm.training_modes import ImplicitTrainSpec
     from harness.config.schema import Config
-    from harness.models import build_model
+    from harness.stages.models import build_model
 
     cfg = OmegaConf.structured(Config)
     cfg.model.name = name
@@ -98,7 +98,7 @@ def test_with_grad_iterations_per_method(method, expected):
 
 
 def test_paper_scale_estimate_states_assumptions_and_both_m():
-    from harness.memory import paper_scale_estimate
+    from harness.compute.memory import paper_scale_estimate
 
     est = paper_scale_estimate()
     dit, fpdm = est["dit"], est["fpdm"]

@@ -10,8 +10,9 @@ from baselines.presets import get_preset, list_presets
 from fpdm.model import FPDM, build_fpdm
 from fpdm.reuse import WarmStart
 from fpdm.training_modes import ImplicitTrainSpec, get_training_mode, list_training_modes
-from harness.accounting import flop_breakdown, params_by_part
-from harness.memory import saved_tensor_bytes
+from harness.compute.flops import flop_breakdown
+from harness.compute.params import params_by_part
+from harness.compute.memory import saved_tensor_bytes
 
 
 def n_params(model: nn.Module) -> int:

@@ -12,15 +12,15 @@ from hydra import compose, initialize_config_module
 import harness.config  # noqa: F401  (fills the ConfigStore)
 from harness.config import list_sweeps
 from harness.config.schema import Config
-from harness.job import job_axes
-from harness.protocol import protocol_deviations, protocol_label
-from harness.train import ema_decay_at
+from harness.stages.job import job_axes
+from harness.config.protocol import protocol_deviations, protocol_label
+from harness.stages.train import ema_decay_at
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
 
 def _cfg(*overrides):
-    with initialize_config_module("harness.conf", version_base="1.3"):
+    with initialize_config_module("harness.config", version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
 
@@ -95,9 +95,9 @@ def test_train_ema_holds_decay_power_of_the_init(warmup, tmp_path, monkeypatch):
     """After n real training steps the EMA equals prod(d_k) * theta_0 + sum_k (1 - d_k) prod_{j>k} d_j
     * theta_k, computed here by hand from the weights after each step; without warm-up the
     coefficient of the initial weights is decay**n exactly."""
-    import harness.train as train_mod
+    import harness.stages.train as train_mod
     from harness.data import build_dataset
-    from harness.job import _build, diffusion_spec
+    from harness.stages.job import _build, diffusion_spec
 
     n, decay = 4, 0.9
     cfg = _cfg("model=dit", "train.batch_size=8", f"train.budget.value={n}", f"train.ema_decay={decay}",

@@ -24,7 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from harness.stages.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("no_network")
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_training_killed_at_a_random_step_resumes_to_bit_identical_weights(tmp_p
 
 _KILL_DURING_WRITE = r"""
 import os, signal, sys, torch
-from harness.checkpoint import save_checkpoint
+from harness.stages.checkpoint import save_checkpoint
 d = sys.argv[1]
 save_checkpoint(d, 5, {"w": torch.arange(6.0)})
 real_save = torch.save
@@ -170,7 +170,7 @@ def test_a_killed_sweep_reruns_only_its_missing_jobs(tmp_path, hydra_app, fast_o
 @pytest.fixture
 def interrupt_seed_2(monkeypatch):
     """Ctrl-C (KeyboardInterrupt, which the task re-raises) while sampling seed 2: the sweep stops."""
-    import harness.sample as sample
+    import harness.stages.sample as sample
 
     real = sample.sample_model
 
@@ -285,7 +285,7 @@ def test_concurrent_sweeps_in_one_directory_train_once_and_lose_nothing(tmp_path
 def _train_only(cfg_dict: dict) -> dict:
     from omegaconf import OmegaConf
 
-    from harness.job import run_job
+    from harness.stages.job import run_job
 
     return run_job(OmegaConf.create(cfg_dict), progress=False).stage_status
 
@@ -297,7 +297,7 @@ def test_two_processes_needing_one_checkpoint_train_it_once(tmp_path, fast_overr
     from omegaconf import OmegaConf
 
     GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="harness.conf", version_base="1.3"):
+    with initialize_config_module(config_module="harness.config", version_base="1.3"):
         ov = [o for o in fast_overrides if not o.startswith("hydra.")]
         cfg = compose(config_name="config", overrides=[*ov, "run.stages=[train]", "train.log_every=1"])
     GlobalHydra.instance().clear()
@@ -311,8 +311,8 @@ def test_two_processes_needing_one_checkpoint_train_it_once(tmp_path, fast_overr
 
 
 def _write_records(args):
-    from harness.callbacks import merge_plan
-    from harness.records import write_record
+    from harness.app.callbacks import merge_plan
+    from harness.stages.records import write_record
 
     root, worker, n = args
     for i in range(n):
@@ -407,7 +407,7 @@ def test_sockets_are_blocked_here_and_in_subprocesses(offline_env):
 
 
 def test_the_report_escapes_every_string(tmp_path):
-    from harness.records import make_record, write_record
+    from harness.stages.records import make_record, write_record
     from reports.build import build_report
 
     evil = "<script>alert(1)</script>"

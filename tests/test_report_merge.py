@@ -51,11 +51,11 @@ def test_identical_integer_plans_share_one_sample_key():
     from hydra import compose, initialize_config_module
 
     import harness.config  # noqa: F401
-    from harness.budget import plan_from_sample_config
-    from harness.plan import stage_keys
+    from harness.compute.budget import plan_from_sample_config
+    from harness.compute.plan import stage_keys
 
     def key_and_plan(schedule, budget=60):
-        with initialize_config_module("harness.conf", version_base="1.3"):
+        with initialize_config_module("harness.config", version_base="1.3"):
             cfg = compose("config", overrides=["sweep=budget_schedules", "model=fpdm", f"sample.budget={budget}",
                                                f"sample.schedule={schedule}"])
         plan = plan_from_sample_config("fpdm", budget, 2, iters=2, schedule=schedule, ratio=[0.5, 1.5])

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.distributed import DistInfo
-from harness.train import Interrupted, Preempted, _SignalCheckpoint
+from harness.runtime.distributed import DistInfo
+from harness.stages.train import Interrupted, Preempted, _SignalCheckpoint
 
 pytestmark = pytest.mark.usefixtures("no_network")
 

@@ -1,6 +1,6 @@
 """Launcher profiles, the checkpoint-then-requeue signal chain, and a real Slurm cluster.
 
-Without Slurm: every profile in harness/conf/hydra/launcher composes and renders a valid sbatch
+Without Slurm: every profile in harness/config/hydra/launcher composes and renders a valid sbatch
 script through submitit; a SIGUSR2 during training checkpoints at the step boundary *before*
 submitit's handler runs, and training then resumes from that checkpoint.
 With Slurm (``bash scripts/slurm-up.sh``; skipped with the reason otherwise): a 2-point sweep
@@ -29,7 +29,7 @@ def _compose(overrides: list[str]):
 
     import harness.config  # noqa: F401  (fills the ConfigStore)
 
-    with initialize_config_module("harness.conf", version_base="1.3"):
+    with initialize_config_module("harness.config", version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=True)
 
 
@@ -101,8 +101,8 @@ def test_preemption_signal_checkpoints_before_submitit_requeues(tmp_path):
     import torch
 
     from harness.data import build_dataset
-    from harness.job import _build, diffusion_spec
-    from harness.train import Preempted, train_model
+    from harness.stages.job import _build, diffusion_spec
+    from harness.stages.train import Preempted, train_model
 
     cfg = _compose(["train.batch_size=16", "train.log_every=1", "train.ckpt_every=100000", "run.device=cpu",
                     "train.budget.value=100000"])

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from fpdm.training_modes import ImplicitTrainSpec, get_training_mode, planned_counts
 from harness.config.schema import Config, PicardSolverConfig
-from harness.train import train_model
+from harness.stages.train import train_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,8 +48,8 @@ def _cfg(**over):
 
 
 def _train(cfg, data, tmp_path):
-    from harness.job import diffusion_spec
-    from harness.models import build_model
+    from harness.stages.job import diffusion_spec
+    from harness.stages.models import build_model
 
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.train, image_size=data.image_size, channels=data.channels,
@@ -80,7 +80,7 @@ def test_fpdm_checkpointing_recomputes_the_explicit_blocks_only(data, tmp_path):
 
 def test_compute_budget_stops_where_the_replayed_draws_say(data, tmp_path):
     """Random S-JFB draws: the pre-check replays the seeded draws; the run spends exactly that."""
-    from harness.train_compute import _replay, _step_costs
+    from harness.compute.train_compute import _replay, _step_costs
 
     cfg = _cfg(**{"train.method": "sjfb", "train.budget.unit": "compute", "train.budget.value": 60})
     cfg.train.iters.no_grad.min, cfg.train.iters.with_grad.min = 0, 1

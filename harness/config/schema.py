@@ -221,7 +221,7 @@ class Config:
     inspect: InspectConfig = field(default_factory=InspectConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     sweep: Any = None  # the name of the sweep preset, set by sweeps/*.yaml
-    protocol: str = "digits"  # set by the protocol group (harness/conf/protocol/*.yaml): digits | paper | official
+    protocol: str = "digits"  # set by the protocol group (harness/config/protocol/*.yaml): digits | paper | official
 
 
 SOLVER_CONFIGS = {

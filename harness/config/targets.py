@@ -51,8 +51,8 @@ def check_loaded_targets(node: Any, source: str | Path) -> None:
 def trusted_config(record_or_dir: str | Path) -> DictConfig:
     """The resolved job config stored in a ``record.json`` (or the job directory holding one),
     checked by ``check_loaded_targets``: the way to rebuild a job outside the harness."""
-    from harness.io import read_json
-    from harness.records import RECORD_NAME
+    from harness.runtime.io import read_json
+    from harness.stages.records import RECORD_NAME
 
     path = Path(record_or_dir)
     path = path / RECORD_NAME if path.is_dir() else path

@@ -72,7 +72,7 @@ def _run(cfg) -> None:
 @check
 def _diffusion(cfg) -> None:
     from harness.diffusion.spec import CLIP_MODES
-    from harness.job import diffusion_spec
+    from harness.stages.job import diffusion_spec
 
     _choice("sample.clip_mode", cfg.sample.clip_mode, CLIP_MODES)
     try:
@@ -84,7 +84,7 @@ def _diffusion(cfg) -> None:
 @check
 def _model(cfg) -> None:
     from baselines.presets import list_presets
-    from harness.models import list_models
+    from harness.stages.models import list_models
 
     m = cfg.model
     _choice("model.name", m.name, list_models())
@@ -119,7 +119,7 @@ def _architecture(cfg):
     """The preset with ``model.depth`` ... ``model.mlp_ratio`` applied, checked: the width splits
     into whole heads and fits the 2-D sin-cos position table, the patch tiles the input."""
     from baselines.presets import ARCHITECTURE_KNOBS, get_preset
-    from harness.models import model_architecture
+    from harness.stages.models import model_architecture
 
     m = cfg.model
     for knob in ("depth", "hidden_size", "num_heads", "patch_size"):
@@ -171,7 +171,7 @@ def _solver(cfg) -> None:
 @check
 def _train(cfg) -> None:
     from fpdm.training_modes import list_training_modes
-    from harness.train_compute import BUDGET_UNITS
+    from harness.compute.train_compute import BUDGET_UNITS
 
     t = cfg.train
     _choice("train.method", t.method, list_training_modes())
@@ -200,7 +200,7 @@ def _train(cfg) -> None:
 @check
 def _train_compute_budget(cfg) -> None:
     """A compute budget the run would miss by more than its tolerance, before training."""
-    from harness.train_compute import check_compute_budget
+    from harness.compute.train_compute import check_compute_budget
 
     if cfg.train.budget.unit != "compute" or (cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path):
         return
@@ -212,9 +212,9 @@ def _train_compute_budget(cfg) -> None:
 @check
 def _sample(cfg) -> None:
     from fpdm.schedules import list_schedules
-    from harness.budget import BudgetError
+    from harness.compute.budget import BudgetError
     from harness.diffusion import list_samplers
-    from harness.plan import sampling_plan
+    from harness.compute.plan import sampling_plan
 
     s = cfg.sample
     _choice("sample.sampler", s.sampler, list_samplers())
@@ -256,8 +256,8 @@ def _flop_match_on_meta(cfg) -> dict | None:
     import torch
 
     from harness.data.shape import input_shape
-    from harness.models import build_model
-    from harness.plan import flop_match_inputs
+    from harness.stages.models import build_model
+    from harness.compute.plan import flop_match_inputs
 
     try:
         shape = input_shape(cfg.data)
@@ -396,7 +396,7 @@ def check_output_dir(path: str | Path, key: str) -> None:
 
 @check
 def _protocol(cfg) -> None:
-    from harness.protocol import check_weights_carry_protocol, list_protocols
+    from harness.config.protocol import check_weights_carry_protocol, list_protocols
 
     _choice("protocol", cfg.protocol, list_protocols())
     problem = check_weights_carry_protocol(cfg)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.io import atomic_write
+from harness.runtime.io import atomic_write
 from harness.metrics.bootstrap import bootstrap_fid_draws, debias, percentile_ci, ref_sqrt
 from harness.metrics.noise_floor import FLOOR_KEYS, cached_noise_floor
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from harness.io import atomic_write_json
+from harness.runtime.io import atomic_write_json
 
 SCHEMA = 1
 RECORD_NAME = "record.json"
@@ -24,7 +24,7 @@ PACKAGES = ("torch", "torchvision", "diffusers", "torch-fidelity", "hydra-core",
 
 
 def git_sha(root: str | Path | None = None) -> str | None:
-    root = Path(root or Path(__file__).resolve().parents[1])
+    root = Path(root or Path(__file__).resolve().parents[2])
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         sha = out.stdout.strip()

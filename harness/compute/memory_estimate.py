@@ -9,7 +9,7 @@ One training step holds (bytes; P = trainable parameters):
   the whole forward and kept for backward: ``2P'`` (P' = parameters of linear / conv layers; the
   label table and the position buffer are not cast);
 - the activations autograd saves for backward, counted per storage (``saved_tensor_bytes``) under
-  modelled CUDA autocast (``harness.autocast_model``: matmul outputs bf16, LayerNorm and the
+  modelled CUDA autocast (``harness.compute.autocast_model``: matmul outputs bf16, LayerNorm and the
   residual stream fp32) and with a fused attention kernel;
 - with gradient checkpointing: the explicit blocks save their inputs only, and backward recomputes
   one block at a time, so the peak adds one block's saved activations (``mem_recompute_bytes``).
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
-from harness.autocast_model import AutocastModel
+from harness.compute.autocast_model import AutocastModel
 
 PAPER_TRAIN_MEMORY_GB = {"dit": 25.2, "fpdm": 10.2}  # FPDM paper Table 1, batch 64
 
@@ -91,7 +91,7 @@ def _inputs(model: nn.Module, batch: int, image_size: int):
 
 def _saved(fn: Callable, model: nn.Module, precision: str) -> tuple[int, int]:
     """(saved activation bytes, autocast weight-copy bytes) of one forward."""
-    from harness.memory import saved_tensor_bytes
+    from harness.compute.memory import saved_tensor_bytes
 
     with AutocastModel(torch.bfloat16 if precision == "bf16" else None) as ac:
         saved, _ = saved_tensor_bytes(fn, exclude=model, exclude_tensors=lambda: ac.weight_copies)
@@ -129,7 +129,7 @@ def _recompute_peak(model, image_size, a: MemoryAssumptions) -> int:
 def estimate_training_memory(model: nn.Module, image_size: int, assumptions: MemoryAssumptions) -> dict:
     """Bytes of one training step of ``model`` (built on the meta device) under ``assumptions``;
     ``*_max`` entries at the maximum with-grad iterations, the others at their expectation."""
-    from harness.memory import parameter_bytes
+    from harness.compute.memory import parameter_bytes
 
     a = assumptions
     with torch.device("meta"):

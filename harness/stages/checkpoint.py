@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.io import atomic_write
+from harness.runtime.io import atomic_write
 
 PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
 FORMAT = "fpdm-bench-checkpoint-v1"

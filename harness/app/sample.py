@@ -22,7 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from harness.config.validate import ConfigError
-from harness.loading import LoadError, TrainedSource
+from harness.stages.loading import LoadError, TrainedSource
 
 USAGE = ("usage: python -m harness.sample RECORD_OR_DIR [sample.KEY=VALUE ...] [solver=NAME] [solver.KEY=VALUE ...] "
          "[run.device=...] [out=DIR | --out DIR]")
@@ -92,7 +92,7 @@ def apply_overrides(cfg, overrides: list[str]):
 
 
 def _output_dir(source: TrainedSource, cfg, out: str | None) -> Path:
-    from harness.plan import stage_keys
+    from harness.compute.plan import stage_keys
 
     if out is None:
         return source.home / f"samples-{stage_keys(cfg).sample}"
@@ -106,7 +106,7 @@ def _settings(source: TrainedSource, cfg) -> dict:
 
 def _claim(out_dir: Path, settings: dict) -> None:
     """Shards already in ``out_dir`` are reused only if they were sampled with these settings."""
-    from harness.io import atomic_write_json, read_json
+    from harness.runtime.io import atomic_write_json, read_json
 
     path = out_dir / SETTINGS_NAME
     if (out_dir / "shards").exists():
@@ -125,10 +125,10 @@ def sample_trained(source: TrainedSource, cfg, out_dir: Path) -> dict:
     import torch
 
     from harness.data import build_dataset
-    from harness.io import atomic_write_json
-    from harness.job import diffusion_spec, plan_for_model, resolve_device
-    from harness.loading import build_trained
-    from harness.sample import sample_model
+    from harness.runtime.io import atomic_write_json
+    from harness.stages.job import diffusion_spec, plan_for_model, resolve_device
+    from harness.stages.loading import build_trained
+    from harness.stages.sample import sample_model
 
     device = resolve_device(cfg.run.device)
     if cfg.run.threads:
@@ -144,7 +144,7 @@ def sample_trained(source: TrainedSource, cfg, out_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from harness.config.validate import validate_config
-    from harness.loading import resolve_source
+    from harness.stages.loading import resolve_source
 
     argv = sys.argv[1:] if argv is None else argv
     debug = any(a in ("run.debug=true", "run.debug=True") for a in argv)

@@ -59,8 +59,8 @@ def _worst_counts(spec: ImplicitTrainSpec) -> FixedPointCounts:
 def _step_costs(cfg) -> tuple[Callable[[int], int | None], int, str]:
     """(cost of step s or None when only running tells, worst-case step cost, description)."""
     from baselines.presets import get_preset
-    from harness.models import implicit_train_spec
-    from harness.train import step_generator
+    from harness.stages.models import implicit_train_spec
+    from harness.stages.train import step_generator
 
     m, t = cfg.model, cfg.train
     ckpt = bool(m.grad_checkpointing)

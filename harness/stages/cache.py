@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from filelock import FileLock
 
-from harness.io import atomic_write_json, read_json
+from harness.runtime.io import atomic_write_json, read_json
 
 COMPLETE = "complete.json"
 

@@ -120,7 +120,7 @@ def _init_search_path(argv: list[str], calling_file: str | None, config_module: 
     Hydra.create_main_hydra2(task_name="run", config_search_path=search_path)
 
 
-def precheck(argv: list[str], config_module: str = "harness.conf", config_name: str = "config",
+def precheck(argv: list[str], config_module: str = "harness.config", config_name: str = "config",
              calling_file: str | None = None) -> None:
     """Raise ``ConfigError`` (one line) if any job of this command line is invalid.
 

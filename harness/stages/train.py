@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
-from harness.distributed import DistInfo, all_reduce_mean_, all_reduce_values, barrier, broadcast_module_
-from harness.io import atomic_write, atomic_write_json
-from harness.memory import cuda_peak, training_memory_breakdown
-from harness.train_compute import BUDGET_UNITS, model_step_compute
+from harness.stages.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
+from harness.runtime.distributed import DistInfo, all_reduce_mean_, all_reduce_values, barrier, broadcast_module_
+from harness.runtime.io import atomic_write, atomic_write_json
+from harness.compute.memory import cuda_peak, training_memory_breakdown
+from harness.compute.train_compute import BUDGET_UNITS, model_step_compute
 
 
 class TrainingDiverged(RuntimeError):

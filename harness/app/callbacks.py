@@ -12,10 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.io import atomic_write_json
+from harness.runtime.io import atomic_write_json
 from reports.callback import ReportCallback
 
-log = logging.getLogger("harness.callbacks")
+log = logging.getLogger("harness.app.callbacks")
 
 
 def planned_jobs(config: DictConfig) -> list[dict] | None:
@@ -45,7 +45,7 @@ def merge_plan(path: Path, jobs: list[dict]) -> None:
     values): the plan is the union of their jobs, merged under a lock so that none is lost."""
     from filelock import FileLock
 
-    from harness.io import read_json
+    from harness.runtime.io import read_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):

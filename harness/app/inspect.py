@@ -4,7 +4,7 @@ Composes the same config as ``harness.run`` and prints parameter counts (total a
 resolved architecture, FLOPs per image (one forward and the whole sampling plan), the sampling
 plan for the ``sample.*`` settings (steps, per-step iterations in sampling order, block passes per
 step and in total) and a training-memory estimate at ``train.batch_size`` with its assumptions
-(``harness.memory_estimate``). Everything runs on the meta device: nothing is allocated, no data
+(``harness.compute.memory_estimate``). Everything runs on the meta device: nothing is allocated, no data
 is read (the input shape comes from the ``data`` config, ``harness.data.shape``), so the paper's
 XL/2 on ImageNet latents is counted on a laptop, and the output is the same on every run.
 ``inspect.format=json`` prints one JSON object instead; ``inspect.ddp=true`` adds DDP's gradient
@@ -23,7 +23,7 @@ from harness.config.validate import ConfigError
 def _build_meta_model(cfg, shape):
     """The configured model on the meta device; released diffusers weights contribute only their
     ``config.json`` (the architecture), never their tensors."""
-    from harness.models import build_model
+    from harness.stages.models import build_model
 
     with torch.device("meta"):
         if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
@@ -42,7 +42,7 @@ def _build_meta_model(cfg, shape):
 
 
 def _architecture(cfg, model) -> dict:
-    from harness.job import architecture_axes
+    from harness.stages.job import architecture_axes
 
     arch = architecture_axes(cfg)
     if arch.get("depth") is None:  # loaded weights: read what they define
@@ -53,13 +53,14 @@ def _architecture(cfg, model) -> dict:
 
 
 def inspect_config(cfg) -> dict:
-    from harness.accounting import flop_breakdown, params_by_part, sampling_flops
+    from harness.compute.flops import flop_breakdown, sampling_flops
+    from harness.compute.params import params_by_part
     from harness.data.shape import input_shape
-    from harness.memory_estimate import (
+    from harness.compute.memory_estimate import (
         assumptions_from_config,
         estimate_training_memory,
     )
-    from harness.plan import flop_match_inputs, sampling_plan
+    from harness.compute.plan import flop_match_inputs, sampling_plan
 
     shape = input_shape(cfg.data)
     model = _build_meta_model(cfg, shape)
@@ -134,11 +135,11 @@ def _compose(argv: list[str]):
     from hydra.core.global_hydra import GlobalHydra
 
     import harness.config  # noqa: F401  (fills the ConfigStore)
-    from harness.precheck import one_line
+    from harness.app.precheck import one_line
 
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_module(config_module="harness.conf", version_base="1.3"):
+        with initialize_config_module(config_module="harness.config", version_base="1.3"):
             return compose(config_name="config", overrides=argv)
     except Exception as exc:  # noqa: BLE001 - Hydra raises several types; one line names the key
         raise ConfigError(one_line(exc)) from None

@@ -1,5 +1,5 @@
 """The diffusion protocol of a job: which one it runs (``protocol=digits|paper|official``, the YAML
-group ``harness/conf/protocol``), where it deviates from it, and how records and reports show it.
+group ``harness/config/protocol``), where it deviates from it, and how records and reports show it.
 
 A protocol is only a set of ordinary keys (``diffusion.*``, ``model.learn_sigma``,
 ``train.ema_warmup``, ``sample.clip_mode``, ...), so any of them can be overridden; the label then
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-PROTOCOL_DIR = Path(__file__).resolve().parent / "conf" / "protocol"
+PROTOCOL_DIR = Path(__file__).resolve().parent / "protocol"
 
 
 def list_protocols() -> list[str]:
@@ -53,7 +53,7 @@ def protocol_deviations(cfg) -> dict[str, object]:
 
 def effective_settings(cfg) -> dict[str, object]:
     """What the job really runs (latents are never clipped, whatever sample.clip_mode says)."""
-    from harness.job import effective_clip_mode
+    from harness.stages.job import effective_clip_mode
 
     d = cfg.diffusion
     return {

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 import harness.config  # noqa: F401  (fills the ConfigStore before Hydra composes)
 from harness.config.validate import validate_config
-from harness.records import make_record, write_record
+from harness.stages.records import make_record, write_record
 
 log = logging.getLogger("harness.run")
 
@@ -34,7 +34,7 @@ def _objective(metrics: dict, names) -> float | tuple:
 
 
 def task(cfg: DictConfig) -> float | tuple:
-    from harness.job import resolved_config, run_job
+    from harness.stages.job import resolved_config, run_job
 
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
@@ -55,7 +55,7 @@ def task(cfg: DictConfig) -> float | tuple:
         if isinstance(exc, SystemExit) and (exc.code in (None, 0) or _interrupted(exc)):
             raise  # requeued, or stopped by SIGINT/SIGTERM after its checkpoint: no record, rerun resumes
         log.error("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
-        from harness.job import job_axes
+        from harness.stages.job import job_axes
 
         try:
             axes = job_axes(cfg)
@@ -89,7 +89,7 @@ def task(cfg: DictConfig) -> float | tuple:
                          solver_trace=result.solver_trace, extra={"stages": result.stage_status}, **common)
     path = write_record(job_dir, record)
     if not multirun:
-        from harness.console import console_table
+        from harness.app.console import console_table
 
         print(console_table([record]))
         if not finite:
@@ -98,7 +98,7 @@ def task(cfg: DictConfig) -> float | tuple:
 
 
 def _interrupted(exc: BaseException) -> bool:
-    from harness.train import Interrupted
+    from harness.stages.train import Interrupted
 
     return isinstance(exc, Interrupted)
 
@@ -124,8 +124,8 @@ def _exit_failed(reason: str, record_path: Path) -> None:
 def _plan_status(job_dir: Path, stage_status: dict) -> str:
     """done: the job has its ok record; cached: every stage is in the cache (the job only writes its
     record); to run: some stage computes."""
-    from harness.io import read_json
-    from harness.records import RECORD_NAME
+    from harness.runtime.io import read_json
+    from harness.stages.records import RECORD_NAME
 
     cached = all(v == "cached" for v in stage_status.values())
     try:
@@ -140,13 +140,13 @@ def _axes_line(axes: dict) -> str:
     return " ".join(f"{k}={axes.get(k)}" for k in keys if axes.get(k) is not None)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://harness.config", config_name="config")
 def _hydra_main(cfg: DictConfig):
     return task(cfg)
 
 
 def main() -> None:
-    from harness.precheck import run_precheck_or_exit
+    from harness.app.precheck import run_precheck_or_exit
 
     run_precheck_or_exit(sys.argv[1:], calling_file=__file__)
     try:

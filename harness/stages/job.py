@@ -1,6 +1,6 @@
 """One job = one point of a sweep: train (cached), sample (cached), evaluate (cached), record.
 
-Each stage works in its content-addressed cache directory under a file lock (``harness.cache``),
+Each stage works in its content-addressed cache directory under a file lock (``harness.stages.cache``),
 so concurrent jobs that need the same checkpoint train it once and a re-run sweep only reads
 ``complete.json`` markers. The record of the job is written by the caller (``harness.run``),
 which also turns any exception into a ``failed`` record.
@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from harness.cache import ArtifactCache
-from harness.plan import StageKeys, flop_match_inputs, sampling_plan, stage_keys
+from harness.stages.cache import ArtifactCache
+from harness.compute.plan import StageKeys, flop_match_inputs, sampling_plan, stage_keys
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,9 +75,9 @@ def job_axes(cfg, plan=None) -> dict:
         "cfg_scale": float(cfg.sample.cfg_scale), "seed": cfg.sample.seed, "train_seed": cfg.train.seed,
         "prediction_type": cfg.diffusion.prediction_type, "sweep": cfg.get("sweep"),
     }
-    from harness.protocol import protocol_axes
+    from harness.config.protocol import protocol_axes
 
-    axes.update(protocol_axes(cfg))  # protocol name, clip_mode, zero-SNR, spacing, ... (harness.protocol)
+    axes.update(protocol_axes(cfg))  # protocol name, clip_mode, zero-SNR, spacing, ... (harness.config.protocol)
     if fpdm:
         axes["no_grad_max"] = cfg.train.iters.no_grad.max
         axes["with_grad_max"] = cfg.train.iters.with_grad.max
@@ -89,7 +89,7 @@ def architecture_axes(cfg) -> dict:
     """The resolved architecture (preset + ``model.depth`` ... ``model.mlp_ratio``) as axes, so a
     depth / width ablation groups like any other sweep; None where loaded weights decide it."""
     from baselines.presets import ARCHITECTURE_KNOBS
-    from harness.models import model_architecture
+    from harness.stages.models import model_architecture
 
     if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
         return dict.fromkeys(ARCHITECTURE_KNOBS)
@@ -98,7 +98,7 @@ def architecture_axes(cfg) -> dict:
 
 
 def _build(cfg, data):
-    from harness.models import build_model
+    from harness.stages.models import build_model
 
     # The initial weights are part of the train artifact, whose cache key hashes train.seed: draw
     # them from train.seed, not from whatever the global RNG holds after earlier jobs in this process.
@@ -111,8 +111,8 @@ def _build(cfg, data):
 def _store_train_config(cfg, data, train_dir: Path) -> None:
     """Keep the config beside the weights, so ``harness.models.load`` rebuilds the model from the
     train directory alone (written once, under the train lock)."""
-    from harness.io import atomic_write_json
-    from harness.loading import TRAIN_CONFIG_NAME, train_config_blob
+    from harness.runtime.io import atomic_write_json
+    from harness.stages.loading import TRAIN_CONFIG_NAME, train_config_blob
 
     if not (train_dir / TRAIN_CONFIG_NAME).is_file():
         atomic_write_json(train_dir / TRAIN_CONFIG_NAME, train_config_blob(cfg, data))
@@ -126,9 +126,9 @@ def _load_weights(model, path: Path) -> None:
 
 def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult:
     """Run (or, with ``plan_only``, only inspect) the stages of one job."""
-    from harness.accounting import params_by_part
+    from harness.compute.params import params_by_part
     from harness.data import build_dataset
-    from harness.distributed import broadcast_flag, setup_distributed
+    from harness.runtime.distributed import broadcast_flag, setup_distributed
 
     device = resolve_device(cfg.run.device)
     if cfg.run.threads:
@@ -161,7 +161,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
             if broadcast_flag(not cache.is_complete("train", keys.train), info):
                 if "train" not in stages:
                     raise RuntimeError(f"the train stage is not cached (key {keys.train}) and run.stages excludes it")
-                from harness.train import train_model
+                from harness.stages.train import train_model
 
                 summary = train_model(model, data, spec, cfg, train_dir, device, info, progress)
                 if info.is_main:
@@ -187,7 +187,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
         return result
     with cache.lock("sample", keys.sample) as sample_dir:
         if not cache.is_complete("sample", keys.sample):
-            from harness.sample import sample_model
+            from harness.stages.sample import sample_model
 
             summary = sample_model(model, data, spec, cfg, plan, sample_dir, device, progress)
             cache.mark_complete("sample", keys.sample, summary)
@@ -204,7 +204,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
         return result
     with cache.lock("eval", keys.eval) as eval_dir:
         if not cache.is_complete("eval", keys.eval):
-            from harness.evaluate import evaluate_samples
+            from harness.stages.evaluate import evaluate_samples
 
             metrics = evaluate_samples(sample_dir / "samples.npz", data, cfg, eval_dir)
             cache.mark_complete("eval", keys.eval, metrics)
@@ -213,7 +213,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
             result.stage_status["evaluate"] = "cached"
         eval_metrics = cache.read_complete("eval", keys.eval)
     result.protocol = eval_metrics.pop("protocol", {})
-    from harness.protocol import protocol_label
+    from harness.config.protocol import protocol_label
 
     # The FID protocol (samples, extractor, reference) and the diffusion protocol travel together:
     # reports group tables by this label, so runs of different protocols never share a table.
@@ -221,7 +221,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     result.protocol["label"] = "; ".join(filter(None, [result.protocol.get("label"), result.protocol["diffusion"]]))
     if isinstance(eval_metrics.get("features"), dict):  # per-ruler features for the report's bootstrap
         result.artifacts["features"] = eval_metrics.pop("features")
-    from harness.memory import peak_rss_bytes
+    from harness.compute.memory import peak_rss_bytes
 
     result.metrics["peak_rss_bytes"] = peak_rss_bytes()  # of the job's process (a sweep shares one)
     result.metrics.update({k: v for k, v in eval_metrics.items() if not isinstance(v, (dict, list, str))})
@@ -229,7 +229,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
 
 
 def plan_for_model(cfg, model, data, pretrained: bool = False):
-    """The sampling plan of a built model. Both sides of a FLOP match are counted by harness.flops
+    """The sampling plan of a built model. Both sides of a FLOP match are counted by harness.compute.flops
     (meta device, attention included), the path the sample stage records its FLOPs with; loaded
     pretrained weights give the depth."""
     flops, dit_flops = flop_match_inputs(cfg, model, image_size=data.image_size, channels=data.channels,

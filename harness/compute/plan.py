@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from baselines.presets import ARCHITECTURE_KNOBS
-from harness.budget import BudgetError, SamplingPlan, plan_from_sample_config, plan_fpdm_flops
-from harness.cache import config_hash
-from harness.flops import FLOP_COUNT_VERSION
+from harness.compute.budget import BudgetError, SamplingPlan, plan_from_sample_config, plan_fpdm_flops
+from harness.stages.cache import config_hash
+from harness.compute.flops import FLOP_COUNT_VERSION
 
 # keys that change how a stage runs but not what it produces
 _TRAIN_RUNTIME_KEYS = ("resume", "log_every", "ckpt_every")
@@ -36,7 +36,7 @@ def explicit_blocks(cfg) -> int:
 
 
 def _arch(cfg):
-    from harness.models import model_architecture
+    from harness.stages.models import model_architecture
 
     return model_architecture(cfg.model)
 
@@ -112,8 +112,8 @@ def _flop_matched_plan(cfg, n: int, steps, iters, values, flops, dit_flops: int)
 
 def flop_match_inputs(cfg, model, *, image_size: int, channels: int, num_classes: int) -> tuple:
     """``(FPDM FlopBreakdown, DiT FLOPs per forward)`` for ``sample.match=flops``, both counted by
-    ``harness.flops`` on the meta device; ``(None, None)`` when the job is not FLOP-matched."""
-    from harness.flops import dit_flops_per_forward, flop_breakdown
+    ``harness.compute.flops`` on the meta device; ``(None, None)`` when the job is not FLOP-matched."""
+    from harness.compute.flops import dit_flops_per_forward, flop_breakdown
 
     if not (cfg.sample.match == "flops" and cfg.model.name == "fpdm"):
         return None, None

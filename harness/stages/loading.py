@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.cache import COMPLETE
-from harness.records import RECORD_NAME
+from harness.stages.cache import COMPLETE
+from harness.stages.records import RECORD_NAME
 
 EMA_NAME = "ema.safetensors"
 TRAIN_CONFIG_NAME = "config.json"  # written into the train cache directory by the job
@@ -169,7 +169,7 @@ def build_trained(source: TrainedSource, device: str = "cpu"):
     import torch
     from safetensors.torch import load_file
 
-    from harness.models import build_model
+    from harness.stages.models import build_model
 
     cfg = source.config
     shape = data_shape(source)
@@ -195,7 +195,7 @@ def load(record_or_dir: str | Path, device: str = "cpu") -> LoadedModel:
 
 def train_config_blob(cfg, data) -> dict:
     """What the job stores as ``config.json`` in the train directory: enough to rebuild the model."""
-    from harness.job import resolved_config
+    from harness.stages.job import resolved_config
 
     return {"config": resolved_config(cfg),
             "data": {"channels": data.channels, "image_size": data.image_size, "num_classes": data.num_classes}}

@@ -1,1 +1,0 @@
-"""Hydra YAML configs of the harness (primary config: config.yaml)."""

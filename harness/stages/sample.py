@@ -1,0 +1,224 @@
+"""The sampling stage: images under a block budget, with per-image seeds, shards and solver stats.
+
+Image i draws its label and all its noise from a generator seeded with ``sample.seed + i``
+(style-guide rule 9), so samples do not depend on batch size, shard or GPU count. Images are
+written in shards by index range (``shard-<start>-<end>.npz``, atomically); a shard that exists is
+skipped, so an interrupted sampling run resumes where it stopped. For FPDM each sampling step
+runs the solver for the plan's iterations at that step (paper Sec. 3.3 smoothing and
+reallocation), optionally warm-started from the previous step (solution reuse, Sec. 3.3), and the
+stage records per step the evaluations spent and the residual before and after (delta_t of
+Fig. 6), the block passes actually spent, FLOPs and wall time.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.compute.flops import flop_breakdown, sampling_flops
+from harness.runtime.io import atomic_write
+from harness.compute.memory import cuda_peak
+
+SHARD_PREFIX = "shard-"
+
+
+def shard_ranges(num_images: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + shard_size, num_images)) for s in range(0, num_images, shard_size)]
+
+
+def image_labels(seed: int, start: int, end: int, num_classes: int) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Per-image generators (seed + i) and each image's label, drawn first from its generator."""
+    gens = [torch.Generator().manual_seed(int(seed) + i) for i in range(start, end)]
+    labels = torch.tensor([int(torch.randint(num_classes, (1,), generator=g)) for g in gens], dtype=torch.long)
+    return labels, gens
+
+
+class _StepStats:
+    """Per-step solver statistics summed over images (divided by the image count at the end).
+
+    The residual sums stay on the model's device while a batch samples, so recording them costs no
+    host synchronisation inside the sampling loop; ``arrays()`` reads them once per batch."""
+
+    FIELDS = ("nfe", "res_first", "res_last", "delta", "count")
+
+    def __init__(self, steps: int, device: torch.device | str = "cpu"):
+        self.steps = steps
+        self.nfe = np.zeros(steps)  # evaluations x images: host integers, no sync
+        self.count = np.zeros(steps)
+        self.res_first = torch.zeros(steps, dtype=torch.float64, device=device)
+        self.res_last = torch.zeros(steps, dtype=torch.float64, device=device)
+        self.delta = torch.zeros(steps, dtype=torch.float64, device=device)
+        self.diverged = torch.zeros((), dtype=torch.long, device=device)
+
+    def add(self, i: int, stats, batch: int) -> None:
+        self.nfe[i] += stats.nfe * batch
+        self.count[i] += batch
+        if stats.nfe:
+            self.res_first[i] += torch.nan_to_num(stats.rel_residuals[0].double(), nan=0.0).sum()
+        self.res_last[i] += torch.nan_to_num(stats.final_rel_residuals.double(), nan=0.0).sum()
+        self.delta[i] += torch.nan_to_num(stats.delta_last.double(), nan=0.0).sum()
+        self.diverged += stats.diverged.sum()
+
+    def arrays(self) -> dict:
+        """Host copies of every field (one transfer per field), as stored in a shard."""
+        out = {k: np.asarray(v.cpu().numpy() if torch.is_tensor(v) else v) for k, v in
+               ((f, getattr(self, f)) for f in self.FIELDS)}
+        out["diverged"] = np.asarray(int(self.diverged))
+        return out
+
+    def to_dict(self, timesteps: list[int]) -> dict:
+        a = self.arrays()
+        c = np.maximum(a["count"], 1)
+        return {"timestep": timesteps, "iters": (a["nfe"] / c).tolist(), "residual_first": (a["res_first"] / c).tolist(),
+                "residual": (a["res_last"] / c).tolist(), "delta": (a["delta"] / c).tolist()}
+
+
+def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device: torch.device,
+                 progress: bool = True) -> dict:
+    """Sample ``cfg.sample.num_images`` images with ``plan``; returns the stage summary and writes
+    ``samples.npz`` (uint8 images, labels) and ``grid.png`` into ``work_dir``."""
+    from fpdm.reuse import WarmStart
+    from fpdm.solvers import make_solver
+    from harness.diffusion import sample_loop
+
+    sc = cfg.sample
+    work_dir = Path(work_dir)
+    shards_dir = work_dir / "shards"
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    model = model.to(device).eval()
+    implicit = bool(getattr(model, "is_implicit", False))
+    solver, tol = None, 0.0
+    if implicit:
+        knobs = {k: v for k, v in dict(cfg.solver).items() if k not in ("name", "tol")}
+        solver, tol = make_solver(cfg.solver.name, **knobs), float(cfg.solver.tol)
+    if sc.reuse and not getattr(model, "supports_solution_reuse", False):
+        raise ValueError(f"sample.reuse=true needs a model that supports solution reuse; model={cfg.model.name} does not")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sc.precision == "bf16")
+    ranges = shard_ranges(sc.num_images, sc.batch_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sc.num_images, desc=f"sample {cfg.model.name} {plan.steps} steps", unit="img")
+    wall, sampled = 0.0, 0
+    peaks: dict = {}
+    for start, end in ranges:
+        shard = shards_dir / f"{SHARD_PREFIX}{start:07d}-{end:07d}.npz"
+        if shard.exists():
+            if bar is not None:
+                bar.update(end - start)
+            continue
+        labels, gens = image_labels(sc.seed, start, end, data.num_classes)
+        warm = WarmStart() if (implicit and sc.reuse) else None  # reset per batch
+        batch_timesteps: list[int] = []
+        batch_stats = _StepStats(plan.steps, device)
+
+        def model_fn(x, t, y, step_index, warm=warm, batch_timesteps=batch_timesteps, batch_stats=batch_stats):
+            if len(batch_timesteps) == step_index:
+                batch_timesteps.append(int(t[0]))
+            if not implicit:
+                return model(x, t, y)
+            out = model(x, t, y, iters=plan.iters[step_index], solver=solver, tol=tol, warm_start=warm)
+            batch_stats.add(step_index, model.last_solve, x.shape[0])
+            return out
+
+        t0 = time.perf_counter()
+        with torch.inference_mode(), autocast, cuda_peak(device, peaks, "sample_cuda_peak_bytes"):
+            x0 = sample_loop(model_fn, (end - start, data.channels, data.image_size, data.image_size), labels.to(device),
+                             spec, sampler=sc.sampler, num_steps=plan.steps, generator_per_image=gens, eta=sc.eta,
+                             cfg_scale=sc.cfg_scale, null_label=data.num_classes, device=device)
+            images = data.to_uint8_images(x0.float()).cpu().numpy()
+        wall += time.perf_counter() - t0
+        sampled += end - start
+        if not np.isfinite(x0.float().cpu().numpy()).all():
+            raise FloatingPointError(f"sampling produced non-finite values in images {start}..{end - 1}")
+        arrays = batch_stats.arrays()
+        np_stats = {f"stat_{k}": arrays[k] for k in _StepStats.FIELDS}
+        atomic_write(shard, lambda fh: np.savez(fh, images=images, labels=labels.numpy(),
+                                                timesteps=np.asarray(batch_timesteps),
+                                                diverged=arrays["diverged"], **np_stats))
+        if bar is not None:
+            bar.update(end - start)
+    if bar is not None:
+        bar.close()
+    summary = _finish(model, data, cfg, plan, work_dir, ranges, implicit, wall, sampled)
+    summary.update(peaks)
+    return summary
+
+
+def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall: float, sampled: int) -> dict:
+    """Merge the shards into ``samples.npz`` and ``grid.png`` and summarise the stage."""
+    shards = [np.load(work_dir / "shards" / f"{SHARD_PREFIX}{s:07d}-{e:07d}.npz") for s, e in ranges]
+    images = np.concatenate([s["images"] for s in shards])
+    labels = np.concatenate([s["labels"] for s in shards])
+    timesteps = shards[0]["timesteps"].tolist() if len(shards) else []
+    steps = _StepStats(plan.steps)
+    for s in shards:
+        for k in _StepStats.FIELDS:
+            field = getattr(steps, k)
+            field += torch.from_numpy(s[f"stat_{k}"]) if torch.is_tensor(field) else s[f"stat_{k}"]
+        steps.diverged += int(s["diverged"])
+    atomic_write(work_dir / "samples.npz", lambda fh: np.savez_compressed(fh, images=images, labels=labels))
+    save_grid(images[:64], work_dir / "grid.png")
+    summary = _cost_summary(model, data.image_size, plan, steps, implicit, guidance=2 if cfg.sample.cfg_scale != 1.0 else 1)
+    iters_spent = summary.pop("_iters_spent")
+    summary.update({
+        "num_images": int(len(images)), "steps": plan.steps, "plan_iters": list(plan.iters),
+        "time_per_image_s": wall / sampled if sampled else math.nan,
+        "solver_diverged_samples": int(steps.diverged),
+    })
+    if implicit:
+        summary["solver_trace"] = steps.to_dict(timesteps)
+        summary["solver_iters_mean"] = float(np.mean(iters_spent)) if iters_spent else math.nan
+        summary["solver_nfe_per_image"] = float(np.sum(iters_spent))
+        summary["solver_final_residual"] = float(np.mean(summary["solver_trace"]["residual"]))
+    return summary
+
+
+def _cost_summary(model, image_size: int, plan, steps: "_StepStats", implicit: bool, guidance: int) -> dict:
+    """Block passes and FLOPs per image, planned and spent, from ``harness.compute.flops`` (the path the
+    plan is matched with). Spent = planned unless a solver tolerance stopped early; with
+    classifier-free guidance every forward runs twice (``guidance``)."""
+    breakdown = flop_breakdown(model, image_size)
+    planned_flops = sampling_flops(breakdown, list(plan.iters) if implicit else None, plan.steps)
+    if plan.flops_per_image is not None and plan.flops_per_image != planned_flops:
+        raise RuntimeError(f"the plan was matched on {plan.flops_per_image} FLOPs per image but the model "
+                           f"counts {planned_flops}: the plan and the model disagree")
+    iters_spent, passes, flops = None, plan.block_passes, planned_flops
+    if implicit:
+        c = np.maximum(steps.count, 1)
+        iters_spent = (steps.nfe / c).tolist()
+        if iters_spent != [float(k) for k in plan.iters]:  # early stopping: count what ran
+            passes = plan.steps * model.num_explicit_blocks + sum(iters_spent)
+            flops = breakdown.explicit_per_forward * plan.steps + breakdown.per_iteration * sum(iters_spent)
+    return {
+        "_iters_spent": iters_spent, "guidance_forwards": guidance,
+        "block_passes_planned": plan.block_passes, "block_passes_per_image": passes * guidance,
+        "flops_planned": planned_flops, "flops_per_image": flops * guidance, "flops_per_forward": breakdown.per_forward,
+        "flops_block": breakdown.block, "flops_injection_per_iter": breakdown.injection_per_iteration,
+        "flops_per_iteration": breakdown.per_iteration, "flops_explicit_per_forward": breakdown.explicit_per_forward,
+        "injection_to_block": breakdown.injection_to_block,
+    }
+
+
+def save_grid(images: np.ndarray, path: Path, scale: int = 4) -> None:
+    """uint8 (N, C, H, W) -> a PNG grid, upscaled (nearest) so 8x8 digits stay visible."""
+    from PIL import Image
+
+    if len(images) == 0:
+        return
+    n, c, h, w = images.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    grid = np.zeros((rows * (h + 1) + 1, cols * (w + 1) + 1, c), dtype=np.uint8)
+    for k in range(n):
+        r, q = divmod(k, cols)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = images[k].transpose(1, 2, 0)
+    img = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    atomic_write(path, lambda fh: img.save(fh, format="PNG"))
+
