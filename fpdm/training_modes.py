@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+from baselines.registry import Registry
+
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -46,25 +48,10 @@ class ImplicitTrainSpec:
             )
 
 
-_MODES: dict[str, Callable[..., tuple[torch.Tensor, int]]] = {}
-
-
-def register_training_mode(name: str):
-    def deco(fn):
-        _MODES[name] = fn
-        return fn
-    return deco
-
-
-def get_training_mode(name: str):
-    try:
-        return _MODES[name]
-    except KeyError:
-        raise KeyError(f"unknown train.method={name!r}; valid methods: {', '.join(list_training_modes())}") from None
-
-
-def list_training_modes() -> list[str]:
-    return list(_MODES)
+TRAINING_MODES: Registry[Callable[..., tuple[torch.Tensor, int]]] = Registry(
+    "training method", key="train.method", sort=False)
+register_training_mode, get_training_mode = TRAINING_MODES.register, TRAINING_MODES.get
+list_training_modes = TRAINING_MODES.list
 
 
 def _randint(lo: int, hi: int, generator: torch.Generator | None) -> int:

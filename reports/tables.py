@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from baselines.registry import Registry
 from reports.collect import setting_axes
 
 CONTEXT_AXES = ("data", "model", "budget_blocks", "sampler")
@@ -52,29 +53,19 @@ class TableResult:
     notes: list[str] = field(default_factory=list)
 
 
-_TABLES: dict[str, TableSpec] = {}
+TABLES: Registry[TableSpec] = Registry("table", sort=False)  # report order
 
 
 def register_table(name: str, required_axes: tuple[str, ...] | list[str], *, title: str, paper: str = "",
                    vary: tuple[str, ...] | list[str] = (), metric: str = "fid"):
     """Decorator: register ``fn(ok_rows_of_one_protocol) -> table`` under ``name``."""
     def deco(fn: Callable[[pd.DataFrame], pd.DataFrame]):
-        if name in _TABLES:
-            raise ValueError(f"table {name!r} is already registered")
-        _TABLES[name] = TableSpec(name, title, paper, tuple(required_axes), tuple(vary), fn, metric)
+        TABLES.register(name, TableSpec(name, title, paper, tuple(required_axes), tuple(vary), fn, metric))
         return fn
     return deco
 
 
-def get_table(name: str) -> TableSpec:
-    try:
-        return _TABLES[name]
-    except KeyError:
-        raise KeyError(f"unknown table {name!r}; registered tables: {', '.join(list_tables())}") from None
-
-
-def list_tables() -> list[str]:
-    return list(_TABLES)
+get_table, list_tables = TABLES.get, TABLES.list
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +357,7 @@ def build_tables(df: pd.DataFrame) -> list[TableResult]:
     ok.attrs = dict(df.attrs)
     results = []
     for info, part in protocol_groups(ok):
-        for spec in _TABLES.values():
+        for spec in TABLES.values():
             if applicable(spec, part):
                 frame = spec.fn(part)
                 if not frame.empty:

@@ -23,6 +23,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
+from baselines.registry import Registry
+
 SPLITS = ("train", "test", "all")
 # Fraction of samples held out as the "test" split (digits: stratified; folders/latents: by hash).
 TEST_FRACTION = 0.2
@@ -212,28 +214,9 @@ class DataSource:
 # Registry.
 # ----------------------------------------------------------------------------------------------
 DatasetBuilder = Callable[[DataSpec], DataSource]
-_DATASETS: dict[str, DatasetBuilder] = {}
-
-
-def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
-    """Decorator: register ``builder(spec: DataSpec) -> DataSource`` under ``name``."""
-    def deco(builder: DatasetBuilder) -> DatasetBuilder:
-        if name in _DATASETS and _DATASETS[name] is not builder:
-            raise KeyError(f"dataset {name!r} is already registered")
-        _DATASETS[name] = builder
-        return builder
-    return deco
-
-
-def get_dataset_builder(name: str) -> DatasetBuilder:
-    try:
-        return _DATASETS[name]
-    except KeyError:
-        raise KeyError(f"unknown dataset {name!r}: set data.name to one of {list_datasets()}") from None
-
-
-def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
+DATASETS: Registry[DatasetBuilder] = Registry("dataset", key="data")
+# ``@register_dataset(name)`` registers ``builder(spec: DataSpec) -> DataSource``.
+register_dataset, get_dataset_builder, list_datasets = DATASETS.register, DATASETS.get, DATASETS.list
 
 
 def build_dataset(cfg: Any = None) -> DataSource:
