@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from baselines.registry import Registry
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -20,25 +22,12 @@ class Preset:
     mlp_ratio: float = 4.0
 
 
-_PRESETS: dict[str, Preset] = {}
+PRESETS: Registry[Preset] = Registry("preset", key="model.preset", sort=False)  # small to large
+get_preset, list_presets = PRESETS.get, PRESETS.list
 
 
 def register_preset(preset: Preset) -> Preset:
-    if preset.name in _PRESETS:
-        raise ValueError(f"preset {preset.name!r} is already registered")
-    _PRESETS[preset.name] = preset
-    return preset
-
-
-def get_preset(name: str) -> Preset:
-    try:
-        return _PRESETS[name]
-    except KeyError:
-        raise KeyError(f"unknown model.preset={name!r}; valid presets: {', '.join(list_presets())}") from None
-
-
-def list_presets() -> list[str]:
-    return list(_PRESETS)
+    return PRESETS.register(preset.name, preset)
 
 
 ARCHITECTURE_KNOBS = ("depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio")

@@ -45,12 +45,14 @@ import operator
 from fractions import Fraction
 from typing import Callable, Sequence
 
+from baselines.registry import Registry
+
 __all__ = ["register_schedule", "get_schedule", "list_schedules", "PAPER_RATIO"]
 
 PAPER_RATIO: tuple[float, float] = (0.5, 1.5)  # LinearController default, a 1:3 span
 
 ScheduleFn = Callable[..., list[int]]
-_SCHEDULES: dict[str, ScheduleFn] = {}
+SCHEDULES: Registry[ScheduleFn] = Registry("schedule", key="sample.schedule")
 
 
 # ------------------------------------------------------------------ registry
@@ -62,9 +64,6 @@ def register_schedule(name: str) -> Callable[[ScheduleFn], ScheduleFn]:
     """
 
     def deco(fn: ScheduleFn) -> ScheduleFn:
-        if name in _SCHEDULES:
-            raise ValueError(f"schedule {name!r} is already registered")
-
         @functools.wraps(fn)
         def checked(total_iters, num_steps, *, ratio=PAPER_RATIO, values=None) -> list[int]:
             total = _as_int(total_iters, "total_iters")
@@ -82,24 +81,12 @@ def register_schedule(name: str) -> Callable[[ScheduleFn], ScheduleFn]:
                 raise AssertionError(f"schedule {name!r} broke its contract: {out}")
             return out
 
-        _SCHEDULES[name] = checked
-        return checked
+        return SCHEDULES.register(name, checked)
 
     return deco
 
 
-def get_schedule(name: str) -> ScheduleFn:
-    """The registered schedule ``name``; unknown names raise ``KeyError`` listing the valid ones."""
-    try:
-        return _SCHEDULES[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown schedule {name!r} (sample.schedule); choose one of {list_schedules()}"
-        ) from None
-
-
-def list_schedules() -> list[str]:
-    return sorted(_SCHEDULES)
+get_schedule, list_schedules = SCHEDULES.get, SCHEDULES.list
 
 
 # ------------------------------------------------------------------ helpers

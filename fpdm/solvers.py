@@ -47,6 +47,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from baselines.registry import Registry
+
 Fn = Callable[[Tensor], Tensor]
 RESIDUAL_EPS = 1e-8  # keeps the relative residual finite when f(z) is exactly zero
 
@@ -91,31 +93,10 @@ class SolverStats:
 
 
 # ----------------------------------------------------------------------------- registry
-_SOLVERS: dict[str, Callable] = {}
+SOLVERS: Registry[Callable] = Registry("solver", key="solver")
 _CONTRACT_ARGS = ("f", "z0", "max_iter", "tol")
-
-
-def register_solver(name: str):
-    """Decorator: ``@register_solver("picard")`` adds ``solve(f, z0, *, max_iter, tol, **knobs)``."""
-
-    def deco(fn):
-        if name in _SOLVERS:
-            raise ValueError(f"solver {name!r} is already registered; pick another name")
-        _SOLVERS[name] = fn
-        return fn
-
-    return deco
-
-
-def get_solver(name: str) -> Callable:
-    try:
-        return _SOLVERS[name]
-    except KeyError:
-        raise KeyError(f"unknown solver {name!r}; valid solvers: {', '.join(list_solvers())}") from None
-
-
-def list_solvers() -> list[str]:
-    return sorted(_SOLVERS)
+# ``@register_solver("picard")`` adds ``solve(f, z0, *, max_iter, tol, **knobs)``.
+register_solver, get_solver, list_solvers = SOLVERS.register, SOLVERS.get, SOLVERS.list
 
 
 def solver_knobs(name: str) -> dict:

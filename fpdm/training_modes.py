@@ -28,6 +28,8 @@ from typing import Callable, Optional
 
 import torch
 
+from baselines.registry import Registry
+
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -80,29 +82,20 @@ class _Counted:
 
 Mode = Callable[..., tuple[torch.Tensor, FixedPointCounts]]
 Planner = Callable[[ImplicitTrainSpec, Optional[torch.Generator]], Optional[FixedPointCounts]]
-_MODES: dict[str, Mode] = {}
-_PLANNERS: dict[str, Planner] = {}
+TRAINING_MODES: Registry[Mode] = Registry("training method", key="train.method", sort=False)
+# the function that predicts a mode's counts from the spec and generator (drawing exactly what the
+# mode draws; None where the counts depend on the data), registered beside each mode
+_PLANNERS: Registry[Planner] = Registry("training-cost planner", key="train.method", sort=False)
+get_training_mode, list_training_modes = TRAINING_MODES.get, TRAINING_MODES.list
 
 
 def register_training_mode(name: str, planner: Planner):
-    """Register a mode with the function that predicts its counts from the spec and generator
-    (drawing exactly what the mode draws; None where the counts depend on the data)."""
+    """Register a mode with its cost planner (see ``planned_counts``)."""
     def deco(fn):
-        _MODES[name] = fn
-        _PLANNERS[name] = planner
+        TRAINING_MODES.register(name, fn)
+        _PLANNERS.register(name, planner)
         return fn
     return deco
-
-
-def get_training_mode(name: str) -> Mode:
-    try:
-        return _MODES[name]
-    except KeyError:
-        raise KeyError(f"unknown train.method={name!r}; valid methods: {', '.join(list_training_modes())}") from None
-
-
-def list_training_modes() -> list[str]:
-    return list(_MODES)
 
 
 def planned_counts(name: str, spec: ImplicitTrainSpec, generator=None) -> FixedPointCounts | None:

@@ -12,13 +12,13 @@ import argparse
 import logging
 import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
 from reports.callback import ReportCallback  # noqa: F401  (the Hydra target reports.build.ReportCallback)
+from harness.runtime.io import atomic_write
 from reports.collect import SweepData, load_sweeps, setting_axes
 from reports.export import latex_table, markdown_table
 from reports.figures import build_figures
@@ -29,21 +29,6 @@ log = logging.getLogger(__name__)
 FLOAT_FORMAT = "%.6g"
 MAX_GRIDS = 64
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temp file in the same directory, then ``os.replace`` (never a half file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "xb") as fh:  # plain open: the file gets the usual umask permissions
-            fh.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def csv_text(frame: pd.DataFrame) -> str:

@@ -24,9 +24,20 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from baselines.registry import Registry
 from reports.collect import SweepData, setting_axes
-from reports.tables import (TIME_METRICS, TRAIN_MEMORY_TOTALS, aggregate_seeds, best_per_cell, context,
-                            present, row_keys, sort_frame, value_label, varies)
+from reports.tables import (
+    TIME_METRICS,
+    TRAIN_MEMORY_TOTALS,
+    aggregate_seeds,
+    best_per_cell,
+    context,
+    present,
+    row_keys,
+    sort_frame,
+    value_label,
+    varies,
+)
 
 DPI = 100
 _RC = {"font.family": "DejaVu Sans", "svg.hashsalt": "fpdm-bench",
@@ -59,28 +70,18 @@ class FigureResult:
         return self.filename.rsplit(".", 1)[0]
 
 
-_FIGURES: dict[str, FigureSpec] = {}
+FIGURES: Registry[FigureSpec] = Registry("figure", sort=False)  # report order
 
 
 def register_figure(name: str, required: tuple[str, ...] | list[str] = (), *, title: str, caption: str = "",
                     per_protocol: bool = True):
     def deco(fn):
-        if name in _FIGURES:
-            raise ValueError(f"figure {name!r} is already registered")
-        _FIGURES[name] = FigureSpec(name, title, caption, tuple(required), fn, per_protocol)
+        FIGURES.register(name, FigureSpec(name, title, caption, tuple(required), fn, per_protocol))
         return fn
     return deco
 
 
-def get_figure(name: str) -> FigureSpec:
-    try:
-        return _FIGURES[name]
-    except KeyError:
-        raise KeyError(f"unknown figure {name!r}; registered figures: {', '.join(list_figures())}") from None
-
-
-def list_figures() -> list[str]:
-    return list(_FIGURES)
+get_figure, list_figures = FIGURES.get, FIGURES.list
 
 
 def new_figure(ncols: int = 1, width: float = 5.2, height: float = 3.6) -> tuple[Figure, list]:
@@ -396,7 +397,7 @@ def build_figures(data: SweepData, protocols: list[tuple[dict, pd.DataFrame]]) -
     several = len(protocols) > 1
     with matplotlib.rc_context(_RC), sns.axes_style("whitegrid"), sns.plotting_context("notebook", 0.85):
         matplotlib.rcParams.update(_RC)  # axes_style may reset fonts; ours win
-        for spec in _FIGURES.values():
+        for spec in FIGURES.values():
             groups = protocols if spec.per_protocol else [({"label": None}, ok)]
             for info, rows in groups:
                 if rows.empty or not all(present(rows, c) for c in spec.required):

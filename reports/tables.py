@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from baselines.registry import Registry
 from reports.collect import setting_axes
 
 CONTEXT_AXES = ("data", "model", "budget_blocks", "sampler")
@@ -53,7 +54,7 @@ class TableResult:
     notes: list[str] = field(default_factory=list)
 
 
-_TABLES: dict[str, TableSpec] = {}
+TABLES: Registry[TableSpec] = Registry("table", sort=False)  # report order
 
 
 def register_table(name: str, required_axes: tuple[str, ...] | list[str], *, title: str, paper: str = "",
@@ -61,22 +62,12 @@ def register_table(name: str, required_axes: tuple[str, ...] | list[str], *, tit
     """Decorator: register ``fn(ok_rows_of_one_protocol) -> table`` under ``name`` (with
     ``per_protocol=False``: ``fn(all_ok_rows)``, for tables without FID)."""
     def deco(fn: Callable[[pd.DataFrame], pd.DataFrame]):
-        if name in _TABLES:
-            raise ValueError(f"table {name!r} is already registered")
-        _TABLES[name] = TableSpec(name, title, paper, tuple(required_axes), tuple(vary), fn, metric, per_protocol)
+        TABLES.register(name, TableSpec(name, title, paper, tuple(required_axes), tuple(vary), fn, metric, per_protocol))
         return fn
     return deco
 
 
-def get_table(name: str) -> TableSpec:
-    try:
-        return _TABLES[name]
-    except KeyError:
-        raise KeyError(f"unknown table {name!r}; registered tables: {', '.join(list_tables())}") from None
-
-
-def list_tables() -> list[str]:
-    return list(_TABLES)
+get_table, list_tables = TABLES.get, TABLES.list
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,9 +384,9 @@ def build_tables(df: pd.DataFrame) -> list[TableResult]:
     ok = df[df["status"] == "ok"].copy()
     ok.attrs = dict(df.attrs)
     ok = merge_same_artifact(ok)  # jobs that share one sampled artifact are one row
-    runs = [(info, part, spec) for info, part in protocol_groups(ok) for spec in _TABLES.values() if spec.per_protocol]
+    runs = [(info, part, spec) for info, part in protocol_groups(ok) for spec in TABLES.values() if spec.per_protocol]
     # tables without FID see every ok job once; an empty protocol means "no FID here"
-    runs += [({}, ok, spec) for spec in _TABLES.values() if not spec.per_protocol and len(ok)]
+    runs += [({}, ok, spec) for spec in TABLES.values() if not spec.per_protocol and len(ok)]
     results = []
     for info, part, spec in runs:
         if applicable(spec, part):

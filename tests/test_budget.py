@@ -184,7 +184,7 @@ def test_infeasible_messages():
         plan_fpdm(0, 2, iters=1)
     with pytest.raises(BudgetError, match="sample.iters must be a whole number"):
         plan_fpdm(280, 2, iters=2.5)
-    with pytest.raises(KeyError, match=r"unknown schedule 'nope' \(sample.schedule\).*cosine"):
+    with pytest.raises(KeyError, match=r"unknown schedule 'nope' \(sample.schedule\); valid names: .*cosine"):
         plan_fpdm(280, 2, iters=4, schedule="nope")
     with pytest.raises(BudgetError, match="sample.schedule=increasing: ratio must satisfy"):
         plan_fpdm(280, 2, iters=4, schedule="increasing", ratio=(2.0, 1.0))

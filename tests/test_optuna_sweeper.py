@@ -154,7 +154,7 @@ def test_build_sampler_registry_and_target_configs():
     assert isinstance(rnd, optuna.samplers.RandomSampler)
     grid = build_sampler("grid", None, space)
     assert isinstance(grid, optuna.samplers.GridSampler) and grid._search_space == {"n": [1, 2, 3]}
-    with pytest.raises(KeyError, match="valid:"):
+    with pytest.raises(KeyError, match="valid names:"):
         build_sampler("cmaes-typo", 0, space)
 
 

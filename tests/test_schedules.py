@@ -193,4 +193,4 @@ def test_registered_schedule_contract_is_enforced():
             broken(10, 3)
     finally:
         from fpdm import schedules
-        schedules._SCHEDULES.pop("_test_broken")
+        schedules.SCHEDULES.remove("_test_broken")

@@ -289,7 +289,7 @@ def test_make_solver_validates_knobs():
         make_solver("picard", beta=0.5)
     with pytest.raises(ValueError, match="memory=0"):
         make_solver("broyden", memory=0)
-    with pytest.raises(KeyError, match="valid solvers"):
+    with pytest.raises(KeyError, match="valid names"):
         make_solver("nope")
     s = make_solver("anderson", m=3)
     assert s.knobs == {"m": 3, "lam": 1e-4, "beta": 1.0} == {**solver_knobs("anderson"), "m": 3}

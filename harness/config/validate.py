@@ -341,7 +341,7 @@ def _has_image_file(root: Path) -> bool:
 
 @functools.lru_cache(maxsize=16)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime key the cache: a changed file re-hashes
-    from harness.metrics.extractors import sha256_file
+    from harness.runtime.io import sha256_file
 
     return sha256_file(path)
 

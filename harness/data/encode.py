@@ -20,35 +20,20 @@ import argparse
 import io
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from harness.runtime.io import atomic_write
+
 from .latents import LATENTS_FILE, META_FILE, load_vae
 from .registry import DataError, build_dataset
 
 log = logging.getLogger(__name__)
 POSTERIORS = ("mode", "sample")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then ``os.replace`` (never a half file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def encode_folder(images: str, vae: str, out: str, image_size: int = 256, batch_size: int = 16,
@@ -95,7 +80,7 @@ def encode_folder(images: str, vae: str, out: str, image_size: int = 256, batch_
     out_dir.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, latents=latents.astype(np.float32), labels=labels, keys=keys, flipped=flipped)
-    atomic_write_bytes(out_dir / LATENTS_FILE, buf.getvalue())
+    atomic_write(out_dir / LATENTS_FILE, buf.getvalue())
     meta = {
         "format": 1, "vae_path": str(Path(vae).expanduser().resolve()), "scaling_factor": scale,
         "shift_factor": shift, "stored_as": "(z - shift_factor) * scaling_factor",
@@ -105,7 +90,7 @@ def encode_folder(images: str, vae: str, out: str, image_size: int = 256, batch_
         "posterior": posterior, "seed": seed if posterior == "sample" else None, "flip": flip,
         "bad_files": source.bad_files, "preprocessing": source.info["preprocessing"],
     }
-    atomic_write_bytes(out_dir / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write(out_dir / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     log.info("wrote %d latents %s to %s", len(latents), tuple(latents.shape[1:]), out_dir)
     return meta
 

@@ -23,6 +23,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
+from baselines.registry import Registry
+
 SPLITS = ("train", "test", "all")
 # Fraction of samples held out as the "test" split (digits: stratified; folders/latents: by hash).
 TEST_FRACTION = 0.2
@@ -212,11 +214,12 @@ class DataSource:
 # Registry.
 # ----------------------------------------------------------------------------------------------
 DatasetBuilder = Callable[[DataSpec], DataSource]
-_DATASETS: dict[str, DatasetBuilder] = {}
+DATASETS: Registry[DatasetBuilder] = Registry("dataset", key="data")
 # The feature network a source's samples are scored with when metrics.extractor is null: the metric
 # follows the data (an 8x8-digits classifier scores digits; Inception scores natural images).
 _DEFAULT_EXTRACTORS: dict[str, str] = {}
 NATURAL_IMAGES_EXTRACTOR = "inception-v3-compat"
+get_dataset_builder, list_datasets = DATASETS.get, DATASETS.list
 
 
 def register_dataset(name: str, *,
@@ -224,9 +227,7 @@ def register_dataset(name: str, *,
     """Decorator: register ``builder(spec: DataSpec) -> DataSource`` under ``name``; ``extractor`` is
     the default ``metrics.extractor`` for its samples (natural images: Inception)."""
     def deco(builder: DatasetBuilder) -> DatasetBuilder:
-        if name in _DATASETS and _DATASETS[name] is not builder:
-            raise KeyError(f"dataset {name!r} is already registered")
-        _DATASETS[name] = builder
+        DATASETS.register(name, builder)
         _DEFAULT_EXTRACTORS[name] = extractor
         return builder
     return deco
@@ -236,17 +237,6 @@ def default_extractor(name: str) -> str:
     """The ``metrics.extractor`` used for data source ``name`` when the config leaves it null."""
     get_dataset_builder(name)  # an unknown source: the one-line error naming data.name
     return _DEFAULT_EXTRACTORS[name]
-
-
-def get_dataset_builder(name: str) -> DatasetBuilder:
-    try:
-        return _DATASETS[name]
-    except KeyError:
-        raise KeyError(f"unknown dataset {name!r}: set data.name to one of {list_datasets()}") from None
-
-
-def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
 
 
 def build_dataset(cfg: Any = None) -> DataSource:

@@ -2,6 +2,7 @@
 
 - `spec`: `DiffusionSpec` (1000 linear-beta steps, epsilon / v-prediction, zero terminal SNR,
   learned sigma, timestep spacing) and the diffusers-derived per-timestep tables.
+- `weighting`: epsilon / v -> x_0 and the MSE weighting registry (none, p2).
 - `loss`: `training_loss` (MSE plus DiT/IDDPM's hybrid VB term when sigma is learned).
 - `samplers`: `sample_loop` with a registry of `ddpm`, `ddim`, `dpmpp`; CFG; per-image seeds.
 
@@ -10,16 +11,13 @@ FPDM paper Sec. 4.1 and the official code (paper-facts 3.2, 4.5).
 
 from harness.diffusion.loss import (
     discretized_gaussian_log_likelihood,
-    get_mse_weighting,
-    list_mse_weightings,
     normal_kl,
-    register_mse_weighting,
     training_loss,
     vb_terms_bpd,
 )
 from harness.diffusion.samplers import (
-    SampleSchedule,
     Sampler,
+    SampleSchedule,
     get_sampler,
     list_samplers,
     make_sample_scheduler,
@@ -28,6 +26,7 @@ from harness.diffusion.samplers import (
     sample_loop,
     spaced_timesteps,
 )
+from harness.diffusion.weighting import get_mse_weighting, list_mse_weightings, register_mse_weighting
 from harness.diffusion.spec import (
     DiffusionSpec,
     DiffusionTables,

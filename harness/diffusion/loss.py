@@ -9,9 +9,7 @@
   discretized-Gaussian decoder NLL; both in bits per dimension (mean over non-batch dims / ln 2).
   The model log-variance interpolates log(beta_t) and the clipped log posterior variance with
   frac = (v + 1) / 2 (IDDPM Eq. 15, "learned_range").
-- MSE weighting registry: "none" (DiT: plain MSE in the prediction space) and "p2" (the official
-  FPDM code with v-prediction, paper-facts 3.2: MSE in x_0-space weighted by snr * sqrt(1 - ab),
-  i.e. a v-space MSE weighted by ab * sqrt(1 - ab)).
+- The MSE term is weighted by the registry in `harness.diffusion.weighting` (``diffusion.mse_weighting``).
 """
 
 from __future__ import annotations
@@ -26,59 +24,21 @@ from harness.diffusion.spec import (
     DiffusionSpec,
     DiffusionTables,
     diffusion_tables,
-    expand_to,
     make_train_scheduler,
+)
+from harness.diffusion.weighting import (
+    expand_to,
+    get_mse_weighting,
+    mean_flat,
     predict_x0,
 )
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-# weight_fn(pred, target, x0, x_t, ab_t, spec) -> per-sample loss (B,)
-MseWeighting = Callable[..., torch.Tensor]
-
-_MSE_WEIGHTINGS: dict[str, MseWeighting] = {}
-
-
-def register_mse_weighting(name: str):
-    def deco(fn: MseWeighting) -> MseWeighting:
-        if name in _MSE_WEIGHTINGS:
-            raise KeyError(f"mse weighting {name!r} is already registered")
-        _MSE_WEIGHTINGS[name] = fn
-        return fn
-
-    return deco
-
-
-def get_mse_weighting(name: str) -> MseWeighting:
-    if name not in _MSE_WEIGHTINGS:
-        raise KeyError(f"unknown mse_weighting {name!r}; valid: {sorted(_MSE_WEIGHTINGS)}")
-    return _MSE_WEIGHTINGS[name]
-
-
-def list_mse_weightings() -> list[str]:
-    return sorted(_MSE_WEIGHTINGS)
-
-
-def mean_flat(x: torch.Tensor) -> torch.Tensor:
-    """Mean over all non-batch dimensions: (B, ...) -> (B,)."""
-    return x.flatten(1).mean(dim=1)
-
-
-@register_mse_weighting("none")
-def _mse_plain(pred, target, x0, x_t, ab_t, spec):
-    return mean_flat((pred - target) ** 2)
-
-
-@register_mse_weighting("p2")
-def _mse_p2(pred, target, x0, x_t, ab_t, spec):
-    # Official FPDM code (gaussian_diffusion.py, weight_schedule="p2"): x_0-space error weighted by
-    # snr * sqrt(1 - ab). Zero at a zero-SNR timestep, where x_0 carries no signal.
-    snr = ab_t / (1.0 - ab_t)
-    w = snr * (1.0 - ab_t).sqrt()
-    x0_pred = predict_x0(pred, x_t, ab_t, spec.prediction_type)
-    return mean_flat(expand_to(w, x0) * (x0 - x0_pred) ** 2)
 
 
 # ---------------------------------------------------------------- Gaussian helpers (IDDPM math)
+
+
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))

@@ -35,6 +35,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from baselines.registry import Registry
 from harness.diffusion.spec import DiffusionSpec, make_train_scheduler
 
 SampleModelFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", int], torch.Tensor]
@@ -70,29 +71,19 @@ class Sampler:
         raise NotImplementedError
 
 
-_SAMPLERS: dict[str, Sampler] = {}
+SAMPLERS: Registry[Sampler] = Registry("sampler", key="sample.sampler")
+get_sampler, list_samplers = SAMPLERS.get, SAMPLERS.list
 
 
 def register_sampler(name: str):
+    """Class decorator: registers one instance of the ``Sampler`` subclass under ``name``."""
     def deco(cls: type[Sampler]) -> type[Sampler]:
-        if name in _SAMPLERS:
-            raise KeyError(f"sampler {name!r} is already registered")
         inst = cls()
         inst.name = name
-        _SAMPLERS[name] = inst
+        SAMPLERS.register(name, inst)
         return cls
 
     return deco
-
-
-def get_sampler(name: str) -> Sampler:
-    if name not in _SAMPLERS:
-        raise KeyError(f"unknown sampler {name!r}; valid: {sorted(_SAMPLERS)}")
-    return _SAMPLERS[name]
-
-
-def list_samplers() -> list[str]:
-    return sorted(_SAMPLERS)
 
 
 def spaced_timesteps(spec: DiffusionSpec, num_steps: int) -> torch.Tensor:

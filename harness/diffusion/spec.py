@@ -17,7 +17,16 @@ from typing import NamedTuple
 import torch
 from diffusers import DDPMScheduler
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+from harness.diffusion.weighting import (
+    PREDICTION_TYPES,
+    expand_to,
+    list_mse_weightings,
+    predict_x0,
+)
+
+__all__ = ["DiffusionSpec", "DiffusionTables", "diffusion_tables", "make_train_scheduler", "expand_to", "predict_x0",
+           "PREDICTION_TYPES"]
+
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 # How a clipped x_0 enters the sampler's update (harness.diffusion.samplers, docs/architecture.md):
@@ -49,7 +58,7 @@ class DiffusionSpec:
       the posterior mean is built from x_0 alone, so "official" and "diffusers" coincide. "none"
       by default: right for latents (SD-VAE latents exceed [-1, 1], and DiT/FPDM sample latents
       with clip_denoised=False); clip pixel data in [-1, 1]. Dynamic thresholding is never used.
-    - `mse_weighting`: see `harness.diffusion.loss` ("none" = DiT; "p2" = official FPDM code with v-pred).
+    - `mse_weighting`: see `harness.diffusion.weighting` ("none" = DiT; "p2" = official FPDM code with v-pred).
     """
 
     num_train_timesteps: int = 1000
@@ -81,8 +90,6 @@ class DiffusionSpec:
                 "zero_terminal_snr=True needs timestep_spacing='trailing' (or 'linspace'): 'leading' "
                 "never samples from t = T-1 where the SNR is zero (Lin et al. 2024, Sec. 3.3)"
             )
-        from harness.diffusion.loss import list_mse_weightings  # late: loss imports this module
-
         _check_choice("mse_weighting", self.mse_weighting, tuple(list_mse_weightings()))
 
     @property
@@ -159,22 +166,3 @@ def diffusion_tables(spec: DiffusionSpec) -> DiffusionTables:
         posterior_mean_coef_x0=betas * ab_prev.sqrt() / (1.0 - ab),
         posterior_mean_coef_xt=(1.0 - ab_prev) * alphas.sqrt() / (1.0 - ab),
     )
-
-
-def expand_to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, 1, ...) in `like`'s dtype, for broadcasting against a (B, C, ...) tensor."""
-    return values.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def predict_x0(pred: torch.Tensor, x_t: torch.Tensor, ab_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """x_0 implied by a model prediction (epsilon or v) at noise level alpha_bar_t ((B,) tensor).
-
-    Same formulas as the `step` of diffusers' DDPM/DDIM schedulers, batched over timesteps.
-    """
-    a = expand_to(ab_t.sqrt(), x_t)
-    s = expand_to((1.0 - ab_t).sqrt(), x_t)
-    if prediction_type == "epsilon":
-        return (x_t - s * pred) / a
-    if prediction_type == "v_prediction":
-        return a * x_t - s * pred
-    raise ValueError(f"prediction_type={prediction_type!r} is not one of {list(PREDICTION_TYPES)}")

@@ -13,10 +13,8 @@ held-out accuracy, seed, training size and SHA-256; builds are file-locked and a
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,42 +27,23 @@ from filelock import FileLock
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from baselines.registry import Registry
+from harness.runtime.io import atomic_write, sha256_file
+
 __all__ = [
     "ExtractorSpec", "WeightsInfo", "register_extractor", "get_extractor", "list_extractors",
     "DigitsCNN", "FeatureExtractorDigitsCNN", "ensure_digits_cnn", "to_unit_8x8",
-    "default_cache_dir", "sha256_file", "atomic_write_bytes",
+    "default_cache_dir", "sha256_file",
 ]
 
 # ----------------------------------------------------------------------------------------------
-# Small file helpers (shared with fidelity.py / inception.py)
+# Cache location
 
 
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Argument, else $FPDM_BENCH_CACHE, else ~/.cache/fpdm-bench."""
     root = cache_dir or os.environ.get("FPDM_BENCH_CACHE") or Path.home() / ".cache" / "fpdm-bench"
     return Path(root).expanduser()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` on a temp file in `path`'s directory, then os.replace it into place,
-    so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,22 +71,12 @@ class ExtractorSpec:
     trained_on: str = "ImageNet photographs"
 
 
-_EXTRACTORS: dict[str, ExtractorSpec] = {}
+EXTRACTORS: Registry[ExtractorSpec] = Registry("feature extractor", key="metrics.extractor")
+get_extractor, list_extractors = EXTRACTORS.get, EXTRACTORS.list
 
 
 def register_extractor(spec: ExtractorSpec) -> ExtractorSpec:
-    _EXTRACTORS[spec.name] = spec
-    return spec
-
-
-def get_extractor(name: str) -> ExtractorSpec:
-    if name not in _EXTRACTORS:
-        raise KeyError(f"metrics.extractor={name!r} is unknown; choose one of {list_extractors()}")
-    return _EXTRACTORS[name]
-
-
-def list_extractors() -> list[str]:
-    return sorted(_EXTRACTORS)
+    return EXTRACTORS.register(spec.name, spec)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,7 +161,7 @@ def _train_digits_cnn(seed: int, steps: int, lr: float, weight_decay: float) -> 
 
 def ensure_digits_cnn(cache_dir: str | os.PathLike | None = None) -> tuple[Path, dict]:
     """Path of the cached digits-cnn safetensors (trained on first use) and its sidecar metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tag = f"digits-cnn-v{_DIGITS_RECIPE['version']}-seed{_DIGITS_RECIPE['seed']}"
     path = default_cache_dir(cache_dir) / "extractors" / f"{tag}.safetensors"
@@ -205,11 +174,11 @@ def ensure_digits_cnn(cache_dir: str | os.PathLike | None = None) -> tuple[Path,
                 return path, meta
         model, acc, n_train = _train_digits_cnn(**{k: v for k, v in _DIGITS_RECIPE.items() if k != "version"})
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        atomic_write_bytes(path, lambda tmp: save_file(state, tmp, metadata={"recipe": json.dumps(_DIGITS_RECIPE)}))
+        atomic_write(path, save(state, metadata={"recipe": json.dumps(_DIGITS_RECIPE)}))
         meta = {"extractor": "digits-cnn", "heldout_accuracy": acc, "train_size": n_train,
                 "split": "harness.data.digits train (stratified 80/20, random_state=0)", "sha256": sha256_file(path),
                 "torch": torch.__version__, **{f"recipe_{k}": v for k, v in _DIGITS_RECIPE.items()}}
-        atomic_write_bytes(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+        atomic_write(meta_path, json.dumps(meta, indent=1))
         return path, meta
 
 

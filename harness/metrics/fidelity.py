@@ -32,9 +32,10 @@ from torch_fidelity.metric_kid import kid_featuresdict_to_metric
 from torch_fidelity.metric_prc import prc_featuresdict_to_metric
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from harness.metrics.extractors import (ExtractorSpec, WeightsInfo, atomic_write_bytes, default_cache_dir,
+from harness.metrics.extractors import (ExtractorSpec, WeightsInfo, default_cache_dir,
                                         get_extractor)
 from harness.metrics.fid_stats import features_to_stats, fid_from_stats
+from harness.runtime.io import atomic_write
 
 __all__ = ["ReferenceSpec", "ReferenceStats", "UInt8Images", "fid_label", "extract_features",
            "reference_stats", "reference_path", "compute_metrics", "fid_over_seed_ranges", "SeedRangeFID"]
@@ -162,7 +163,7 @@ def reference_stats(ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInf
         buf = io.BytesIO()
         np.savez(buf, mu=mu, sigma=sigma, n=np.int64(f.shape[0]), features=f.numpy().astype(np.float32),
                  provenance=np.array(json.dumps(prov, sort_keys=True)))
-        atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+        atomic_write(path, buf.getvalue())
         return ReferenceStats(mu, sigma, int(f.shape[0]), f.numpy(), prov)
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-from harness.metrics.extractors import atomic_write_bytes, sha256_file
+from harness.runtime.io import atomic_write, sha256_file
 
 __all__ = ["FID_HELPER_SHA1", "find_fid_helper_weights", "inception_target_shapes", "convert_state_dict",
            "convert", "load_inception_weights", "main"]
@@ -146,10 +146,9 @@ def convert(out: str | os.PathLike, src: str | os.PathLike | None = None, *, ver
     out = Path(out)
     buf = io.BytesIO()  # saving to a buffer keeps the archive's inner name (and so the hash) fixed
     torch.save(state, buf)
-    atomic_write_bytes(out, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+    atomic_write(out, buf.getvalue())
     digest = sha256_file(out)
-    atomic_write_bytes(out.with_name(out.name + ".sha256"),
-                       lambda tmp: Path(tmp).write_text(f"{digest}  {out.name}\n"))
+    atomic_write(out.with_name(out.name + ".sha256"), f"{digest}  {out.name}\n")
     return digest
 
 

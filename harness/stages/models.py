@@ -6,18 +6,10 @@ from typing import Any, Callable
 
 from torch import nn
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+from baselines.registry import Registry
 
-
-def register_model(name: str):
-    def deco(fn):
-        _BUILDERS[name] = fn
-        return fn
-    return deco
-
-
-def list_models() -> list[str]:
-    return list(_BUILDERS)
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", key="model", sort=False)
+register_model, list_models = MODELS.register, MODELS.list
 
 
 def model_architecture(model_cfg: Any):
@@ -31,10 +23,7 @@ def model_architecture(model_cfg: Any):
 
 
 def build_model(model_cfg: Any, train_cfg: Any, *, image_size: int, channels: int, num_classes: int) -> nn.Module:
-    try:
-        builder = _BUILDERS[model_cfg.name]
-    except KeyError:
-        raise KeyError(f"unknown model={model_cfg.name!r}; valid models: {', '.join(list_models())}") from None
+    builder = MODELS.get(model_cfg.name)
     model = builder(model_cfg, train_cfg, image_size=image_size, channels=channels, num_classes=num_classes)
     model.grad_checkpointing = bool(getattr(model_cfg, "grad_checkpointing", False))
     return model

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -17,23 +15,11 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.runtime.io import atomic_write_text
+
 from .storage import FAIL_REASON, RUN_DIR, failures
 
 PathLike = Union[str, Path]
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write via a temp file in the same directory and ``os.replace`` (never a torn file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def link_of(run_dir: Optional[str], sweep_dir: PathLike) -> Optional[str]:

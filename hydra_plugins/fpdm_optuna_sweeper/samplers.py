@@ -8,37 +8,20 @@ does not re-propose its first points (a hydra-optuna-sweeper pain, style-guide B
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import optuna
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from baselines.registry import Registry
+
 from .search_space import SearchSpace, grid_of
 
 SamplerFactory = Callable[..., optuna.samplers.BaseSampler]
-_SAMPLERS: Dict[str, SamplerFactory] = {}
-
-
-def register_sampler(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
-    def deco(fn: SamplerFactory) -> SamplerFactory:
-        _SAMPLERS[name] = fn
-        return fn
-
-    return deco
-
-
-def list_samplers() -> List[str]:
-    return sorted(_SAMPLERS)
-
-
-def get_sampler(name: str) -> SamplerFactory:
-    if name not in _SAMPLERS:
-        raise KeyError(
-            f"hydra.sweeper.sampler={name!r} is unknown; valid: {list_samplers()} "
-            "or a dict with _target_"
-        )
-    return _SAMPLERS[name]
+# Unknown names list the valid ones; a dict with ``_target_`` is the other way to name a sampler.
+SAMPLERS: Registry[SamplerFactory] = Registry("optuna sampler", key="hydra.sweeper.sampler, or a dict with _target_")
+register_sampler, list_samplers, get_sampler = SAMPLERS.register, SAMPLERS.list, SAMPLERS.get
 
 
 @register_sampler("tpe")
