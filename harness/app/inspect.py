@@ -15,8 +15,8 @@ import torch
 from hydra import compose, initialize_config_module
 
 import harness.config  # noqa: F401
-from harness.config.validate import ConfigError, validate_config
 from harness.app.precheck import one_line
+from harness.config.validate import ConfigError, validate_config
 
 
 def _data_shape(cfg) -> tuple[int, int, int]:
@@ -34,8 +34,8 @@ def _data_shape(cfg) -> tuple[int, int, int]:
 def inspect_config(cfg) -> dict:
     from harness.compute.flops import flop_breakdown, params_by_part, sampling_flops
     from harness.compute.memory import estimate_training_memory
-    from harness.stages.models import build_model
     from harness.compute.plan import sampling_plan
+    from harness.stages.models import build_model
 
     channels, size, classes = _data_shape(cfg)
     with torch.device("meta"):
@@ -47,10 +47,9 @@ def inspect_config(cfg) -> dict:
     flops = flop_breakdown(model, size, iters)
     dit_flops = None
     if cfg.sample.match == "flops" and model.is_implicit:
-        from harness.stages.job import _dit_flops_per_forward
+        from harness.compute.flops import dit_flops_per_forward
 
-        dit_flops = _dit_flops_per_forward(cfg, type("D", (), {"image_size": size, "channels": channels,
-                                                                "num_classes": classes})())
+        dit_flops = dit_flops_per_forward(cfg, size, channels, classes)
     plan = sampling_plan(cfg, depth=getattr(model, "depth", None), flops=flops, dit_flops_per_forward=dit_flops)
     memory = estimate_training_memory(model, cfg.train.batch_size, size,
                                       torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32)

@@ -103,3 +103,16 @@ def sampling_flops(breakdown: FlopBreakdown, iters_per_step: list[int] | tuple[i
     if iters_per_step is None:
         return breakdown.per_forward * steps
     return breakdown.explicit_per_forward * steps + breakdown.per_iteration * sum(iters_per_step)
+
+
+def dit_flops_per_forward(cfg, image_size: int, channels: int, num_classes: int) -> float:
+    """FLOPs of one forward of the DiT of the same preset (meta device: nothing is allocated);
+    ``sample.match=flops`` gives FPDM the FLOPs this DiT spends on the same block budget."""
+    from baselines.dit import build_dit
+
+    with torch.device("meta"):
+        dit = build_dit(cfg.model.preset, input_size=image_size, in_channels=channels,
+                        num_classes=num_classes, learn_sigma=cfg.model.learn_sigma).eval()
+        x = torch.zeros(1, channels, image_size, image_size)
+        t = torch.zeros(1, dtype=torch.long)
+        return float(count_flops(dit, x, t, t))

@@ -64,7 +64,7 @@ def _run(cfg) -> None:
 
 @check
 def _diffusion(cfg) -> None:
-    from harness.stages.job import diffusion_spec
+    from harness.diffusion.spec import diffusion_spec
 
     try:
         diffusion_spec(cfg)
@@ -141,7 +141,7 @@ def _train(cfg) -> None:
 @check
 def _sample(cfg) -> None:
     from fpdm.schedules import list_schedules
-    from harness.compute.budget import BudgetError
+    from harness.compute.plan import BudgetError
     from harness.diffusion import list_samplers
     from harness.compute.plan import sampling_plan
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
 
 from harness.runtime.io import atomic_write_json, read_json
 
@@ -55,3 +57,46 @@ class ArtifactCache:
         if self.is_complete(stage, key):
             return "cached"
         return "partial" if self.dir(stage, key).exists() else "to run"
+
+# ------------------------------------------------------------------ the keys of one job's stages
+# Keys hash only what determines an artifact: the train key ignores sampling and metrics, so a
+# sweep over sampling settings trains each model once; for DiT it also ignores the FPDM-only
+# training knobs and the solver, so DiT is trained and sampled once per budget.
+# keys that change how a stage runs but not what it produces
+_TRAIN_RUNTIME_KEYS = ("resume", "log_every", "ckpt_every")
+_SAMPLE_RUNTIME_KEYS = ("batch_size",)
+
+
+def _plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+@dataclass(frozen=True)
+class StageKeys:
+    train: str
+    sample: str
+    eval: str
+
+    def as_dict(self) -> dict:
+        return {"train": self.train, "sample": self.sample, "eval": self.eval}
+
+
+def stage_keys(cfg) -> StageKeys:
+    model = _plain(cfg.model)
+    train = {k: v for k, v in _plain(cfg.train).items() if k not in _TRAIN_RUNTIME_KEYS}
+    if cfg.model.name != "fpdm":  # FPDM-only knobs must not split the DiT cache
+        for k in ("method", "iters", "implicit_solver", "implicit_tol"):
+            train.pop(k, None)
+        for k in ("pre_depth", "post_depth", "pre_post_timestep_conditioning"):
+            model.pop(k, None)
+    train_key = config_hash("train", model, _plain(cfg.data), _plain(cfg.diffusion), train)
+    sample = {k: v for k, v in _plain(cfg.sample).items() if k not in _SAMPLE_RUNTIME_KEYS}
+    solver = _plain(cfg.solver) if cfg.model.name == "fpdm" else None
+    if cfg.model.name != "fpdm":
+        for k in ("iters", "schedule", "schedule_values", "ratio", "reuse", "match"):
+            sample.pop(k, None)
+        if cfg.sample.budget is not None:
+            sample.pop("steps", None)
+    sample_key = config_hash("sample", train_key, sample, solver)
+    eval_key = config_hash("eval", sample_key, _plain(cfg.metrics))
+    return StageKeys(train_key, sample_key, eval_key)

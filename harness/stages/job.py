@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from harness.stages.cache import ArtifactCache
-from harness.compute.plan import StageKeys, sampling_plan, stage_keys
+from harness.compute.plan import sampling_plan
+from harness.diffusion.spec import diffusion_spec
+from harness.stages.cache import ArtifactCache, StageKeys, stage_keys
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,21 +26,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"run.device={name} but CUDA is not available here; use run.device=auto or run.device=cpu")
     return dev
-
-
-def diffusion_spec(cfg):
-    from harness.diffusion.spec import DiffusionSpec
-
-    d = cfg.diffusion
-    return DiffusionSpec(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.beta_schedule,
-                         beta_start=d.beta_start, beta_end=d.beta_end, prediction_type=d.prediction_type,
-                         zero_terminal_snr=d.zero_terminal_snr, learn_sigma=cfg.model.learn_sigma,
-                         timestep_spacing=d.timestep_spacing, clip_sample=d.clip_sample and not _is_latent(cfg),
-                         mse_weighting=d.mse_weighting)
-
-
-def _is_latent(cfg) -> bool:
-    return cfg.data.name == "latents"
 
 
 @dataclass
@@ -94,7 +80,11 @@ def _load_weights(model, path: Path) -> None:
 
 def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult:
     """Run (or, with ``plan_only``, only inspect) the stages of one job."""
-    from harness.compute.flops import flop_breakdown, params_by_part
+    from harness.compute.flops import (
+        dit_flops_per_forward,
+        flop_breakdown,
+        params_by_part,
+    )
     from harness.data import build_dataset
     from harness.runtime.distributed import broadcast_flag, setup_distributed
 
@@ -151,7 +141,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     # measured FLOPs only plan a FLOP-matched budget here; the sample stage measures its own for the record
     match_flops = cfg.sample.match == "flops" and cfg.model.name == "fpdm"
     flops = flop_breakdown(model, data.image_size) if match_flops else None
-    dit_flops = _dit_flops_per_forward(cfg, data) if match_flops else None
+    dit_flops = dit_flops_per_forward(cfg, data.image_size, data.channels, data.num_classes) if match_flops else None
     plan = sampling_plan(cfg, depth=getattr(model, "depth", None) if pretrained else None, flops=flops,
                          dit_flops_per_forward=dit_flops)
     result.axes = job_axes(cfg, plan)
@@ -190,19 +180,6 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     result.metrics["peak_rss_bytes"] = peak_rss_bytes()  # of the job's process (a sweep shares one)
     result.metrics.update({k: v for k, v in eval_metrics.items() if not isinstance(v, (dict, list, str))})
     return result
-
-
-def _dit_flops_per_forward(cfg, data) -> float:
-    """FLOPs of one forward of the DiT of the same preset (meta device: nothing is allocated)."""
-    from baselines.dit import build_dit
-    from harness.compute.flops import count_flops
-
-    with torch.device("meta"):
-        dit = build_dit(cfg.model.preset, input_size=data.image_size, in_channels=data.channels,
-                        num_classes=data.num_classes, learn_sigma=cfg.model.learn_sigma).eval()
-        x = torch.zeros(1, data.channels, data.image_size, data.image_size)
-        t = torch.zeros(1, dtype=torch.long)
-        return float(count_flops(dit, x, t, t))
 
 
 def resolved_config(cfg) -> dict:
