@@ -1,51 +1,181 @@
-"""Architecture knobs on top of presets (issue 10 item 4): a depth / width ablation is a plain
-multirun whose jobs get distinct train keys and their resolved architecture as axes, while a knob
-equal to the preset's value reuses the preset's cache."""
+"""The import graph of the project, read from the source with ``ast`` (module- and function-level
+imports alike): no cycles, and no arrow from a lower layer to a higher one (docs/architecture.md,
+"Layers"). Also: every module path docs/architecture.md names exists."""
 from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
+
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 
-from harness.config.validate import validate_config
-from harness.stages.job import job_axes
-from harness.compute.plan import sampling_plan, stage_keys
-from harness.app.precheck import _job_overrides, precheck
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("harness", "reports", "hydra_plugins", "fpdm", "baselines", "sweeps")
 
-
-@pytest.fixture
-def jobs():
-    def expand(overrides):
-        GlobalHydra.instance().clear()
-        with initialize_config_module(config_module="harness.config", version_base="1.3"):
-            cfgs = [compose(config_name="config", overrides=list(job)) for job in _job_overrides(overrides, {})]
-        GlobalHydra.instance().clear()
-        return cfgs
-    return expand
-
-
-@pytest.mark.parametrize("model", ["dit", "fpdm"])
-def test_a_depth_width_multirun_plans_distinct_models(model, jobs):
-    sweep = [f"model={model}", "model.depth=4,6,8", "model.hidden_size=32,64", "model.num_heads=2"]
-    precheck(["-m", *sweep])  # every job passes the checks
-    cfgs = jobs(sweep)
-    assert len(cfgs) == 6
-    for cfg in cfgs:
-        validate_config(cfg)
-    keys = [stage_keys(cfg).train for cfg in cfgs]
-    assert len(set(keys)) == 6
-    axes = [job_axes(cfg, sampling_plan(cfg)) for cfg in cfgs]
-    assert sorted((a["depth"], a["hidden_size"]) for a in axes) == [(d, w) for d in (4, 6, 8) for w in (32, 64)]
-    assert all(a["num_heads"] == 2 and a["patch_size"] == 2 and a["mlp_ratio"] == 4.0 for a in axes)
-    if model == "dit":  # the depth is the block budget of one forward
-        assert {a["depth"]: a["budget_blocks"] // a["steps"] for a in axes} == {4: 4, 6: 6, 8: 8}
-    else:  # FPDM: default iterations = depth - pre - post (paper Sec. 4.2)
-        assert {a["depth"]: a["iters_per_step"] for a in axes} == {4: 2, 6: 4, 8: 6}
+# Top to bottom. A module may import its own layer or any layer below it, never one above.
+# Modules of one layer may import each other (the cycle check still applies).
+LAYERS: list[tuple[str, ...]] = [
+    ("harness.run", "harness.inspect", "harness.app"),  # entry points
+    ("reports", "hydra_plugins"),  # the report and the Optuna sweeper, started by the app
+    ("harness.config",),  # schemas, YAML, validation
+    ("harness.stages",),  # job, train, sample, evaluate, cache, records, checkpoints, models
+    ("harness.compute", "harness.diffusion", "harness.metrics", "harness.data"),  # domain rooms
+    ("harness.runtime",),  # atomic writes, hashing, torch.distributed
+    ("fpdm",),  # the model under study
+    ("baselines",),  # DiT, shared layers and presets, the Registry
+    ("harness", "sweeps"),  # bare package markers: nothing imports them for code
+]
 
 
-def test_a_knob_equal_to_the_preset_hits_the_presets_cache(jobs):
-    (plain,), (same,), (deeper,) = jobs(["model=dit"]), jobs(["model=dit", "model.depth=6", "model.num_heads=4"]), \
-        jobs(["model=dit", "model.depth=7"])
-    assert stage_keys(plain).train == stage_keys(same).train  # tiny is 6 deep with 4 heads
-    assert stage_keys(plain).train != stage_keys(deeper).train
-    assert job_axes(plain)["depth"] == 6 and job_axes(deeper)["depth"] == 7
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules() -> dict[str, Path]:
+    mods = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            mods[_module_name(path)] = path
+    return mods
+
+
+def _resolve(name: str, mods: dict[str, Path]) -> str | None:
+    """The project module an import names (``a.b.func`` -> ``a.b``), or None outside the project."""
+    while name and name not in mods:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = project_modules()
+    graph: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        is_pkg = path.name == "__init__.py"
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: from the package of this module
+                    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                    base = base[: len(base) - (node.level - 1)]
+                    module = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    module = node.module or ""
+                # ``from pkg import submodule`` imports the submodule
+                names = [f"{module}.{a.name}" if f"{module}.{a.name}" in mods else module for a in node.names]
+            else:
+                continue
+            deps |= {r for n in names if (r := _resolve(n, mods)) and r != mod}
+        graph[mod] = deps
+    return graph
+
+
+def layer_of(mod: str) -> int:
+    best, rank = -1, None
+    for i, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if (mod == p or mod.startswith(p + ".")) and len(p) > best:
+                best, rank = len(p), i
+    assert rank is not None, f"{mod} is in no layer: add it to LAYERS and docs/architecture.md"
+    return rank
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_graph_sees_function_level_and_relative_imports():
+    graph = import_graph()
+    # function-level: harness.app.run imports the job runner inside task()
+    assert "harness.stages.job" in graph["harness.app.run"]
+    # relative: the data package registers its sources with ``from . import digits, ...``
+    assert {"harness.data.digits", "harness.data.registry"} <= graph["harness.data"]
+    assert "fpdm.solvers" in graph["fpdm.training_modes"]
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles():
+    assert _cycles(import_graph()) == []
+
+
+def test_every_arrow_points_down():
+    upward = [f"{m} (layer {layer_of(m)}) -> {d} (layer {layer_of(d)})"
+              for m, deps in import_graph().items() for d in sorted(deps) if layer_of(d) < layer_of(m)]
+    assert upward == [], "\n".join(upward)
+
+
+def test_the_config_layer_does_not_import_the_job_runner():
+    graph = import_graph()
+    for mod in (m for m in graph if m.startswith("harness.config")):
+        assert not {"harness.stages.job", "harness.stages.train", "harness.stages.sample"} & graph[mod], mod
+
+
+@pytest.mark.parametrize("pkg", ["fpdm", "baselines"])
+def test_model_packages_never_import_the_harness(pkg):
+    graph = import_graph()
+    bad = {m: sorted(d for d in deps if d.startswith(("harness", "reports", "hydra_plugins")))
+           for m, deps in graph.items() if m.split(".")[0] == pkg}
+    assert not any(bad.values()), bad
+
+
+# ------------------------------------------------------------------ docs/architecture.md
+_PATH_RE = re.compile(r"\b((?:harness|fpdm|baselines|reports|hydra_plugins|sweeps|tests|benchmarks|docs)"
+                      r"/[\w./-]*[\w/])")
+
+
+def test_every_path_in_architecture_doc_exists():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    paths = set(_PATH_RE.findall(text))
+    assert len(paths) > 20, "the architecture doc should name the modules it describes"
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert missing == [], f"docs/architecture.md names paths that do not exist: {missing}"
+
+
+def test_every_dotted_module_in_architecture_doc_exists():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    mods = project_modules()
+    dotted = set(re.findall(r"`((?:harness|fpdm|baselines|reports)(?:\.\w+)+)", text))
+    assert dotted, "the architecture doc should name modules in dotted form too"
+    missing = sorted(d for d in dotted if _resolve(d, mods) is None or
+                     (d not in mods and _resolve(d, mods).count(".") < d.count(".") - 1))
+    assert missing == [], f"docs/architecture.md names modules that do not exist: {missing}"
+
+
+def test_every_room_is_in_a_layer():
+    for mod in project_modules():
+        layer_of(mod)

@@ -30,8 +30,9 @@ def _worker(rank: int, world: int, port: int, out: Path, steps: int) -> None:
 
     import harness.config  # noqa: F401  (fills the ConfigStore)
     from harness.data import build_dataset
+    from harness.diffusion.spec import diffusion_spec
     from harness.runtime.distributed import setup_distributed
-    from harness.stages.job import _build, diffusion_spec
+    from harness.stages.job import _build
     from harness.stages.train import train_model
 
     if world > 1:

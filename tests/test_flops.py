@@ -115,7 +115,7 @@ def test_tiny_totals_by_hand():
 
 @pytest.mark.parametrize("kind", ["fpdm", "dit"])
 def test_sample_stage_records_the_plans_passes_and_flops(kind, data, tmp_path):
-    from harness.stages.job import diffusion_spec
+    from harness.diffusion.spec import diffusion_spec
     from harness.stages.models import build_model
     from harness.stages.sample import sample_model
 

@@ -10,7 +10,7 @@ from fpdm.model import build_fpdm
 from fpdm.schedules import get_schedule
 from fpdm.training_modes import ImplicitTrainSpec, get_training_mode
 from harness.compute.flops import flop_breakdown
-from harness.compute.budget import plan_dit, plan_fpdm
+from harness.compute.plan import plan_dit, plan_fpdm
 
 
 def test_8_1_fpdm_is_87_percent_smaller():

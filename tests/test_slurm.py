@@ -101,7 +101,8 @@ def test_preemption_signal_checkpoints_before_submitit_requeues(tmp_path):
     import torch
 
     from harness.data import build_dataset
-    from harness.stages.job import _build, diffusion_spec
+    from harness.diffusion.spec import diffusion_spec
+    from harness.stages.job import _build
     from harness.stages.train import Preempted, train_model
 
     cfg = _compose(["train.batch_size=16", "train.log_every=1", "train.ckpt_every=100000", "run.device=cpu",

@@ -10,15 +10,14 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from harness.compute.budget import plan_fpdm
-from harness.stages.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from harness.compute.plan import plan_fpdm
 from harness.config.schema import Config, PicardSolverConfig
 from harness.data import build_dataset
-from harness.stages.job import diffusion_spec
+from harness.diffusion.spec import diffusion_spec
+from harness.stages.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from harness.stages.models import build_model
 from harness.stages.sample import sample_model
 from harness.stages.train import global_batch_indices, train_model
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -48,7 +48,7 @@ def _cfg(**over):
 
 
 def _train(cfg, data, tmp_path):
-    from harness.stages.job import diffusion_spec
+    from harness.diffusion.spec import diffusion_spec
     from harness.stages.models import build_model
 
     torch.manual_seed(0)

@@ -126,7 +126,8 @@ def sample_trained(source: TrainedSource, cfg, out_dir: Path) -> dict:
 
     from harness.data import build_dataset
     from harness.runtime.io import atomic_write_json
-    from harness.stages.job import diffusion_spec, plan_for_model, resolve_device
+    from harness.diffusion.spec import diffusion_spec
+    from harness.stages.job import plan_for_model, resolve_device
     from harness.stages.loading import build_trained
     from harness.stages.sample import sample_model
 

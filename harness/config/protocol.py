@@ -53,7 +53,7 @@ def protocol_deviations(cfg) -> dict[str, object]:
 
 def effective_settings(cfg) -> dict[str, object]:
     """What the job really runs (latents are never clipped, whatever sample.clip_mode says)."""
-    from harness.stages.job import effective_clip_mode
+    from harness.diffusion.spec import effective_clip_mode
 
     d = cfg.diffusion
     return {

@@ -71,8 +71,7 @@ def _run(cfg) -> None:
 
 @check
 def _diffusion(cfg) -> None:
-    from harness.diffusion.spec import CLIP_MODES
-    from harness.stages.job import diffusion_spec
+    from harness.diffusion.spec import CLIP_MODES, diffusion_spec
 
     _choice("sample.clip_mode", cfg.sample.clip_mode, CLIP_MODES)
     try:
@@ -212,7 +211,7 @@ def _train_compute_budget(cfg) -> None:
 @check
 def _sample(cfg) -> None:
     from fpdm.schedules import list_schedules
-    from harness.compute.budget import BudgetError
+    from harness.compute.plan import BudgetError
     from harness.diffusion import list_samplers
     from harness.compute.plan import sampling_plan
 

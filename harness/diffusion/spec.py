@@ -24,7 +24,7 @@ from harness.diffusion.weighting import (
     predict_x0,
 )
 
-__all__ = ["DiffusionSpec", "DiffusionTables", "diffusion_tables", "make_train_scheduler", "expand_to", "predict_x0",
+__all__ = ["DiffusionSpec", "DiffusionTables", "diffusion_tables", "make_train_scheduler", "diffusion_spec", "expand_to", "predict_x0",
            "PREDICTION_TYPES"]
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
@@ -111,6 +111,23 @@ class DiffusionSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def diffusion_spec(cfg) -> DiffusionSpec:
+    """The spec of a resolved job config (``diffusion.*``, ``model.learn_sigma``, the effective
+    ``sample.clip_mode``)."""
+    d = cfg.diffusion
+    return DiffusionSpec(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.beta_schedule,
+                         beta_start=d.beta_start, beta_end=d.beta_end, prediction_type=d.prediction_type,
+                         zero_terminal_snr=d.zero_terminal_snr, learn_sigma=cfg.model.learn_sigma,
+                         timestep_spacing=d.timestep_spacing, clip_mode=effective_clip_mode(cfg),
+                         mse_weighting=d.mse_weighting)
+
+
+def effective_clip_mode(cfg) -> str:
+    """``sample.clip_mode``, except that latents are never clipped (SD-VAE latents exceed [-1, 1];
+    DiT and FPDM sample latents with clip_denoised=False). The protocol label shows the result."""
+    return "none" if cfg.data.name == "latents" else cfg.sample.clip_mode
 
 
 def _check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:

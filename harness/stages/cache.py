@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
 
 from harness.runtime.io import atomic_write_json, read_json
 
@@ -55,3 +57,91 @@ class ArtifactCache:
         if self.is_complete(stage, key):
             return "cached"
         return "partial" if self.dir(stage, key).exists() else "to run"
+
+# ------------------------------------------------------------------ the keys of one job's stages
+# Keys hash only what determines an artifact: the train key ignores sampling and metrics, so a
+# sweep over sampling settings trains each model once; for DiT it also ignores the FPDM-only
+# training knobs and the solver, so DiT is trained and sampled once per budget.
+# keys that change how a stage runs but not what it produces
+_TRAIN_RUNTIME_KEYS = ("resume", "log_every", "ckpt_every")
+_TRAIN_BUDGET_CHECK_KEYS = ("tolerance",)  # only decide whether a budget is accepted
+_SAMPLE_RUNTIME_KEYS = ("batch_size", "flops_tolerance")
+
+
+def _plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+@dataclass(frozen=True)
+class StageKeys:
+    train: str
+    sample: str
+    eval: str
+
+    def as_dict(self) -> dict:
+        return {"train": self.train, "sample": self.sample, "eval": self.eval}
+
+
+def _key_by_plan(cfg, sample: dict) -> None:
+    """Key FPDM's sample stage by the integer plan it runs, not by the names that produced it: two
+    schedules that expand to the same per-step iterations (e.g. ``cosine`` and ``increasing`` at
+    2 iterations per step) share one artifact, so a sweep samples that plan once and the report
+    shows one row naming both (``reports.merge``)."""
+    from harness.compute.plan import BudgetError, sampling_plan
+
+    try:
+        planned = sampling_plan(cfg)
+    except (BudgetError, ValueError):
+        return  # an infeasible budget fails later with its own message; keep the plain key
+    for k in ("budget", "steps", "iters", "schedule", "schedule_values", "ratio"):
+        sample.pop(k, None)
+    sample["plan_iters"] = list(planned.iters)
+
+
+def _model_identity(cfg) -> dict:
+    """``cfg.model`` for the train key, with the architecture knobs replaced by what they change:
+    a knob that is null or equal to the preset's value is dropped, so ``model.depth=6`` on the
+    6-deep tiny preset trains (and caches) the same model as no knob, and keys of configs without
+    knobs are unchanged."""
+    model = _plain(cfg.model)
+    if cfg.model.name == "dit_diffusers" and cfg.model.get("pretrained_path"):
+        return model
+    from baselines.presets import ARCHITECTURE_KNOBS, get_preset
+    from harness.compute.plan import _arch
+
+    base, arch = get_preset(cfg.model.preset), _arch(cfg)
+    for knob in ARCHITECTURE_KNOBS:
+        if knob in model and getattr(arch, knob) == getattr(base, knob):
+            model.pop(knob)
+    return model
+
+
+def stage_keys(cfg) -> StageKeys:
+    model = _model_identity(cfg)
+    train = {k: v for k, v in _plain(cfg.train).items() if k not in _TRAIN_RUNTIME_KEYS}
+    train["budget"] = {k: v for k, v in train["budget"].items() if k not in _TRAIN_BUDGET_CHECK_KEYS}
+    if cfg.model.name != "fpdm":  # FPDM-only knobs must not split the DiT cache
+        for k in ("method", "iters", "implicit_solver", "implicit_tol"):
+            train.pop(k, None)
+        for k in ("pre_depth", "post_depth", "pre_post_timestep_conditioning"):
+            model.pop(k, None)
+    train_key = config_hash("train", model, _plain(cfg.data), _plain(cfg.diffusion), train)
+    sample = {k: v for k, v in _plain(cfg.sample).items() if k not in _SAMPLE_RUNTIME_KEYS}
+    solver = _plain(cfg.solver) if cfg.model.name == "fpdm" else None
+    if cfg.model.name != "fpdm":
+        for k in ("iters", "schedule", "schedule_values", "ratio", "reuse", "match"):
+            sample.pop(k, None)
+        if cfg.sample.budget is not None:
+            sample.pop("steps", None)
+    if cfg.model.name == "fpdm" and cfg.sample.match == "blocks":
+        _key_by_plan(cfg, sample)
+    # the FLOP counting convention decides a FLOP-matched plan and the FLOP figures cached with samples
+    from harness.compute.flops import FLOP_COUNT_VERSION
+
+    sample["flop_count"] = FLOP_COUNT_VERSION
+    sample_key = config_hash("sample", train_key, sample, solver)
+    from harness.metrics.choice import extractor_name
+
+    metrics = {**_plain(cfg.metrics), "extractor": extractor_name(cfg)}  # null and its default: one key
+    eval_key = config_hash("eval", sample_key, metrics)
+    return StageKeys(train_key, sample_key, eval_key)

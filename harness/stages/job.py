@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from harness.stages.cache import ArtifactCache
-from harness.compute.plan import StageKeys, flop_match_inputs, sampling_plan, stage_keys
+from harness.compute.plan import flop_match_inputs, sampling_plan
+from harness.diffusion.spec import diffusion_spec
+from harness.stages.cache import ArtifactCache, StageKeys, stage_keys
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,27 +26,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"run.device={name} but CUDA is not available here; use run.device=auto or run.device=cpu")
     return dev
-
-
-def diffusion_spec(cfg):
-    from harness.diffusion.spec import DiffusionSpec
-
-    d = cfg.diffusion
-    return DiffusionSpec(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.beta_schedule,
-                         beta_start=d.beta_start, beta_end=d.beta_end, prediction_type=d.prediction_type,
-                         zero_terminal_snr=d.zero_terminal_snr, learn_sigma=cfg.model.learn_sigma,
-                         timestep_spacing=d.timestep_spacing, clip_mode=effective_clip_mode(cfg),
-                         mse_weighting=d.mse_weighting)
-
-
-def effective_clip_mode(cfg) -> str:
-    """``sample.clip_mode``, except that latents are never clipped (SD-VAE latents exceed [-1, 1];
-    DiT and FPDM sample latents with clip_denoised=False). The protocol label shows the result."""
-    return "none" if _is_latent(cfg) else cfg.sample.clip_mode
-
-
-def _is_latent(cfg) -> bool:
-    return cfg.data.name == "latents"
 
 
 @dataclass
