@@ -179,3 +179,13 @@ def test_every_dotted_module_in_architecture_doc_exists():
 def test_every_room_is_in_a_layer():
     for mod in project_modules():
         layer_of(mod)
+
+
+def test_sweep_presets_live_in_the_group_folder():
+    """Hydra finds ``sweep=NAME`` only as sweeps/sweep/NAME.yaml (search path ``pkg://sweeps``): a
+    preset dropped directly into sweeps/ would silently not exist."""
+    from harness.config import list_sweeps
+
+    assert not list((ROOT / "sweeps").glob("*.yaml")), "move sweep presets into sweeps/sweep/"
+    assert set(list_sweeps()) >= {"budget_schedules", "depth", "solver_type", "tune"}
+    assert "Path(__file__)" not in (ROOT / "harness" / "config" / "__init__.py").read_text()

@@ -184,7 +184,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     run: RunConfig = field(default_factory=RunConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
-    sweep: Any = None  # the name of the sweep preset, set by sweeps/*.yaml
+    sweep: Any = None  # the name of the sweep preset, set by sweeps/sweep/NAME.yaml
 
 
 SOLVER_CONFIGS = {
