@@ -3,7 +3,7 @@ contract, so a user can evaluate released DiT weights (diffusers format, from a 
 download ever) as a baseline in the same harness.
 
 Parameter counts differ from the reference DiT: diffusers gives each block its own copy of the
-timestep + class embedding (stack-notes: 749,826,464 at XL/2 vs 674,834,720), so reports label
+timestep + class embedding (749,826,464 parameters at XL/2 vs 674,834,720, measured with diffusers' ``DiTTransformer2DModel``), so reports label
 this model's count as ``diffusers layout``.
 """
 from __future__ import annotations

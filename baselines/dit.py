@@ -1,7 +1,7 @@
 """The DiT baseline (Peebles & Xie, ICCV 2023), parameter-exact.
 
 DiT-XL/2 on 32x32x4 latents with 1000 classes and learned sigma has 674,834,720 trainable
-parameters plus a 294,912-element position buffer (paper-facts 8.1): the position table is a
+parameters plus a 294,912-element position buffer (docs/paper-notes.md §8.1): the position table is a
 buffer here, not a frozen Parameter as in the original code.
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ The fixed point block is conditioned on ``t_emb + y``; pre, post and final layer
 ``pre_post_timestep_conditioning`` is set.
 
 FPDM-XL/2 with 1 pre and 1 post layer (ImageNet, learned sigma) has 86,500,256 parameters
-(paper-facts 8.1).
+(docs/paper-notes.md §8.1).
 """
 from __future__ import annotations
 

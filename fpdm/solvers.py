@@ -30,7 +30,7 @@ non-batch dims.
 - ``SolverStats.best`` is, per sample, the evaluated iterate with the lowest finite *absolute*
   residual (within one sample the relative one would favour runaway iterates). A sample that meets
   a non-finite residual, residual norm or iterate is flagged ``diverged`` and gets that best
-  iterate back; solvers never raise on numerics (deq#20, deq#26 in the style guide).
+  iterate back; solvers never raise on numerics (locuslab/deq#20, locuslab/deq#26).
 - Autograd: nothing is detached on the iterate path, freezing uses ``torch.where``, and all
   histories are out-of-place, so gradients flow through the iterations when grad is enabled
   (``full`` training mode) and the code also runs under ``no_grad`` / ``inference_mode``.

@@ -3,7 +3,7 @@
 Block passes are the paper's unit (FPDM Sec. 4.2: ``(n_pre + k + n_post)`` per step for FPDM,
 ``depth`` per step for DiT). FLOPs are measured with ``torch.utils.flop_counter`` on the real
 forward, so the injection MLP that runs inside every fixed point iteration (about 0.48 of a block
-at XL, paper-facts 8.4, ignored by the paper's count) is shown, not hidden. Everything here works
+at XL, docs/paper-notes.md §8.4, ignored by the paper's count) is shown, not hidden. Everything here works
 on the meta device, so the paper's XL/2 configuration is counted without allocating it.
 """
 from __future__ import annotations

