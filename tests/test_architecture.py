@@ -164,9 +164,9 @@ def _layout_paths(text: str) -> list[str]:
     block = text.split("## Layout", 1)[1].split("```")[1]
     paths, folder = [], ""
     for line in block.splitlines():
-        if not line.strip():
+        if not line.strip() or line.startswith("   "):  # blank, or a description's continuation
             continue
-        head = line.split("  ")[0].strip()
+        head = line.strip().split("  ")[0]
         if line[0] != " ":
             names = [n.strip() for n in head.split(",")]
             paths += names
