@@ -21,7 +21,6 @@ PARAM_COUNT_NOTE = "diffusers layout: each block repeats the timestep+class embe
 class DiffusersDiT(nn.Module):
     is_implicit = False
     supports_solution_reuse = False
-    supports_grad_checkpointing = True
     param_parts = {"transformer": ("transformer",)}
     param_count_note = PARAM_COUNT_NOTE
 
