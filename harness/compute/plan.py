@@ -29,6 +29,7 @@ import operator
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
+from baselines.diffusers_dit import uses_pretrained_weights
 from baselines.presets import get_preset
 from fpdm.schedules import PAPER_RATIO, get_schedule
 
@@ -307,7 +308,7 @@ def explicit_blocks(cfg) -> int:
     """Explicit blocks per forward: DiT's depth, or FPDM's pre + post."""
     if cfg.model.name == "fpdm":
         return cfg.model.pre_depth + cfg.model.post_depth
-    if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
+    if uses_pretrained_weights(cfg.model):
         return -1  # known once the weights are loaded
     return get_preset(cfg.model.preset).depth
 

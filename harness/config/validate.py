@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from baselines.diffusers_dit import uses_pretrained_weights
+
 _CHECKS: list[Callable] = []
 
 
@@ -79,7 +81,7 @@ def _model(cfg) -> None:
 
     m = cfg.model
     _choice("model.name", m.name, list_models())
-    if m.name == "dit_diffusers" and m.pretrained_path:
+    if uses_pretrained_weights(m):
         if not Path(m.pretrained_path).expanduser().exists():
             raise ConfigError(f"model.pretrained_path={m.pretrained_path} does not exist: set it to a local "
                               "diffusers DiT folder (download e.g. facebook/DiT-XL-2-256 elsewhere and copy it here)")
@@ -141,9 +143,8 @@ def _train(cfg) -> None:
 @check
 def _sample(cfg) -> None:
     from fpdm.schedules import list_schedules
-    from harness.compute.plan import BudgetError
+    from harness.compute.plan import BudgetError, sampling_plan
     from harness.diffusion import list_samplers
-    from harness.compute.plan import sampling_plan
 
     s = cfg.sample
     _choice("sample.sampler", s.sampler, list_samplers())
@@ -160,7 +161,7 @@ def _sample(cfg) -> None:
                           "equal ranges; make it a multiple")
     if s.reuse and cfg.model.name != "fpdm":
         raise ConfigError(f"sample.reuse=true needs model=fpdm (model={cfg.model.name} has no fixed point to reuse)")
-    if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
+    if uses_pretrained_weights(cfg.model):
         return  # the depth is known once the weights are loaded
     if s.match == "flops" and cfg.model.name == "fpdm":
         return  # planned from measured FLOPs at run time

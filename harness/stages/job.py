@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from baselines.diffusers_dit import uses_pretrained_weights
 from harness.compute.plan import sampling_plan
 from harness.diffusion.spec import diffusion_spec
 from harness.stages.cache import ArtifactCache, StageKeys, stage_keys
@@ -97,7 +98,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     if plan_only:
         result.stage_status = {"train": cache.status("train", keys.train), "sample": cache.status("sample", keys.sample),
                                "evaluate": cache.status("eval", keys.eval)}
-        if cfg.model.name != "dit_diffusers" or not cfg.model.pretrained_path:
+        if not uses_pretrained_weights(cfg.model):
             result.axes = job_axes(cfg, sampling_plan(cfg))
         return result
 
@@ -108,7 +109,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     stages = set(cfg.run.stages)
 
     # ---- train (skipped for loaded pretrained weights)
-    pretrained = cfg.model.name == "dit_diffusers" and bool(cfg.model.pretrained_path)
+    pretrained = uses_pretrained_weights(cfg.model)
     # Every rank joins the process group before any lock: only rank 0 takes the cache lock and
     # decides whether to train; the other ranks follow its decision, train, and leave the rest to it.
     info = setup_distributed(device)
