@@ -36,7 +36,7 @@ def split_argv(argv: list[str]) -> tuple[bool, list[str], bool]:
             multirun = True
         elif arg in _INFO_FLAGS:
             info = True
-            skip = arg in ("--cfg", "-c", "--info", "-i") and i + 1 < len(argv) and not "=" in argv[i + 1]
+            skip = arg in ("--cfg", "-c", "--info", "-i") and i + 1 < len(argv) and "=" not in argv[i + 1]
         elif arg in _HYDRA_FLAGS_WITH_VALUE:
             skip = True
         elif arg.startswith("-"):

@@ -86,7 +86,7 @@ class DataSpec:
             raise DataConfigError(f"data.latent_scale={self.latent_scale!r} must be > 0 or null (null: the VAE's scaling_factor)")
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "DataSpec":
+    def from_config(cls, cfg: Any) -> DataSpec:
         """Accept a DataSpec, a mapping (dict / OmegaConf DictConfig), a dataclass, a name or None."""
         if isinstance(cfg, cls):
             return cfg

@@ -136,7 +136,7 @@ class DiffusionTables(NamedTuple):
     posterior_mean_coef_x0: torch.Tensor
     posterior_mean_coef_xt: torch.Tensor
 
-    def to(self, device: torch.device) -> "DiffusionTables":
+    def to(self, device: torch.device) -> DiffusionTables:
         return DiffusionTables(*(v.to(device) for v in self))
 
 
