@@ -3,7 +3,7 @@ contract, so a user can evaluate released DiT weights (diffusers format, from a 
 download ever) as a baseline in the same harness.
 
 Parameter counts differ from the reference DiT: diffusers gives each block its own copy of the
-timestep + class embedding (stack-notes: 749,826,464 at XL/2 vs 674,834,720), so reports label
+timestep + class embedding (749,826,464 parameters at XL/2 vs 674,834,720, measured with diffusers' ``DiTTransformer2DModel``), so reports label
 this model's count as ``diffusers layout``.
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ PARAM_COUNT_NOTE = "diffusers layout: each block repeats the timestep+class embe
 class DiffusersDiT(nn.Module):
     is_implicit = False
     supports_solution_reuse = False
-    supports_grad_checkpointing = True
     param_parts = {"transformer": ("transformer",)}
     param_count_note = PARAM_COUNT_NOTE
 
@@ -82,6 +81,12 @@ def _transformer_folder(path: Path) -> Path:
         f"model.pretrained_path={path} holds no diffusers DiT (no config.json there or in transformer/): "
         "download e.g. facebook/DiT-XL-2-256 on a machine with network and set model.pretrained_path to that folder"
     )
+
+
+def uses_pretrained_weights(model_cfg) -> bool:
+    """True for ``model=dit_diffusers`` with ``model.pretrained_path``: the weights are loaded, so
+    there is nothing to train and the depth is known only once they are (one check for every caller)."""
+    return model_cfg.name == "dit_diffusers" and bool(model_cfg.pretrained_path)
 
 
 def build_diffusers_dit(model_cfg, *, image_size: int, channels: int, num_classes: int) -> DiffusersDiT:

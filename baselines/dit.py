@@ -1,7 +1,7 @@
 """The DiT baseline (Peebles & Xie, ICCV 2023), parameter-exact.
 
 DiT-XL/2 on 32x32x4 latents with 1000 classes and learned sigma has 674,834,720 trainable
-parameters plus a 294,912-element position buffer (paper-facts 8.1): the position table is a
+parameters plus a 294,912-element position buffer (docs/paper-notes.md §8.1): the position table is a
 buffer here, not a frozen Parameter as in the original code.
 """
 from __future__ import annotations
@@ -25,7 +25,6 @@ class DiT(nn.Module):
 
     is_implicit = False
     supports_solution_reuse = False
-    supports_grad_checkpointing = True
     # parameter groups for accounting: part name -> attribute prefixes
     param_parts = {
         "embedders": ("x_embedder", "t_embedder", "y_embedder"),
@@ -57,7 +56,6 @@ class DiT(nn.Module):
         self.num_classes = num_classes
         self.depth = depth
         self.grad_checkpointing = False
-        self.label_generator: torch.Generator | None = None
 
         add_embedders(self, input_size=input_size, in_channels=in_channels, hidden_size=hidden_size,
                       patch_size=patch_size, num_classes=num_classes, class_dropout=class_dropout)
@@ -76,7 +74,7 @@ class DiT(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, drop_labels: torch.Tensor | None = None,
                 **_: object) -> torch.Tensor:
         h = self.x_embedder(x) + self.pos_embed.to(x.dtype)  # (B, N, D)
-        c = self.t_embedder(t) + self.y_embedder(y, self.training, self.label_generator, drop_labels)
+        c = self.t_embedder(t) + self.y_embedder(y, self.training, force_drop=drop_labels)
         for block in self.blocks:
             h = run_block(block, h, c, self.grad_checkpointing and self.training)
         return unpatchify(self.final_layer(h, c), self.patch_size, self.out_channels)

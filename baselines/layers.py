@@ -64,7 +64,7 @@ class TimestepEmbedder(nn.Module):
 class LabelEmbedder(nn.Module):
     """Class table with one extra row, the null label (index ``num_classes``) used for classifier-free
     guidance and label dropout. The extra row always exists (as in the FPDM code), so an
-    unconditional model is ``num_classes=1`` (2 rows: paper-facts 8.1, 85,349,408 parameters)."""
+    unconditional model is ``num_classes=1`` (2 rows: docs/paper-notes.md §8.1, 85,349,408 parameters)."""
 
     def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
         super().__init__()

@@ -1,6 +1,6 @@
 """Train-step time, eval-forward time and bytes saved for backward: DiT vs FPDM, fp32 vs bf16.
 
-The configuration of the issue (and of the official-code reference numbers in stack-notes):
+The configuration:
 DiT-S/2-shaped models (hidden 384, 6 heads, patch 2) on 32x32x4 latents, batch 8, 1000 classes,
 learned sigma; DiT with 12 blocks; FPDM with 1 pre + 1 post layer, 5 no-grad + 5 with-grad
 iterations in training and 10 iterations in the eval forward; 2 threads.

@@ -9,7 +9,7 @@ The fixed point block is conditioned on ``t_emb + y``; pre, post and final layer
 ``pre_post_timestep_conditioning`` is set.
 
 FPDM-XL/2 with 1 pre and 1 post layer (ImageNet, learned sigma) has 86,500,256 parameters
-(paper-facts 8.1).
+(docs/paper-notes.md §8.1).
 """
 from __future__ import annotations
 
@@ -59,7 +59,6 @@ class FixedPointLayer(nn.Module):
 class FPDM(nn.Module):
     is_implicit = True
     supports_solution_reuse = True
-    supports_grad_checkpointing = True
     param_parts = {
         "embedders": ("x_embedder", "t_embedder", "y_embedder"),
         "pre": ("pre_blocks",),
@@ -103,7 +102,6 @@ class FPDM(nn.Module):
         self.default_iters = default_iters
         self.grad_checkpointing = False
         self.train_generator: torch.Generator | None = None  # S-JFB draws, seeded by the run
-        self.label_generator: torch.Generator | None = None  # label dropout draws
         self.last_solve = None  # SolverStats of the last sampling call
         self.last_passes = 0  # fixed point evaluations of the last call
         self.last_counts = None  # FixedPointCounts of the last training call (VJPs filled in by backward)
@@ -138,7 +136,7 @@ class FPDM(nn.Module):
         drop_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = self.x_embedder(x) + self.pos_embed.to(x.dtype)  # (B, N, D)
-        y_emb = self.y_embedder(y, self.training, self.label_generator, drop_labels)
+        y_emb = self.y_embedder(y, self.training, force_drop=drop_labels)
         c = self.t_embedder(t) + y_emb
         c_explicit = c if self.pre_post_timestep_conditioning else y_emb
         use_ckpt = self.grad_checkpointing and self.training

@@ -27,13 +27,13 @@ sum is exact and a monotone weight gives a monotone schedule.
                the middle of sampling).
   list         explicit ``values`` (validated: length, entries >= 1, exact sum).
   official_increasing
-               the official code's "increasing" (paper-facts 4.3): its ratio list
+               the official code's "increasing" (docs/paper-notes.md §4.3): its ratio list
                linspace(lo, hi) is consumed from the *last* index, so the noisiest step gets
                the *most* iterations (our ``decreasing`` direction). It keeps the controller's
                rounding rule (``_official_round``): identical lists whenever the controller
                spends its budget, topped up to the exact sum where it under-spends. E.g. S=35
                with 210 iterations gives 8,8,8,8,7,...,5,4,4,4,4 and S=10 with 260 gives
-               38,...,14 (paper-facts 8.5); plain largest-remainder would give 9,...,3 and
+               38,...,14 (docs/paper-notes.md §8.5); plain largest-remainder would give 9,...,3 and
                39,...,13. That rule is not monotone: 3 over 2 steps gives [1, 2].
 """
 from __future__ import annotations

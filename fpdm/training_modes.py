@@ -2,7 +2,7 @@
 
 - ``sjfb``: Stochastic Jacobian-Free Backpropagation (FPDM paper Sec. 3.4, Algorithm 1). Draw
   ``n ~ U[n_min, n_max]`` and ``m ~ U[m_min, m_max]`` (both ends included), run n iterations under
-  real ``torch.no_grad()`` (the official code builds a transient graph instead, paper-facts 3.1 and
+  real ``torch.no_grad()`` (the official code builds a transient graph instead, docs/paper-notes.md §3.1 and
   7.7, so its memory grows with n; ours does not), then m iterations with gradient from the detached
   result, and backpropagate through those m only.
 - ``jfb``: JFB / 1-step phantom gradient (Fung et al. 2022): n = n_max, m = 1.

@@ -196,6 +196,18 @@ def _tidy_dtypes(df: pd.DataFrame, cols: Iterable[str]) -> pd.DataFrame:
     return df
 
 
+@dataclass
+class _Collected:
+    """What the records of all sweep directories add up to, before it becomes frames."""
+
+    rows: list = field(default_factory=list)
+    traces: list = field(default_factory=list)
+    studies: dict = field(default_factory=dict)
+    tracebacks: dict = field(default_factory=dict)
+    axis_names: dict = field(default_factory=dict)  # ordered sets
+    metric_names: dict = field(default_factory=dict)
+
+
 def load_sweeps(dirs: Iterable[str | os.PathLike]) -> SweepData:
     """Read every record under ``dirs`` (plus planned-but-missing jobs) into a ``SweepData``."""
     roots = [Path(d) for d in dirs]
@@ -205,54 +217,74 @@ def load_sweeps(dirs: Iterable[str | os.PathLike]) -> SweepData:
         if not r.is_dir():
             raise FileNotFoundError(f"sweep directory {str(r)!r} does not exist; pass a multirun output dir")
     labels = _sweep_labels(roots)
-    rows, traces, studies, tracebacks = [], [], {}, {}
-    axis_names: dict[str, None] = {}
-    metric_names: dict[str, None] = {}
+    acc = _Collected()
     for label, root in zip(labels, roots):
         seen: set[str] = set()
         for path in _find_records(root):
-            rel_dir = path.parent.relative_to(root).as_posix()
-            try:
-                rec = _read_json(path)
-                if not isinstance(rec, dict):
-                    raise ValueError("top level is not an object")
-                row, axes, metrics, trace = _row_from_record(rec, label, rel_dir)
-            except (OSError, ValueError) as exc:  # a torn or hand-edited record is a failed job
-                row = {"job_id": path.parent.name, "sweep": label, "status": "failed", "record_dir": rel_dir,
-                       "reason": f"unreadable record.json: {exc}"}
-                axes, metrics, trace, rec = {}, {}, {}, {}
-            if isinstance(rec.get("traceback_tail"), str):
-                tracebacks[row["job_id"]] = rec["traceback_tail"]
-            axis_names.update(dict.fromkeys(axes))
-            metric_names.update(dict.fromkeys(metrics))
-            row.update({("axis_" + k if k in row else k): v for k, v in axes.items()})
-            row.update({("metric_" + k if k in row else k): v for k, v in metrics.items()})
-            tf = _trace_frame(row["job_id"], trace)
-            if tf is not None:
-                traces.append(tf)
-                # Derived from the trace so the solver table works even when no metric carries them.
-                row.setdefault("trace_nfe", int(pd.to_numeric(tf["iters"], errors="coerce").fillna(0).sum()))
-                row.setdefault("trace_residual_mean", float(tf["residual"].mean()))
-                metric_names.update(dict.fromkeys(["trace_nfe", "trace_residual_mean"]))
+            row = _record_row(path, root, label, acc)
             seen.add(row["job_id"])
-            rows.append(row)
-        plan = root / "sweep_plan.json"
-        if plan.is_file():
-            planned = _read_json(plan)
-            planned = planned.get("jobs", []) if isinstance(planned, dict) else planned
-            for job in planned or []:
-                jid = str(job.get("job_id"))
-                if jid not in seen:
-                    ov = job.get("overrides") or []
-                    rows.append({"job_id": jid, "sweep": label, "status": "missing",
-                                 "reason": "planned in sweep_plan.json but no record.json was written",
-                                 "overrides": " ".join(map(str, ov)) if isinstance(ov, list) else str(ov)})
-                    seen.add(jid)
+            acc.rows.append(row)
+        acc.rows += _missing_rows(root, label, seen)
         study = _load_study(root)
         if study is not None:
-            studies[label] = study
-    axes = sorted(a for a in axis_names if a not in META_COLUMNS)
-    metrics = sorted(m for m in metric_names if m not in axes and m not in META_COLUMNS)
+            acc.studies[label] = study
+    df = _jobs_frame(acc)
+    return SweepData(jobs=df, traces=_traces_frame(acc.traces, df), studies=acc.studies,
+                     roots=dict(zip(labels, roots)), tracebacks=acc.tracebacks)
+
+
+def _record_row(path: Path, root: Path, label: str, acc: _Collected) -> dict:
+    """One job's row from its record.json (a torn or hand-edited record is a failed job)."""
+    rel_dir = path.parent.relative_to(root).as_posix()
+    try:
+        rec = _read_json(path)
+        if not isinstance(rec, dict):
+            raise ValueError("top level is not an object")
+        row, axes, metrics, trace = _row_from_record(rec, label, rel_dir)
+    except (OSError, ValueError) as exc:
+        row = {"job_id": path.parent.name, "sweep": label, "status": "failed", "record_dir": rel_dir,
+               "reason": f"unreadable record.json: {exc}"}
+        axes, metrics, trace, rec = {}, {}, {}, {}
+    if isinstance(rec.get("traceback_tail"), str):
+        acc.tracebacks[row["job_id"]] = rec["traceback_tail"]
+    acc.axis_names.update(dict.fromkeys(axes))
+    acc.metric_names.update(dict.fromkeys(metrics))
+    row.update({("axis_" + k if k in row else k): v for k, v in axes.items()})
+    row.update({("metric_" + k if k in row else k): v for k, v in metrics.items()})
+    tf = _trace_frame(row["job_id"], trace)
+    if tf is not None:
+        acc.traces.append(tf)
+        # Derived from the trace so the solver table works even when no metric carries them.
+        row.setdefault("trace_nfe", int(pd.to_numeric(tf["iters"], errors="coerce").fillna(0).sum()))
+        row.setdefault("trace_residual_mean", float(tf["residual"].mean()))
+        acc.metric_names.update(dict.fromkeys(["trace_nfe", "trace_residual_mean"]))
+    return row
+
+
+def _missing_rows(root: Path, label: str, seen: set[str]) -> list[dict]:
+    """Jobs planned in sweep_plan.json that never wrote a record."""
+    plan = root / "sweep_plan.json"
+    if not plan.is_file():
+        return []
+    planned = _read_json(plan)
+    planned = planned.get("jobs", []) if isinstance(planned, dict) else planned
+    rows = []
+    for job in planned or []:
+        jid = str(job.get("job_id"))
+        if jid not in seen:
+            ov = job.get("overrides") or []
+            rows.append({"job_id": jid, "sweep": label, "status": "missing",
+                         "reason": "planned in sweep_plan.json but no record.json was written",
+                         "overrides": " ".join(map(str, ov)) if isinstance(ov, list) else str(ov)})
+            seen.add(jid)
+    return rows
+
+
+def _jobs_frame(acc: _Collected) -> pd.DataFrame:
+    """One row per job id, columns in report order, ``attrs`` naming the axes and metrics."""
+    rows = acc.rows
+    axes = sorted(a for a in acc.axis_names if a not in META_COLUMNS)
+    metrics = sorted(m for m in acc.metric_names if m not in axes and m not in META_COLUMNS)
     columns = _column_order(axes, metrics)
     extra = sorted({k for r in rows for k in r} - set(columns))  # prefixed clashes (axis_status, ...)
     # Built column by column as objects so ints stay ints (a float NaN column would print 1.04858e+06).
@@ -266,11 +298,15 @@ def load_sweeps(dirs: Iterable[str | os.PathLike]) -> SweepData:
                            "protocol_num_samples"])
     df.attrs["axes"] = axes
     df.attrs["metrics"] = metrics
+    return df
+
+
+def _traces_frame(traces: list, df: pd.DataFrame) -> pd.DataFrame:
+    """Solver traces of the ok jobs, one row per sampling step."""
     tr = (pd.concat(traces, ignore_index=True) if traces
           else pd.DataFrame(columns=["job_id", "step", "timestep", "iters", "residual"]))
     tr = tr[tr["job_id"].isin(set(df.loc[df["status"] == "ok", "job_id"]))]
-    tr = tr.sort_values(["job_id", "step"], kind="mergesort").reset_index(drop=True)
-    return SweepData(jobs=df, traces=tr, studies=studies, roots=dict(zip(labels, roots)), tracebacks=tracebacks)
+    return tr.sort_values(["job_id", "step"], kind="mergesort").reset_index(drop=True)
 
 
 def collect(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from harness.config import list_sweeps
 from harness.config.validate import validate_config
-from harness.app.precheck import _job_overrides, precheck
+from harness.app.precheck import expand_sweep, precheck
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -112,7 +112,7 @@ def test_sweep_preset_composes_and_every_job_passes_the_checks(name, tmp_path, c
         return
     # a sampled sweep is pre-checked at its base config: check every point of its search space here
     params = {k: str(v) for k, v in OmegaConf.to_container(base.hydra.sweeper.params).items()}
-    points = _job_overrides([], params)
+    points = expand_sweep([], params)
     assert len(points) >= 2 * 4 * 2 * 8  # solver x schedule x reuse x iters
     by_group: dict = {}
     for point in points:

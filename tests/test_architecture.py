@@ -158,12 +158,37 @@ _PATH_RE = re.compile(r"\b((?:harness|fpdm|baselines|reports|hydra_plugins|sweep
                       r"/[\w./-]*[\w/])")
 
 
+def _layout_paths(text: str) -> list[str]:
+    """Paths of the "Layout" tree: a line at column 0 names a folder or file (``a, b`` for two), an
+    indented line a file or folder inside the last folder named at column 0."""
+    block = text.split("## Layout", 1)[1].split("```")[1]
+    paths, folder = [], ""
+    for line in block.splitlines():
+        if not line.strip() or line.startswith("   "):  # blank, or a description's continuation
+            continue
+        head = line.strip().split("  ")[0]
+        if line[0] != " ":
+            names = [n.strip() for n in head.split(",")]
+            paths += names
+            folder = names[-1] if names[-1].endswith("/") else ""
+        else:
+            paths.append(folder + head)
+    return paths
+
+
 def test_every_path_in_architecture_doc_exists():
     text = (ROOT / "docs" / "architecture.md").read_text()
-    paths = set(_PATH_RE.findall(text))
-    assert len(paths) > 20, "the architecture doc should name the modules it describes"
+    layout = _layout_paths(text)
+    assert len(layout) > 40, "the Layout tree should name the modules it describes"
+    paths = set(layout) | set(_PATH_RE.findall(text))
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert missing == [], f"docs/architecture.md names paths that do not exist: {missing}"
+
+
+def test_every_room_of_the_harness_is_in_the_layout():
+    layout = set(_layout_paths((ROOT / "docs" / "architecture.md").read_text()))
+    rooms = {f"harness/{p.name}/" for p in (ROOT / "harness").iterdir() if (p / "__init__.py").exists()}
+    assert rooms <= layout, f"rooms missing from docs/architecture.md: {sorted(rooms - layout)}"
 
 
 def test_every_dotted_module_in_architecture_doc_exists():
@@ -179,3 +204,25 @@ def test_every_dotted_module_in_architecture_doc_exists():
 def test_every_room_is_in_a_layer():
     for mod in project_modules():
         layer_of(mod)
+
+
+def test_sweep_presets_live_in_the_group_folder():
+    """Hydra finds ``sweep=NAME`` only as sweeps/sweep/NAME.yaml (search path ``pkg://sweeps``): a
+    preset dropped directly into sweeps/ would silently not exist."""
+    from harness.config import list_sweeps
+
+    assert not list((ROOT / "sweeps").glob("*.yaml")), "move sweep presets into sweeps/sweep/"
+    assert set(list_sweeps()) >= {"budget_schedules", "depth", "solver_type", "tune"}
+    assert "Path(__file__)" not in (ROOT / "harness" / "config" / "__init__.py").read_text()
+
+
+def test_no_comment_points_outside_the_repository():
+    """Comments cite the paper or docs/ (docs/paper-notes.md), never notes a user does not have."""
+    banned = ["paper" + "-facts", "stack" + "-notes", "style" + "-guide", "../" + "shared/"]
+    hits = []
+    for path in ROOT.rglob("*"):
+        if (path.suffix in (".py", ".md", ".yaml", ".toml", ".cfg") and ".git" not in path.parts
+                and "site-packages" not in path.parts):
+            text = path.read_text(errors="ignore")
+            hits += [f"{path.relative_to(ROOT)}: {b}" for b in banned if b in text]
+    assert hits == []

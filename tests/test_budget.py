@@ -1,4 +1,4 @@
-"""Budget math (harness/compute/plan.py): paper examples (paper-facts 4.1, 8.2, footnote 4), exact
+"""Budget math (harness/compute/plan.py): paper examples (docs/paper-notes.md §4.1, §8.2, footnote 4), exact
 budget properties, FLOP matching, and error messages naming the config keys."""
 import dataclasses
 
@@ -151,7 +151,7 @@ def test_flop_mode_never_exceeds_budget(E, I, steps, k, schedule, as_float):
 
 # ------------------------------------------------------------------ FLOP matching examples
 def test_flop_matching_against_dit():
-    # XL-like costs relative to a block = 1.0 (paper-facts 8.4): DiT forward 28 blocks,
+    # XL-like costs relative to a block = 1.0 (docs/paper-notes.md §8.4): DiT forward 28 blocks,
     # FPDM explicit 2.08 per step, 1.48 per iteration (block + injection MLP)
     budget = dit_flops_budget(10, 28.0)
     assert budget == 280.0

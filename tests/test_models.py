@@ -1,4 +1,4 @@
-"""Models: parameter-exact DiT and FPDM (paper-facts 8.1), training modes, reuse, accounting."""
+"""Models: parameter-exact DiT and FPDM (docs/paper-notes.md §8.1), training modes, reuse, accounting."""
 from __future__ import annotations
 
 import pytest
@@ -19,7 +19,7 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# ----------------------------------------------------------------------- paper-facts 8.1 counts
+# ----------------------------------------------------------------------- docs/paper-notes.md §8.1 counts
 def test_dit_xl2_parameter_count_meta():
     with torch.device("meta"):
         model = build_dit("XL/2", input_size=32, in_channels=4, num_classes=1000)
@@ -243,7 +243,7 @@ def test_block_passes_and_flops_show_the_injection_cost():
         dit = build_dit("XL/2", input_size=32, in_channels=4, num_classes=1000)
     assert fpdm.block_passes(26) == 28 == dit.block_passes()
     fb = flop_breakdown(fpdm, 32, iters=6)
-    # paper-facts 8.4: the injection MLP is about 0.48 of a block per iteration at XL/2
+    # docs/paper-notes.md §8.4: the injection MLP is about 0.48 of a block per iteration at XL/2
     assert 0.45 < fb.injection_to_block < 0.50
     assert fb.per_forward == fb.explicit_per_forward + 6 * fb.per_iteration
     db = flop_breakdown(dit, 32)

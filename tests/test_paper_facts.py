@@ -1,4 +1,4 @@
-"""paper-facts.md section 8, checked against the implementation: the numbers a reimplementation
+"""docs/paper-notes.md §8, checked against the implementation: the numbers a reimplementation
 of FPDM can be held to. (Parameter counts of 8.1 and the budget examples of 8.2 are also pinned
 in test_models.py and test_budget.py; this file gathers the rest.)"""
 from __future__ import annotations

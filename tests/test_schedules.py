@@ -1,5 +1,5 @@
 """Iteration schedules (fpdm/schedules.py): contract properties, directions, official controller
-numbers (paper-facts 4.3, 8.5), and error messages."""
+numbers (docs/paper-notes.md §4.3, §8.5), and error messages."""
 import math
 from fractions import Fraction
 

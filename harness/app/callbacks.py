@@ -21,17 +21,16 @@ log = logging.getLogger("harness.app.callbacks")
 def planned_jobs(config: DictConfig) -> list[dict] | None:
     """Jobs of a basic-sweeper multirun: the cartesian product Hydra will launch (None for sampled sweeps)."""
     from hydra._internal.config_loader_impl import get_overrides_dirname
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from harness.app.precheck import expand_sweep
     from harness.config import job_id_from_dirname
 
     if "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_") or ""):
         return None
     params = OmegaConf.to_container(config.hydra.sweeper.params, resolve=False) if config.hydra.sweeper.get("params") else {}
-    lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(config.hydra.overrides.task)
+    batch = expand_sweep(list(config.hydra.overrides.task), params)
     parser = OverridesParser.create()
-    (batch,) = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)
     od = config.hydra.job.config.override_dirname
     jobs = []
     for job in batch:

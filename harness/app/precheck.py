@@ -37,7 +37,7 @@ def split_argv(argv: list[str]) -> tuple[bool, list[str], bool]:
             multirun = True
         elif arg in _INFO_FLAGS:
             info = True
-            skip = arg in ("--cfg", "-c", "--info", "-i") and i + 1 < len(argv) and not "=" in argv[i + 1]
+            skip = arg in ("--cfg", "-c", "--info", "-i") and i + 1 < len(argv) and "=" not in argv[i + 1]
         elif arg in _HYDRA_FLAGS_WITH_VALUE:
             skip = True
         elif arg.startswith("-"):
@@ -68,11 +68,16 @@ def one_line(exc: BaseException) -> str:
     return re.sub(r"\s+", " ", first)
 
 
-def _job_overrides(overrides: list[str], sweeper_params: dict | None) -> list[list[str]]:
+def expand_sweep(overrides: list[str], sweeper_params: dict | None) -> list[list[str]]:
+    """The jobs of a basic-sweeper multirun, as Hydra will launch them: the cartesian product of the
+    preset's ``hydra.sweeper.params`` and the command-line overrides (one list of overrides per job).
+
+    The one place the project reaches into ``hydra._internal`` for this (the pre-check and the
+    sweep plan both need exactly Hydra's expansion, which has no public API)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    lines = [f"{k}={v}" for k, v in (sweeper_params or {}).items()] + overrides
+    lines = [f"{k}={v}" for k, v in (sweeper_params or {}).items()] + list(overrides)
     parsed = OverridesParser.create().parse_overrides(lines)
     (batch,) = BasicSweeper.split_arguments(parsed, None)
     return batch
@@ -141,7 +146,7 @@ def precheck(argv: list[str], config_module: str = "harness.config", config_name
         sweeper_target = str(OmegaConf.select(base, "hydra.sweeper._target_") or "")
         if multirun and "BasicSweeper" in sweeper_target:
             params = OmegaConf.to_container(base.hydra.sweeper.params, resolve=False) if base.hydra.sweeper.get("params") else {}
-            jobs = _job_overrides(overrides, params)
+            jobs = expand_sweep(overrides, params)
         else:
             jobs = [plain]
         cfgs = []

@@ -20,7 +20,7 @@ Policies (decided here, tested in tests/test_budget.py):
   * FLOP matching (``plan_fpdm_flops``): the same, with measured FLOPs in place of block
     counts: the plan with the largest total FLOPs not exceeding the budget. It exists because
     the paper's block count ignores the injection MLP (about 0.48 block per iteration at XL,
-    paper-facts 8.4).
+    docs/paper-notes.md §8.4).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import operator
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
+from baselines.diffusers_dit import uses_pretrained_weights
 from baselines.presets import ARCHITECTURE_KNOBS, resolve_preset
 from fpdm.schedules import PAPER_RATIO, get_schedule
 
@@ -307,7 +308,7 @@ def explicit_blocks(cfg) -> int:
     """Explicit blocks per forward: DiT's depth, or FPDM's pre + post."""
     if cfg.model.name == "fpdm":
         return cfg.model.pre_depth + cfg.model.post_depth
-    if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
+    if uses_pretrained_weights(cfg.model):
         return -1  # known once the weights are loaded
     return _arch(cfg).depth
 

@@ -4,19 +4,19 @@ Importing this module fills Hydra's ConfigStore:
 - ``base_config``: the typed schema (``harness.config.schema.Config``);
 - groups ``model`` (dit, fpdm, dit_diffusers), ``solver`` (one typed node per solver, so
   ``solver=picard solver.m=5`` fails at load time), ``data`` (digits, image_folder, latents);
-- group ``sweep``: every ``sweeps/*.yaml`` (package ``_global_``), selected with ``sweep=NAME``.
+The group ``sweep`` (``sweep=NAME``) is not registered here: Hydra finds ``sweeps/sweep/NAME.yaml``
+through ``hydra.searchpath: [pkg://sweeps]`` in ``config.yaml``.
 """
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+from importlib import resources
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from harness.config.schema import SOLVER_CONFIGS, Config, DataConfig, ModelConfig
 
-SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 
 
 def job_id_from_dirname(override_dirname: str) -> str:
@@ -32,7 +32,9 @@ def _register_resolvers() -> None:
 
 
 def list_sweeps() -> list[str]:
-    return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+    """Names valid for ``sweep=NAME`` (the YAML files of ``sweeps/sweep/``)."""
+    folder = resources.files("sweeps") / "sweep"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def register_configs() -> None:
@@ -46,10 +48,6 @@ def register_configs() -> None:
     cs.store(group="data", name="digits", node=DataConfig())
     cs.store(group="data", name="image_folder", node=DataConfig(name="image_folder", image_size=32))
     cs.store(group="data", name="latents", node=DataConfig(name="latents", image_size=256))
-    for path in sorted(SWEEPS_DIR.glob("*.yaml")):
-        node = OmegaConf.load(path)
-        node.sweep = path.stem  # the record and the report know which preset produced a job
-        cs.store(group="sweep", name=path.stem, node=node, package="_global_")
 
 
 register_configs()

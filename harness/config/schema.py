@@ -2,7 +2,7 @@
 when the config is composed, before anything runs. The names are the vocabulary of design.md."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, List, Optional
 
 from omegaconf import MISSING
@@ -28,34 +28,22 @@ class ModelConfig:
     pretrained_path: Optional[str] = None  # dit_diffusers: local diffusers-format DiT folder
 
 
-@dataclass
-class PicardSolverConfig:
-    """Plain fixed point iteration z <- f(z), the paper's solver (Algorithm 1)."""
-    name: str = "picard"
-    tol: float = 0.0  # > 0 stops a sample early once ||f(z)-z||/||f(z)|| < tol
+def _solver_config(name: str) -> type:
+    """The typed ``solver`` node of one solver: ``name``, ``tol`` and its knobs, whose names and
+    defaults are read from the solver's signature in fpdm/solvers.py, their one home (so
+    ``solver=picard solver.m=5`` still fails at load, and the two can never disagree)."""
+    from fpdm.solvers import solver_knobs
+
+    knobs = [(k, type(v), field(default=v)) for k, v in solver_knobs(name).items()]
+    return make_dataclass(f"{name.capitalize()}SolverConfig",
+                          [("name", str, field(default=name)), ("tol", float, field(default=0.0)), *knobs])
 
 
-@dataclass
-class RelaxedSolverConfig:
-    name: str = "relaxed"
-    tol: float = 0.0
-    beta: float = 0.8  # damping: z <- (1-beta) z + beta f(z)
-
-
-@dataclass
-class AndersonSolverConfig:
-    name: str = "anderson"
-    tol: float = 0.0
-    m: int = 5  # history window
-    lam: float = 1e-4  # Tikhonov regularisation of the least-squares system
-    beta: float = 1.0  # mixing
-
-
-@dataclass
-class BroydenSolverConfig:
-    name: str = "broyden"
-    tol: float = 0.0
-    memory: int = 8  # limited-memory rank-one updates kept
+# tol > 0 stops a sample early once ||f(z)-z||/||f(z)|| < tol; knobs are documented on each solver
+PicardSolverConfig = _solver_config("picard")  # plain z <- f(z), the paper's solver (Algorithm 1)
+RelaxedSolverConfig = _solver_config("relaxed")  # beta: damping, z <- (1-beta) z + beta f(z)
+AndersonSolverConfig = _solver_config("anderson")  # m: history window, lam: Tikhonov, beta: mixing
+BroydenSolverConfig = _solver_config("broyden")  # memory: limited-memory rank-one updates kept
 
 
 @dataclass
@@ -220,7 +208,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
-    sweep: Any = None  # the name of the sweep preset, set by sweeps/*.yaml
+    sweep: Any = None  # the name of the sweep preset, set by sweeps/sweep/NAME.yaml
     protocol: str = "digits"  # set by the protocol group (harness/config/protocol/*.yaml): digits | paper | official
 
 

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from baselines.diffusers_dit import uses_pretrained_weights
+
 _CHECKS: list[Callable] = []
 _DISK_CHECKS: set[Callable] = set()  # checks that read files (skipped by ``harness.inspect``)
 
@@ -87,7 +89,7 @@ def _model(cfg) -> None:
 
     m = cfg.model
     _choice("model.name", m.name, list_models())
-    if m.name == "dit_diffusers" and m.pretrained_path:
+    if uses_pretrained_weights(m):
         from baselines.presets import ARCHITECTURE_KNOBS
 
         knob = next((k for k in ARCHITECTURE_KNOBS if m.get(k) is not None), None)
@@ -211,9 +213,8 @@ def _train_compute_budget(cfg) -> None:
 @check
 def _sample(cfg) -> None:
     from fpdm.schedules import list_schedules
-    from harness.compute.plan import BudgetError
+    from harness.compute.plan import BudgetError, sampling_plan
     from harness.diffusion import list_samplers
-    from harness.compute.plan import sampling_plan
 
     s = cfg.sample
     _choice("sample.sampler", s.sampler, list_samplers())
@@ -234,7 +235,7 @@ def _sample(cfg) -> None:
                           "equal ranges; make it a multiple")
     if s.reuse and cfg.model.name != "fpdm":
         raise ConfigError(f"sample.reuse=true needs model=fpdm (model={cfg.model.name} has no fixed point to reuse)")
-    if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
+    if uses_pretrained_weights(cfg.model):
         return  # the depth is known once the weights are loaded
     if not 0.0 <= s.flops_tolerance < 1.0:
         raise ConfigError(f"sample.flops_tolerance={s.flops_tolerance} must be in [0, 1)")

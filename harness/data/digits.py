@@ -1,7 +1,7 @@
 """``digits``: scikit-learn's ``load_digits`` (UCI optical digits), the harness's default data.
 
 1,797 greyscale 8x8 images with 17 grey levels (0..16), 10 classes; the data ships inside the
-scikit-learn wheel, so nothing downloads (stack-notes "Offline image data"). It stands in for
+scikit-learn wheel (``sklearn.datasets.load_digits``), so nothing downloads. It stands in for
 ImageNet latents (paper Sec. 4.1) in laptop / CI runs.
 
 Preprocessing, documented once here and recorded in ``describe()``:

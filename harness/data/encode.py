@@ -1,7 +1,7 @@
 """Encode an image folder into VAE latents: ``python -m harness.data.encode --images DIR --vae DIR --out DIR``.
 
 The offline counterpart of fast-DiT's ``extract_features.py`` (the step FPDM's code assumes but does
-not ship, paper-facts Sec. 3.2): images are loaded through the ``image_folder`` source (DiT centre
+not ship, docs/paper-notes.md §3.2): images are loaded through the ``image_folder`` source (DiT centre
 crop, RGB, [-1, 1]; unreadable files are reported and skipped), encoded with diffusers'
 ``AutoencoderKL`` from a local folder, and stored as ``(z - shift_factor) * scaling_factor``.
 

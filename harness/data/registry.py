@@ -4,8 +4,8 @@ Every source (``digits``, ``image_folder``, ``latents``) is a builder registered
 name; ``build_dataset(cfg)`` turns the ``data`` config node into a :class:`DataSource`. Training reads
 ``source.train`` (pixels in ``[-1, 1]`` or raw scaled latents, as DiT / fast-DiT feed their models);
 the metrics read ``source.to_uint8_images(samples)`` and ``source.reference_images(split)``, which go
-through the same preprocessing, so FID compares like with like (style guide B5: reference statistics
-from the same preprocessing as training). ``fingerprint()`` keys the train-stage cache
+through the same preprocessing, so FID compares like with like (reference statistics from
+the same preprocessing as training; CompVis/latent-diffusion#138 shows what mixing them costs). ``fingerprint()`` keys the train-stage cache
 (design.md "key = hash(model, data, train)").
 
 Nothing here downloads: a missing path raises a :class:`DataError` whose one-line message names the
@@ -86,7 +86,7 @@ class DataSpec:
             raise DataConfigError(f"data.latent_scale={self.latent_scale!r} must be > 0 or null (null: the VAE's scaling_factor)")
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "DataSpec":
+    def from_config(cls, cfg: Any) -> DataSpec:
         """Accept a DataSpec, a mapping (dict / OmegaConf DictConfig), a dataclass, a name or None."""
         if isinstance(cfg, cls):
             return cfg

@@ -6,7 +6,7 @@
 - `loss`: `training_loss` (MSE plus DiT/IDDPM's hybrid VB term when sigma is learned).
 - `samplers`: `sample_loop` with a registry of `ddpm`, `ddim`, `dpmpp`; CFG; per-image seeds.
 
-FPDM paper Sec. 4.1 and the official code (paper-facts 3.2, 4.5).
+FPDM paper Sec. 4.1 and the official code (docs/paper-notes.md §3.2, §4.5).
 """
 
 from harness.diffusion.loss import (

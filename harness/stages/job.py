@@ -7,13 +7,13 @@ which also turns any exception into a ``failed`` record.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
+from baselines.diffusers_dit import uses_pretrained_weights
 from harness.compute.plan import flop_match_inputs, sampling_plan
 from harness.diffusion.spec import diffusion_spec
 from harness.stages.cache import ArtifactCache, StageKeys, stage_keys
@@ -71,7 +71,7 @@ def architecture_axes(cfg) -> dict:
     from baselines.presets import ARCHITECTURE_KNOBS
     from harness.stages.models import model_architecture
 
-    if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
+    if uses_pretrained_weights(cfg.model):
         return dict.fromkeys(ARCHITECTURE_KNOBS)
     arch = model_architecture(cfg.model)
     return {k: getattr(arch, k) for k in ARCHITECTURE_KNOBS}
@@ -108,7 +108,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     """Run (or, with ``plan_only``, only inspect) the stages of one job."""
     from harness.compute.params import params_by_part
     from harness.data import build_dataset
-    from harness.runtime.distributed import broadcast_flag, setup_distributed
+    from harness.runtime.distributed import setup_distributed
 
     device = resolve_device(cfg.run.device)
     if cfg.run.threads:
@@ -117,105 +117,102 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     cache = ArtifactCache(cfg.paths.cache_dir)
     result = JobResult(keys=keys, axes=job_axes(cfg))
     if plan_only:
-        result.stage_status = {"train": cache.status("train", keys.train), "sample": cache.status("sample", keys.sample),
-                               "evaluate": cache.status("eval", keys.eval)}
-        if cfg.model.name != "dit_diffusers" or not cfg.model.pretrained_path:
-            result.axes = job_axes(cfg, sampling_plan(cfg))
-        return result
+        return _plan_only(cfg, cache, result)
 
     data = build_dataset(cfg.data)
     spec = diffusion_spec(cfg)
     model = _build(cfg, data)
     result.metrics.update({f"params_{k}": v for k, v in params_by_part(model).items()})
     stages = set(cfg.run.stages)
-
-    # ---- train (skipped for loaded pretrained weights)
-    pretrained = cfg.model.name == "dit_diffusers" and bool(cfg.model.pretrained_path)
     # Every rank joins the process group before any lock: only rank 0 takes the cache lock and
     # decides whether to train; the other ranks follow its decision, train, and leave the rest to it.
     info = setup_distributed(device)
     result.is_main = info.is_main
-    if not pretrained:
-        lock = cache.lock("train", keys.train) if info.is_main else nullcontext(cache.dir("train", keys.train))
-        with lock as train_dir:
-            if broadcast_flag(not cache.is_complete("train", keys.train), info):
-                if "train" not in stages:
-                    raise RuntimeError(f"the train stage is not cached (key {keys.train}) and run.stages excludes it")
-                from harness.stages.train import train_model
-
-                summary = train_model(model, data, spec, cfg, train_dir, device, info, progress)
-                if info.is_main:
-                    cache.mark_complete("train", keys.train, summary)
-                result.stage_status["train"] = "ran"
-            else:
-                result.stage_status["train"] = "cached"
-            if not info.is_main:
-                return result
-            _store_train_config(cfg, data, train_dir)
-            train_summary = cache.read_complete("train", keys.train)
-            _load_weights(model, train_dir / "ema.safetensors")  # sampling uses the EMA weights
-        result.metrics.update({k: v for k, v in train_summary.items() if not isinstance(v, (dict, list, str))})
-        result.artifacts["checkpoint"] = str(train_dir / "ema.safetensors")
+    if not uses_pretrained_weights(cfg.model):  # loaded weights skip training
+        _train_stage(cfg, cache, result, model, data, spec, device, info, progress)
     if not info.is_main:
         return result
     model = model.to(device).eval()
 
-    # ---- sample
-    plan = plan_for_model(cfg, model, data, pretrained)
+    plan = plan_for_model(cfg, model, data, uses_pretrained_weights(cfg.model))
     result.axes = job_axes(cfg, plan)
     if "sample" not in stages:
         return result
-    with cache.lock("sample", keys.sample) as sample_dir:
-        if not cache.is_complete("sample", keys.sample):
-            from harness.stages.sample import sample_model
+    from harness.stages.sample import sample_model
 
-            summary = sample_model(model, data, spec, cfg, plan, sample_dir, device, progress)
-            cache.mark_complete("sample", keys.sample, summary)
-            result.stage_status["sample"] = "ran"
-        else:
-            result.stage_status["sample"] = "cached"
-        sample_summary = cache.read_complete("sample", keys.sample)
-    result.solver_trace = sample_summary.pop("solver_trace", None)
-    result.metrics.update({k: v for k, v in sample_summary.items() if not isinstance(v, (dict, list, str))})
+    summary, result.stage_status["sample"], sample_dir = cache.run_stage(
+        "sample", keys.sample, lambda d: sample_model(model, data, spec, cfg, plan, d, device, progress))
+    result.solver_trace = summary.pop("solver_trace", None)
+    _add_scalars(result.metrics, summary)
     result.artifacts.update(samples=str(sample_dir / "samples.npz"), grid=str(sample_dir / "grid.png"))
 
-    # ---- evaluate
     if "evaluate" not in stages:
         return result
-    with cache.lock("eval", keys.eval) as eval_dir:
-        if not cache.is_complete("eval", keys.eval):
-            from harness.stages.evaluate import evaluate_samples
+    from harness.compute.memory import peak_rss_bytes
+    from harness.stages.evaluate import evaluate_samples
 
-            metrics = evaluate_samples(sample_dir / "samples.npz", data, cfg, eval_dir)
-            cache.mark_complete("eval", keys.eval, metrics)
-            result.stage_status["evaluate"] = "ran"
-        else:
-            result.stage_status["evaluate"] = "cached"
-        eval_metrics = cache.read_complete("eval", keys.eval)
-    result.protocol = eval_metrics.pop("protocol", {})
+    metrics, result.stage_status["evaluate"], _ = cache.run_stage(
+        "eval", keys.eval, lambda d: evaluate_samples(sample_dir / "samples.npz", data, cfg, d))
+    result.protocol = metrics.pop("protocol", {})
     from harness.config.protocol import protocol_label
 
     # The FID protocol (samples, extractor, reference) and the diffusion protocol travel together:
     # reports group tables by this label, so runs of different protocols never share a table.
     result.protocol["diffusion"] = protocol_label(cfg)
     result.protocol["label"] = "; ".join(filter(None, [result.protocol.get("label"), result.protocol["diffusion"]]))
-    if isinstance(eval_metrics.get("features"), dict):  # per-ruler features for the report's bootstrap
-        result.artifacts["features"] = eval_metrics.pop("features")
-    from harness.compute.memory import peak_rss_bytes
-
+    if isinstance(metrics.get("features"), dict):  # per-ruler features for the report's bootstrap
+        result.artifacts["features"] = metrics.pop("features")
     result.metrics["peak_rss_bytes"] = peak_rss_bytes()  # of the job's process (a sweep shares one)
-    result.metrics.update({k: v for k, v in eval_metrics.items() if not isinstance(v, (dict, list, str))})
+    _add_scalars(result.metrics, metrics)
     return result
 
 
+def _plan_only(cfg, cache: ArtifactCache, result: JobResult) -> JobResult:
+    """``run.plan=true``: what each stage would do (cached / partial / to run) and the plan's axes."""
+    keys = result.keys
+    result.stage_status = {"train": cache.status("train", keys.train), "sample": cache.status("sample", keys.sample),
+                           "evaluate": cache.status("eval", keys.eval)}
+    if not uses_pretrained_weights(cfg.model):
+        result.axes = job_axes(cfg, sampling_plan(cfg))
+    return result
+
+
+def _train_stage(cfg, cache: ArtifactCache, result: JobResult, model, data, spec, device, info, progress) -> None:
+    """Train (or find cached) the model's weights, then load the EMA weights sampling uses."""
+    from harness.runtime.distributed import broadcast_flag
+
+    key = result.keys.train
+
+    def train(train_dir: Path) -> dict:
+        if "train" not in cfg.run.stages:
+            raise RuntimeError(f"the train stage is not cached (key {key}) and run.stages excludes it")
+        from harness.stages.train import train_model
+
+        return train_model(model, data, spec, cfg, train_dir, device, info, progress)
+
+    summary, result.stage_status["train"], train_dir = cache.run_stage(
+        "train", key, train, lead=info.is_main, agree=lambda need: broadcast_flag(need, info))
+    if not info.is_main:
+        return
+    _store_train_config(cfg, data, train_dir)
+    _load_weights(model, train_dir / "ema.safetensors")  # sampling uses the EMA weights
+    _add_scalars(result.metrics, summary)
+    result.artifacts["checkpoint"] = str(train_dir / "ema.safetensors")
+
+
 def plan_for_model(cfg, model, data, pretrained: bool = False):
-    """The sampling plan of a built model. Both sides of a FLOP match are counted by harness.compute.flops
-    (meta device, attention included), the path the sample stage records its FLOPs with; loaded
-    pretrained weights give the depth."""
+    """The sampling plan of a built model. Both sides of a FLOP match are counted by
+    harness.compute.flops (meta device, attention included), the path the sample stage records its
+    FLOPs with; loaded pretrained weights give the depth."""
     flops, dit_flops = flop_match_inputs(cfg, model, image_size=data.image_size, channels=data.channels,
                                          num_classes=data.num_classes)
     return sampling_plan(cfg, depth=getattr(model, "depth", None) if pretrained else None, flops=flops,
                          dit_flops_per_forward=dit_flops)
+
+
+def _add_scalars(metrics: dict, summary: dict) -> None:
+    """A stage summary's scalars go into the record's metrics (traces and protocol go elsewhere)."""
+    metrics.update({k: v for k, v in summary.items() if not isinstance(v, (dict, list, str))})
 
 
 def resolved_config(cfg) -> dict:

@@ -1,7 +1,7 @@
 """The sampling stage: images under a block budget, with per-image seeds, shards and solver stats.
 
 Image i draws its label and all its noise from a generator seeded with ``sample.seed + i``
-(style-guide rule 9), so samples do not depend on batch size, shard or GPU count. Images are
+(as NVlabs/edm's ``--seeds``), so samples do not depend on batch size, shard or GPU count. Images are
 written in shards by index range (``shard-<start>-<end>.npz``, atomically); a shard that exists is
 skipped, so an interrupted sampling run resumes where it stopped. For FPDM each sampling step
 runs the solver for the plan's iterations at that step (paper Sec. 3.3 smoothing and

@@ -1,6 +1,6 @@
 """fpdm-bench's Hydra sweeper on Optuna >= 4 (ask/tell), selected with ``hydra/sweeper=optuna``.
 
-The released hydra-optuna-sweeper pins optuna<3 (style-guide B3, stack-notes); this plugin
+The released hydra-optuna-sweeper (1.3.x on PyPI) pins optuna<3 (hydra#2162, #3007); this plugin
 replaces it. Hydra only instantiates sweepers from the ``hydra_plugins`` namespace package, so the
 class lives here and the config is stored under group ``hydra/sweeper``, name ``optuna``.
 

@@ -2,7 +2,7 @@
 
 Stored in Hydra's ConfigStore by ``__init__.py``; every field can be overridden from the command
 line as ``hydra.sweeper.<field>=...``. Semantics that differ from the released
-hydra-optuna-sweeper (style-guide B3) are spelled out per field.
+hydra-optuna-sweeper are spelled out per field.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Objective values from a Hydra job's result; anything unusable becomes a failed trial.
 
 hydra-optuna-sweeper crashed the whole sweep on a NaN objective (a double ``study.tell``,
-style-guide B3). Here a job that raised, returned None, a non-number, the wrong number of values
+hydra#2237). Here a job that raised, returned None, a non-number, the wrong number of values
 or a non-finite value yields a :class:`TrialFailure` carrying a one-line reason; the sweeper tells
 the trial as FAIL (no values) and goes on.
 """

@@ -1,7 +1,7 @@
 """Sweep-directory summaries: ``optuna/trials.csv``, ``optuna/best.yaml``, ``optuna/study.json``.
 
 hydra-optuna-sweeper's ``optimization_results.yaml`` lacked the best trial's number and run dir
-(style-guide B3, hydra#2828); here every trial row and every best trial links to its run dir.
+(hydra#2828); here every trial row and every best trial links to its run dir.
 All files are rewritten atomically after each batch, so a killed sweep leaves consistent files.
 """
 from __future__ import annotations

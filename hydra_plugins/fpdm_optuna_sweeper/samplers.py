@@ -4,7 +4,7 @@ TPE (Bergstra et al. 2011) and random search for single objectives, NSGA-II (Deb
 for multi-objective sweeps such as FID vs block budget, and a grid for exhaustive ablations.
 The sampler is built by the sweeper (not by Hydra's recursive instantiation) so that the seed can
 be offset by the number of trials already in the study: a resumed sweep with a fixed seed then
-does not re-propose its first points (a hydra-optuna-sweeper pain, style-guide B3).
+does not re-propose its first points (a hydra-optuna-sweeper pain).
 """
 from __future__ import annotations
 

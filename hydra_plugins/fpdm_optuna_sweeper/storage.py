@@ -235,7 +235,7 @@ class Heartbeat:
                 except Exception as err:  # finished elsewhere, storage hiccup: never kill a sweep
                     log.debug(f"heartbeat of trial {trial.number} skipped: {err}")
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
