@@ -33,7 +33,7 @@ def register_preset(preset: Preset) -> Preset:
 ARCHITECTURE_KNOBS = ("depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio")
 
 
-def resolve_preset(preset: "str | Preset", **knobs) -> Preset:
+def resolve_preset(preset: str | Preset, **knobs) -> Preset:
     """The preset with any architecture knob that is not None replacing its value (DiT Table 1
     sizes as a starting point for depth / width / head / patch ablations). Knobs equal to the
     preset's values give a preset equal to it, so caches keyed on the result are shared."""

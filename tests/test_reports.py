@@ -301,7 +301,8 @@ def _latex_unescape(text: str) -> str:
 def _latex_rows(tex: str) -> tuple[list[str], list[list[str]]]:
     body = tex[tex.index("\\toprule") + len("\\toprule"):tex.index("\\bottomrule")]
     head, rows = body.split("\\midrule")
-    split = lambda line: [_latex_unescape(c) for c in re.split(r"(?<!\\)&", line.strip().removesuffix("\\\\"))]
+    def split(line):
+        return [_latex_unescape(c) for c in re.split(r"(?<!\\)&", line.strip().removesuffix("\\\\"))]
     return split(head), [split(ln) for ln in rows.strip().splitlines() if ln.strip()]
 
 

@@ -21,7 +21,7 @@ def list_protocols() -> list[str]:
     return sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def protocol_settings(name: str) -> dict[str, object]:
     """Dotted key -> value of every key the protocol file sets (except the name itself)."""
     path = PROTOCOL_DIR / f"{name}.yaml"

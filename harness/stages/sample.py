@@ -179,7 +179,7 @@ def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall
     return summary
 
 
-def _cost_summary(model, image_size: int, plan, steps: "_StepStats", implicit: bool, guidance: int) -> dict:
+def _cost_summary(model, image_size: int, plan, steps: _StepStats, implicit: bool, guidance: int) -> dict:
     """Block passes and FLOPs per image, planned and spent, from ``harness.compute.flops`` (the path the
     plan is matched with). Spent = planned unless a solver tolerance stopped early; with
     classifier-free guidance every forward runs twice (``guidance``)."""
