@@ -51,8 +51,8 @@ class FlopBreakdown:
     per_forward: int  # one forward at the given iterations (FPDM) or depth (DiT)
     explicit_per_forward: int  # everything but the fixed point iterations
     block: int  # one transformer block
-    per_iteration: int  # one fixed point evaluation: injection MLP + block (0 for DiT)
-    injection_per_iteration: int  # the injection MLP alone (0 for DiT)
+    per_iteration: int  # one fixed point evaluation as run, measured as the cost of one more iteration (0 for DiT)
+    injection_per_iteration: int  # the injection MLP as a module, cat([z, x_inj]) included (0 for DiT)
 
     @property
     def injection_to_block(self) -> float:
@@ -82,11 +82,13 @@ def flop_breakdown(model: nn.Module, image_size: int, iters: int | None = None) 
             iters = model.default_iters if iters is None else iters
             total = count_flops(model, x, t, y, iters=iters)
             one = count_flops(model, x, t, y, iters=1)
+            # marginal cost: the solve computes its loop invariants (the x_inj half of fc1, the
+            # adaLN vectors) once per forward, so they belong to the explicit part
+            per_iter = count_flops(model, x, t, y, iters=2) - one
             z = torch.zeros(1, tokens, hidden, device=device)
             c = torch.zeros(1, hidden, device=device)
             block = count_flops(model.fixed_point.block, z, c)
             inj = count_flops(model.fixed_point.injection, z, z)
-            per_iter = block + inj
             return FlopBreakdown(total, one - per_iter, block, per_iter, inj)
         total = count_flops(model, x, t, y)
         hidden = model.blocks[0].attn.qkv.in_features

@@ -16,8 +16,9 @@ from harness.budget import SamplingPlan, plan_from_sample_config, plan_fpdm_flop
 from harness.cache import config_hash
 
 # keys that change how a stage runs but not what it produces
-_TRAIN_RUNTIME_KEYS = ("resume", "log_every", "ckpt_every")
-_SAMPLE_RUNTIME_KEYS = ("batch_size",)
+# speed knobs (torch.compile changes results only by float rounding) do not split the cache
+_TRAIN_RUNTIME_KEYS = ("resume", "log_every", "ckpt_every", "compile")
+_SAMPLE_RUNTIME_KEYS = ("batch_size", "compile")
 
 
 def _plain(node) -> dict:
