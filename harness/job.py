@@ -137,15 +137,13 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
                 result.stage_status["train"] = "ran"
             else:
                 result.stage_status["train"] = "cached"
-            if not info.is_main:
-                return result
-            train_summary = cache.read_complete("train", keys.train)
+            # rank 0 marks the stage complete after train_model's last barrier: only it reads the
+            # summary; the EMA weights are on disk before that barrier, so every rank loads them
+            train_summary = cache.read_complete("train", keys.train) if info.is_main else {}
             _load_weights(model, train_dir / "ema.safetensors")  # sampling uses the EMA weights
         result.metrics.update({k: v for k, v in train_summary.items() if not isinstance(v, (dict, list, str))})
         result.artifacts["checkpoint"] = str(train_dir / "ema.safetensors")
-    if not info.is_main:
-        return result
-    model = model.to(device).eval()
+    model = model.to(device).eval()  # every rank samples its share of the images; rank 0 evaluates
 
     # ---- sample
     # measured FLOPs only plan a FLOP-matched budget here; the sample stage measures its own for the record
@@ -157,15 +155,19 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     result.axes = job_axes(cfg, plan)
     if "sample" not in stages:
         return result
-    with cache.lock("sample", keys.sample) as sample_dir:
-        if not cache.is_complete("sample", keys.sample):
+    lock = cache.lock("sample", keys.sample) if info.is_main else nullcontext(cache.dir("sample", keys.sample))
+    with lock as sample_dir:
+        if broadcast_flag(not cache.is_complete("sample", keys.sample), info):
             from harness.sample import sample_model
 
-            summary = sample_model(model, data, spec, cfg, plan, sample_dir, device, progress)
-            cache.mark_complete("sample", keys.sample, summary)
+            summary = sample_model(model, data, spec, cfg, plan, sample_dir, device, progress, info)
+            if info.is_main:
+                cache.mark_complete("sample", keys.sample, summary)
             result.stage_status["sample"] = "ran"
         else:
             result.stage_status["sample"] = "cached"
+        if not info.is_main:
+            return result
         sample_summary = cache.read_complete("sample", keys.sample)
     result.solver_trace = sample_summary.pop("solver_trace", None)
     result.metrics.update({k: v for k, v in sample_summary.items() if not isinstance(v, (dict, list, str))})
