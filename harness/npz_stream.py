@@ -53,7 +53,10 @@ def npz_shape(path: str | Path, name: str) -> tuple[tuple, np.dtype]:
 
 def _header(fh) -> tuple[tuple, np.dtype]:
     version = npy.read_magic(fh)
-    shape, fortran, dtype = npy._read_array_header(fh, version)
+    read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+    if read is None:
+        raise ValueError(f".npy format version {version} cannot be streamed")
+    shape, fortran, dtype = read(fh)
     if fortran:
         raise ValueError("Fortran-ordered arrays cannot be streamed by rows")
     return tuple(shape), dtype

@@ -69,3 +69,23 @@ def test_compile_without_a_compiler_falls_back_with_one_warning(monkeypatch):
     with pytest.warns(UserWarning, match=r"train.compile=true ignored, running eager: no C\+\+ compiler"):
         assert set_compiled(model, True, "train.compile", torch.device("cpu")) is False
     assert all(getattr(m, "_compiled_call_impl", None) is None for m in model.modules())
+
+
+def test_chunked_npz_round_trip_and_np_load(tmp_path):
+    """samples.npz written shard by shard reads back whole with np.load and in row chunks."""
+    import numpy as np
+
+    from harness.npz_stream import iter_npz_rows, npz_shape, write_npz_chunked
+
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 256, (n, 3, 4, 4), dtype=np.uint8) for n in (5, 3, 4)]
+    path = write_npz_chunked(tmp_path / "s.npz", {"images": ((12, 3, 4, 4), np.uint8, iter(parts))},
+                             small={"labels": np.arange(12)})
+    whole = np.concatenate(parts)
+    with np.load(path) as z:
+        assert np.array_equal(z["images"], whole) and np.array_equal(z["labels"], np.arange(12))
+    assert npz_shape(path, "images") == ((12, 3, 4, 4), np.dtype(np.uint8))
+    chunks = list(iter_npz_rows(path, "images", 5))
+    assert [len(c) for c in chunks] == [5, 5, 2] and np.array_equal(np.concatenate(chunks), whole)
+    with pytest.raises(ValueError, match="chunks hold 8 rows"):
+        write_npz_chunked(tmp_path / "bad.npz", {"images": ((12, 3, 4, 4), np.uint8, iter(parts[:2]))})
