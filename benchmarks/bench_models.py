@@ -54,7 +54,7 @@ class Case:
     precision: str
     train_step: Callable[[], None]
     eval_forward: Callable[[], None]
-    flops_fwd: float  # forward FLOPs per image of the train forward
+    flops_fwd: float  # train-step FLOPs per image / 3 (forward + 2x backward on the graph part)
     passes: int  # block passes of the eval forward
     times: dict = field(default_factory=lambda: {"train": [], "eval": []})
     compile_s: float = 0.0
@@ -99,7 +99,11 @@ def _ours(s: dict, name: str, precision: str, device, compiled: bool) -> Case:
     with torch.device("meta"):
         meta = (DiT(depth=s["depth"], **geo) if name == "dit" else FPDM(pre_depth=1, post_depth=1, **geo)).eval()
         xm, tm = torch.zeros(1, s["in_channels"], s["input_size"], s["input_size"]), torch.zeros(1, dtype=torch.long)
-        flops = count_flops(meta, xm, tm, tm, iters=2 * k) if name == "fpdm" else count_flops(meta, xm, tm, tm)
+        if name == "fpdm":  # k no-grad iterations run forward only: count them once, not 3 times
+            with_grad = count_flops(meta, xm, tm, tm, iters=k)
+            flops = with_grad + (count_flops(meta, xm, tm, tm, iters=2 * k) - with_grad) / 3
+        else:
+            flops = count_flops(meta, xm, tm, tm)
     passes = s["depth"] if name == "dit" else 2 + s["eval_iters"]
     side = "ours+compile" if compiled else "ours"
     return Case(f"{side} {precision}", side, name, precision, train_step, eval_forward, float(flops), passes)
