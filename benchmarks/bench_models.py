@@ -1,118 +1,259 @@
-"""Train-step time, eval-forward time and bytes saved for backward: DiT vs FPDM, fp32 vs bf16.
+"""Train-step and eval-forward time of DiT and FPDM, side by side with the official FPDM code.
 
-The configuration:
-DiT-S/2-shaped models (hidden 384, 6 heads, patch 2) on 32x32x4 latents, batch 8, 1000 classes,
-learned sigma; DiT with 12 blocks; FPDM with 1 pre + 1 post layer, 5 no-grad + 5 with-grad
-iterations in training and 10 iterations in the eval forward; 2 threads.
+Two shapes (docs/architecture.md):
+- ``digits``: 8x8x1 images, width 128, 4 heads, patch 2 (16 tokens), 10 classes, train batch 128,
+  eval batch 250; DiT depth 8; FPDM 1 pre + 1 post block, 2 no-grad + 2 with-grad iterations in
+  training (S-JFB, Sec. 3.4) and k=2 in the eval forward. Per-op overhead dominates here.
+- ``s2``: DiT-S/2 on 32x32x4 latents, 1000 classes, batch 8; DiT depth 12; FPDM 1 + 1 blocks,
+  5 + 5 iterations in training, k=10 in the eval forward. Matmuls dominate here.
 
-    python benchmarks/bench_models.py [--threads 2] [--repeats 5] [--device cpu|cuda]
+    python benchmarks/bench_models.py [--shape digits|s2|both] [--threads 2] [--repeats 5]
+        [--official PATH] [--compile] [--profile]
 
-Prints one table, side by side, with ratios; numbers are medians over the repeats after warm-up.
-Reference (official FPDM code, this machine kind, fp32): DiT 1.7 s/step, 0.56 s/forward;
-FPDM 1.55 s/step, 0.71 s/forward.
+``--official PATH`` imports the official code (its ``models.py`` and ``diffusion/``) from PATH at
+run time (it needs ``timm`` and ``jaxtyping`` importable) and times it in the same process,
+interleaved with ours, so every ratio compares runs made under the same machine load. Every
+repeat runs every configuration once (round robin); figures are medians. The matmul peak is
+measured in the same run (a 2048^3 matmul, fp32 and bf16) and each train step is shown as a
+fraction of it (3 x forward FLOPs x batch / time). ``--compile`` adds our models with
+``torch.compile`` (compile time excluded from the medians and printed apart).
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-from baselines.dit import build_dit
-from fpdm.model import build_fpdm
+from baselines.dit import DiT
+from fpdm.model import FPDM
 from fpdm.training_modes import ImplicitTrainSpec
+from harness.compute.flops import count_flops
+from harness.runtime.compile import set_compiled
 from harness.diffusion import training_loss
 from harness.diffusion.spec import DiffusionSpec
-from harness.compute.memory import saved_tensor_bytes
 
-REFERENCE = {"dit": (1.7, 0.56), "fpdm": (1.55, 0.71)}
-
-
-def build(name: str, device):
-    torch.manual_seed(0)
-    if name == "dit":
-        model = build_dit("S/2", input_size=32, in_channels=4, num_classes=1000)
-    else:
-        spec = ImplicitTrainSpec("sjfb", 5, 5, 5, 5)  # fixed 5 + 5 so timings compare like for like
-        model = build_fpdm("S/2", input_size=32, in_channels=4, num_classes=1000, train_spec=spec)
-    return model.to(device)
+SHAPES = {  # name -> geometry, batches, depths, iterations
+    "digits": dict(input_size=8, in_channels=1, num_classes=10, hidden_size=128, num_heads=4, patch_size=2,
+                   batch=128, eval_batch=250, depth=8, train_iters=2, eval_iters=2),
+    "s2": dict(input_size=32, in_channels=4, num_classes=1000, hidden_size=384, num_heads=6, patch_size=2,
+               batch=8, eval_batch=8, depth=12, train_iters=5, eval_iters=10),
+}
+GEOMETRY = ("input_size", "in_channels", "num_classes", "hidden_size", "num_heads", "patch_size")
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+@dataclass
+class Case:
+    label: str  # e.g. "ours fp32"
+    side: str
+    model: str
+    precision: str
+    train_step: Callable[[], None]
+    eval_forward: Callable[[], None]
+    flops_fwd: float  # train-step FLOPs per image / 3 (forward + 2x backward on the graph part)
+    passes: int  # block passes of the eval forward
+    times: dict = field(default_factory=lambda: {"train": [], "eval": []})
+    compile_s: float = 0.0
 
 
-def bench(name: str, precision: str, device, repeats: int, batch: int = 8) -> dict:
-    model = build(name, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    spec = DiffusionSpec(learn_sigma=True)
+def _inputs(s: dict, batch: int, device):
     g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(batch, 4, 32, 32, generator=g).to(device)
-    y = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    x0 = torch.randn(batch, s["in_channels"], s["input_size"], s["input_size"], generator=g).to(device)
+    y = torch.randint(0, s["num_classes"], (batch,), generator=g).to(device)
     t = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    return x0, t, y
+
+
+def _ours(s: dict, name: str, precision: str, device, compiled: bool) -> Case:
+    torch.manual_seed(0)
+    geo = {k: s[k] for k in GEOMETRY}
+    k = s["train_iters"]
+    model = (DiT(depth=s["depth"], **geo) if name == "dit" else
+             FPDM(pre_depth=1, post_depth=1, train_spec=ImplicitTrainSpec("sjfb", k, k, k, k), **geo)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))  # as harness.train
+    spec = DiffusionSpec(learn_sigma=True)
+    x0, t, y = _inputs(s, s["batch"], device)
+    xe, te, ye = _inputs(s, s["eval_batch"], device)
+    noise = torch.randn_like(x0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    if compiled:
+        set_compiled(model, True, "--compile", device)
 
     def train_step():
+        model.train()
         with autocast:
-            loss, _ = training_loss(model, x0, y, spec, t=t, noise=torch.zeros_like(x0))
+            loss, _ = training_loss(model, x0, y, spec, t=t, noise=noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     def eval_forward():
+        model.eval()
         with torch.inference_mode(), autocast:
-            model(x0, t, y, iters=10) if name == "fpdm" else model(x0, t, y)
+            model(xe, te, ye, iters=s["eval_iters"]) if name == "fpdm" else model(xe, te, ye)
 
-    def timed(fn):
-        fn()  # warm-up
-        times = []
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+    with torch.device("meta"):
+        meta = (DiT(depth=s["depth"], **geo) if name == "dit" else FPDM(pre_depth=1, post_depth=1, **geo)).eval()
+        xm, tm = torch.zeros(1, s["in_channels"], s["input_size"], s["input_size"]), torch.zeros(1, dtype=torch.long)
+        if name == "fpdm":  # k no-grad iterations run forward only: count them once, not 3 times
+            with_grad = count_flops(meta, xm, tm, tm, iters=k)
+            flops = with_grad + (count_flops(meta, xm, tm, tm, iters=2 * k) - with_grad) / 3
+        else:
+            flops = count_flops(meta, xm, tm, tm)
+    passes = s["depth"] if name == "dit" else 2 + s["eval_iters"]
+    side = "ours+compile" if compiled else "ours"
+    return Case(f"{side} {precision}", side, name, precision, train_step, eval_forward, float(flops), passes)
 
-    model.train()
-    step_s = timed(train_step)
-    with autocast:
-        saved, _ = saved_tensor_bytes(lambda: training_loss(model, x0, y, spec, t=t, noise=torch.zeros_like(x0))[0],
-                                      exclude=model)
-    model.eval()
-    fwd_s = timed(eval_forward)
-    return {"model": name, "precision": precision, "train_step_s": step_s, "eval_forward_s": fwd_s,
-            "saved_mib": saved / 2**20, "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+def _official(path: str, s: dict, name: str, precision: str, device) -> Case:
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    from diffusion import create_diffusion  # noqa: E402  (the official code, imported from PATH)
+    from models import DiT as OfficialDiT  # noqa: E402
+
+    torch.manual_seed(0)
+    geo = dict(input_size=s["input_size"], patch_size=s["patch_size"], in_channels=s["in_channels"],
+               hidden_size=s["hidden_size"], num_heads=s["num_heads"], num_classes=s["num_classes"],
+               use_gradient_checkpointing=False)
+    k = s["train_iters"]
+    if name == "dit":
+        model = OfficialDiT(depth=s["depth"], **geo)
+    else:
+        model = OfficialDiT(depth=s["depth"], fixed_point=True, fixed_point_pre_depth=1, fixed_point_post_depth=1,
+                            fixed_point_no_grad_min_iters=k, fixed_point_no_grad_max_iters=k,
+                            fixed_point_with_grad_min_iters=k, fixed_point_with_grad_max_iters=k,
+                            fixed_point_pre_post_timestep_conditioning=False, **geo)
+    model = model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)  # the official train.py
+    diffusion = create_diffusion(timestep_respacing="")
+    x0, t, y = _inputs(s, s["batch"], device)
+    xe, te, ye = _inputs(s, s["eval_batch"], device)
+    noise = torch.randn_like(x0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def iters(no_grad: int, with_grad: int) -> None:
+        if name == "fpdm":
+            model.fixed_point_no_grad_min_iters = model.fixed_point_no_grad_max_iters = no_grad
+            model.fixed_point_with_grad_min_iters = model.fixed_point_with_grad_max_iters = with_grad
+
+    def train_step():
+        model.train()
+        iters(k, k)
+        with autocast:
+            loss = diffusion.training_losses(model, x0, t, dict(y=y), noise=noise)["loss"].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def eval_forward():
+        model.eval()
+        iters(0, s["eval_iters"])
+        with torch.inference_mode(), autocast:
+            model(xe, te, ye)
+
+    return Case(f"official {precision}", "official", name, precision, train_step, eval_forward, 0.0, 0)
+
+
+def matmul_peak(dtype: torch.dtype, device, n: int = 2048, reps: int = 5) -> float:
+    """GFLOP/s of an n^3 matmul (median of ``reps``): this machine's practical peak in ``dtype``."""
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], None], device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def run_shape(shape: str, args, device) -> None:
+    s = SHAPES[shape]
+    cases: list[Case] = []
+    for name in ("dit", "fpdm"):
+        for prec in ("fp32", "bf16"):
+            if args.official:
+                cases.append(_official(args.official, s, name, prec, device))
+            cases.append(_ours(s, name, prec, device, compiled=False))
+            if args.compile:
+                cases.append(_ours(s, name, prec, device, compiled=True))
+    for c in cases:  # warm-up (and compilation) outside the timed repeats
+        t_first = _timed(c.train_step, device) + _timed(c.eval_forward, device)
+        t_second = _timed(c.train_step, device) + _timed(c.eval_forward, device)
+        c.compile_s = max(t_first - t_second, 0.0) if c.side == "ours+compile" else 0.0
+    for _ in range(args.repeats):  # round robin: every configuration sees the same load
+        for c in cases:
+            c.times["train"].append(_timed(c.train_step, device))
+            c.times["eval"].append(_timed(c.eval_forward, device))
+    peak = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
+    _report(shape, s, cases, peak, args)
+
+
+def _report(shape: str, s: dict, cases: list[Case], peak: dict, args) -> None:
+    med = {(c.side, c.model, c.precision): {k: statistics.median(v) for k, v in c.times.items()} for c in cases}
+    print(f"\n== {shape}: batch {s['batch']} (eval {s['eval_batch']}), width {s['hidden_size']}, "
+          f"DiT depth {s['depth']}, FPDM 1+1 blocks, train {s['train_iters']}+{s['train_iters']} iters, "
+          f"eval k={s['eval_iters']}; matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    ref_side = "official" if args.official else "ours"
+    head = (f"{'model':<6}{'side':<14}{'prec':<6}{'train s':>9}{'eval s':>9}{'train/ref':>10}{'eval/ref':>10}"
+            f"{'% peak':>8}{'s/pass':>9}{'compile s':>10}")
+    print(head + f"   (ref = {ref_side} fp32)")
+    print("-" * len(head))
+    for c in cases:
+        m = med[(c.side, c.model, c.precision)]
+        ref = med[(ref_side, c.model, "fp32")]
+        frac = (3 * c.flops_fwd * s["batch"] / m["train"] / 1e9 / peak[c.precision]) if c.flops_fwd else float("nan")
+        per_pass = m["eval"] / c.passes if c.passes else float("nan")
+        print(f"{c.model:<6}{c.side:<14}{c.precision:<6}{m['train']:>9.3f}{m['eval']:>9.3f}"
+              f"{m['train'] / ref['train']:>10.2f}{m['eval'] / ref['eval']:>10.2f}{100 * frac:>7.0f}%"
+              f"{per_pass:>9.4f}{c.compile_s:>10.1f}")
+    for prec in ("fp32", "bf16"):
+        d, f = med[("ours", "dit", prec)], med[("ours", "fpdm", prec)]
+        ratio = (f["eval"] / (2 + s["eval_iters"])) / (d["eval"] / s["depth"])
+        print(f"ours {prec}: FPDM / DiT wall time per block pass in the eval forward: {ratio:.2f}x")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=("digits", "s2", "both"), default="both")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--official", metavar="PATH", help="a checkout of the official FPDM code, timed alongside")
+    ap.add_argument("--compile", action="store_true", help="also time our models under torch.compile")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    if args.official:
+        try:
+            sys.path.insert(0, args.official)
+            import diffusion  # noqa: F401
+            import models  # noqa: F401
+        except ImportError as exc:
+            sys.exit(f"--official {args.official}: cannot import its models.py / diffusion/ ({exc}); "
+                     "it needs timm and jaxtyping installed")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    rows = [bench(m, p, device, args.repeats) for p in ("fp32", "bf16") for m in ("dit", "fpdm")]
-    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} batch=8 S/2 32x32x4")
-    head = f"{'model':<6}{'prec':<6}{'params M':>9}{'step s':>9}{'fwd s':>8}{'saved MiB':>11}{'step/ref':>10}{'fwd/ref':>9}"
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        ref_step, ref_fwd = REFERENCE[r["model"]]
-        print(f"{r['model']:<6}{r['precision']:<6}{r['params_m']:>9.1f}{r['train_step_s']:>9.3f}{r['eval_forward_s']:>8.3f}"
-              f"{r['saved_mib']:>11.1f}{r['train_step_s'] / ref_step:>10.2f}{r['eval_forward_s'] / ref_fwd:>9.2f}")
-    by = {(r["model"], r["precision"]): r for r in rows}
-    for p in ("fp32", "bf16"):
-        d, f = by[("dit", p)], by[("fpdm", p)]
-        print(f"{p}: FPDM/DiT  step {f['train_step_s'] / d['train_step_s']:.2f}x  forward "
-              f"{f['eval_forward_s'] / d['eval_forward_s']:.2f}x  saved bytes {f['saved_mib'] / d['saved_mib']:.2f}x")
-    for m in ("dit", "fpdm"):
-        a, b = by[(m, "fp32")], by[(m, "bf16")]
-        print(f"{m}: bf16 speed-up  step {a['train_step_s'] / b['train_step_s']:.2f}x  forward "
-              f"{a['eval_forward_s'] / b['eval_forward_s']:.2f}x")
+    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} repeats={args.repeats} "
+          f"(medians of round-robin repeats)")
+    for shape in (("digits", "s2") if args.shape == "both" else (args.shape,)):
+        run_shape(shape, args, device)
 
 
 if __name__ == "__main__":

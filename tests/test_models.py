@@ -135,7 +135,9 @@ def _saved_bytes(model: FPDM, n: int, m: int) -> int:
 def test_sjfb_saved_bytes_grow_with_m_not_n():
     model = _randomised_fpdm()
     base = _saved_bytes(model, 0, 1)
-    assert _saved_bytes(model, 8, 1) == base  # no-grad iterations store nothing
+    # no-grad iterations store nothing: 8 store what 1 stores (with n = 0 the first iterate is the
+    # pre-block output, a tensor saved anyway, so n >= 1 saves one (B, N, D) iterate more)
+    assert _saved_bytes(model, 8, 1) == _saved_bytes(model, 1, 1) <= base + 8 * 16 * 64 * 4
     assert _saved_bytes(model, 0, 3) > _saved_bytes(model, 0, 2) > base
 
 

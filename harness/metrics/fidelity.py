@@ -20,7 +20,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from harness.metrics.extractors import (ExtractorSpec, WeightsInfo, default_cach
 from harness.metrics.fid_stats import features_to_stats, fid_from_stats
 from harness.runtime.io import atomic_write
 
-__all__ = ["ReferenceSpec", "ReferenceStats", "UInt8Images", "fid_label", "extract_features",
+__all__ = ["ImageChunks", "ReferenceSpec", "ReferenceStats", "UInt8Images", "fid_label", "extract_features",
            "reference_stats", "reference_path", "compute_metrics", "fid_over_seed_ranges", "SeedRangeFID"]
 
 _REF_FORMAT = 1  # bump when the cached reference layout changes
@@ -115,16 +115,38 @@ def _use_cuda(device) -> bool:
     return torch.device(device).type == "cuda"
 
 
+class ImageChunks(NamedTuple):
+    """``n`` uint8 (N, C, H, W) images that arrive as row chunks: ``chunks()`` yields arrays or
+    tensors in order. Features are extracted chunk by chunk, so only one chunk of images and the
+    (n, D) features are in memory (FID-50K at 256x256: 9.8 GB of images, 0.4 GB of features)."""
+
+    n: int
+    chunks: Callable[[], Iterable]
+
+
 def extract_features(images, spec: ExtractorSpec, weights: WeightsInfo, layers: Sequence[str], *,
                      device=None, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """uint8 (N, C, H, W) -> {layer: (N, D) float32 CPU tensor} through torch-fidelity's extractor."""
-    x = _as_uint8_tensor(images, "images")
-    device = device if device is not None else x.device
+    """uint8 (N, C, H, W) or ``ImageChunks`` -> {layer: (N, D) float32 CPU tensor} through
+    torch-fidelity's extractor, run in batches of ``batch_size`` on ``device``."""
+    chunked = isinstance(images, ImageChunks)
+    first = None if chunked else _as_uint8_tensor(images, "images")
+    device = device if device is not None else (first.device if first is not None else "cpu")
     cuda = _use_cuda(device)
     kw = {"feature_extractor_weights_path": weights.path, "verbose": False}
-    fe = create_feature_extractor(spec.name, list(dict.fromkeys(layers)), cuda=cuda, **kw)
-    return get_featuresdict_from_dataset(UInt8Images(x.cpu(), spec.in_channels), fe, batch_size,
-                                         cuda, True, False)  # save_cpu_ram: no DataLoader workers
+    fe = create_feature_extractor(spec.name, list(dict.fromkeys(layers)), cuda=cuda, **kw)  # built once
+
+    def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return get_featuresdict_from_dataset(UInt8Images(x.cpu(), spec.in_channels), fe, batch_size,
+                                             cuda, True, False)  # save_cpu_ram: no DataLoader workers
+
+    if not chunked:
+        return run(first)
+    parts = [run(_as_uint8_tensor(c, "images")) for c in images.chunks()]
+    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    if not parts or next(iter(out.values())).shape[0] != images.n:
+        raise ValueError(f"images: the chunks hold {0 if not parts else next(iter(out.values())).shape[0]} "
+                         f"images, expected {images.n}")
+    return out
 
 
 def _ref_key(ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo) -> tuple[str, dict]:
@@ -219,7 +241,8 @@ def compute_metrics(samples_uint8, reference: ReferenceSpec, *, extractor: str =
     so callers (bootstrap, noise floor) never extract twice.
     """
     spec = get_extractor(extractor)
-    x = _as_uint8_tensor(samples_uint8, "samples_uint8")
+    x = samples_uint8 if isinstance(samples_uint8, ImageChunks) else _as_uint8_tensor(samples_uint8, "samples_uint8")
+    n_samples = x.n if isinstance(x, ImageChunks) else x.shape[0]
     winfo = spec.resolve_weights(weights=weights, cache_dir=cache_dir)
     has_logits = spec.logits_layer is not None and winfo.has_logits
     if isc and not has_logits:
@@ -228,7 +251,7 @@ def compute_metrics(samples_uint8, reference: ReferenceSpec, *, extractor: str =
     ref = reference_stats(reference, spec, winfo, cache_dir=cache_dir, device=device)
     layers = [spec.feature_layer] + ([spec.logits_layer] if isc else [])
     feats = extract_features(x, spec, winfo, layers, device=device)
-    ranges = _ranges(x.shape[0], seed_ranges)
+    ranges = _ranges(n_samples, seed_ranges)
     if keep is not None:
         keep.update(features=feats[spec.feature_layer].numpy().astype(np.float32), reference=ref, ranges=ranges,
                     reference_path=reference_path(reference, spec, winfo, cache_dir))

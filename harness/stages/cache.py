@@ -81,9 +81,10 @@ class ArtifactCache:
 # sweep over sampling settings trains each model once; for DiT it also ignores the FPDM-only
 # training knobs and the solver, so DiT is trained and sampled once per budget.
 # keys that change how a stage runs but not what it produces
-_TRAIN_RUNTIME_KEYS = ("resume", "log_every", "ckpt_every")
+# speed knobs (torch.compile changes results only by float rounding) do not split the cache
+_TRAIN_RUNTIME_KEYS = ("resume", "log_every", "ckpt_every", "compile")
 _TRAIN_BUDGET_CHECK_KEYS = ("tolerance",)  # only decide whether a budget is accepted
-_SAMPLE_RUNTIME_KEYS = ("batch_size", "flops_tolerance")
+_SAMPLE_RUNTIME_KEYS = ("batch_size", "flops_tolerance", "compile")
 
 
 def _plain(node) -> dict:

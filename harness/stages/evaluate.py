@@ -12,22 +12,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
+EVAL_CHUNK_IMAGES = 1000  # images read and extracted at a time (196 MB at 256x256x3 uint8)
 
-def _check_samples(images: np.ndarray, path: Path) -> None:
-    """Refuse to score samples that are not uint8 images (DiT #27: NaNs inside the evaluator)."""
+
+def _check_samples(images: np.ndarray, path: Path, n: int | None = None) -> None:
+    """Refuse to score samples that are not uint8 images (DiT #27: NaNs inside the evaluator).
+    ``n``: the image count when ``images`` only carries the dtype and per-image shape."""
+    n = len(images) if n is None else n
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"{path}: samples must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
-    if len(images) < 2:
-        raise ValueError(f"{path}: need at least 2 samples to score, got {len(images)}; raise sample.num_images")
+        raise ValueError(f"{path}: samples must be uint8 (N, C, H, W), got {images.dtype} {(n, *images.shape[1:])}")
+    if n < 2:
+        raise ValueError(f"{path}: need at least 2 samples to score, got {n}; raise sample.num_images")
 
 
 def evaluate_samples(samples_path: Path, data, cfg, work_dir: Path) -> dict:
     from harness.metrics import ReferenceSpec, compute_metrics
     from harness.metrics.choice import extractor_name
 
-    with np.load(samples_path) as blob:
-        images = blob["images"]
-    _check_samples(images, samples_path)
+    from harness.metrics.fidelity import ImageChunks
+    from harness.runtime.npz_stream import iter_npz_rows, npz_shape
+
+    shape, dtype = npz_shape(samples_path, "images")
+    _check_samples(np.empty((0, *shape[1:]), dtype), samples_path, n=shape[0])
+    # streamed from disk through the extractor: the images are never all in memory at once
+    images = ImageChunks(shape[0], lambda: iter_npz_rows(samples_path, "images", EVAL_CHUNK_IMAGES))
     mc = cfg.metrics
     split = mc.reference_split
     reference = ReferenceSpec(name=data.name, split=split, fingerprint=f"{data.fingerprint()}:{split}",
@@ -41,11 +49,11 @@ def evaluate_samples(samples_path: Path, data, cfg, work_dir: Path) -> dict:
     seed_ranges = cfg.sample.seed_ranges if cfg.sample.seed_ranges > 1 else None
     device = "cuda" if torch.cuda.is_available() and cfg.run.device != "cpu" else "cpu"
     keep: dict = {}
-    out = compute_metrics(torch.from_numpy(images), reference, extractor=extractor_name(cfg), weights=weights,
+    out = compute_metrics(images, reference, extractor=extractor_name(cfg), weights=weights,
                           kid=mc.kid, prc=mc.prc, seed_ranges=seed_ranges, cache_dir=cache_dir, device=device,
                           keep=keep)
     out.pop("fid_values", None)
-    _add_evidence(out, keep, torch.from_numpy(images), reference, cfg, work_dir, seed_ranges, cache_dir, device)
+    _add_evidence(out, keep, images, reference, cfg, work_dir, seed_ranges, cache_dir, device)
     out["protocol"]["sampler"] = cfg.sample.sampler
     if not mc.fid:
         out.pop("fid", None)

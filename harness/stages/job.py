@@ -130,9 +130,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     result.is_main = info.is_main
     if not uses_pretrained_weights(cfg.model):  # loaded weights skip training
         _train_stage(cfg, cache, result, model, data, spec, device, info, progress)
-    if not info.is_main:
-        return result
-    model = model.to(device).eval()
+    model = model.to(device).eval()  # every rank samples its share of the images; rank 0 evaluates
 
     plan = plan_for_model(cfg, model, data, uses_pretrained_weights(cfg.model))
     result.axes = job_axes(cfg, plan)
@@ -140,8 +138,13 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
         return result
     from harness.stages.sample import sample_model
 
+    from harness.runtime.distributed import broadcast_flag
+
     summary, result.stage_status["sample"], sample_dir = cache.run_stage(
-        "sample", keys.sample, lambda d: sample_model(model, data, spec, cfg, plan, d, device, progress))
+        "sample", keys.sample, lambda d: sample_model(model, data, spec, cfg, plan, d, device, progress, info),
+        lead=info.is_main, agree=lambda need: broadcast_flag(need, info))
+    if not info.is_main:
+        return result
     result.solver_trace = summary.pop("solver_trace", None)
     _add_scalars(result.metrics, summary)
     result.artifacts.update(samples=str(sample_dir / "samples.npz"), grid=str(sample_dir / "grid.png"))
@@ -192,10 +195,12 @@ def _train_stage(cfg, cache: ArtifactCache, result: JobResult, model, data, spec
 
     summary, result.stage_status["train"], train_dir = cache.run_stage(
         "train", key, train, lead=info.is_main, agree=lambda need: broadcast_flag(need, info))
+    # rank 0 marks the stage complete after train_model's last barrier, so the EMA weights are on
+    # disk for every rank (each samples its share); only rank 0 reads the summary
+    _load_weights(model, train_dir / "ema.safetensors")  # sampling uses the EMA weights
     if not info.is_main:
         return
     _store_train_config(cfg, data, train_dir)
-    _load_weights(model, train_dir / "ema.safetensors")  # sampling uses the EMA weights
     _add_scalars(result.metrics, summary)
     result.artifacts["checkpoint"] = str(train_dir / "ema.safetensors")
 

@@ -20,8 +20,11 @@ import torch
 from torch import nn
 
 from harness.compute.flops import flop_breakdown, sampling_flops
-from harness.runtime.io import atomic_write
 from harness.compute.memory import cuda_peak
+from harness.runtime.compile import set_compiled
+from harness.runtime.distributed import DistInfo, all_reduce_values, barrier
+from harness.runtime.io import atomic_write
+from harness.runtime.npz_stream import write_npz_chunked
 
 SHARD_PREFIX = "shard-"
 
@@ -77,10 +80,20 @@ class _StepStats:
                 "residual": (a["res_last"] / c).tolist(), "delta": (a["delta"] / c).tolist()}
 
 
+def rank_ranges(ranges: list[tuple[int, int]], info: DistInfo) -> list[tuple[int, int]]:
+    """This rank's contiguous run of shards: rank r of W takes shards [r*S/W, (r+1)*S/W)."""
+    n = len(ranges)
+    return ranges[info.rank * n // info.world_size:(info.rank + 1) * n // info.world_size]
+
+
 def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device: torch.device,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, info: DistInfo = DistInfo()) -> dict:
     """Sample ``cfg.sample.num_images`` images with ``plan``; returns the stage summary and writes
-    ``samples.npz`` (uint8 images, labels) and ``grid.png`` into ``work_dir``."""
+    ``samples.npz`` (uint8 images, labels) and ``grid.png`` into ``work_dir``.
+
+    Data parallel: with several ranks each samples its own index range of shards (per-image seeds
+    make every image what one process would draw), then rank 0 merges all shards, each image once,
+    and writes the record; the other ranks return an empty summary."""
     from fpdm.reuse import WarmStart
     from fpdm.solvers import make_solver
     from harness.diffusion import sample_loop
@@ -90,6 +103,7 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
     shards_dir = work_dir / "shards"
     shards_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
+    set_compiled(model, bool(getattr(sc, "compile", False)), "sample.compile", device)
     implicit = bool(getattr(model, "is_implicit", False))
     solver, tol = None, 0.0
     if implicit:
@@ -99,14 +113,15 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
         raise ValueError(f"sample.reuse=true needs a model that supports solution reuse; model={cfg.model.name} does not")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sc.precision == "bf16")
     ranges = shard_ranges(sc.num_images, sc.batch_size)
+    mine = rank_ranges(ranges, info)
     bar = None
-    if progress:
+    if progress and info.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sc.num_images, desc=f"sample {cfg.model.name} {plan.steps} steps", unit="img")
+        bar = tqdm(total=sum(e - s for s, e in mine), desc=f"sample {cfg.model.name} {plan.steps} steps", unit="img")
     wall, sampled = 0.0, 0
     peaks: dict = {}
-    for start, end in ranges:
+    for start, end in mine:
         shard = shards_dir / f"{SHARD_PREFIX}{start:07d}-{end:07d}.npz"
         if shard.exists():
             if bar is not None:
@@ -145,15 +160,21 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
             bar.update(end - start)
     if bar is not None:
         bar.close()
-    summary = _finish(model, data, cfg, plan, work_dir, ranges, implicit, wall, sampled)
+    if info.enabled:  # device-seconds and images over all ranks: time per image stays per device
+        wall, sampled = all_reduce_values([wall, float(sampled)], info, op="sum")
+        barrier(info)  # every shard is on disk before rank 0 merges
+        if not info.is_main:
+            return {}
+    summary = _finish(model, data, cfg, plan, work_dir, ranges, implicit, wall, int(sampled))
     summary.update(peaks)
     return summary
 
 
 def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall: float, sampled: int) -> dict:
     """Merge the shards into ``samples.npz`` and ``grid.png`` and summarise the stage."""
+    # np.load of an .npz reads a member only when it is indexed: the images are read one shard at
+    # a time while samples.npz is written, so the merge never holds all of them (FID-50K at 256px)
     shards = [np.load(work_dir / "shards" / f"{SHARD_PREFIX}{s:07d}-{e:07d}.npz") for s, e in ranges]
-    images = np.concatenate([s["images"] for s in shards])
     labels = np.concatenate([s["labels"] for s in shards])
     timesteps = shards[0]["timesteps"].tolist() if len(shards) else []
     steps = _StepStats(plan.steps)
@@ -162,12 +183,19 @@ def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall
             field = getattr(steps, k)
             field += torch.from_numpy(s[f"stat_{k}"]) if torch.is_tensor(field) else s[f"stat_{k}"]
         steps.diverged += int(s["diverged"])
-    atomic_write(work_dir / "samples.npz", lambda fh: np.savez_compressed(fh, images=images, labels=labels))
-    save_grid(images[:64], work_dir / "grid.png")
+    image_shape = (len(labels), data.channels, data.image_size, data.image_size)
+    write_npz_chunked(work_dir / "samples.npz", {"images": (image_shape, np.uint8, (s["images"] for s in shards))},
+                      small={"labels": labels})
+    head = []
+    for s in shards:  # the first 64 images for the grid
+        if sum(map(len, head)) >= 64:
+            break
+        head.append(s["images"])
+    save_grid(np.concatenate(head)[:64] if head else np.zeros((0, *image_shape[1:]), np.uint8), work_dir / "grid.png")
     summary = _cost_summary(model, data.image_size, plan, steps, implicit, guidance=2 if cfg.sample.cfg_scale != 1.0 else 1)
     iters_spent = summary.pop("_iters_spent")
     summary.update({
-        "num_images": int(len(images)), "steps": plan.steps, "plan_iters": list(plan.iters),
+        "num_images": int(len(labels)), "steps": plan.steps, "plan_iters": list(plan.iters),
         "time_per_image_s": wall / sampled if sampled else math.nan,
         "solver_diverged_samples": int(steps.diverged),
     })

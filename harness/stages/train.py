@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.runtime.compile import set_compiled
 from harness.stages.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
 from harness.runtime.distributed import DistInfo, all_reduce_mean_, all_reduce_values, barrier, broadcast_module_
 from harness.runtime.io import atomic_write, atomic_write_json
@@ -177,6 +178,15 @@ def ema_decay_at(decay: float, step: int, warmup: bool = True) -> float:
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
+def make_optimizer(model: nn.Module, tc, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel (CPU and CUDA): one kernel over all parameters instead of a
+    dozen small ops per parameter, which the profile at the digits shape showed as about a fifth
+    of a training step. Numerically it is the same update up to float rounding."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay,
+                             **({"fused": True} if fused else {"foreach": True}))
+
+
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     with torch.no_grad():
         e = [p for p in ema.parameters()]
@@ -207,8 +217,10 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
     X, Y = _load_dataset_tensors(data.train)
     n = len(X)
     model = model.to(device).train()
+    set_compiled(model, False, "train.compile")  # eager copy for the EMA (compiled wrappers do not deepcopy)
     ema = copy.deepcopy(model).to(device).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    set_compiled(model, bool(getattr(tc, "compile", False)), "train.compile", device)
+    opt = make_optimizer(model, tc, device)
     state = TrainState()
 
     ckpt = latest_checkpoint(work_dir) if tc.resume else None
@@ -317,6 +329,7 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
         "train_budget_unit": tc.budget.unit, "train_budget_value": tc.budget.value,
         "train_world_size": info.world_size, **peaks,
     }
+    set_compiled(model, False, "train.compile")  # saved-tensor hooks measure the eager graph
     summary.update(_memory_breakdown(model, spec, X[:local].to(device), Y[:local].to(device)))
     if info.is_main:
         for name, module in (("ema", ema), ("model", model)):
