@@ -9,7 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 import harness.config  # noqa: F401  (fills the ConfigStore)
 from harness.metrics.choice import extractor_misfit, extractor_name
-from harness.compute.plan import stage_keys
+from harness.stages.cache import stage_keys
 
 
 @pytest.fixture

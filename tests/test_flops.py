@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from baselines.dit import build_dit
 from fpdm.model import build_fpdm
-from harness.compute.budget import plan_dit, plan_fpdm
+from harness.compute.plan import plan_dit, plan_fpdm
 from harness.config.schema import Config, PicardSolverConfig
 from harness.compute.flops import dit_flops_per_forward, flop_breakdown
 

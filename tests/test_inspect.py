@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.inspect import inspect_argv, main
+from harness.app.inspect import inspect_argv, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]

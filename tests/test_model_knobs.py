@@ -9,8 +9,9 @@ from hydra.core.global_hydra import GlobalHydra
 
 from harness.config.validate import validate_config
 from harness.stages.job import job_axes
-from harness.compute.plan import sampling_plan, stage_keys
-from harness.app.precheck import _job_overrides, precheck
+from harness.compute.plan import sampling_plan
+from harness.stages.cache import stage_keys
+from harness.app.precheck import expand_sweep, precheck
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def jobs():
     def expand(overrides):
         GlobalHydra.instance().clear()
         with initialize_config_module(config_module="harness.config", version_base="1.3"):
-            cfgs = [compose(config_name="config", overrides=list(job)) for job in _job_overrides(overrides, {})]
+            cfgs = [compose(config_name="config", overrides=list(job)) for job in expand_sweep(overrides, {})]
         GlobalHydra.instance().clear()
         return cfgs
     return expand

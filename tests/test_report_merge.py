@@ -51,8 +51,8 @@ def test_identical_integer_plans_share_one_sample_key():
     from hydra import compose, initialize_config_module
 
     import harness.config  # noqa: F401
-    from harness.compute.budget import plan_from_sample_config
-    from harness.compute.plan import stage_keys
+    from harness.compute.plan import plan_from_sample_config
+    from harness.stages.cache import stage_keys
 
     def key_and_plan(schedule, budget=60):
         with initialize_config_module("harness.config", version_base="1.3"):

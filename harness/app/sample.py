@@ -92,7 +92,7 @@ def apply_overrides(cfg, overrides: list[str]):
 
 
 def _output_dir(source: TrainedSource, cfg, out: str | None) -> Path:
-    from harness.compute.plan import stage_keys
+    from harness.stages.cache import stage_keys
 
     if out is None:
         return source.home / f"samples-{stage_keys(cfg).sample}"
