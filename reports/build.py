@@ -17,7 +17,6 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from reports.callback import ReportCallback  # noqa: F401  (the Hydra target reports.build.ReportCallback)
 from harness.runtime.io import atomic_write
 from reports.collect import SweepData, load_sweeps, setting_axes
 from reports.export import latex_table, markdown_table

@@ -1,7 +1,7 @@
 """``ReportCallback``: the Hydra callback that builds a sweep's report when the multirun ends.
 
 Kept apart from ``reports.build`` so that instantiating it (Hydra does at every start of the app)
-costs no pandas/seaborn import; ``reports.build.ReportCallback`` names the same class.
+costs no pandas/seaborn import (``reports.build`` is the command-line entry).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class ReportCallback(Callback):
         hydra:
           callbacks:
             compare:
-              _target_: reports.build.ReportCallback
+              _target_: reports.callback.ReportCallback
               out: /shared/reports/tune   # default: the sweep directory
               also: [/shared/multirun/last-week]  # more sweep directories in the same report
               figures: false

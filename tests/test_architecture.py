@@ -15,7 +15,7 @@ PACKAGES = ("harness", "reports", "hydra_plugins", "fpdm", "baselines", "sweeps"
 # Top to bottom. A module may import its own layer or any layer below it, never one above.
 # Modules of one layer may import each other (the cycle check still applies).
 LAYERS: list[tuple[str, ...]] = [
-    ("harness.run", "harness.inspect", "harness.app"),  # entry points
+    ("harness.run", "harness.inspect", "harness.sample", "harness.models", "harness.app"),  # entry points, public API
     ("reports", "hydra_plugins"),  # the report and the Optuna sweeper, started by the app
     ("harness.config",),  # schemas, YAML, validation
     ("harness.stages",),  # job, train, sample, evaluate, cache, records, checkpoints, models

@@ -49,7 +49,7 @@ def test_user_sweep_launcher_and_callbacks_from_config_dir(tmp_path, user_dir, r
     proc = run_cli(["-m", "--config-dir", user_dir, "sweep=mine", "hydra/launcher=mine", "run.plan=true",
                     f"hydra.sweep.dir={sweep_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
                     "+hydra.callbacks.job_return._target_=hydra.experimental.callbacks.LogJobReturnCallback",
-                    "+hydra.callbacks.compare._target_=reports.build.ReportCallback",
+                    "+hydra.callbacks.compare._target_=reports.callback.ReportCallback",
                     f"+hydra.callbacks.compare.out={extra_report}", "+hydra.callbacks.compare.figures=false"],
                    cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -124,12 +124,12 @@ def test_a_record_is_loaded_with_project_targets_and_refused_with_a_foreign_one(
 
 
 def test_report_callback_options_out_also_and_title(tmp_path):
-    """``reports.build.ReportCallback`` as a user callback: a second report, elsewhere, over this sweep
+    """``reports.callback.ReportCallback`` as a user callback: a second report, elsewhere, over this sweep
     and an earlier one (the job tables list the jobs of both)."""
     from omegaconf import OmegaConf
     from report_fixtures import record, write_sweep
 
-    from reports.build import ReportCallback
+    from reports.callback import ReportCallback
 
     now = write_sweep(tmp_path / "now", [record({"model": "dit", "budget_blocks": 12, "seed": 0}, {"fid": 1.0})])
     old = write_sweep(tmp_path / "old", [record({"model": "dit", "budget_blocks": 24, "seed": 0}, {"fid": 2.0})])

@@ -13,10 +13,10 @@ import harness.config  # noqa: F401  (fills the ConfigStore)
 from harness.config import list_sweeps
 from harness.config.schema import Config
 from harness.stages.job import job_axes
-from harness.config.protocol import protocol_deviations, protocol_label
+from harness.stages.protocol import protocol_deviations, protocol_label
 from harness.stages.train import ema_decay_at
 
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps" / "sweep"
 
 
 def _cfg(*overrides):

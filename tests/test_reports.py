@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports.build import ReportCallback, build_report, main
+from reports.build import build_report, main
+from reports.callback import ReportCallback
 from reports.collect import collect, load_sweeps
 from reports.figures import pareto_front
 from reports.render import metrics_table, summary_markdown

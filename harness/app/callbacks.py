@@ -58,7 +58,7 @@ def merge_plan(path: Path, jobs: list[dict]) -> None:
 
 class SweepReportCallback(ReportCallback):
     """The app's default multirun callback: ``sweep_plan.json`` at the start, then the report
-    (``reports.build.ReportCallback``: its options, e.g. ``hydra.callbacks.sweep_report.figures=false``)
+    (``reports.callback.ReportCallback``: its options, e.g. ``hydra.callbacks.sweep_report.figures=false``)
     and the list of failed jobs at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

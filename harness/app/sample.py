@@ -22,7 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from harness.config.validate import ConfigError
-from harness.stages.loading import LoadError, TrainedSource
+from harness.app.loading import LoadError, TrainedSource
 
 USAGE = ("usage: python -m harness.sample RECORD_OR_DIR [sample.KEY=VALUE ...] [solver=NAME] [solver.KEY=VALUE ...] "
          "[run.device=...] [out=DIR | --out DIR]")
@@ -128,7 +128,7 @@ def sample_trained(source: TrainedSource, cfg, out_dir: Path) -> dict:
     from harness.runtime.io import atomic_write_json
     from harness.diffusion.spec import diffusion_spec
     from harness.stages.job import plan_for_model, resolve_device
-    from harness.stages.loading import build_trained
+    from harness.app.loading import build_trained
     from harness.stages.sample import sample_model
 
     device = resolve_device(cfg.run.device)
@@ -145,7 +145,7 @@ def sample_trained(source: TrainedSource, cfg, out_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from harness.config.validate import validate_config
-    from harness.stages.loading import resolve_source
+    from harness.app.loading import resolve_source
 
     argv = sys.argv[1:] if argv is None else argv
     debug = any(a in ("run.debug=true", "run.debug=True") for a in argv)

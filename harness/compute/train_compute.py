@@ -59,8 +59,7 @@ def _worst_counts(spec: ImplicitTrainSpec) -> FixedPointCounts:
 def _step_costs(cfg) -> tuple[Callable[[int], int | None], int, str]:
     """(cost of step s or None when only running tells, worst-case step cost, description)."""
     from baselines.presets import get_preset
-    from harness.stages.models import implicit_train_spec
-    from harness.stages.train import step_generator
+    from harness.runtime.seeding import step_generator
 
     m, t = cfg.model, cfg.train
     ckpt = bool(m.grad_checkpointing)
@@ -112,3 +111,13 @@ def check_compute_budget(cfg) -> str | None:
     return (f"train.budget.value={value:g} (unit=compute) cannot be met within train.budget.tolerance={tol:g}: "
             f"{who} spends {before} forward-equivalents per image after {steps - 1} steps and {spent} after "
             f"{steps} (+{gap:.1%}); set train.budget.value={options}, or raise train.budget.tolerance")
+
+
+def implicit_train_spec(train_cfg) -> ImplicitTrainSpec:
+    """The ``train.*`` settings of the fixed point layer's training mode."""
+    return ImplicitTrainSpec(
+        method=train_cfg.method,
+        no_grad_min=train_cfg.iters.no_grad.min, no_grad_max=train_cfg.iters.no_grad.max,
+        with_grad_min=train_cfg.iters.with_grad.min, with_grad_max=train_cfg.iters.with_grad.max,
+        implicit_solver=train_cfg.implicit_solver, implicit_tol=float(train_cfg.implicit_tol),
+    )

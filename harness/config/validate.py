@@ -396,7 +396,7 @@ def check_output_dir(path: str | Path, key: str) -> None:
 
 @check
 def _protocol(cfg) -> None:
-    from harness.config.protocol import check_weights_carry_protocol, list_protocols
+    from harness.stages.protocol import check_weights_carry_protocol, list_protocols
 
     _choice("protocol", cfg.protocol, list_protocols())
     problem = check_weights_carry_protocol(cfg)

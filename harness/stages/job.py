@@ -19,6 +19,9 @@ from harness.diffusion.spec import diffusion_spec
 from harness.stages.cache import ArtifactCache, StageKeys, stage_keys
 
 
+TRAIN_CONFIG_NAME = "config.json"  # the resolved config, written beside the trained weights
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -55,9 +58,9 @@ def job_axes(cfg, plan=None) -> dict:
         "cfg_scale": float(cfg.sample.cfg_scale), "seed": cfg.sample.seed, "train_seed": cfg.train.seed,
         "prediction_type": cfg.diffusion.prediction_type, "sweep": cfg.get("sweep"),
     }
-    from harness.config.protocol import protocol_axes
+    from harness.stages.protocol import protocol_axes
 
-    axes.update(protocol_axes(cfg))  # protocol name, clip_mode, zero-SNR, spacing, ... (harness.config.protocol)
+    axes.update(protocol_axes(cfg))  # protocol name, clip_mode, zero-SNR, spacing, ... (harness.stages.protocol)
     if fpdm:
         axes["no_grad_max"] = cfg.train.iters.no_grad.max
         axes["with_grad_max"] = cfg.train.iters.with_grad.max
@@ -92,7 +95,6 @@ def _store_train_config(cfg, data, train_dir: Path) -> None:
     """Keep the config beside the weights, so ``harness.models.load`` rebuilds the model from the
     train directory alone (written once, under the train lock)."""
     from harness.runtime.io import atomic_write_json
-    from harness.stages.loading import TRAIN_CONFIG_NAME, train_config_blob
 
     if not (train_dir / TRAIN_CONFIG_NAME).is_file():
         atomic_write_json(train_dir / TRAIN_CONFIG_NAME, train_config_blob(cfg, data))
@@ -157,7 +159,7 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     metrics, result.stage_status["evaluate"], _ = cache.run_stage(
         "eval", keys.eval, lambda d: evaluate_samples(sample_dir / "samples.npz", data, cfg, d))
     result.protocol = metrics.pop("protocol", {})
-    from harness.config.protocol import protocol_label
+    from harness.stages.protocol import protocol_label
 
     # The FID protocol (samples, extractor, reference) and the diffusion protocol travel together:
     # reports group tables by this label, so runs of different protocols never share a table.
@@ -222,3 +224,9 @@ def _add_scalars(metrics: dict, summary: dict) -> None:
 
 def resolved_config(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def train_config_blob(cfg, data) -> dict:
+    """What the job stores as ``config.json`` in the train directory: enough to rebuild the model."""
+    return {"config": resolved_config(cfg),
+            "data": {"channels": data.channels, "image_size": data.image_size, "num_classes": data.num_classes}}

@@ -32,17 +32,13 @@ from harness.runtime.compile import set_compiled
 from harness.stages.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
 from harness.runtime.distributed import DistInfo, all_reduce_mean_, all_reduce_values, barrier, broadcast_module_
 from harness.runtime.io import atomic_write, atomic_write_json
+from harness.runtime.seeding import step_generator
 from harness.compute.memory import cuda_peak, training_memory_breakdown
 from harness.compute.train_compute import BUDGET_UNITS, model_step_compute
 
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
-    """A CPU generator fixed by (seed, step, stream): the same draws before and after a resume."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 97 + stream) % (2**63 - 1))
 
 
 def global_batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:

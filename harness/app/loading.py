@@ -21,10 +21,10 @@ from typing import Any, NamedTuple
 from omegaconf import DictConfig, OmegaConf
 
 from harness.stages.cache import COMPLETE
+from harness.stages.job import TRAIN_CONFIG_NAME
 from harness.stages.records import RECORD_NAME
 
 EMA_NAME = "ema.safetensors"
-TRAIN_CONFIG_NAME = "config.json"  # written into the train cache directory by the job
 
 
 class LoadError(ValueError):
@@ -61,7 +61,13 @@ def _read_json(path: Path, what: str) -> Any:
 def schema_config(resolved: dict, where: Path) -> DictConfig:
     """The stored resolved config on the current typed schema (new keys get their defaults)."""
     from harness.config.schema import SOLVER_CONFIGS, Config
+    from harness.config.targets import check_loaded_targets
+    from harness.config.validate import ConfigError
 
+    try:  # a stored config is data: a callable smuggled into it (os.system, eval) is refused
+        check_loaded_targets(resolved or {}, where)
+    except ConfigError as exc:
+        raise LoadError(str(exc)) from None
     base = OmegaConf.structured(Config)
     solver = (resolved or {}).get("solver") or {}
     if solver.get("name") in SOLVER_CONFIGS:
@@ -191,11 +197,3 @@ def load(record_or_dir: str | Path, device: str = "cpu") -> LoadedModel:
     directory or a train cache directory. Raises ``LoadError`` (one line) otherwise."""
     source = resolve_source(record_or_dir)
     return LoadedModel(build_trained(source, device), source.config)
-
-
-def train_config_blob(cfg, data) -> dict:
-    """What the job stores as ``config.json`` in the train directory: enough to rebuild the model."""
-    from harness.stages.job import resolved_config
-
-    return {"config": resolved_config(cfg),
-            "data": {"channels": data.channels, "image_size": data.image_size, "num_classes": data.num_classes}}
