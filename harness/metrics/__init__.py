@@ -8,7 +8,7 @@ from harness.metrics import digits_mlp as _digits_mlp  # noqa: F401  (registers 
 from harness.metrics.extractors import (ExtractorSpec, WeightsInfo, ensure_digits_cnn,
                                         get_extractor, list_extractors, register_extractor)
 from harness.metrics.fid_stats import features_to_stats, fid_from_stats
-from harness.metrics.fidelity import (ReferenceSpec, ReferenceStats, SeedRangeFID, compute_metrics,
+from harness.metrics.fidelity import (ImageChunks, ReferenceSpec, ReferenceStats, SeedRangeFID, compute_metrics,
                                       fid_label, fid_over_seed_ranges, reference_stats)
 
 __all__ = [

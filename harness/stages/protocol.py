@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-PROTOCOL_DIR = Path(__file__).resolve().parent / "protocol"
+PROTOCOL_DIR = Path(__file__).resolve().parents[1] / "config" / "protocol"  # the YAML group files
 
 
 def list_protocols() -> list[str]:
