@@ -106,7 +106,9 @@ def _init_search_path(argv: list[str], calling_file: str | None, config_module: 
     from hydra.core.config_search_path import SearchPathQuery
 
     package, default_path = config_module.rsplit(".", 1)
-    config_path = _flag(argv, ("--config-path", "-cp")) or default_path
+    config_path = _flag(argv, ("--config-path", "-cp"))
+    if config_path is None:  # the app's own configs live in the package (pkg://harness.config), not beside its file
+        calling_file, config_path = None, default_path
     calling_module = None if calling_file is not None else f"{package}.run"
     if calling_file is not None:  # Hydra: absolute, or relative to the app's file (not the cwd)
         primary = os.path.join(os.path.dirname(os.path.realpath(calling_file)), config_path)
