@@ -136,7 +136,7 @@ def test_search_space_members_are_valid_plans():
     for _ in range(20):
         trial = study.ask()
         over = search_space(trial)
-        knots = json.loads(over["sample.knots"])
+        knots = over["sample.knots"]
         assert len(knots) == KNOTS and all(k > 0 for k in knots)
         plan = get_schedule("density")(100, 20, values=knots)
         assert sum(plan) == 100 and min(plan) >= 1
@@ -204,3 +204,67 @@ def test_calibrated_tolerance_meets_the_budget_and_orders_with_it(calibrated_run
         assert m["flops_per_image"] < m["flops_planned"] or m["block_passes_per_image_mean"] == budget
         tols[budget] = m["calibration_tol"]
     assert tols[40] < tols[30]  # more compute: a tighter tolerance
+
+
+# ----------------------------------------------------------------------------- schedule_search resume
+def _study(root):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = next(root.rglob("fpdm-schedule-search.journal"), None)  # <sweep root>/optuna/<study>.journal
+    if journal is None:
+        return None
+    return optuna.load_study(study_name="fpdm-schedule-search", storage=JournalStorage(JournalFileBackend(str(journal))))
+
+
+@pytest.mark.slow
+def test_killed_schedule_search_resumes_to_the_same_total(tmp_path, offline_env, extractor_cache):
+    """SIGKILL the real sweep while its second trial runs; the same command tops the study up to
+    n_trials (the interrupted point retried), reusing the cached model."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from optuna.trial import TrialState
+
+    from hydra_plugins.fpdm_optuna_sweeper import storage as st
+
+    args = [sys.executable, "-m", "harness.run", "-m", "sweep=schedule_search", "hydra.sweeper.n_trials=3",
+            "sample.budget=60", "sample.num_images=32", "sample.batch_size=32",
+            "train.budget.value=20", "train.batch_size=32", f"paths.cache_dir={tmp_path / 'cache'}",
+            f"paths.extractor_cache={extractor_cache}", "hydra.sweep.dir=multirun/s", "run.progress=false",
+            "run.threads=1", "run.device=cpu"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=offline_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while True:
+            study = _study(tmp_path)
+            got = [t.state for t in study.trials] if study else []
+            if TrialState.COMPLETE in got:  # kill during (or just after) the second trial
+                break
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = [t.state for t in _study(tmp_path).trials]
+    assert before.count(TrialState.COMPLETE) < 3  # killed before the study was done
+    try:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = subprocess.run(args, cwd=tmp_path, env=offline_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    study = _study(tmp_path)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and st.budget_used(study.trials) == 3
+    if TrialState.RUNNING in before:  # a trial cut off by the kill is marked and its point retried
+        assert any(t.user_attrs.get(st.FAIL_REASON) == "interrupted" for t in study.trials)
+    assert all(math.isfinite(t.value) for t in complete)
+    assert len(list((tmp_path / "cache" / "train").glob("*/complete.json"))) == 1  # one model for every trial

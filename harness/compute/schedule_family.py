@@ -18,4 +18,4 @@ def search_space(trial) -> dict:
     """``hydra.sweeper.custom_search_space``: the knot heights as one ``sample.knots`` override."""
     lo, hi = HEIGHT_RANGE
     heights = [round(trial.suggest_float(f"knot{j}", lo, hi), 3) for j in range(KNOTS)]
-    return {"sample.knots": "[" + ",".join(f"{h:g}" for h in heights) + "]"}
+    return {"sample.knots": heights}
