@@ -72,12 +72,19 @@ class FixedPointLayer(nn.Module):
         """``f(z) = forward(z, x_inj, c)`` with its loop invariants (the injection half of fc1 and the
         block's adaLN vectors, paper Sec. 3.2: both depend on x_inj and c only) computed once."""
         term, mod = self.injection_term_and_mod(x_inj, c)
+        return self._bound(term, mod)
+
+    def _bound(self, term: torch.Tensor, mod: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``f`` on the rows its invariants hold, with ``f.rows(idx)`` restricting them to the rows
+        ``idx`` (fpdm.solvers compaction: converged samples leave the batch)."""
+        from fpdm.solvers import with_rows
+
         step = self.step
 
         def f(z: torch.Tensor) -> torch.Tensor:
             return step(z, term, mod)
 
-        return f
+        return with_rows(f, lambda idx: self._bound(term.index_select(0, idx), mod.index_select(0, idx)))
 
     def injection_term_and_mod(self, x_inj: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.injection.injection_term(x_inj), self.block.modulation(c)

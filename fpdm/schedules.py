@@ -247,3 +247,51 @@ def official_increasing(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO,
     """
     lo, hi = ratio
     return _official_round(total_iters, _linear(lo, hi, num_steps))[::-1]
+
+
+# ------------------------------------------------------------------ beyond the paper
+@register_schedule("adaptive")
+def adaptive(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) -> list[int]:
+    """Nominal plan of ``sample.schedule=adaptive``: the constant split, which fixes the step count
+    and the budget. At run time each sample stops at a calibrated tolerance instead
+    (harness/compute/adaptive.py), spending this budget on average."""
+    return constant(total_iters, num_steps)
+
+
+@register_schedule("greedy")
+def greedy(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) -> list[int]:
+    """Nominal plan of ``sample.schedule=greedy``: the constant split. The job replaces it by the
+    water-filling allocation on a calibration run's residual traces (harness/compute/greedy.py),
+    with the same steps and the same total."""
+    return constant(total_iters, num_steps)
+
+
+def knot_density(knots: Sequence[float], num_steps: int) -> list[Fraction]:
+    """Piecewise-linear density over sampling order: ``len(knots)`` equally spaced knots from the
+    noisiest step (0) to the cleanest (1), read at each step's position ``i / (S - 1)``."""
+    k = len(knots)
+    if k == 1 or num_steps == 1:
+        return [Fraction(float(knots[0]))] * num_steps
+    out = []
+    for i in range(num_steps):
+        pos = Fraction(i * (k - 1), num_steps - 1)  # exact position in knot units
+        j = min(int(pos), k - 2)
+        frac = pos - j
+        out.append(Fraction(float(knots[j])) * (1 - frac) + Fraction(float(knots[j + 1])) * frac)
+    return out
+
+
+@register_schedule("density")
+def density(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) -> list[int]:
+    """The searched family (``sweep=schedule_search``): ``values`` are the knot heights (> 0) of a
+    piecewise-linear density (``knot_density``); step i gets ``1 + (total - S) * w_i / sum(w)``,
+    apportioned by largest remainder, so every member sums exactly to the budget with >= 1 per step."""
+    if not values:
+        raise ValueError("schedule 'density' needs sample.knots: the knot heights of the density")
+    knots = [float(v) for v in values]
+    if len(knots) > num_steps:
+        raise ValueError(f"sample.knots has {len(knots)} knots for {num_steps} steps; give at most {num_steps} "
+                         f"knots or raise sample.steps")
+    if not all(math.isfinite(v) and v > 0 for v in knots):
+        raise ValueError(f"sample.knots must all be finite and > 0, got {knots}")
+    return _largest_remainder(total_iters, knot_density(knots, num_steps), late_first=False)

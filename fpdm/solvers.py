@@ -35,6 +35,12 @@ non-batch dims.
   histories are out-of-place, so gradients flow through the iterations when grad is enabled
   (``full`` training mode) and the code also runs under ``no_grad`` / ``inference_mode``.
   With ``tol == 0`` the loop has no host synchronisation and no masking (fast path).
+- Compaction (``tol > 0``): a frozen sample leaves the batch. If ``f`` has a ``rows`` attribute
+  (``f.rows(idx)`` returns the same map restricted to the batch rows ``idx``; see ``with_rows``;
+  FPDM's bound fixed point layer has one), every evaluation after the first freeze runs ``f`` on
+  the active rows only, so the block's cost falls with the samples that stopped (adaptive compute
+  at a fixed budget, docs/architecture.md). Frozen rows keep their iterate; the result is the
+  masked solve's up to float rounding of the smaller batch. Without ``rows`` the full batch runs.
 """
 from __future__ import annotations
 
@@ -179,6 +185,21 @@ def _col(v: Tensor, like: Tensor) -> Tensor:  # (B,) -> (B, 1, ..., 1) broadcast
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
+# ----------------------------------------------------------------------------- compaction
+def with_rows(f: Fn, rows: Callable[[Tensor], Fn]) -> Fn:
+    """Give ``f`` the ``rows`` attribute compaction uses: ``rows(idx)`` is ``f`` on the batch rows
+    ``idx`` (a 1-d long tensor), i.e. ``rows(idx)(z[idx]) == f(z)[idx]`` for a row-wise map."""
+    f.rows = rows
+    return f
+
+
+def _eval_active(f_active: Fn, z: Tensor, idx: Tensor) -> Tensor:
+    """f on the active rows ``idx`` only, scattered into a full batch; frozen rows get ``z`` itself
+    (their residual is never read: the driver repeats the one they were frozen with)."""
+    out = f_active(z.index_select(0, idx))
+    return z.to(out.dtype).index_copy(0, idx, out)
+
+
 # ----------------------------------------------------------------------------- shared driver
 def _drive(f: Fn, z0: Tensor, update: Callable[[Tensor, Tensor, int], Tensor], *, max_iter: int, tol: float):
     """Evaluate f, record residuals, track the best iterate, freeze, stop; ``update`` makes z_{k+1}."""
@@ -202,8 +223,10 @@ def _drive(f: Fn, z0: Tensor, update: Callable[[Tensor, Tensor, int], Tensor], *
     delta = torch.full_like(best_abs, math.nan)
     n_used = torch.zeros(B, dtype=torch.long, device=dev)
     nfe = 0
+    rows = getattr(f, "rows", None) if freeze else None
+    n_active, idx, f_active = B, None, f
     for k in range(max_iter):
-        fz = f(z)
+        fz = f(z) if idx is None else _eval_active(f_active, z, idx)
         nfe += 1
         if fz.shape != z.shape:
             raise ValueError(f"f must preserve the shape: got {tuple(fz.shape)} from {tuple(z.shape)}")
@@ -237,8 +260,12 @@ def _drive(f: Fn, z0: Tensor, update: Callable[[Tensor, Tensor, int], Tensor], *
         z = torch.where(_col(active, z_next), z_next, z)
         diverged, converged = diverged | new_div, converged | new_conv
         active = active & ~(new_div | new_conv)  # out of place: torch.where saved the old mask
-        if not bool(active.any()):  # one host sync per iteration, only when tol > 0
+        still = int(active.sum())  # one host sync per iteration, only when tol > 0
+        if still == 0:
             break
+        if rows is not None and still < n_active:  # the active set only shrinks: rebind on change
+            n_active, idx = still, active.nonzero()[:, 0]
+            f_active = rows(idx)
     if not freeze:
         n_used.fill_(nfe)
         if z_prev is not None:

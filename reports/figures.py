@@ -274,6 +274,30 @@ def residual_per_timestep(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     return fig
 
 
+@register_figure("schedule_shapes", ("schedule",), title="Schedule shapes: iterations per step vs timestep",
+                 caption="Mean fixed point evaluations per image at each sampling step, as spent (adaptive: "
+                         "the per-sample tolerance; greedy: the water-filling plan; density: a searched member). "
+                         "One panel per budget.", per_protocol=False)
+def schedule_shapes(data: SweepData, rows: pd.DataFrame) -> Figure | None:
+    rows = rows[rows["schedule"].notna()] if "schedule" in rows else rows.iloc[:0]
+    tr = data.traces[data.traces["job_id"].isin(set(rows["job_id"]))]
+    if tr.empty or rows["schedule"].nunique() < 2:
+        return None
+    tr = _numeric(tr.merge(rows[["job_id", "schedule", "budget_blocks"]], on="job_id", how="left"), "iters")
+    x = "timestep" if tr["timestep"].notna().all() else "step"
+    budgets = sorted(tr["budget_blocks"].dropna().unique())
+    fig, axes = new_figure(max(len(budgets), 1), width=5.2 * max(len(budgets), 1))
+    for ax, budget in zip(axes, budgets):
+        sub = tr[tr["budget_blocks"] == budget]
+        sns.lineplot(data=sub, x=x, y="iters", hue="schedule", errorbar=None, marker="o", ax=ax,
+                     hue_order=sorted(sub["schedule"].unique()))
+        ax.set(title=f"budget {mtext(budget)} blocks", ylabel="iterations per step",
+               xlabel="timestep (sampling runs right to left)" if x == "timestep" else "sampling step")
+        if x == "timestep":
+            ax.invert_xaxis()
+    return fig
+
+
 @register_figure("memory_breakdown", (), title="Training memory breakdown",
                  caption="Mean over jobs of each train_mem_*_bytes component, per model.", per_protocol=False)
 def memory_breakdown(data: SweepData, rows: pd.DataFrame) -> Figure | None:

@@ -73,6 +73,15 @@ BAD = [
     (["model.pre_depth=3", "model.post_depth=3"], "model.pre_depth + model.post_depth"),  # deeper than the preset
     (["solver=newton"], "newton does not exist; valid solver options"),  # unknown names
     (["sample.schedule=zigzag"], "sample.schedule='zigzag'"),
+    # issue 15: adaptive / greedy / searched schedules, refused before any calibration or sampling
+    (["sample.schedule=adaptive", "sample.budget=8", "sample.steps=5"], "sample.budget=8 cannot run sample.steps=5"),
+    (["sample.schedule=adaptive", "sample.budget=100", "sample.steps=5", "sample.adaptive.max_iters_per_step=4"],
+     "sample.adaptive.max_iters_per_step=4"),
+    (["sample.schedule=greedy", "sample.budget=100", "sample.steps=5", "sample.adaptive.max_iters_per_step=4"],
+     "raise sample.adaptive.max_iters_per_step"),
+    (["sample.schedule=density", "sample.knots=[1,2,3,4]", "sample.steps=3", "sample.budget=30"],
+     "sample.knots has 4 knots for 3 steps"),
+    (["sample.schedule=adaptive", "sample.adaptive.tol_min=0"], "sample.adaptive.tol_min=0.0"),
     (["sample.sampler=euler"], "sample.sampler='euler'"),
     (["data=imagenet"], "imagenet does not exist; valid data options"),
     (["data.name=imagenet"], "data.name='imagenet'"),

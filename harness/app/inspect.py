@@ -72,6 +72,7 @@ def inspect_config(cfg) -> dict:
                                                num_classes=shape.num_classes)
     depth = model.depth if cfg.model.name == "dit_diffusers" else None
     plan = sampling_plan(cfg, depth=depth, flops=match_flops, dit_flops_per_forward=dit_flops)
+    plan, calibration = _calibrated(cfg, plan)
     assumptions = assumptions_from_config(cfg, ddp=bool(cfg.inspect.ddp))
     memory = estimate_training_memory(model, size, assumptions)
     method = cfg.train.method if model.is_implicit else None
@@ -87,9 +88,32 @@ def inspect_config(cfg) -> dict:
         "memory": {**memory, "batch_size": cfg.train.batch_size, "precision": cfg.train.precision,
                    "train_method": method, "assumptions": assumptions.describe(method)},
     }
+    if calibration is not None:
+        out["plan"]["calibration"] = calibration
     if getattr(model, "param_count_note", None):
         out["params"]["note"] = model.param_count_note
     return out
+
+
+def _calibrated(cfg, plan):
+    """schedule=adaptive | greedy: the plan a cached calibration decided (a run of the same config
+    made it), else the nominal plan with a note; other schedules pass through."""
+    from harness.stages.calibrate import CALIBRATED, apply_calibration, cached_calibration
+
+    if cfg.model.name != "fpdm" or cfg.sample.schedule not in CALIBRATED:
+        return plan, None
+    from harness.stages.cache import stage_keys
+
+    found = cached_calibration(cfg, stage_keys(cfg).train)
+    if found is None:
+        return plan, {"cached": False, "note": "not calibrated yet: run harness.run with this config; "
+                                               "the nominal (constant) plan is shown"}
+    plan, adaptive = apply_calibration(plan, found)
+    info = {"cached": True}
+    if adaptive is not None:
+        info.update(tol=adaptive.tol, max_iters_per_step=adaptive.max_iters_per_step,
+                    calibration_block_passes=found.get("block_passes"))
+    return plan, info
 
 
 def _memory_lines(mem: dict) -> list[str]:
@@ -127,6 +151,8 @@ def _text(info: dict) -> str:
     if any(pl["iters"]):
         lines.append(f"  iterations per step (sampling order): {pl['iters']}")
     lines.append(f"  block passes per step: {pl['block_passes_per_step']}")
+    if "calibration" in pl:
+        lines.append("  calibration: " + ", ".join(f"{k}={v}" for k, v in pl["calibration"].items()))
     return "\n".join(lines + _memory_lines(info["memory"]))
 
 

@@ -332,6 +332,8 @@ def sampling_plan(cfg, depth: int | None = None, flops=None, dit_flops_per_forwa
     kind = cfg.model.name
     n = explicit_blocks(cfg) if depth is None else depth
     values = list(sc.schedule_values) if sc.schedule_values is not None else None
+    if sc.schedule == "density":  # the searched family: its values are the knot heights
+        values = list(sc.knots) if sc.get("knots") is not None else None
     if kind != "fpdm":
         steps = None if sc.budget is not None else sc.steps
         return plan_from_sample_config(kind, sc.budget, n, steps=steps)

@@ -104,6 +104,17 @@ class TrainConfig:
 
 
 @dataclass
+class AdaptiveConfig:
+    """``sample.schedule=adaptive`` and ``greedy``: the calibration run (harness/stages/calibrate.py)."""
+    calibration_images: int = 64  # the calibration batch (its own images, not the evaluated ones)
+    calibration_seed: int = 1_000_000  # image i of the calibration batch uses calibration_seed + i
+    max_iters_per_step: int = 8  # hard cap per sample and step (adaptive) / per step (greedy)
+    tol_min: float = 1e-6  # the bisection's bracket of the relative-residual tolerance
+    tol_max: float = 1e3
+    max_evals: int = 40  # calibration samplings the bisection may spend
+
+
+@dataclass
 class SampleConfig:
     sampler: str = "ddim"  # ddpm | ddim | dpmpp
     # With a budget (block passes per image): DiT runs budget/depth steps; FPDM plans from
@@ -113,9 +124,13 @@ class SampleConfig:
     budget: Optional[int] = None
     steps: Optional[int] = 20
     iters: Optional[int] = None
-    schedule: str = "constant"  # constant | increasing | decreasing | cosine | official_increasing | list
+    # constant | increasing | decreasing | cosine | official_increasing | list | density (knots) |
+    # adaptive (per-sample tolerance, calibrated to the budget) | greedy (water-filling on residual traces)
+    schedule: str = "constant"
     schedule_values: Optional[List[int]] = None  # schedule=list: the per-step iterations, in sampling order
     ratio: List[float] = field(default_factory=lambda: [0.5, 1.5])  # span of linear schedules
+    knots: Optional[List[float]] = None  # schedule=density: knot heights, noisiest step first (sweep=schedule_search)
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)  # schedule=adaptive | greedy
     match: str = "blocks"  # blocks | flops: what a budget matches between models
     flops_tolerance: float = 0.01  # match=flops: largest accepted shortfall below DiT's FLOPs (relative)
     reuse: bool = False  # warm-start each step from the previous solution (FPDM Sec. 3.3)

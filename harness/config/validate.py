@@ -243,9 +243,26 @@ def _sample(cfg) -> None:
     if flops is None:
         return  # the data check below names the data problem
     try:
-        sampling_plan(cfg, **flops)
+        plan = sampling_plan(cfg, **flops)
+        _calibrated_schedule(cfg, plan)
     except (BudgetError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _calibrated_schedule(cfg, plan) -> None:
+    """sample.schedule=adaptive | greedy: the calibration settings, and a budget some tolerance or
+    allocation within 1..max_iters_per_step iterations per step can spend (before any compute)."""
+    if cfg.model.name != "fpdm" or cfg.sample.schedule not in ("adaptive", "greedy"):
+        return
+    from harness.compute.adaptive import target_iters
+
+    a = cfg.sample.adaptive
+    for key in ("calibration_images", "max_iters_per_step", "max_evals"):
+        _positive(f"sample.adaptive.{key}", a[key], allow_none=False)
+    if not 0 < a.tol_min < a.tol_max:
+        raise ConfigError(f"sample.adaptive.tol_min={a.tol_min} and tol_max={a.tol_max} must satisfy "
+                          "0 < tol_min < tol_max")
+    target_iters(plan.block_passes, plan.steps, plan.n_explicit, int(a.max_iters_per_step))
 
 
 def _flop_match_on_meta(cfg) -> dict | None:

@@ -13,6 +13,6 @@ from harness.metrics.fidelity import (ImageChunks, ReferenceSpec, ReferenceStats
 
 __all__ = [
     "ExtractorSpec", "WeightsInfo", "ensure_digits_cnn", "get_extractor", "list_extractors",
-    "register_extractor", "features_to_stats", "fid_from_stats", "ReferenceSpec", "ReferenceStats",
+    "register_extractor", "features_to_stats", "fid_from_stats", "ImageChunks", "ReferenceSpec", "ReferenceStats",
     "SeedRangeFID", "compute_metrics", "fid_label", "fid_over_seed_ranges", "reference_stats",
 ]

@@ -108,6 +108,8 @@ def _key_by_plan(cfg, sample: dict) -> None:
     shows one row naming both (``reports.merge``)."""
     from harness.compute.plan import BudgetError, sampling_plan
 
+    if cfg.sample.schedule in ("adaptive", "greedy"):
+        return  # decided by a calibration run, not by the nominal plan: keyed by the settings
     try:
         planned = sampling_plan(cfg)
     except (BudgetError, ValueError):

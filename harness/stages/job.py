@@ -138,12 +138,19 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     result.axes = job_axes(cfg, plan)
     if "sample" not in stages:
         return result
+    from harness.stages.calibrate import calibrated_plan
     from harness.stages.sample import sample_model
+
+    # sample.schedule=adaptive | greedy: decided on a calibration batch (its own cached stage)
+    plan, adaptive, calibration, status = calibrated_plan(cfg, cache, keys.train, model, data, spec, plan, device)
+    if calibration is not None:
+        result.stage_status["calibrate"] = status
+        result.metrics.update({f"calibration_{k}": v for k, v in calibration.items() if isinstance(v, (int, float))})
 
     from harness.runtime.distributed import broadcast_flag
 
     summary, result.stage_status["sample"], sample_dir = cache.run_stage(
-        "sample", keys.sample, lambda d: sample_model(model, data, spec, cfg, plan, d, device, progress, info),
+        "sample", keys.sample, lambda d: sample_model(model, data, spec, cfg, plan, d, device, progress, info, adaptive),
         lead=info.is_main, agree=lambda need: broadcast_flag(need, info))
     if not info.is_main:
         return result

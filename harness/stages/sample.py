@@ -50,15 +50,16 @@ class _StepStats:
 
     def __init__(self, steps: int, device: torch.device | str = "cpu"):
         self.steps = steps
-        self.nfe = np.zeros(steps)  # evaluations x images: host integers, no sync
         self.count = np.zeros(steps)
+        # evaluations summed over images, per sample (a tolerance stops samples at different counts)
+        self.nfe = torch.zeros(steps, dtype=torch.float64, device=device)
         self.res_first = torch.zeros(steps, dtype=torch.float64, device=device)
         self.res_last = torch.zeros(steps, dtype=torch.float64, device=device)
         self.delta = torch.zeros(steps, dtype=torch.float64, device=device)
         self.diverged = torch.zeros((), dtype=torch.long, device=device)
 
     def add(self, i: int, stats, batch: int) -> None:
-        self.nfe[i] += stats.nfe * batch
+        self.nfe[i] += stats.nfe_per_sample.sum()
         self.count[i] += batch
         if stats.nfe:
             self.res_first[i] += torch.nan_to_num(stats.rel_residuals[0].double(), nan=0.0).sum()
@@ -87,13 +88,17 @@ def rank_ranges(ranges: list[tuple[int, int]], info: DistInfo) -> list[tuple[int
 
 
 def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device: torch.device,
-                 progress: bool = True, info: DistInfo = DistInfo()) -> dict:
+                 progress: bool = True, info: DistInfo = DistInfo(), adaptive=None) -> dict:
     """Sample ``cfg.sample.num_images`` images with ``plan``; returns the stage summary and writes
     ``samples.npz`` (uint8 images, labels) and ``grid.png`` into ``work_dir``.
 
     Data parallel: with several ranks each samples its own index range of shards (per-image seeds
     make every image what one process would draw), then rank 0 merges all shards, each image once,
-    and writes the record; the other ranks return an empty summary."""
+    and writes the record; the other ranks return an empty summary.
+
+    ``adaptive`` (``harness.compute.adaptive.AdaptiveSetting``, ``sample.schedule=adaptive``): every
+    step runs up to ``max_iters_per_step`` evaluations and each sample stops at the calibrated
+    tolerance (the solver compacts the batch), instead of the plan's fixed iterations."""
     from fpdm.reuse import WarmStart
     from fpdm.solvers import make_solver
     from harness.diffusion import sample_loop
@@ -131,14 +136,18 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
         warm = WarmStart() if (implicit and sc.reuse) else None  # reset per batch
         batch_timesteps: list[int] = []
         batch_stats = _StepStats(plan.steps, device)
+        img_iters = torch.zeros(end - start, dtype=torch.long, device=device)  # evaluations per image
 
-        def model_fn(x, t, y, step_index, warm=warm, batch_timesteps=batch_timesteps, batch_stats=batch_stats):
+        def model_fn(x, t, y, step_index, warm=warm, batch_timesteps=batch_timesteps, batch_stats=batch_stats,
+                     img_iters=img_iters):
             if len(batch_timesteps) == step_index:
                 batch_timesteps.append(int(t[0]))
             if not implicit:
                 return model(x, t, y)
-            out = model(x, t, y, iters=plan.iters[step_index], solver=solver, tol=tol, warm_start=warm)
+            iters, step_tol = (adaptive.max_iters_per_step, adaptive.tol) if adaptive else (plan.iters[step_index], tol)
+            out = model(x, t, y, iters=iters, solver=solver, tol=step_tol, warm_start=warm)
             batch_stats.add(step_index, model.last_solve, x.shape[0])
+            img_iters += model.last_solve.nfe_per_sample.view(-1, img_iters.shape[0]).sum(0)  # guided: both halves
             return out
 
         t0 = time.perf_counter()
@@ -155,6 +164,7 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
         np_stats = {f"stat_{k}": arrays[k] for k in _StepStats.FIELDS}
         atomic_write(shard, lambda fh: np.savez(fh, images=images, labels=labels.numpy(),
                                                 timesteps=np.asarray(batch_timesteps),
+                                                iters_per_image=img_iters.cpu().numpy(),
                                                 diverged=arrays["diverged"], **np_stats))
         if bar is not None:
             bar.update(end - start)
@@ -192,7 +202,8 @@ def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall
             break
         head.append(s["images"])
     save_grid(np.concatenate(head)[:64] if head else np.zeros((0, *image_shape[1:]), np.uint8), work_dir / "grid.png")
-    summary = _cost_summary(model, data.image_size, plan, steps, implicit, guidance=2 if cfg.sample.cfg_scale != 1.0 else 1)
+    guidance = 2 if cfg.sample.cfg_scale != 1.0 else 1
+    summary = _cost_summary(model, data.image_size, plan, steps, implicit, guidance=guidance)
     iters_spent = summary.pop("_iters_spent")
     summary.update({
         "num_images": int(len(labels)), "steps": plan.steps, "plan_iters": list(plan.iters),
@@ -204,6 +215,13 @@ def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall
         summary["solver_iters_mean"] = float(np.mean(iters_spent)) if iters_spent else math.nan
         summary["solver_nfe_per_image"] = float(np.sum(iters_spent))
         summary["solver_final_residual"] = float(np.mean(summary["solver_trace"]["residual"]))
+        from harness.compute.adaptive import passes_summary
+
+        if all("iters_per_image" in s.files for s in shards):  # shards of older runs lack it
+            per_image = np.concatenate([s["iters_per_image"] for s in shards])
+            spent = passes_summary(per_image, plan.steps * model.num_explicit_blocks * guidance)
+            summary["solver_trace"]["passes_per_image"] = spent.pop("_passes_histogram", None)
+            summary.update(spent)
     return summary
 
 
@@ -219,7 +237,7 @@ def _cost_summary(model, image_size: int, plan, steps: _StepStats, implicit: boo
     iters_spent, passes, flops = None, plan.block_passes, planned_flops
     if implicit:
         c = np.maximum(steps.count, 1)
-        iters_spent = (steps.nfe / c).tolist()
+        iters_spent = (steps.arrays()["nfe"] / c).tolist()
         if iters_spent != [float(k) for k in plan.iters]:  # early stopping: count what ran
             passes = plan.steps * model.num_explicit_blocks + sum(iters_spent)
             flops = breakdown.explicit_per_forward * plan.steps + breakdown.per_iteration * sum(iters_spent)

@@ -1,0 +1,115 @@
+"""The calibration stage of ``sample.schedule=adaptive`` and ``greedy`` (cached like any stage).
+
+Both schedules are decided on a small calibration batch with its own seed
+(``sample.adaptive.calibration_images`` images, image i seeded ``calibration_seed + i``), never on
+the images that are evaluated, and the result is stored content-addressed under
+``<cache>/calibrate/<key>/`` (the key hashes the trained model's key and every setting the
+calibration depends on), so every job of a sweep and every rerun reuses it:
+
+- ``adaptive``: the relative-residual tolerance at which the mean block passes per image meet
+  ``sample.budget`` within one pass (bisection, ``harness.compute.adaptive``);
+- ``greedy``: the mean residual after k = 0..K iterations at every step (one sampling with K + 1
+  evaluations per step, K = ``max_iters_per_step``), and the water-filling plan on those traces
+  (``harness.compute.greedy``).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from harness.compute.adaptive import AdaptiveSetting, bisect_tolerance, target_iters
+from harness.compute.greedy import greedy_allocation
+from harness.compute.plan import SamplingPlan
+from harness.stages.cache import ArtifactCache, _plain, config_hash
+
+CALIBRATED = ("adaptive", "greedy")
+# sample keys that do not change what the calibration batch computes
+_NOT_CALIBRATION = ("num_images", "batch_size", "seed", "seed_ranges", "compile", "flops_tolerance")
+
+
+def calibration_key(cfg, train_key: str) -> str:
+    sample = {k: v for k, v in _plain(cfg.sample).items() if k not in _NOT_CALIBRATION}
+    return config_hash("calibrate", train_key, sample, _plain(cfg.solver), _plain(cfg.diffusion))
+
+
+def _calibration_sampling(model, data, spec, cfg, steps: int, iters: int, tol: float, device) -> dict:
+    """Sample the calibration batch once: every step runs up to ``iters`` evaluations with ``tol``.
+    Returns the evaluations per image (N,) and, per step, the mean residual of each evaluation."""
+    from fpdm.reuse import WarmStart
+    from fpdm.solvers import make_solver
+    from harness.diffusion import sample_loop
+    from harness.stages.sample import image_labels
+
+    sc, ac = cfg.sample, cfg.sample.adaptive
+    knobs = {k: v for k, v in dict(cfg.solver).items() if k not in ("name", "tol")}
+    solver = make_solver(cfg.solver.name, **knobs)
+    n = int(ac.calibration_images)
+    labels, gens = image_labels(ac.calibration_seed, 0, n, data.num_classes)
+    warm = WarmStart() if sc.reuse else None
+    per_image = torch.zeros(n, dtype=torch.long, device=device)
+    traces: list[list[float]] = []
+
+    def model_fn(x, t, y, step_index):
+        out = model(x, t, y, iters=iters, solver=solver, tol=tol, warm_start=warm)
+        st = model.last_solve
+        per_image.add_(st.nfe_per_sample.view(-1, n).sum(0))
+        traces.append(torch.nan_to_num(st.rel_residuals.double(), nan=0.0).mean(1).tolist())
+        return out
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sc.precision == "bf16")
+    with torch.inference_mode(), autocast:
+        sample_loop(model_fn, (n, data.channels, data.image_size, data.image_size), labels.to(device), spec,
+                    sampler=sc.sampler, num_steps=steps, generator_per_image=gens, eta=sc.eta,
+                    cfg_scale=sc.cfg_scale, null_label=data.num_classes, device=device)
+    return {"per_image": per_image.cpu(), "traces": traces}
+
+
+def calibrate(model, data, spec, cfg, plan: SamplingPlan, device) -> dict:
+    """The stage's work: the tolerance (adaptive) or the greedy plan, with what it was decided on."""
+    ac = cfg.sample.adaptive
+    cap = int(ac.max_iters_per_step)
+    total = plan.total_iters  # the budget's fixed point share: budget - steps * n_explicit
+    if cfg.sample.schedule == "greedy":
+        run = _calibration_sampling(model, data, spec, cfg, plan.steps, cap + 1, 0.0, device)
+        iters = greedy_allocation(run["traces"], total)
+        return {"schedule": "greedy", "iters": iters, "traces": run["traces"], "max_iters_per_step": cap}
+    target = target_iters(plan.block_passes, plan.steps, plan.n_explicit, cap)
+
+    def mean_iters(tol: float) -> float:
+        return float(_calibration_sampling(model, data, spec, cfg, plan.steps, cap, tol, device)["per_image"]
+                     .double().mean())
+
+    cal = bisect_tolerance(mean_iters, target, tol_min=float(ac.tol_min), tol_max=float(ac.tol_max),
+                           max_evals=int(ac.max_evals), budget=plan.block_passes,
+                           explicit=plan.steps * plan.n_explicit)
+    return {"schedule": "adaptive", "tol": cal.tol, "mean_iters": cal.mean_iters, "target_iters": cal.target_iters,
+            "block_passes": cal.mean_iters + plan.steps * plan.n_explicit,
+            "history": [list(h) for h in cal.history], "max_iters_per_step": cap}
+
+
+def apply_calibration(plan: SamplingPlan, result: dict) -> tuple[SamplingPlan, AdaptiveSetting | None]:
+    """The plan the sample stage runs, and the adaptive setting (None for greedy)."""
+    if result["schedule"] == "greedy":
+        iters = tuple(int(k) for k in result["iters"])
+        return dataclasses.replace(plan, iters=iters, schedule="greedy",
+                                   block_passes_per_step=tuple(plan.n_explicit + k for k in iters)), None
+    return plan, AdaptiveSetting(float(result["tol"]), int(result["max_iters_per_step"]))
+
+
+def calibrated_plan(cfg, cache: ArtifactCache, train_key: str, model, data, spec, plan: SamplingPlan, device):
+    """``(plan, adaptive setting or None, calibration summary or None, status)`` for the sample stage;
+    schedules other than adaptive / greedy pass through untouched."""
+    if cfg.model.name != "fpdm" or cfg.sample.schedule not in CALIBRATED:
+        return plan, None, None, None
+    summary, status, _ = cache.run_stage("calibrate", calibration_key(cfg, train_key),
+                                         lambda d: calibrate(model, data, spec, cfg, plan, device))
+    new_plan, adaptive = apply_calibration(plan, summary)
+    return new_plan, adaptive, summary, status
+
+
+def cached_calibration(cfg, train_key: str) -> dict | None:
+    """The cached calibration of this config, if a run made it (``harness.inspect`` prints it)."""
+    cache = ArtifactCache(cfg.paths.cache_dir)
+    key = calibration_key(cfg, train_key)
+    return cache.read_complete("calibrate", key) if cache.is_complete("calibrate", key) else None
