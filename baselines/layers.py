@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from baselines.contract import AttentionFn
+
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation: x (B, N, D), shift/scale (B, D). One fused multiply-add over the tokens
@@ -87,25 +89,24 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)
 
 
-# Module-level so that memory estimates can model a fused kernel's saved tensors (harness.compute.memory).
-sdpa = F.scaled_dot_product_attention
-
-
 class Attention(nn.Module):
-    """Multi-head self-attention through ``scaled_dot_product_attention`` (fused kernels on CUDA)."""
+    """Multi-head self-attention through ``attention`` (default ``scaled_dot_product_attention``,
+    fused kernels on CUDA). The function is a constructor argument, so a caller that wants another
+    kernel (or to count or record calls) passes one instead of patching this module."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, attention: AttentionFn | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
+        self.attention = attention or F.scaled_dot_product_attention
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = sdpa(qkv[0], qkv[1], qkv[2])  # (B, H, N, D/H)
+        out = self.attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, D/H)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
@@ -123,10 +124,10 @@ class DiTBlock(nn.Module):
     """adaLN-Zero transformer block (DiT Sec. 3.2): LayerNorms without affine parameters, the
     conditioning vector regresses shift/scale/gate for attention and MLP."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, attention: AttentionFn | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads)
+        self.attn = Attention(hidden_size, num_heads, attention)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))

@@ -43,9 +43,10 @@ def step_compute(explicit_blocks: int, checkpointing: bool, counts: FixedPointCo
     return cost
 
 
-def model_step_compute(model) -> int:
-    """The step just run by ``model`` (call after ``loss.backward()``: adjoint VJPs run there)."""
-    counts = model.last_counts if getattr(model, "is_implicit", False) else None
+def model_step_compute(model, trace) -> int:
+    """The step ``model`` just ran, from the ``trace`` its forward filled (call after
+    ``loss.backward()``: adjoint VJPs run there and are added to ``trace.counts``)."""
+    counts = getattr(trace, "counts", None)
     return step_compute(model.num_explicit_blocks, bool(model.grad_checkpointing), counts)
 
 

@@ -94,6 +94,7 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
     Data parallel: with several ranks each samples its own index range of shards (per-image seeds
     make every image what one process would draw), then rank 0 merges all shards, each image once,
     and writes the record; the other ranks return an empty summary."""
+    from fpdm.model import SolveTrace
     from fpdm.reuse import WarmStart
     from fpdm.solvers import make_solver
     from harness.diffusion import sample_loop
@@ -137,8 +138,9 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
                 batch_timesteps.append(int(t[0]))
             if not implicit:
                 return model(x, t, y)
-            out = model(x, t, y, iters=plan.iters[step_index], solver=solver, tol=tol, warm_start=warm)
-            batch_stats.add(step_index, model.last_solve, x.shape[0])
+            trace = SolveTrace()
+            out = model(x, t, y, iters=plan.iters[step_index], solver=solver, tol=tol, warm_start=warm, trace=trace)
+            batch_stats.add(step_index, trace.solve, x.shape[0])
             return out
 
         t0 = time.perf_counter()

@@ -34,6 +34,7 @@ from harness.runtime.distributed import DistInfo, all_reduce_mean_, all_reduce_v
 from harness.runtime.io import atomic_write, atomic_write_json
 from harness.compute.memory import cuda_peak, training_memory_breakdown
 from harness.compute.train_compute import BUDGET_UNITS, model_step_compute
+from fpdm.model import SolveTrace
 
 
 class TrainingDiverged(RuntimeError):
@@ -262,14 +263,14 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
             t = torch.randint(0, spec.num_train_timesteps, (tc.batch_size,), generator=g)
             noise = torch.randn((tc.batch_size, *X.shape[1:]), generator=g)
             drop = torch.rand(tc.batch_size, generator=g) < cfg.model.class_dropout
-            if getattr(model, "is_implicit", False):
-                model.train_generator = step_generator(tc.seed, state.step, 2)
+            draws = step_generator(tc.seed, state.step, 2)  # the model's own draws (S-JFB's n and m)
+            trace = SolveTrace()
             x0, y = X[idx][lo:hi].to(device), Y[idx][lo:hi].to(device)
             t, noise, drop = t[lo:hi].to(device), noise[lo:hi].to(device), drop[lo:hi].to(device)
 
             with autocast:
-                loss, parts = training_loss(lambda a, b, c: model(a, b, c, drop_labels=drop), x0, y, spec,
-                                            t=t, noise=noise)
+                loss, parts = training_loss(lambda a, b, c: model(a, b, c, drop_labels=drop, generator=draws, trace=trace),
+                                            x0, y, spec, t=t, noise=noise)
             # one host read per step for the divergence check and the log (not one per value)
             local_values = torch.stack([loss.detach(), parts["mse"], parts["vb"]]).float().tolist()
             if not math.isfinite(local_values[0]):
@@ -286,10 +287,9 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
             opt.step()
             _ema_update(ema, model, ema_decay_at(tc.ema_decay, state.step, tc.ema_warmup))
 
-            passes = model.num_explicit_blocks + model.last_passes if model.is_implicit else model.block_passes()
             state.step += 1
-            state.block_passes += int(passes)
-            state.compute += model_step_compute(model)
+            state.block_passes += trace.block_passes
+            state.compute += model_step_compute(model, trace)
             state.images += tc.batch_size
             state.elapsed_s += time.perf_counter() - t0
             # the logged loss is the global-batch mean (each rank holds the mean of its equal slice)
@@ -330,7 +330,8 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
         "train_world_size": info.world_size, **peaks,
     }
     set_compiled(model, False, "train.compile")  # saved-tensor hooks measure the eager graph
-    summary.update(_memory_breakdown(model, spec, X[:local].to(device), Y[:local].to(device)))
+    last_draws = step_generator(tc.seed, max(state.step - 1, 0), 2)
+    summary.update(_memory_breakdown(model, spec, X[:local].to(device), Y[:local].to(device), last_draws))
     if info.is_main:
         for name, module in (("ema", ema), ("model", model)):
             tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
@@ -346,16 +347,21 @@ def _st_bytes(tensors: dict) -> bytes:
     return save(tensors)
 
 
-def _memory_breakdown(model: nn.Module, spec, x0: torch.Tensor, y: torch.Tensor) -> dict:
+def _memory_breakdown(model: nn.Module, spec, x0: torch.Tensor, y: torch.Tensor, draws: torch.Generator) -> dict:
     """Bytes of one training step of this model at the local batch: saved activations measured,
-    parameters / gradients / AdamW state / EMA counted."""
+    parameters / gradients / AdamW state / EMA counted. ``draws`` makes the model's own draws (the
+    last step's, so FPDM keeps the with-grad iterations it last trained with); no label is dropped."""
     from harness.diffusion import training_loss
 
     g = torch.Generator().manual_seed(0)
     model.train()
+    keep = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+
+    def model_fn(a, b, c):
+        return model(a, b, c, drop_labels=keep, generator=draws)
 
     def forward_loss():
-        return training_loss(model, x0, y, spec, generator=g if x0.device.type == "cpu" else None)[0]
+        return training_loss(model_fn, x0, y, spec, generator=g if x0.device.type == "cpu" else None)[0]
 
     out = training_memory_breakdown(model, forward_loss)
     model.zero_grad(set_to_none=True)
