@@ -101,7 +101,7 @@ def register_training_mode(name: str, planner: Planner):
 def planned_counts(name: str, spec: ImplicitTrainSpec, generator=None) -> FixedPointCounts | None:
     """The counts mode ``name`` will make with this generator, or None if only running tells."""
     get_training_mode(name)
-    return _PLANNERS[name](spec, generator)
+    return _PLANNERS.get(name)(spec, generator)
 
 
 def _randint(lo: int, hi: int, generator: torch.Generator | None) -> int:
