@@ -94,9 +94,6 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
     Data parallel: with several ranks each samples its own index range of shards (per-image seeds
     make every image what one process would draw), then rank 0 merges all shards, each image once,
     and writes the record; the other ranks return an empty summary."""
-    from fpdm.model import SolveTrace
-    from fpdm.reuse import WarmStart
-    from fpdm.solvers import make_solver
     from harness.diffusion import sample_loop
 
     sc = cfg.sample
@@ -105,21 +102,12 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
     shards_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
     set_compiled(model, bool(getattr(sc, "compile", False)), "sample.compile", device)
-    implicit = bool(getattr(model, "is_implicit", False))
-    solver, tol = None, 0.0
-    if implicit:
-        knobs = {k: v for k, v in dict(cfg.solver).items() if k not in ("name", "tol")}
-        solver, tol = make_solver(cfg.solver.name, **knobs), float(cfg.solver.tol)
-    if sc.reuse and not getattr(model, "supports_solution_reuse", False):
-        raise ValueError(f"sample.reuse=true needs a model that supports solution reuse; model={cfg.model.name} does not")
+    implicit, solver, tol = _solver_of(model, cfg)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sc.precision == "bf16")
     ranges = shard_ranges(sc.num_images, sc.batch_size)
     mine = rank_ranges(ranges, info)
-    bar = None
-    if progress and info.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=sum(e - s for s, e in mine), desc=f"sample {cfg.model.name} {plan.steps} steps", unit="img")
+    bar = _progress_bar(sum(e - s for s, e in mine), f"sample {cfg.model.name} {plan.steps} steps",
+                        progress and info.is_main)
     wall, sampled = 0.0, 0
     peaks: dict = {}
     for start, end in mine:
@@ -129,20 +117,9 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
                 bar.update(end - start)
             continue
         labels, gens = image_labels(sc.seed, start, end, data.num_classes)
-        warm = WarmStart() if (implicit and sc.reuse) else None  # reset per batch
         batch_timesteps: list[int] = []
         batch_stats = _StepStats(plan.steps, device)
-
-        def model_fn(x, t, y, step_index, warm=warm, batch_timesteps=batch_timesteps, batch_stats=batch_stats):
-            if len(batch_timesteps) == step_index:
-                batch_timesteps.append(int(t[0]))
-            if not implicit:
-                return model(x, t, y)
-            trace = SolveTrace()
-            out = model(x, t, y, iters=plan.iters[step_index], solver=solver, tol=tol, warm_start=warm, trace=trace)
-            batch_stats.add(step_index, trace.solve, x.shape[0])
-            return out
-
+        model_fn = _model_fn(model, plan, (implicit, solver, tol), sc.reuse, batch_timesteps, batch_stats)
         t0 = time.perf_counter()
         with torch.inference_mode(), autocast, cuda_peak(device, peaks, "sample_cuda_peak_bytes"):
             x0 = sample_loop(model_fn, (end - start, data.channels, data.image_size, data.image_size), labels.to(device),
@@ -153,11 +130,7 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
         sampled += end - start
         if not np.isfinite(x0.float().cpu().numpy()).all():
             raise FloatingPointError(f"sampling produced non-finite values in images {start}..{end - 1}")
-        arrays = batch_stats.arrays()
-        np_stats = {f"stat_{k}": arrays[k] for k in _StepStats.FIELDS}
-        atomic_write(shard, lambda fh: np.savez(fh, images=images, labels=labels.numpy(),
-                                                timesteps=np.asarray(batch_timesteps),
-                                                diverged=arrays["diverged"], **np_stats))
+        _write_shard(shard, images, labels, batch_timesteps, batch_stats)
         if bar is not None:
             bar.update(end - start)
     if bar is not None:
@@ -170,6 +143,57 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
     summary = _finish(model, data, cfg, plan, work_dir, ranges, implicit, wall, int(sampled))
     summary.update(peaks)
     return summary
+
+
+def _model_fn(model: nn.Module, plan, solving: tuple, reuse: bool, timesteps: list[int], stats: _StepStats):
+    """``model_fn(x, t, y, step_index)`` for one batch's ``sample_loop``: FPDM runs the plan's iterations
+    of the step, warm-started from the previous step when ``reuse`` (state reset per batch), and
+    its solve is added to ``stats``; the timestep of each step is appended to ``timesteps``."""
+    from fpdm.model import SolveTrace
+    from fpdm.reuse import WarmStart
+
+    implicit, solver, tol = solving
+    warm = WarmStart() if (implicit and reuse) else None
+
+    def model_fn(x, t, y, step_index):
+        if len(timesteps) == step_index:
+            timesteps.append(int(t[0]))
+        if not implicit:
+            return model(x, t, y)
+        trace = SolveTrace()
+        out = model(x, t, y, iters=plan.iters[step_index], solver=solver, tol=tol, warm_start=warm, trace=trace)
+        stats.add(step_index, trace.solve, x.shape[0])
+        return out
+
+    return model_fn
+
+
+def _solver_of(model: nn.Module, cfg) -> tuple[bool, object | None, float]:
+    """(implicit, solver bound with its knobs, tolerance); refuses reuse for a model without it."""
+    from fpdm.solvers import make_solver
+
+    if cfg.sample.reuse and not getattr(model, "supports_solution_reuse", False):
+        raise ValueError(f"sample.reuse=true needs a model that supports solution reuse; model={cfg.model.name} does not")
+    if not getattr(model, "is_implicit", False):
+        return False, None, 0.0
+    knobs = {k: v for k, v in dict(cfg.solver).items() if k not in ("name", "tol")}
+    return True, make_solver(cfg.solver.name, **knobs), float(cfg.solver.tol)
+
+
+def _progress_bar(total: int, desc: str, show: bool):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img")
+
+
+def _write_shard(shard: Path, images: np.ndarray, labels: torch.Tensor, timesteps: list[int], stats: _StepStats) -> None:
+    """One shard's images, labels, timesteps and per-step solver statistics, written atomically."""
+    arrays = stats.arrays()
+    np_stats = {f"stat_{k}": arrays[k] for k in _StepStats.FIELDS}
+    atomic_write(shard, lambda fh: np.savez(fh, images=images, labels=labels.numpy(), timesteps=np.asarray(timesteps),
+                                            diverged=arrays["diverged"], **np_stats))
 
 
 def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall: float, sampled: int) -> dict:
