@@ -56,15 +56,17 @@ class DiffusionBackbone(nn.Module, ABC):
     patch_size: int
     num_classes: int
     grad_checkpointing: bool
+    depth: int  # blocks of an explicit model, read by the two default hooks below (FPDM overrides them)
 
     @property
-    @abstractmethod
     def num_explicit_blocks(self) -> int:
-        """Blocks run once per forward (DiT: depth; FPDM: pre + post)."""
+        """Blocks run once per forward (DiT: depth; FPDM overrides: pre + post)."""
+        return self.depth
 
-    @abstractmethod
     def block_passes(self, iters: int | None = None) -> int:
-        """Transformer-block passes of one forward (with ``iters`` fixed point evaluations for FPDM)."""
+        """Transformer-block passes of one forward (paper Sec. 4.2): an explicit model runs each of
+        its blocks once; FPDM overrides (pre + ``iters`` fixed point evaluations + post)."""
+        return self.num_explicit_blocks
 
     @abstractmethod
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, drop_labels: torch.Tensor | None = None,

@@ -40,13 +40,6 @@ class DiffusersDiT(DiffusionBackbone):
         self.grad_checkpointing = False
         _disable_internal_label_dropout(transformer)
 
-    @property
-    def num_explicit_blocks(self) -> int:
-        return self.depth
-
-    def block_passes(self, iters: int | None = None) -> int:
-        return self.depth
-
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, drop_labels: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, trace: ForwardTrace | None = None) -> torch.Tensor:
         if drop_labels is not None:

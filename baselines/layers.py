@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from baselines.contract import AttentionFn
+from baselines.contract import AttentionFn, DiffusionBackbone
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -181,17 +181,41 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
     return np.concatenate([one_axis(embed_dim // 2, grid_h), one_axis(embed_dim // 2, grid_w)], axis=1)
 
 
-def add_embedders(model: nn.Module, *, input_size: int, in_channels: int, hidden_size: int, patch_size: int,
-                  num_classes: int, class_dropout: float) -> None:
-    """The input side both families share (DiT Sec. 3.2): ``x_embedder`` (patches), ``t_embedder``,
-    ``y_embedder`` and the fixed ``pos_embed`` buffer, set on ``model`` under DiT's names so
-    state dicts stay compatible."""
-    model.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size)
-    model.t_embedder = TimestepEmbedder(hidden_size)
-    model.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout)
-    pos = torch.from_numpy(sincos_pos_embed_2d(hidden_size, input_size // patch_size)).float().unsqueeze(0)
-    pos = pos.to(model.x_embedder.proj.weight.device)  # honours a torch.device("meta") context
-    model.register_buffer("pos_embed", pos, persistent=False)
+class PatchDenoiser(DiffusionBackbone):
+    """The input and output sides DiT and FPDM share (DiT Sec. 3.2): ``x_embedder`` (patches),
+    ``t_embedder``, ``y_embedder`` and the fixed ``pos_embed`` buffer under DiT's names (state dicts
+    stay compatible), and the final layer's tokens back to an image of ``out_channels``
+    (2C with learned sigma). Subclasses add their blocks and ``final_layer``."""
+
+    def __init__(self, *, input_size: int, in_channels: int, hidden_size: int, patch_size: int, num_classes: int,
+                 class_dropout: float, learn_sigma: bool):
+        super().__init__()
+        if input_size % patch_size:
+            raise ValueError(f"image size {input_size} is not divisible by patch size {patch_size}")
+        self.in_channels = in_channels
+        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.learn_sigma = learn_sigma
+        self.patch_size = patch_size
+        self.num_classes = num_classes
+        self.grad_checkpointing = False
+        self.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout)
+        pos = torch.from_numpy(sincos_pos_embed_2d(hidden_size, input_size // patch_size)).float().unsqueeze(0)
+        pos = pos.to(self.x_embedder.proj.weight.device)  # honours a torch.device("meta") context
+        self.register_buffer("pos_embed", pos, persistent=False)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, drop_labels: torch.Tensor | None,
+              generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens + positions ``(B, N, D)``, timestep embedding, label embedding ``(B, D)``); label
+        dropout follows ``drop_labels``, else draws from ``generator`` in training mode."""
+        h = self.x_embedder(x) + self.pos_embed.to(x.dtype)
+        y_emb = self.y_embedder(y, self.training, generator, force_drop=drop_labels)
+        return h, self.t_embedder(t), y_emb
+
+    def unpatchify_output(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``final_layer`` under conditioning ``c``, tokens back to ``(B, out_channels, H, W)``."""
+        return unpatchify(self.final_layer(h, c), self.patch_size, self.out_channels)
 
 
 def unpatchify(x: torch.Tensor, patch_size: int, channels: int) -> torch.Tensor:

@@ -20,15 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.contract import AttentionFn, DiffusionBackbone, ForwardTrace
-from baselines.layers import (
-    DiTBlock,
-    FinalLayer,
-    add_embedders,
-    dit_initialize,
-    run_block,
-    unpatchify,
-)
+from baselines.contract import AttentionFn, ForwardTrace
+from baselines.layers import DiTBlock, FinalLayer, PatchDenoiser, dit_initialize, run_block
 from baselines.presets import Preset, resolve_preset
 from fpdm.reuse import WarmStart
 from fpdm.training_modes import FixedPointCounts, ImplicitTrainSpec, get_training_mode
@@ -109,7 +102,7 @@ class FixedPointLayer(nn.Module):
         return self.block(self.injection.mix(z, term), None, mod)
 
 
-class FPDM(DiffusionBackbone):
+class FPDM(PatchDenoiser):
     """The Fixed Point Diffusion Model (module docstring). Extra forward keywords: ``iters``,
     ``solver``, ``tol`` and ``warm_start`` (sampling); ``generator`` draws the training mode's
     iteration counts; ``trace`` (a ``SolveTrace``) receives the solve. ``attention`` replaces
@@ -144,25 +137,16 @@ class FPDM(DiffusionBackbone):
         default_iters: int = 26,
         attention: AttentionFn | None = None,
     ):
-        super().__init__()
-        if input_size % patch_size:
-            raise ValueError(f"image size {input_size} is not divisible by patch size {patch_size}")
         if pre_depth < 0 or post_depth < 0:
             raise ValueError("model.pre_depth and model.post_depth must be >= 0")
-        self.in_channels = in_channels
-        self.out_channels = in_channels * 2 if learn_sigma else in_channels
-        self.learn_sigma = learn_sigma
-        self.patch_size = patch_size
-        self.num_classes = num_classes
+        super().__init__(input_size=input_size, in_channels=in_channels, hidden_size=hidden_size,
+                         patch_size=patch_size, num_classes=num_classes, class_dropout=class_dropout,
+                         learn_sigma=learn_sigma)
         self.pre_depth, self.post_depth = pre_depth, post_depth
         self.pre_post_timestep_conditioning = pre_post_timestep_conditioning
         self.train_spec = train_spec or ImplicitTrainSpec()
         self.train_spec.validate()
         self.default_iters = default_iters
-        self.grad_checkpointing = False
-
-        add_embedders(self, input_size=input_size, in_channels=in_channels, hidden_size=hidden_size,
-                      patch_size=patch_size, num_classes=num_classes, class_dropout=class_dropout)
         self.pre_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, attention)
                                          for _ in range(pre_depth)])
         self.pre_projection = nn.Linear(hidden_size, hidden_size)
@@ -195,9 +179,8 @@ class FPDM(DiffusionBackbone):
         generator: torch.Generator | None = None,
         trace: ForwardTrace | None = None,
     ) -> torch.Tensor:
-        h = self.x_embedder(x) + self.pos_embed.to(x.dtype)  # (B, N, D)
-        y_emb = self.y_embedder(y, self.training, generator, force_drop=drop_labels)
-        c = self.t_embedder(t) + y_emb
+        h, t_emb, y_emb = self.embed(x, t, y, drop_labels, generator)  # (B, N, D), (B, D), (B, D)
+        c = t_emb + y_emb
         c_explicit = c if self.pre_post_timestep_conditioning else y_emb
         use_ckpt = self.grad_checkpointing and self.training
         for block in self.pre_blocks:
@@ -217,7 +200,7 @@ class FPDM(DiffusionBackbone):
             self._record(trace, evals, stats, counts)
         for block in self.post_blocks:
             z = run_block(block, z, c_explicit, use_ckpt)
-        return unpatchify(self.final_layer(z, c_explicit), self.patch_size, self.out_channels)
+        return self.unpatchify_output(z, c_explicit)
 
     def _solve(self, f, z_pre, t, iters, solver, tol, warm_start) -> tuple[torch.Tensor, object | None, int]:
         """(solution, solver statistics, evaluations made) of one sampling solve."""
