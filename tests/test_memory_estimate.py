@@ -98,7 +98,7 @@ def test_with_grad_iterations_per_method(method, expected):
 
 
 def test_paper_scale_estimate_states_assumptions_and_both_m():
-    from harness.compute.memory import paper_scale_estimate
+    from harness.compute.memory_estimate import paper_scale_estimate
 
     est = paper_scale_estimate()
     dit, fpdm = est["dit"], est["fpdm"]

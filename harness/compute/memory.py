@@ -4,8 +4,8 @@
   ``torch.autograd.graph.saved_tensors_hooks`` (storages counted once). This is the quantity that
   S-JFB shrinks (FPDM Sec. 3.4): it grows with the with-grad iterations m, not with the no-grad n.
 - ``training_memory_breakdown``: parameters, gradients, AdamW state, EMA and saved activations.
-- ``estimate_training_memory`` / ``paper_scale_estimate`` (in ``harness.compute.memory_estimate``, still
-  importable from here): the meta-device estimate with autocast, DDP buckets, checkpoint recompute
+- ``estimate_training_memory`` / ``paper_scale_estimate`` (in ``harness.compute.memory_estimate``, which
+  builds on this module): the meta-device estimate with autocast, DDP buckets, checkpoint recompute
   and S-JFB's with-grad iterations modelled, beside the paper's 25.2 GB vs 10.2 GB (Table 1).
 - ``peak_rss_bytes`` and ``cuda_peak``: process and CUDA peaks for the stage records.
 """
@@ -89,11 +89,3 @@ def cuda_peak(device: torch.device | str, out: dict, key: str):
         torch.cuda.synchronize(dev)
         out[key] = max(out.get(key, 0), int(torch.cuda.max_memory_allocated(dev)))
 
-
-def __getattr__(name: str):
-    """The estimate lives in ``harness.compute.memory_estimate``; these names stay importable from here."""
-    if name in ("estimate_training_memory", "paper_scale_estimate", "PAPER_TRAIN_MEMORY_GB", "MemoryAssumptions"):
-        from harness.compute import memory_estimate
-
-        return getattr(memory_estimate, name)
-    raise AttributeError(name)

@@ -27,11 +27,29 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import torch
+
 from fpdm.training_modes import FixedPointCounts, ImplicitTrainSpec, planned_counts
 
 FORWARD, BACKWARD, RECOMPUTE, VJP = 1, 2, 1, 2
 BUDGET_UNITS = ("steps", "seconds", "block_passes", "compute")
 MAX_REPLAYED_STEPS = 2_000_000  # beyond this the check uses the worst-case step instead of a replay
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A CPU generator fixed by (seed, step, stream): the same draws before and after a resume
+    (stream 1: the step's timesteps, noise and label dropout; 2: the model's own draws; 7: data order)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 97 + stream) % (2**63 - 1))
+
+
+def implicit_train_spec(train_cfg) -> ImplicitTrainSpec:
+    """The ``train.*`` settings of the fixed point layer's training mode."""
+    return ImplicitTrainSpec(
+        method=train_cfg.method,
+        no_grad_min=train_cfg.iters.no_grad.min, no_grad_max=train_cfg.iters.no_grad.max,
+        with_grad_min=train_cfg.iters.with_grad.min, with_grad_max=train_cfg.iters.with_grad.max,
+        implicit_solver=train_cfg.implicit_solver, implicit_tol=float(train_cfg.implicit_tol),
+    )
 
 
 def step_compute(explicit_blocks: int, checkpointing: bool, counts: FixedPointCounts | None = None) -> int:
@@ -60,8 +78,6 @@ def _worst_counts(spec: ImplicitTrainSpec) -> FixedPointCounts:
 def _step_costs(cfg) -> tuple[Callable[[int], int | None], int, str]:
     """(cost of step s or None when only running tells, worst-case step cost, description)."""
     from baselines.presets import get_preset
-    from harness.stages.models import implicit_train_spec
-    from harness.stages.train import step_generator
 
     m, t = cfg.model, cfg.train
     ckpt = bool(m.grad_checkpointing)

@@ -37,21 +37,10 @@ def _dit(model_cfg, train_cfg, *, image_size, channels, num_classes):
                      learn_sigma=model_cfg.learn_sigma, class_dropout=model_cfg.class_dropout)
 
 
-def implicit_train_spec(train_cfg: Any):
-    """The ``train.*`` settings of the fixed point layer's training mode."""
-    from fpdm.training_modes import ImplicitTrainSpec
-
-    return ImplicitTrainSpec(
-        method=train_cfg.method,
-        no_grad_min=train_cfg.iters.no_grad.min, no_grad_max=train_cfg.iters.no_grad.max,
-        with_grad_min=train_cfg.iters.with_grad.min, with_grad_max=train_cfg.iters.with_grad.max,
-        implicit_solver=train_cfg.implicit_solver, implicit_tol=float(train_cfg.implicit_tol),
-    )
-
-
 @register_model("fpdm")
 def _fpdm(model_cfg, train_cfg, *, image_size, channels, num_classes):
     from fpdm.model import build_fpdm
+    from harness.compute.train_compute import implicit_train_spec
 
     spec = implicit_train_spec(train_cfg)
     return build_fpdm(model_architecture(model_cfg), input_size=image_size, in_channels=channels, num_classes=num_classes,

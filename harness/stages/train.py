@@ -31,17 +31,12 @@ from harness.runtime.distributed import DistInfo, all_reduce_mean_, all_reduce_v
 from harness.runtime.io import atomic_write, atomic_write_json
 from harness.stages.signals import Interrupted, Preempted, _SignalCheckpoint  # noqa: F401  (raised from here)
 from harness.compute.memory import cuda_peak, training_memory_breakdown
-from harness.compute.train_compute import BUDGET_UNITS, model_step_compute
+from harness.compute.train_compute import BUDGET_UNITS, model_step_compute, step_generator
 from fpdm.model import SolveTrace
 
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
-    """A CPU generator fixed by (seed, step, stream): the same draws before and after a resume."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 97 + stream) % (2**63 - 1))
 
 
 def global_batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
