@@ -13,14 +13,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from baselines.contract import DiffusionBackbone, ForwardTrace
 from baselines.presets import ARCHITECTURE_KNOBS, resolve_preset
 
 PARAM_COUNT_NOTE = "diffusers layout: each block repeats the timestep+class embedding"
 
 
-class DiffusersDiT(nn.Module):
-    is_implicit = False
-    supports_solution_reuse = False
+class DiffusersDiT(DiffusionBackbone):
+    """``DiTTransformer2DModel`` behind the project's contract (baselines/contract.py). Its attention
+    is diffusers' (``transformer.set_attn_processor``), and it makes no random draw of its own:
+    label dropout comes from ``drop_labels`` only, so ``generator`` is accepted and unused."""
+
     param_parts = {"transformer": ("transformer",)}
     param_count_note = PARAM_COUNT_NOTE
 
@@ -37,15 +40,8 @@ class DiffusersDiT(nn.Module):
         self.grad_checkpointing = False
         _disable_internal_label_dropout(transformer)
 
-    @property
-    def num_explicit_blocks(self) -> int:
-        return self.depth
-
-    def block_passes(self, iters: int | None = None) -> int:
-        return self.depth
-
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, drop_labels: torch.Tensor | None = None,
-                **_: object) -> torch.Tensor:
+                generator: torch.Generator | None = None, trace: ForwardTrace | None = None) -> torch.Tensor:
         if drop_labels is not None:
             y = torch.where(drop_labels.to(y.device), torch.full_like(y, self.num_classes), y)
         if self.grad_checkpointing and self.training:
@@ -53,6 +49,8 @@ class DiffusersDiT(nn.Module):
         t = t.to(x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
+        if trace is not None:
+            trace.record_passes(self.depth)
         return self.transformer(hidden_states=x, timestep=t, class_labels=y).sample
 
 

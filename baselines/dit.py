@@ -9,22 +9,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from baselines.layers import (
-    DiTBlock,
-    FinalLayer,
-    add_embedders,
-    dit_initialize,
-    run_block,
-    unpatchify,
-)
+from baselines.contract import AttentionFn, ForwardTrace
+from baselines.layers import DiTBlock, FinalLayer, PatchDenoiser, dit_initialize, run_block
 from baselines.presets import Preset, resolve_preset
 
 
-class DiT(nn.Module):
-    """Explicit transformer of ``depth`` adaLN-Zero blocks, every block conditioned on t + y."""
+class DiT(PatchDenoiser):
+    """Explicit transformer of ``depth`` adaLN-Zero blocks, every block conditioned on t + y.
+    ``attention`` replaces ``scaled_dot_product_attention`` in every block (``AttentionFn``)."""
 
-    is_implicit = False
-    supports_solution_reuse = False
     # parameter groups for accounting: part name -> attribute prefixes
     param_parts = {
         "embedders": ("x_embedder", "t_embedder", "y_embedder"),
@@ -45,44 +38,31 @@ class DiT(nn.Module):
         mlp_ratio: float = 4.0,
         class_dropout: float = 0.1,
         learn_sigma: bool = True,
+        attention: AttentionFn | None = None,
     ):
-        super().__init__()
-        if input_size % patch_size:
-            raise ValueError(f"image size {input_size} is not divisible by patch size {patch_size}")
-        self.in_channels = in_channels
-        self.out_channels = in_channels * 2 if learn_sigma else in_channels
-        self.learn_sigma = learn_sigma
-        self.patch_size = patch_size
-        self.num_classes = num_classes
+        super().__init__(input_size=input_size, in_channels=in_channels, hidden_size=hidden_size,
+                         patch_size=patch_size, num_classes=num_classes, class_dropout=class_dropout,
+                         learn_sigma=learn_sigma)
         self.depth = depth
-        self.grad_checkpointing = False
-
-        add_embedders(self, input_size=input_size, in_channels=in_channels, hidden_size=hidden_size,
-                      patch_size=patch_size, num_classes=num_classes, class_dropout=class_dropout)
-        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, attention)
+                                     for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         dit_initialize(self)
 
-    @property
-    def num_explicit_blocks(self) -> int:
-        return self.depth
-
-    def block_passes(self, iters: int | None = None) -> int:
-        """Transformer-block passes of one forward (paper Sec. 4.2): the depth."""
-        return self.depth
-
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, drop_labels: torch.Tensor | None = None,
-                **_: object) -> torch.Tensor:
-        h = self.x_embedder(x) + self.pos_embed.to(x.dtype)  # (B, N, D)
-        c = self.t_embedder(t) + self.y_embedder(y, self.training, force_drop=drop_labels)
+                generator: torch.Generator | None = None, trace: ForwardTrace | None = None) -> torch.Tensor:
+        h, t_emb, y_emb = self.embed(x, t, y, drop_labels, generator)  # (B, N, D), (B, D), (B, D)
+        c = t_emb + y_emb
         for block in self.blocks:
             h = run_block(block, h, c, self.grad_checkpointing and self.training)
-        return unpatchify(self.final_layer(h, c), self.patch_size, self.out_channels)
+        if trace is not None:
+            trace.record_passes(self.depth)
+        return self.unpatchify_output(h, c)
 
 
 def build_dit(preset: str | Preset, *, input_size: int, in_channels: int, num_classes: int, learn_sigma: bool = True,
-              class_dropout: float = 0.1, depth: int | None = None) -> DiT:
+              class_dropout: float = 0.1, depth: int | None = None, attention: AttentionFn | None = None) -> DiT:
     p = resolve_preset(preset)  # a preset name, or a Preset with architecture knobs applied
     return DiT(input_size=input_size, in_channels=in_channels, num_classes=num_classes, hidden_size=p.hidden_size,
                depth=depth or p.depth, num_heads=p.num_heads, patch_size=p.patch_size, mlp_ratio=p.mlp_ratio,
-               class_dropout=class_dropout, learn_sigma=learn_sigma)
+               class_dropout=class_dropout, learn_sigma=learn_sigma, attention=attention)

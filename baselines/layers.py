@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from baselines.contract import AttentionFn, DiffusionBackbone
+
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation: x (B, N, D), shift/scale (B, D). One fused multiply-add over the tokens
@@ -87,25 +89,24 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)
 
 
-# Module-level so that memory estimates can model a fused kernel's saved tensors (harness.compute.memory).
-sdpa = F.scaled_dot_product_attention
-
-
 class Attention(nn.Module):
-    """Multi-head self-attention through ``scaled_dot_product_attention`` (fused kernels on CUDA)."""
+    """Multi-head self-attention through ``attention`` (default ``scaled_dot_product_attention``,
+    fused kernels on CUDA). The function is a constructor argument, so a caller that wants another
+    kernel (or to count or record calls) passes one instead of patching this module."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, attention: AttentionFn | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
+        self.attention = attention or F.scaled_dot_product_attention
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = sdpa(qkv[0], qkv[1], qkv[2])  # (B, H, N, D/H)
+        out = self.attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, D/H)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
@@ -123,10 +124,10 @@ class DiTBlock(nn.Module):
     """adaLN-Zero transformer block (DiT Sec. 3.2): LayerNorms without affine parameters, the
     conditioning vector regresses shift/scale/gate for attention and MLP."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, attention: AttentionFn | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads)
+        self.attn = Attention(hidden_size, num_heads, attention)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
@@ -180,17 +181,41 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
     return np.concatenate([one_axis(embed_dim // 2, grid_h), one_axis(embed_dim // 2, grid_w)], axis=1)
 
 
-def add_embedders(model: nn.Module, *, input_size: int, in_channels: int, hidden_size: int, patch_size: int,
-                  num_classes: int, class_dropout: float) -> None:
-    """The input side both families share (DiT Sec. 3.2): ``x_embedder`` (patches), ``t_embedder``,
-    ``y_embedder`` and the fixed ``pos_embed`` buffer, set on ``model`` under DiT's names so
-    state dicts stay compatible."""
-    model.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size)
-    model.t_embedder = TimestepEmbedder(hidden_size)
-    model.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout)
-    pos = torch.from_numpy(sincos_pos_embed_2d(hidden_size, input_size // patch_size)).float().unsqueeze(0)
-    pos = pos.to(model.x_embedder.proj.weight.device)  # honours a torch.device("meta") context
-    model.register_buffer("pos_embed", pos, persistent=False)
+class PatchDenoiser(DiffusionBackbone):
+    """The input and output sides DiT and FPDM share (DiT Sec. 3.2): ``x_embedder`` (patches),
+    ``t_embedder``, ``y_embedder`` and the fixed ``pos_embed`` buffer under DiT's names (state dicts
+    stay compatible), and the final layer's tokens back to an image of ``out_channels``
+    (2C with learned sigma). Subclasses add their blocks and ``final_layer``."""
+
+    def __init__(self, *, input_size: int, in_channels: int, hidden_size: int, patch_size: int, num_classes: int,
+                 class_dropout: float, learn_sigma: bool):
+        super().__init__()
+        if input_size % patch_size:
+            raise ValueError(f"image size {input_size} is not divisible by patch size {patch_size}")
+        self.in_channels = in_channels
+        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.learn_sigma = learn_sigma
+        self.patch_size = patch_size
+        self.num_classes = num_classes
+        self.grad_checkpointing = False
+        self.x_embedder = PatchEmbed(in_channels, hidden_size, patch_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout)
+        pos = torch.from_numpy(sincos_pos_embed_2d(hidden_size, input_size // patch_size)).float().unsqueeze(0)
+        pos = pos.to(self.x_embedder.proj.weight.device)  # honours a torch.device("meta") context
+        self.register_buffer("pos_embed", pos, persistent=False)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, drop_labels: torch.Tensor | None,
+              generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens + positions ``(B, N, D)``, timestep embedding, label embedding ``(B, D)``); label
+        dropout follows ``drop_labels``, else draws from ``generator`` in training mode."""
+        h = self.x_embedder(x) + self.pos_embed.to(x.dtype)
+        y_emb = self.y_embedder(y, self.training, generator, force_drop=drop_labels)
+        return h, self.t_embedder(t), y_emb
+
+    def unpatchify_output(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``final_layer`` under conditioning ``c``, tokens back to ``(B, out_channels, H, W)``."""
+        return unpatchify(self.final_layer(h, c), self.patch_size, self.out_channels)
 
 
 def unpatchify(x: torch.Tensor, patch_size: int, channels: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from baselines.dit import DiT
-from fpdm.model import FPDM
+from fpdm.model import FPDM, unrolled_solve
 from fpdm.training_modes import ImplicitTrainSpec
 from harness.compute.flops import count_flops
 from harness.runtime.compile import set_compiled
@@ -100,8 +100,8 @@ def _ours(s: dict, name: str, precision: str, device, compiled: bool) -> Case:
         meta = (DiT(depth=s["depth"], **geo) if name == "dit" else FPDM(pre_depth=1, post_depth=1, **geo)).eval()
         xm, tm = torch.zeros(1, s["in_channels"], s["input_size"], s["input_size"]), torch.zeros(1, dtype=torch.long)
         if name == "fpdm":  # k no-grad iterations run forward only: count them once, not 3 times
-            with_grad = count_flops(meta, xm, tm, tm, iters=k)
-            flops = with_grad + (count_flops(meta, xm, tm, tm, iters=2 * k) - with_grad) / 3
+            with_grad = count_flops(meta, xm, tm, tm, iters=k, solver=unrolled_solve)
+            flops = with_grad + (count_flops(meta, xm, tm, tm, iters=2 * k, solver=unrolled_solve) - with_grad) / 3
         else:
             flops = count_flops(meta, xm, tm, tm)
     passes = s["depth"] if name == "dit" else 2 + s["eval_iters"]

@@ -13,23 +13,38 @@ FPDM-XL/2 with 1 pre and 1 post layer (ImageNet, learned sigma) has 86,500,256 p
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.layers import (
-    DiTBlock,
-    FinalLayer,
-    add_embedders,
-    dit_initialize,
-    run_block,
-    unpatchify,
-)
+from baselines.contract import AttentionFn, ForwardTrace
+from baselines.layers import DiTBlock, FinalLayer, PatchDenoiser, dit_initialize, run_block
 from baselines.presets import Preset, resolve_preset
 from fpdm.reuse import WarmStart
-from fpdm.training_modes import ImplicitTrainSpec, get_training_mode
+from fpdm.training_modes import FixedPointCounts, ImplicitTrainSpec, get_training_mode
+
+
+@dataclass
+class SolveTrace(ForwardTrace):
+    """What one FPDM call did (``model(..., trace=SolveTrace())``): the caller owns it, so two
+    interleaved calls (two samplers, CFG halves, a training and an evaluation forward) each keep
+    their own numbers."""
+
+    fixed_point_evals: int = 0  # evaluations of the fixed point layer made by the call
+    solve: object | None = None  # sampling: the solver's ``SolverStats`` (None for ``unrolled_solve``)
+    counts: FixedPointCounts | None = None  # training: the mode's counts (VJPs filled in by backward)
+
+
+def unrolled_solve(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_iter: int,
+                   tol: float = 0.0) -> tuple[torch.Tensor, None]:
+    """``f`` applied ``max_iter`` times, no residuals and no statistics: the solve of shape-only
+    runs on the meta device (FLOP and memory accounting), where there are no values to compare."""
+    for _ in range(max_iter):
+        z0 = f(z0)
+    return z0, None
 
 
 class InjectionMLP(nn.Module):
@@ -60,10 +75,10 @@ class InjectionMLP(nn.Module):
 class FixedPointLayer(nn.Module):
     """The weight-tied implicit layer: one injection MLP and one DiT block."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, attention: AttentionFn | None = None):
         super().__init__()
         self.injection = InjectionMLP(hidden_size)
-        self.block = DiTBlock(hidden_size, num_heads, mlp_ratio)
+        self.block = DiTBlock(hidden_size, num_heads, mlp_ratio, attention)
 
     def forward(self, z: torch.Tensor, x_inj: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return self.block(self.injection(z, x_inj), c)
@@ -94,7 +109,12 @@ class FixedPointLayer(nn.Module):
         return self.block(self.injection.mix(z, term), None, mod)
 
 
-class FPDM(nn.Module):
+class FPDM(PatchDenoiser):
+    """The Fixed Point Diffusion Model (module docstring). Extra forward keywords: ``iters``,
+    ``solver``, ``tol`` and ``warm_start`` (sampling); ``generator`` draws the training mode's
+    iteration counts; ``trace`` (a ``SolveTrace``) receives the solve. ``attention`` replaces
+    ``scaled_dot_product_attention`` in every block."""
+
     is_implicit = True
     supports_solution_reuse = True
     param_parts = {
@@ -122,34 +142,24 @@ class FPDM(nn.Module):
         pre_post_timestep_conditioning: bool = False,
         train_spec: ImplicitTrainSpec | None = None,
         default_iters: int = 26,
+        attention: AttentionFn | None = None,
     ):
-        super().__init__()
-        if input_size % patch_size:
-            raise ValueError(f"image size {input_size} is not divisible by patch size {patch_size}")
         if pre_depth < 0 or post_depth < 0:
             raise ValueError("model.pre_depth and model.post_depth must be >= 0")
-        self.in_channels = in_channels
-        self.out_channels = in_channels * 2 if learn_sigma else in_channels
-        self.learn_sigma = learn_sigma
-        self.patch_size = patch_size
-        self.num_classes = num_classes
+        super().__init__(input_size=input_size, in_channels=in_channels, hidden_size=hidden_size,
+                         patch_size=patch_size, num_classes=num_classes, class_dropout=class_dropout,
+                         learn_sigma=learn_sigma)
         self.pre_depth, self.post_depth = pre_depth, post_depth
         self.pre_post_timestep_conditioning = pre_post_timestep_conditioning
         self.train_spec = train_spec or ImplicitTrainSpec()
         self.train_spec.validate()
         self.default_iters = default_iters
-        self.grad_checkpointing = False
-        self.train_generator: torch.Generator | None = None  # S-JFB draws, seeded by the run
-        self.last_solve = None  # SolverStats of the last sampling call
-        self.last_passes = 0  # fixed point evaluations of the last call
-        self.last_counts = None  # FixedPointCounts of the last training call (VJPs filled in by backward)
-
-        add_embedders(self, input_size=input_size, in_channels=in_channels, hidden_size=hidden_size,
-                      patch_size=patch_size, num_classes=num_classes, class_dropout=class_dropout)
-        self.pre_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(pre_depth)])
+        self.pre_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, attention)
+                                         for _ in range(pre_depth)])
         self.pre_projection = nn.Linear(hidden_size, hidden_size)
-        self.fixed_point = FixedPointLayer(hidden_size, num_heads, mlp_ratio)
-        self.post_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(post_depth)])
+        self.fixed_point = FixedPointLayer(hidden_size, num_heads, mlp_ratio, attention)
+        self.post_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, attention)
+                                          for _ in range(post_depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         dit_initialize(self)
 
@@ -157,9 +167,10 @@ class FPDM(nn.Module):
     def num_explicit_blocks(self) -> int:
         return self.pre_depth + self.post_depth
 
-    def block_passes(self, iters: int) -> int:
-        """Transformer-block passes of one forward with ``iters`` evaluations (paper Sec. 4.2)."""
-        return self.pre_depth + iters + self.post_depth
+    def block_passes(self, iters: int | None = None) -> int:
+        """Transformer-block passes of one forward with ``iters`` evaluations (paper Sec. 4.2;
+        default: the DiT-equivalent ``default_iters``)."""
+        return self.pre_depth + (self.default_iters if iters is None else iters) + self.post_depth
 
     def forward(
         self,
@@ -172,10 +183,11 @@ class FPDM(nn.Module):
         tol: float = 0.0,
         warm_start: WarmStart | None = None,
         drop_labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        trace: ForwardTrace | None = None,
     ) -> torch.Tensor:
-        h = self.x_embedder(x) + self.pos_embed.to(x.dtype)  # (B, N, D)
-        y_emb = self.y_embedder(y, self.training, force_drop=drop_labels)
-        c = self.t_embedder(t) + y_emb
+        h, t_emb, y_emb = self.embed(x, t, y, drop_labels, generator)  # (B, N, D), (B, D), (B, D)
+        c = t_emb + y_emb
         c_explicit = c if self.pre_post_timestep_conditioning else y_emb
         use_ckpt = self.grad_checkpointing and self.training
         for block in self.pre_blocks:
@@ -183,42 +195,44 @@ class FPDM(nn.Module):
         x_inj = self.pre_projection(h)
 
         f = self.fixed_point.bind(x_inj, c)
+        stats, counts = None, None
         if self.training and torch.is_grad_enabled():
             if warm_start is not None:
                 raise ValueError("solution reuse is for sampling only; training never reuses solutions")
-            z, self.last_counts = get_training_mode(self.train_spec.method)(
-                f, h, self.train_spec, self.train_generator
-            )
-            self.last_passes = self.last_counts.forward
+            z, counts = get_training_mode(self.train_spec.method)(f, h, self.train_spec, generator)
+            evals = counts.forward
         else:
-            z = self._solve(f, h, t, iters, solver, tol, warm_start)
+            z, stats, evals = self._solve(f, h, t, iters, solver, tol, warm_start)
+        if trace is not None:
+            self._record(trace, evals, stats, counts)
         for block in self.post_blocks:
             z = run_block(block, z, c_explicit, use_ckpt)
-        return unpatchify(self.final_layer(z, c_explicit), self.patch_size, self.out_channels)
+        return self.unpatchify_output(z, c_explicit)
 
-    def _solve(self, f, z_pre, t, iters, solver, tol, warm_start) -> torch.Tensor:
+    def _solve(self, f, z_pre, t, iters, solver, tol, warm_start) -> tuple[torch.Tensor, object | None, int]:
+        """(solution, solver statistics, evaluations made) of one sampling solve."""
         from fpdm.solvers import get_solver
 
         iters = self.default_iters if iters is None else int(iters)
         if iters < 1:
             raise ValueError(f"the fixed point layer needs at least 1 iteration per call, got iters={iters}")
         z0 = z_pre if warm_start is None else warm_start.initial(z_pre, t)
-        if z0.device.type == "meta":  # shape-only runs (FLOP and memory accounting): no residuals to read
-            for _ in range(iters):
-                z0 = f(z0)
-            self.last_solve, self.last_passes = None, iters
-            return z0
         solve = solver or get_solver("picard")
         z, stats = solve(f, z0, max_iter=iters, tol=tol)
-        self.last_solve, self.last_passes = stats, stats.nfe
         if warm_start is not None:
             warm_start.update(z, t)
-        return z
+        return z, stats, iters if stats is None else stats.nfe
+
+    def _record(self, trace: ForwardTrace, evals: int, stats, counts: FixedPointCounts | None) -> None:
+        trace.record_passes(self.num_explicit_blocks + evals)
+        if isinstance(trace, SolveTrace):
+            trace.fixed_point_evals, trace.solve, trace.counts = evals, stats, counts
 
 
 def build_fpdm(preset: str | Preset, *, input_size: int, in_channels: int, num_classes: int, pre_depth: int = 1,
                post_depth: int = 1, learn_sigma: bool = True, class_dropout: float = 0.1,
-               pre_post_timestep_conditioning: bool = False, train_spec: ImplicitTrainSpec | None = None) -> FPDM:
+               pre_post_timestep_conditioning: bool = False, train_spec: ImplicitTrainSpec | None = None,
+               attention: AttentionFn | None = None) -> FPDM:
     p = resolve_preset(preset)  # a preset name, or a Preset with architecture knobs applied
     if pre_depth + post_depth >= p.depth:
         raise ValueError(
@@ -229,4 +243,4 @@ def build_fpdm(preset: str | Preset, *, input_size: int, in_channels: int, num_c
                 num_heads=p.num_heads, patch_size=p.patch_size, mlp_ratio=p.mlp_ratio, pre_depth=pre_depth,
                 post_depth=post_depth, class_dropout=class_dropout, learn_sigma=learn_sigma,
                 pre_post_timestep_conditioning=pre_post_timestep_conditioning, train_spec=train_spec,
-                default_iters=p.depth - pre_depth - post_depth)
+                default_iters=p.depth - pre_depth - post_depth, attention=attention)

@@ -8,15 +8,14 @@ Each rank is this file run as a script (``python tests/test_ddp.py RANK WORLD PO
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from rank_helpers import launch_ranks, rank_config, write_rank_summary
 
 HERE = Path(__file__).resolve()
 OVERRIDES = ["model=fpdm", "train.batch_size=16", "train.log_every=1", "train.ckpt_every=1000",
@@ -26,48 +25,25 @@ OVERRIDES = ["model=fpdm", "train.batch_size=16", "train.log_every=1", "train.ck
 def _worker(rank: int, world: int, port: int, out: Path, steps: int) -> None:
     """One rank: build the model and data from the app's config and train on CPU."""
     import torch
-    from hydra import compose, initialize_config_module
 
-    import harness.config  # noqa: F401  (fills the ConfigStore)
     from harness.data import build_dataset
     from harness.diffusion.spec import diffusion_spec
     from harness.runtime.distributed import setup_distributed
     from harness.stages.job import _build
     from harness.stages.train import train_model
 
-    if world > 1:
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    with initialize_config_module("harness.config", version_base="1.3"):
-        cfg = compose("config", overrides=[*OVERRIDES, f"train.budget.value={steps}"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(1000 + rank)  # different init per rank: rank 0's weights must be broadcast
-    try:
+    with rank_config(rank, world, port, [*OVERRIDES, f"train.budget.value={steps}"]) as cfg:
+        torch.manual_seed(1000 + rank)  # different init per rank: rank 0's weights must be broadcast
         data = build_dataset(cfg.data)
         model = _build(cfg, data)
         device = torch.device("cpu")
         info = setup_distributed(device)
         summary = train_model(model, data, diffusion_spec(cfg), cfg, out, device, info, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    (out / f"summary-rank{rank}.json").write_text(json.dumps(summary))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    write_rank_summary(out, rank, summary)
 
 
 def _launch(world: int, out: Path, steps: int) -> list[subprocess.Popen]:
-    out.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
-    env["OMP_NUM_THREADS"] = "1"
-    return [subprocess.Popen([sys.executable, str(HERE), str(r), str(world), str(port), str(out), str(steps)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for r in range(world)]
+    return launch_ranks(HERE, world, out, steps)
 
 
 def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> list[int]:

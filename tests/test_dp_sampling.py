@@ -9,14 +9,13 @@ tests/test_ddp.py.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rank_helpers import launch_ranks, rank_config, write_rank_summary
 
 HERE = Path(__file__).resolve()
 OVERRIDES = ["model=fpdm", "sample.num_images=12", "sample.batch_size=4", "sample.steps=3",
@@ -25,22 +24,13 @@ OVERRIDES = ["model=fpdm", "sample.num_images=12", "sample.batch_size=4", "sampl
 
 def _worker(rank: int, world: int, port: int, out: Path) -> None:
     import torch
-    from hydra import compose, initialize_config_module
 
-    import harness.config  # noqa: F401  (fills the ConfigStore)
     from harness.data import build_dataset
     from harness.runtime.distributed import setup_distributed
     from harness.stages.job import _build, diffusion_spec, sampling_plan
     from harness.stages.sample import sample_model
 
-    if world > 1:
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    with initialize_config_module("harness.conf", version_base="1.3"):
-        cfg = compose("config", overrides=OVERRIDES)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with rank_config(rank, world, port, OVERRIDES) as cfg:
         data = build_dataset(cfg.data)
         model = _build(cfg, data)
         with torch.no_grad():  # the zero-initialised adaLN would make every image the same
@@ -50,27 +40,14 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
         info = setup_distributed(torch.device("cpu"))
         summary = sample_model(model, data, diffusion_spec(cfg), cfg, sampling_plan(cfg), out,
                                torch.device("cpu"), progress=False, info=info)
-    finally:
-        torch.set_num_threads(threads)
-    (out / f"summary-rank{rank}.json").write_text(json.dumps(summary))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    write_rank_summary(out, rank, summary)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("dp_sample")
     two = base / "w2"
-    two.mkdir()
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
-    env["OMP_NUM_THREADS"] = "1"
-    procs = [subprocess.Popen([sys.executable, str(HERE), str(r), "2", str(port), str(two)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    procs = launch_ranks(HERE, 2, two)
     (base / "w1").mkdir()
     _worker(0, 1, 0, base / "w1")  # the reference: one process
     try:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+
+from config_helpers import digits_data, structured_config
 
 from baselines.dit import build_dit
 from fpdm.model import build_fpdm
 from harness.compute.plan import plan_dit, plan_fpdm
-from harness.config.schema import Config, PicardSolverConfig
 from harness.compute.flops import dit_flops_per_forward, flop_breakdown
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,20 +90,12 @@ def test_the_count_does_not_depend_on_the_device():
 
 # ------------------------------------------------------------------ sample stage and FLOP matching
 def _cfg(**over):
-    cfg = OmegaConf.structured(Config)
-    cfg.solver = OmegaConf.structured(PicardSolverConfig)
-    cfg.sample.num_images = 2
-    cfg.sample.batch_size = 2
-    for k, v in over.items():
-        OmegaConf.update(cfg, k, v)
-    return cfg
+    return structured_config({"sample.num_images": 2, "sample.batch_size": 2, **over})
 
 
 @pytest.fixture(scope="module")
 def data():
-    from harness.data import build_dataset
-
-    return build_dataset(OmegaConf.structured(Config).data)
+    return digits_data()
 
 
 # FPDM tiny on 8x8x1 digits, 1 pre + 1 post: explicit part and one iteration, by hand

@@ -7,12 +7,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from config_helpers import digits_data, structured_config
+
 from harness.compute.plan import plan_fpdm
-from harness.config.schema import Config, PicardSolverConfig
-from harness.data import build_dataset
 from harness.diffusion.spec import diffusion_spec
 from harness.stages.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from harness.stages.models import build_model
@@ -24,17 +23,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def data():
-    return build_dataset(OmegaConf.structured(Config).data)
+    return digits_data()
 
 
 def _cfg(**train):
-    cfg = OmegaConf.structured(Config)
-    cfg.solver = OmegaConf.structured(PicardSolverConfig)
-    cfg.train.batch_size = 16
-    cfg.train.log_every = 1
-    for k, v in train.items():
-        OmegaConf.update(cfg, k, v)
-    return cfg
+    return structured_config({"train.batch_size": 16, "train.log_every": 1, **train})
 
 
 def _model(cfg, data):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+
+from config_helpers import digits_data, structured_config
 
 from fpdm.training_modes import ImplicitTrainSpec, get_training_mode, planned_counts
-from harness.config.schema import Config, PicardSolverConfig
 from harness.stages.train import train_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,22 +29,13 @@ HAND = {  # forward-equivalents per image-step
 
 @pytest.fixture(scope="module")
 def data():
-    from harness.data import build_dataset
-
-    return build_dataset(OmegaConf.structured(Config).data)
+    return digits_data()
 
 
 def _cfg(**over):
-    cfg = OmegaConf.structured(Config)
-    cfg.solver = OmegaConf.structured(PicardSolverConfig)
-    cfg.train.batch_size = 8
-    cfg.train.log_every = 1
-    cfg.train.iters.no_grad.min = cfg.train.iters.no_grad.max = N
-    cfg.train.iters.with_grad.min = cfg.train.iters.with_grad.max = M
-    cfg.train.implicit_tol = 0.0
-    for k, v in over.items():
-        OmegaConf.update(cfg, k, v)
-    return cfg
+    return structured_config({"train.batch_size": 8, "train.log_every": 1, "train.iters.no_grad.min": N,
+                              "train.iters.no_grad.max": N, "train.iters.with_grad.min": M,
+                              "train.iters.with_grad.max": M, "train.implicit_tol": 0.0, **over})
 
 
 def _train(cfg, data, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -34,18 +35,15 @@ def _objective(metrics: dict, names) -> float | tuple:
 
 
 def task(cfg: DictConfig) -> float | tuple:
+    """One Hydra task call = one job: validate, run the stages, write the record (a failure too)."""
     from harness.stages.job import resolved_config, run_job
 
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
-    multirun = hc.mode == RunMode.MULTIRUN
-    job_id = job_dir.name
-    overrides = list(hc.overrides.task)
-    names = list(cfg.run.objective)
     if cfg.get("sweep") is None and hc.runtime.choices.get("sweep"):  # a user's sweep/*.yaml (--config-dir)
         cfg.sweep = hc.runtime.choices["sweep"]
-    nan = _objective({}, names)
-    common = dict(job_id=job_id, overrides=overrides, config=resolved_config(cfg))
+    job = _Job(job_dir, hc.mode == RunMode.MULTIRUN, list(cfg.run.objective),
+               dict(job_id=job_dir.name, overrides=list(hc.overrides.task), config=resolved_config(cfg)))
     try:
         validate_config(cfg)
         result = run_job(cfg, progress=cfg.run.progress, plan_only=cfg.run.plan)
@@ -54,47 +52,70 @@ def task(cfg: DictConfig) -> float | tuple:
     except BaseException as exc:  # a failed job is a record, not a crashed sweep
         if isinstance(exc, SystemExit) and (exc.code in (None, 0) or _interrupted(exc)):
             raise  # requeued, or stopped by SIGINT/SIGTERM after its checkpoint: no record, rerun resumes
-        log.error("job %s failed: %s: %s", job_id, type(exc).__name__, exc)
-        from harness.stages.job import job_axes
-
-        try:
-            axes = job_axes(cfg)
-        except Exception:
-            axes = {}
-        record = write_record(job_dir, make_record(status="failed", axes=axes, metrics={}, error=exc, **common))
-        if not multirun:
-            if cfg.run.debug:
-                raise
-            _exit_failed(f"{type(exc).__name__}: {exc}", record)
-        return nan
+        return _record_failure(cfg, job, exc)
     if not result.is_main:  # another rank of a data-parallel job: rank 0 writes the record
-        return nan
+        return job.nan
     if cfg.run.plan:
         status = ", ".join(f"{k}: {v}" for k, v in result.stage_status.items())
-        print(f"[plan] {job_id}  {_axes_line(result.axes)}  ->  {_plan_status(job_dir, result.stage_status)} "
+        print(f"[plan] {job.dir.name}  {_axes_line(result.axes)}  ->  {_plan_status(job.dir, result.stage_status)} "
               f"({status})")
-        return nan
-    _copy_grid(result.artifacts, job_dir)
+        return job.nan
+    return _record_result(cfg, job, result)
+
+
+@dataclass
+class _Job:
+    """What every record of one task call shares."""
+
+    dir: Path
+    multirun: bool
+    objective_names: list
+    common: dict  # job_id, overrides, resolved config
+
+    @property
+    def nan(self) -> float | tuple:
+        return _objective({}, self.objective_names)
+
+
+def _record_failure(cfg: DictConfig, job: _Job, exc: BaseException) -> float | tuple:
+    """A ``failed`` record; a single run also exits non-zero (or re-raises with ``run.debug``)."""
+    from harness.stages.job import job_axes
+
+    log.error("job %s failed: %s: %s", job.dir.name, type(exc).__name__, exc)
+    try:
+        axes = job_axes(cfg)
+    except Exception:
+        axes = {}
+    record = write_record(job.dir, make_record(status="failed", axes=axes, metrics={}, error=exc, **job.common))
+    if not job.multirun:
+        if cfg.run.debug:
+            raise exc
+        _exit_failed(f"{type(exc).__name__}: {exc}", record)
+    return job.nan
+
+
+def _record_result(cfg: DictConfig, job: _Job, result) -> float | tuple:
+    """The record of a finished job (``failed`` when the objective is not finite) and its objective."""
     from harness.metrics.evidence import keep_beside_record
 
-    keep_beside_record(result.artifacts, job_dir)  # features + reference stats: reports rebuild from the sweep dir
+    _copy_grid(result.artifacts, job.dir)
+    keep_beside_record(result.artifacts, job.dir)  # features + reference stats: reports rebuild from the sweep dir
+    names = job.objective_names
     objective = _objective(result.metrics, names)
-    evaluated = "evaluate" in cfg.run.stages
     finite = all(math.isfinite(v) for v in (objective if isinstance(objective, tuple) else (objective,)))
-    finite = finite or not evaluated  # without the evaluate stage there is no objective to check
-    status = "ok" if finite else "failed"
+    finite = finite or "evaluate" not in cfg.run.stages  # without the evaluate stage there is no objective to check
     reason = None if finite else f"non-finite objective {names}={objective}"
-    record = make_record(status=status, reason=reason, axes=result.axes, metrics=result.metrics,
+    record = make_record(status="ok" if finite else "failed", reason=reason, axes=result.axes, metrics=result.metrics,
                          protocol=result.protocol, keys=result.keys.as_dict(), artifacts=result.artifacts,
-                         solver_trace=result.solver_trace, extra={"stages": result.stage_status}, **common)
-    path = write_record(job_dir, record)
-    if not multirun:
+                         solver_trace=result.solver_trace, extra={"stages": result.stage_status}, **job.common)
+    path = write_record(job.dir, record)
+    if not job.multirun:
         from harness.app.console import console_table
 
         print(console_table([record]))
         if not finite:
             _exit_failed(reason, path)
-    return objective if finite else nan
+    return objective if finite else job.nan
 
 
 def _interrupted(exc: BaseException) -> bool:

@@ -113,12 +113,14 @@ def flop_breakdown(model: nn.Module, image_size: int, iters: int | None = None) 
                 return FlopBreakdown(total, total, 0, 0, 0)
             z, c = _block_inputs(model, image_size)
             return FlopBreakdown(total, total, meta_flops(blocks[0], z, c), 0, 0)
+        from fpdm.model import unrolled_solve  # meta tensors have no residuals to read
+
         iters = model.default_iters if iters is None else iters
-        total = meta_flops(model, x, t, y, iters=iters)
-        one = meta_flops(model, x, t, y, iters=1)
+        total = meta_flops(model, x, t, y, iters=iters, solver=unrolled_solve)
+        one = meta_flops(model, x, t, y, iters=1, solver=unrolled_solve)
         # marginal cost: the solve computes its loop invariants (the x_inj half of the injection's
         # first layer, the block's adaLN vectors) once per forward, so they belong to the explicit part
-        per_iter = meta_flops(model, x, t, y, iters=2) - one
+        per_iter = meta_flops(model, x, t, y, iters=2, solver=unrolled_solve) - one
         z, c = _block_inputs(model, image_size)
         block = meta_flops(model.fixed_point.block, z, c)
         inj = meta_flops(model.fixed_point.injection, z, z)

@@ -4,7 +4,8 @@
   ``torch.autograd.graph.saved_tensors_hooks`` (storages counted once). This is the quantity that
   S-JFB shrinks (FPDM Sec. 3.4): it grows with the with-grad iterations m, not with the no-grad n.
 - ``training_memory_breakdown``: parameters, gradients, AdamW state, EMA and saved activations.
-- the estimate (``harness.compute.memory_estimate``, built on these measurements): the meta-device estimate with autocast, DDP buckets, checkpoint recompute
+- ``estimate_training_memory`` / ``paper_scale_estimate`` (in ``harness.compute.memory_estimate``, which
+  builds on this module): the meta-device estimate with autocast, DDP buckets, checkpoint recompute
   and S-JFB's with-grad iterations modelled, beside the paper's 25.2 GB vs 10.2 GB (Table 1).
 - ``peak_rss_bytes`` and ``cuda_peak``: process and CUDA peaks for the stage records.
 """

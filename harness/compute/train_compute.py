@@ -27,11 +27,29 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import torch
+
 from fpdm.training_modes import FixedPointCounts, ImplicitTrainSpec, planned_counts
 
 FORWARD, BACKWARD, RECOMPUTE, VJP = 1, 2, 1, 2
 BUDGET_UNITS = ("steps", "seconds", "block_passes", "compute")
 MAX_REPLAYED_STEPS = 2_000_000  # beyond this the check uses the worst-case step instead of a replay
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A CPU generator fixed by (seed, step, stream): the same draws before and after a resume
+    (stream 1: the step's timesteps, noise and label dropout; 2: the model's own draws; 7: data order)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 97 + stream) % (2**63 - 1))
+
+
+def implicit_train_spec(train_cfg) -> ImplicitTrainSpec:
+    """The ``train.*`` settings of the fixed point layer's training mode."""
+    return ImplicitTrainSpec(
+        method=train_cfg.method,
+        no_grad_min=train_cfg.iters.no_grad.min, no_grad_max=train_cfg.iters.no_grad.max,
+        with_grad_min=train_cfg.iters.with_grad.min, with_grad_max=train_cfg.iters.with_grad.max,
+        implicit_solver=train_cfg.implicit_solver, implicit_tol=float(train_cfg.implicit_tol),
+    )
 
 
 def step_compute(explicit_blocks: int, checkpointing: bool, counts: FixedPointCounts | None = None) -> int:
@@ -43,9 +61,10 @@ def step_compute(explicit_blocks: int, checkpointing: bool, counts: FixedPointCo
     return cost
 
 
-def model_step_compute(model) -> int:
-    """The step just run by ``model`` (call after ``loss.backward()``: adjoint VJPs run there)."""
-    counts = model.last_counts if getattr(model, "is_implicit", False) else None
+def model_step_compute(model, trace) -> int:
+    """The step ``model`` just ran, from the ``trace`` its forward filled (call after
+    ``loss.backward()``: adjoint VJPs run there and are added to ``trace.counts``)."""
+    counts = getattr(trace, "counts", None)
     return step_compute(model.num_explicit_blocks, bool(model.grad_checkpointing), counts)
 
 
@@ -59,7 +78,6 @@ def _worst_counts(spec: ImplicitTrainSpec) -> FixedPointCounts:
 def _step_costs(cfg) -> tuple[Callable[[int], int | None], int, str]:
     """(cost of step s or None when only running tells, worst-case step cost, description)."""
     from baselines.presets import get_preset
-    from harness.runtime.seeding import step_generator
 
     m, t = cfg.model, cfg.train
     ckpt = bool(m.grad_checkpointing)
@@ -111,13 +129,3 @@ def check_compute_budget(cfg) -> str | None:
     return (f"train.budget.value={value:g} (unit=compute) cannot be met within train.budget.tolerance={tol:g}: "
             f"{who} spends {before} forward-equivalents per image after {steps - 1} steps and {spent} after "
             f"{steps} (+{gap:.1%}); set train.budget.value={options}, or raise train.budget.tolerance")
-
-
-def implicit_train_spec(train_cfg) -> ImplicitTrainSpec:
-    """The ``train.*`` settings of the fixed point layer's training mode."""
-    return ImplicitTrainSpec(
-        method=train_cfg.method,
-        no_grad_min=train_cfg.iters.no_grad.min, no_grad_max=train_cfg.iters.no_grad.max,
-        with_grad_min=train_cfg.iters.with_grad.min, with_grad_max=train_cfg.iters.with_grad.max,
-        implicit_solver=train_cfg.implicit_solver, implicit_tol=float(train_cfg.implicit_tol),
-    )

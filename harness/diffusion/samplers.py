@@ -218,38 +218,15 @@ def sample_loop(
     - `on_step(step_index, t, x)` is called after each step with the updated sample.
     """
     impl = get_sampler(sampler)
-    B, C = int(shape[0]), int(shape[1])
-    if isinstance(generator_per_image, torch.Tensor):
-        noise, generators = generator_per_image, None
-        if tuple(noise.shape) != tuple(shape):
-            raise ValueError(f"initial noise shape {tuple(noise.shape)} != shape {tuple(shape)}")
-        if impl.is_stochastic(eta):
-            raise ValueError(
-                f"sampler={sampler!r} (eta={eta}) draws noise every step: pass a list of per-image generators"
-            )
-    else:
-        generators = list(generator_per_image)
-        if len(generators) != B:
-            raise ValueError(
-                f"generator_per_image has {len(generators)} generators for a batch of {B}; give one per image"
-            )
-        noise = None
+    C = int(shape[1])
+    noise, generators = _initial_noise(generator_per_image, shape, impl, sampler, eta)
     if device is None:
         device = y.device if isinstance(y, torch.Tensor) else noise.device if noise is not None else "cpu"
     device = torch.device(device)
     guided = cfg_scale != 1.0
-    if guided and (null_label is None or y is None):
-        raise ValueError("cfg_scale != 1 needs class labels y and null_label (the model's unconditional class index)")
-
+    y_in = _labels_in(y, guided, null_label, device)
     sched = impl.make_schedule(spec, num_steps, device)
     x = noise.to(device) if noise is not None else randn_tensor(tuple(shape), generator=generators, device=device)
-    if y is not None:
-        y = y.to(device)
-        y_in = torch.cat([y, torch.full_like(y, int(null_label))]) if guided else y
-    else:
-        y_in = None
-
-    want_c = 2 * C if spec.learn_sigma else C
     steps = range(len(sched.model_timesteps))
     if progress:
         from tqdm.auto import tqdm
@@ -259,12 +236,7 @@ def sample_loop(
         t = int(sched.model_timesteps[i])
         x_in = torch.cat([x, x]) if guided else x
         t_batch = torch.full((x_in.shape[0],), t, device=device, dtype=torch.long)
-        out = model_fn(x_in, t_batch, y_in, i).to(x.dtype)
-        if out.shape[1] != want_c or out.shape[0] != x_in.shape[0]:
-            raise ValueError(
-                f"model output shape {tuple(out.shape)} does not match learn_sigma={spec.learn_sigma}: expected "
-                f"{(x_in.shape[0], want_c, *x.shape[2:])}; set DiffusionSpec.learn_sigma to the model's"
-            )
+        out = _checked(model_fn(x_in, t_batch, y_in, i).to(x.dtype), x_in, spec)
         if guided:
             out = _guide(out, C, cfg_scale)
         if not (impl.uses_variance_channels and spec.learn_sigma):
@@ -273,3 +245,42 @@ def sample_loop(
         if on_step is not None:
             on_step(i, t, x)
     return x
+
+
+def _initial_noise(generator_per_image, shape: Sequence[int], impl: Sampler, sampler: str, eta: float):
+    """(initial noise tensor or None, per-image generators or None) after checking they fit ``shape``."""
+    if isinstance(generator_per_image, torch.Tensor):
+        noise = generator_per_image
+        if tuple(noise.shape) != tuple(shape):
+            raise ValueError(f"initial noise shape {tuple(noise.shape)} != shape {tuple(shape)}")
+        if impl.is_stochastic(eta):
+            raise ValueError(
+                f"sampler={sampler!r} (eta={eta}) draws noise every step: pass a list of per-image generators"
+            )
+        return noise, None
+    generators = list(generator_per_image)
+    if len(generators) != int(shape[0]):
+        raise ValueError(
+            f"generator_per_image has {len(generators)} generators for a batch of {int(shape[0])}; give one per image"
+        )
+    return None, generators
+
+
+def _labels_in(y: torch.Tensor | None, guided: bool, null_label: int | None, device: torch.device):
+    """The labels the model sees: with guidance the batch's labels, then as many null labels."""
+    if guided and (null_label is None or y is None):
+        raise ValueError("cfg_scale != 1 needs class labels y and null_label (the model's unconditional class index)")
+    if y is None:
+        return None
+    y = y.to(device)
+    return torch.cat([y, torch.full_like(y, int(null_label))]) if guided else y
+
+
+def _checked(out: torch.Tensor, x_in: torch.Tensor, spec: DiffusionSpec) -> torch.Tensor:
+    want_c = 2 * x_in.shape[1] if spec.learn_sigma else x_in.shape[1]
+    if out.shape[1] != want_c or out.shape[0] != x_in.shape[0]:
+        raise ValueError(
+            f"model output shape {tuple(out.shape)} does not match learn_sigma={spec.learn_sigma}: expected "
+            f"{(x_in.shape[0], want_c, *x_in.shape[2:])}; set DiffusionSpec.learn_sigma to the model's"
+        )
+    return out

@@ -22,7 +22,7 @@ from filelock import FileLock
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from harness.metrics.extractors import (ExtractorSpec, FeatureExtractorDigitsCNN, WeightsInfo, default_cache_dir,
-                                        register_extractor, to_unit_8x8)
+                                        fit_digits_classifier, register_extractor)
 from harness.runtime.io import atomic_write, sha256_file
 
 __all__ = ["DigitsMLP", "ensure_digits_mlp", "FeatureExtractorDigitsMLP"]
@@ -52,33 +52,7 @@ class DigitsMLP(nn.Module):
 
 
 def _train(seed: int, steps: int, lr: float, weight_decay: float) -> tuple[DigitsMLP, float, int]:
-    from harness.data.digits import digits_uint8
-
-    x_tr, y_tr = digits_uint8("train", 8)
-    x_te, y_te = digits_uint8("test", 8)
-    xt = to_unit_8x8(x_tr)
-    was_det, n_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)  # one reduction order on every machine
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = DigitsMLP()
-            opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-            for _ in range(steps):
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(xt)[1], y_tr).backward()
-                opt.step()
-    finally:
-        torch.use_deterministic_algorithms(was_det)
-        torch.set_num_threads(n_threads)
-    model.eval()
-    with torch.no_grad():
-        pre = model.pre(xt)
-        model.feat_mean.copy_(pre.mean(0))
-        model.feat_std.copy_(pre.std(0).clamp_min(1e-6))
-        acc = float((model(to_unit_8x8(x_te))[1].argmax(1) == y_te).float().mean())
-    return model, acc, len(y_tr)
+    return fit_digits_classifier(DigitsMLP, seed, steps, lr, weight_decay)
 
 
 def ensure_digits_mlp(cache_dir: str | os.PathLike | None = None) -> tuple[Path, dict]:

@@ -113,10 +113,13 @@ class DigitsCNN(nn.Module):
         self.register_buffer("feat_mean", torch.zeros(self.feature_dim))
         self.register_buffer("feat_std", torch.ones(self.feature_dim))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # x: (B, 1, 8, 8) in [0, 1]
+    def pre(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, 8, 8) in [0, 1]
         h = F.relu(self.conv1(x - 0.5))                       # (B, 8, 8, 8)
         h = F.relu(self.conv2(h))                             # (B, 16, 4, 4)
-        pre = self.fc1(h.flatten(1))                          # (B, 64)
+        return self.fc1(h.flatten(1))                         # (B, 64)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = self.pre(x)
         return (pre - self.feat_mean) / self.feat_std, self.fc2(F.relu(pre))  # (B, 64), (B, 10)
 
 
@@ -125,13 +128,20 @@ _DIGITS_RECIPE = {"version": 1, "seed": 0, "steps": 150, "lr": 3e-3, "weight_dec
 
 
 def _train_digits_cnn(seed: int, steps: int, lr: float, weight_decay: float) -> tuple[DigitsCNN, float, int]:
-    """Full-batch Adam on the train split, on CPU, in deterministic mode; returns (model, held-out acc, n)."""
+    return fit_digits_classifier(DigitsCNN, seed, steps, lr, weight_decay)
+
+
+def fit_digits_classifier(model_cls: type[nn.Module], seed: int, steps: int, lr: float,
+                          weight_decay: float) -> tuple[nn.Module, float, int]:
+    """Full-batch Adam on the digits train split, on CPU, in deterministic mode, then the feature
+    standardisation (``feat_mean`` / ``feat_std`` of ``model.pre`` on the train split); returns
+    (model, held-out accuracy, train size). Shared by the digits-cnn and digits-mlp rulers."""
     # The data module owns the split (stratified 80/20, random_state=0) and the 0..16 -> uint8 map.
     from harness.data.digits import digits_uint8
 
     x_tr, y_tr = digits_uint8("train", 8)
     x_te, y_te = digits_uint8("test", 8)
-    xt, yt = to_unit_8x8(x_tr), y_tr
+    xt = to_unit_8x8(x_tr)
     # One thread: the same float reduction order on every machine (and no oversubscription on
     # small shared CPUs, where 2 threads were 4x slower than 1 for this tiny network).
     was_det, n_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
@@ -140,22 +150,21 @@ def _train_digits_cnn(seed: int, steps: int, lr: float, weight_decay: float) -> 
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = DigitsCNN()
+            model = model_cls()
             opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
             for _ in range(steps):
                 opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(xt)[1], yt).backward()
+                F.cross_entropy(model(xt)[1], y_tr).backward()
                 opt.step()
     finally:
         torch.use_deterministic_algorithms(was_det)
         torch.set_num_threads(n_threads)
     model.eval()
     with torch.no_grad():
-        pre = model.fc1(F.relu(model.conv2(F.relu(model.conv1(xt - 0.5)))).flatten(1))
+        pre = model.pre(xt)
         model.feat_mean.copy_(pre.mean(0))
         model.feat_std.copy_(pre.std(0).clamp_min(1e-6))
-        pred = model(to_unit_8x8(x_te))[1].argmax(1)
-    acc = float((pred == y_te).float().mean())
+        acc = float((model(to_unit_8x8(x_te))[1].argmax(1) == y_te).float().mean())
     return model, acc, len(y_tr)
 
 

@@ -36,6 +36,7 @@ def calibration_key(cfg, train_key: str) -> str:
 def _calibration_sampling(model, data, spec, cfg, steps: int, iters: int, tol: float, device) -> dict:
     """Sample the calibration batch once: every step runs up to ``iters`` evaluations with ``tol``.
     Returns the evaluations per image (N,) and, per step, the mean residual of each evaluation."""
+    from fpdm.model import SolveTrace
     from fpdm.reuse import WarmStart
     from fpdm.solvers import make_solver
     from harness.diffusion import sample_loop
@@ -51,8 +52,9 @@ def _calibration_sampling(model, data, spec, cfg, steps: int, iters: int, tol: f
     traces: list[list[float]] = []
 
     def model_fn(x, t, y, step_index):
-        out = model(x, t, y, iters=iters, solver=solver, tol=tol, warm_start=warm)
-        st = model.last_solve
+        trace = SolveTrace()
+        out = model(x, t, y, iters=iters, solver=solver, tol=tol, warm_start=warm, trace=trace)
+        st = trace.solve
         per_image.add_(st.nfe_per_sample.view(-1, n).sum(0))
         traces.append(torch.nan_to_num(st.rel_residuals.double(), nan=0.0).mean(1).tolist())
         return out

@@ -138,36 +138,45 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     result.axes = job_axes(cfg, plan)
     if "sample" not in stages:
         return result
+    sample_dir = _sample_stage(cfg, cache, result, model, data, spec, plan, device, info, progress)
+    if info.is_main and "evaluate" in stages:
+        _evaluate_stage(cfg, cache, result, data, sample_dir)
+    return result
+
+
+def _sample_stage(cfg, cache: ArtifactCache, result: JobResult, model, data, spec, plan, device, info,
+                  progress: bool) -> Path:
+    """Sample (every rank its share; cached under the sample key); rank 0 keeps the summary."""
+    from harness.runtime.distributed import broadcast_flag
     from harness.stages.calibrate import calibrated_plan
     from harness.stages.sample import sample_model
 
     # sample.schedule=adaptive | greedy: decided on a calibration batch (its own cached stage)
-    plan, adaptive, calibration, status = calibrated_plan(cfg, cache, keys.train, model, data, spec, plan, device)
+    plan, adaptive, calibration, status = calibrated_plan(cfg, cache, result.keys.train, model, data, spec, plan,
+                                                          device)
     if calibration is not None:
         result.stage_status["calibrate"] = status
         result.metrics.update({f"calibration_{k}": v for k, v in calibration.items() if isinstance(v, (int, float))})
-
-    from harness.runtime.distributed import broadcast_flag
-
     summary, result.stage_status["sample"], sample_dir = cache.run_stage(
-        "sample", keys.sample, lambda d: sample_model(model, data, spec, cfg, plan, d, device, progress, info, adaptive),
+        "sample", result.keys.sample,
+        lambda d: sample_model(model, data, spec, cfg, plan, d, device, progress, info, adaptive),
         lead=info.is_main, agree=lambda need: broadcast_flag(need, info))
-    if not info.is_main:
-        return result
-    result.solver_trace = summary.pop("solver_trace", None)
-    _add_scalars(result.metrics, summary)
-    result.artifacts.update(samples=str(sample_dir / "samples.npz"), grid=str(sample_dir / "grid.png"))
+    if info.is_main:
+        result.solver_trace = summary.pop("solver_trace", None)
+        _add_scalars(result.metrics, summary)
+        result.artifacts.update(samples=str(sample_dir / "samples.npz"), grid=str(sample_dir / "grid.png"))
+    return sample_dir
 
-    if "evaluate" not in stages:
-        return result
+
+def _evaluate_stage(cfg, cache: ArtifactCache, result: JobResult, data, sample_dir: Path) -> None:
+    """Evaluate the samples (rank 0; cached under the eval key) and label the protocol."""
     from harness.compute.memory import peak_rss_bytes
+    from harness.stages.protocol import protocol_label
     from harness.stages.evaluate import evaluate_samples
 
     metrics, result.stage_status["evaluate"], _ = cache.run_stage(
-        "eval", keys.eval, lambda d: evaluate_samples(sample_dir / "samples.npz", data, cfg, d))
+        "eval", result.keys.eval, lambda d: evaluate_samples(sample_dir / "samples.npz", data, cfg, d))
     result.protocol = metrics.pop("protocol", {})
-    from harness.stages.protocol import protocol_label
-
     # The FID protocol (samples, extractor, reference) and the diffusion protocol travel together:
     # reports group tables by this label, so runs of different protocols never share a table.
     result.protocol["diffusion"] = protocol_label(cfg)
@@ -176,7 +185,6 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
         result.artifacts["features"] = metrics.pop("features")
     result.metrics["peak_rss_bytes"] = peak_rss_bytes()  # of the job's process (a sweep shares one)
     _add_scalars(result.metrics, metrics)
-    return result
 
 
 def _plan_only(cfg, cache: ArtifactCache, result: JobResult) -> JobResult:

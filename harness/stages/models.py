@@ -40,8 +40,8 @@ def _dit(model_cfg, train_cfg, *, image_size, channels, num_classes):
 @register_model("fpdm")
 def _fpdm(model_cfg, train_cfg, *, image_size, channels, num_classes):
     from fpdm.model import build_fpdm
-
     from harness.compute.train_compute import implicit_train_spec
+
 
     spec = implicit_train_spec(train_cfg)
     return build_fpdm(model_architecture(model_cfg), input_size=image_size, in_channels=channels, num_classes=num_classes,

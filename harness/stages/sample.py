@@ -99,8 +99,6 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
     ``adaptive`` (``harness.compute.adaptive.AdaptiveSetting``, ``sample.schedule=adaptive``): every
     step runs up to ``max_iters_per_step`` evaluations and each sample stops at the calibrated
     tolerance (the solver compacts the batch), instead of the plan's fixed iterations."""
-    from fpdm.reuse import WarmStart
-    from fpdm.solvers import make_solver
     from harness.diffusion import sample_loop
 
     sc = cfg.sample
@@ -109,21 +107,12 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
     shards_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
     set_compiled(model, bool(getattr(sc, "compile", False)), "sample.compile", device)
-    implicit = bool(getattr(model, "is_implicit", False))
-    solver, tol = None, 0.0
-    if implicit:
-        knobs = {k: v for k, v in dict(cfg.solver).items() if k not in ("name", "tol")}
-        solver, tol = make_solver(cfg.solver.name, **knobs), float(cfg.solver.tol)
-    if sc.reuse and not getattr(model, "supports_solution_reuse", False):
-        raise ValueError(f"sample.reuse=true needs a model that supports solution reuse; model={cfg.model.name} does not")
+    implicit, solver, tol = _solver_of(model, cfg)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sc.precision == "bf16")
     ranges = shard_ranges(sc.num_images, sc.batch_size)
     mine = rank_ranges(ranges, info)
-    bar = None
-    if progress and info.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=sum(e - s for s, e in mine), desc=f"sample {cfg.model.name} {plan.steps} steps", unit="img")
+    bar = _progress_bar(sum(e - s for s, e in mine), f"sample {cfg.model.name} {plan.steps} steps",
+                        progress and info.is_main)
     wall, sampled = 0.0, 0
     peaks: dict = {}
     for start, end in mine:
@@ -133,23 +122,11 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
                 bar.update(end - start)
             continue
         labels, gens = image_labels(sc.seed, start, end, data.num_classes)
-        warm = WarmStart() if (implicit and sc.reuse) else None  # reset per batch
         batch_timesteps: list[int] = []
         batch_stats = _StepStats(plan.steps, device)
         img_iters = torch.zeros(end - start, dtype=torch.long, device=device)  # evaluations per image
-
-        def model_fn(x, t, y, step_index, warm=warm, batch_timesteps=batch_timesteps, batch_stats=batch_stats,
-                     img_iters=img_iters):
-            if len(batch_timesteps) == step_index:
-                batch_timesteps.append(int(t[0]))
-            if not implicit:
-                return model(x, t, y)
-            iters, step_tol = (adaptive.max_iters_per_step, adaptive.tol) if adaptive else (plan.iters[step_index], tol)
-            out = model(x, t, y, iters=iters, solver=solver, tol=step_tol, warm_start=warm)
-            batch_stats.add(step_index, model.last_solve, x.shape[0])
-            img_iters += model.last_solve.nfe_per_sample.view(-1, img_iters.shape[0]).sum(0)  # guided: both halves
-            return out
-
+        model_fn = _model_fn(model, plan, (implicit, solver, tol), sc.reuse, batch_timesteps, batch_stats,
+                             adaptive, img_iters)
         t0 = time.perf_counter()
         with torch.inference_mode(), autocast, cuda_peak(device, peaks, "sample_cuda_peak_bytes"):
             x0 = sample_loop(model_fn, (end - start, data.channels, data.image_size, data.image_size), labels.to(device),
@@ -160,12 +137,7 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
         sampled += end - start
         if not np.isfinite(x0.float().cpu().numpy()).all():
             raise FloatingPointError(f"sampling produced non-finite values in images {start}..{end - 1}")
-        arrays = batch_stats.arrays()
-        np_stats = {f"stat_{k}": arrays[k] for k in _StepStats.FIELDS}
-        atomic_write(shard, lambda fh: np.savez(fh, images=images, labels=labels.numpy(),
-                                                timesteps=np.asarray(batch_timesteps),
-                                                iters_per_image=img_iters.cpu().numpy(),
-                                                diverged=arrays["diverged"], **np_stats))
+        _write_shard(shard, images, labels, batch_timesteps, batch_stats, img_iters)
         if bar is not None:
             bar.update(end - start)
     if bar is not None:
@@ -178,6 +150,65 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
     summary = _finish(model, data, cfg, plan, work_dir, ranges, implicit, wall, int(sampled))
     summary.update(peaks)
     return summary
+
+
+def _model_fn(model: nn.Module, plan, solving: tuple, reuse: bool, timesteps: list[int], stats: _StepStats,
+              adaptive=None, img_iters: torch.Tensor | None = None):
+    """``model_fn(x, t, y, step_index)`` for one batch's ``sample_loop``: FPDM runs the plan's iterations
+    of the step (or, ``adaptive``, up to its cap at the calibrated tolerance), warm-started from the
+    previous step when ``reuse`` (state reset per batch); its solve is added to ``stats`` and each
+    image's evaluations to ``img_iters``; the timestep of each step is appended to ``timesteps``."""
+    from fpdm.model import SolveTrace
+    from fpdm.reuse import WarmStart
+
+    implicit, solver, tol = solving
+    warm = WarmStart() if (implicit and reuse) else None
+
+    def model_fn(x, t, y, step_index):
+        if len(timesteps) == step_index:
+            timesteps.append(int(t[0]))
+        if not implicit:
+            return model(x, t, y)
+        trace = SolveTrace()
+        iters, step_tol = (adaptive.max_iters_per_step, adaptive.tol) if adaptive else (plan.iters[step_index], tol)
+        out = model(x, t, y, iters=iters, solver=solver, tol=step_tol, warm_start=warm, trace=trace)
+        stats.add(step_index, trace.solve, x.shape[0])
+        if img_iters is not None:  # guided sampling runs both halves: each image is charged for both
+            img_iters.add_(trace.solve.nfe_per_sample.view(-1, img_iters.shape[0]).sum(0))
+        return out
+
+    return model_fn
+
+
+def _solver_of(model: nn.Module, cfg) -> tuple[bool, object | None, float]:
+    """(implicit, solver bound with its knobs, tolerance); refuses reuse for a model without it."""
+    from fpdm.solvers import make_solver
+
+    if cfg.sample.reuse and not getattr(model, "supports_solution_reuse", False):
+        raise ValueError(f"sample.reuse=true needs a model that supports solution reuse; model={cfg.model.name} does not")
+    if not getattr(model, "is_implicit", False):
+        return False, None, 0.0
+    knobs = {k: v for k, v in dict(cfg.solver).items() if k not in ("name", "tol")}
+    return True, make_solver(cfg.solver.name, **knobs), float(cfg.solver.tol)
+
+
+def _progress_bar(total: int, desc: str, show: bool):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img")
+
+
+def _write_shard(shard: Path, images: np.ndarray, labels: torch.Tensor, timesteps: list[int], stats: _StepStats,
+                 img_iters: torch.Tensor) -> None:
+    """One shard's images, labels, timesteps, evaluations per image and per-step solver statistics,
+    written atomically."""
+    arrays = stats.arrays()
+    np_stats = {f"stat_{k}": arrays[k] for k in _StepStats.FIELDS}
+    atomic_write(shard, lambda fh: np.savez(fh, images=images, labels=labels.numpy(), timesteps=np.asarray(timesteps),
+                                            iters_per_image=img_iters.cpu().numpy(), diverged=arrays["diverged"],
+                                            **np_stats))
 
 
 def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall: float, sampled: int) -> dict:

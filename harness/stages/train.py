@@ -17,9 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +29,10 @@ from harness.runtime.compile import set_compiled
 from harness.stages.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
 from harness.runtime.distributed import DistInfo, all_reduce_mean_, all_reduce_values, barrier, broadcast_module_
 from harness.runtime.io import atomic_write, atomic_write_json
-from harness.runtime.seeding import step_generator
+from harness.stages.signals import Interrupted, Preempted, _SignalCheckpoint  # noqa: F401  (raised from here)
 from harness.compute.memory import cuda_peak, training_memory_breakdown
-from harness.compute.train_compute import BUDGET_UNITS, model_step_compute
+from harness.compute.train_compute import BUDGET_UNITS, model_step_compute, step_generator
+from fpdm.model import SolveTrace
 
 
 class TrainingDiverged(RuntimeError):
@@ -63,98 +61,6 @@ class TrainState:
     images: int = 0
     elapsed_s: float = 0.0
     losses: list = field(default_factory=list)
-
-
-class Preempted(SystemExit):
-    """Raised after the pre-emption checkpoint when the process must end and a requeued run will
-    continue (submitit has requeued the job). Exit code None: nothing failed, so ``harness.run``
-    re-raises it instead of writing a ``failed`` record, and submitit writes no result for this run."""
-
-    def __init__(self, message: str):
-        super().__init__(None)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class Interrupted(SystemExit):
-    """SIGINT / SIGTERM on a local run or sweep (no submitit handler to requeue): raised after the
-    checkpoint to stop the whole process with 128 + signal. ``harness.run`` writes no record for it,
-    so rerunning the same command resumes the job from its checkpoint."""
-
-    def __init__(self, signum: int, step: int | None = None):
-        super().__init__(128 + signum)
-        where = f"checkpointed at step {step}" if step is not None else "checkpointed"
-        self.message = f"{signal.Signals(signum).name}: {where}; rerun the same command to resume"
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def _preempt_signals() -> tuple[str, ...]:
-    # submitit's requeue handler listens to SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL names another;
-    # Slurm sends it signal_delay_s before the time limit and on pre-emption. SIGINT (Ctrl-C) and
-    # SIGTERM (kill) of a local run checkpoint too, then stop the process (``Interrupted``).
-    usr = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
-    return tuple(dict.fromkeys(("SIGUSR1", usr, "SIGTERM", "SIGINT")))
-
-
-class _SignalCheckpoint:
-    """Turns SIGUSR1 / SIGUSR2 / SIGTERM (sent by Slurm and submitit before a time limit or
-    pre-emption) into 'checkpoint at the next step boundary', then hands the signal to whoever
-    handled it before (submitit's requeue) or, failing that, exits with the signal's usual code.
-    With several ranks the pending signal is agreed on every step, so all ranks checkpoint at the
-    same step and leave together (a rank left behind would hang in the next collective)."""
-
-    def __init__(self):
-        self.pending: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for name in _preempt_signals():
-                sig = getattr(signal, name)
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.pending = signum
-
-    def poll(self, info: DistInfo) -> int | None:
-        """The signal pending on any rank (the same answer on every rank), or None."""
-        if not info.enabled:
-            return self.pending
-        signum = int(all_reduce_values([float(self.pending or 0)], info, op="max")[0])
-        return signum or None
-
-    def release(self, signum: int, info: DistInfo = DistInfo(), step: int | None = None) -> None:
-        """Called after the checkpoint: deliver the signal to the previous handler. If that ends the
-        process (or there is none) every rank ends; if it returns (submitit's SIGTERM bypass, or a
-        non-zero rank) training goes on with these handlers re-armed."""
-        self.pending = None
-        self.__exit__()
-        prev = self.previous.get(signum)
-        ending: BaseException | None = None
-        if signum in (signal.SIGINT, signal.SIGTERM) and prev in (None, signal.SIG_DFL, signal.SIG_IGN,
-                                                                 signal.default_int_handler):
-            ending = Interrupted(signum, step)  # local: nobody requeues, stop the whole process
-        elif callable(prev):
-            try:
-                prev(signum, None)
-            except SystemExit:  # submitit requeued the job and exits: a requeued run resumes
-                ending = Preempted(f"{signal.Signals(signum).name}: checkpointed at the step boundary, job requeued")
-            except BaseException as exc:  # e.g. submitit's 'not requeued because timed-out too many times'
-                ending = exc
-        else:
-            ending = SystemExit(128 + signum)
-        if all_reduce_values([float(ending is not None)], info, op="max")[0]:
-            raise ending or Preempted(f"{signal.Signals(signum).name}: rank 0 ended the job after its checkpoint")
-        self.__enter__()
-
-    def __exit__(self, *exc):
-        for sig, prev in self.previous.items():
-            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
 
 
 def _load_dataset_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,139 +107,209 @@ def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch
     """Train ``model`` on ``data.train`` until ``cfg.train.budget`` is spent; write checkpoints to
     ``work_dir`` and, at the end, ``ema.safetensors``, ``model.safetensors`` and ``train_summary.json``.
     Returns the summary."""
-    from harness.diffusion import training_loss
-
     tc = cfg.train
+    _check_train_config(tc, info)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    X, Y = _load_dataset_tensors(data.train)
+    run = _prepare(model, tc, work_dir, device, info)
+    log = _TrainLog(work_dir / "train_log.jsonl", tc, run.state, f"train {cfg.model.name}", progress and info.is_main)
+    peaks: dict = {}
+    with _SignalCheckpoint() as signals, cuda_peak(device, peaks, "train_cuda_peak_bytes"):
+        while not _budget_reached(tc.budget, run.state):
+            t0 = time.perf_counter()
+            local_values, trace = _train_step(run, _step_batch(X, Y, spec, cfg, run.state.step, info, device), spec)
+            _account(run.state, run.model, trace, tc.batch_size, time.perf_counter() - t0)
+            # the logged loss is the global-batch mean (each rank holds the mean of its equal slice)
+            log.step(run.state, all_reduce_values(local_values, info), info)
+            signum = signals.poll(info)
+            if signum is not None:
+                run.save()
+                signals.release(signum, info, step=run.state.step)
+            if run.state.step % tc.ckpt_every == 0:
+                run.save()
+    log.close()
+    run.save()
+    summary = {**_summary(run.state, tc, info), **peaks}
+    set_compiled(run.model, False, "train.compile")  # saved-tensor hooks measure the eager graph
+    local = tc.batch_size // info.world_size
+    last_draws = step_generator(tc.seed, max(run.state.step - 1, 0), 2)
+    summary.update(_memory_breakdown(run.model, spec, X[:local].to(device), Y[:local].to(device), last_draws))
+    if info.is_main:
+        _export(work_dir, run, summary)
+    barrier(info)
+    return summary
+
+
+def _check_train_config(tc, info: DistInfo) -> None:
     if tc.budget.unit not in BUDGET_UNITS:
         raise ValueError(f"train.budget.unit={tc.budget.unit!r} is not one of {list(BUDGET_UNITS)}")
     if tc.batch_size % info.world_size:
         raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the {info.world_size} ranks")
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    X, Y = _load_dataset_tensors(data.train)
-    n = len(X)
+
+
+@dataclass
+class _Run:
+    """What the training loop carries: the model, its EMA, the optimiser and the counters."""
+
+    model: nn.Module
+    ema: nn.Module
+    opt: torch.optim.Optimizer
+    state: TrainState
+    tc: Any
+    work_dir: Path
+    info: DistInfo
+
+    def save(self) -> None:
+        """Checkpoint on rank 0; every rank waits for it."""
+        if self.info.is_main:
+            save_checkpoint(self.work_dir, self.state.step, {
+                "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+                "state": {**self.state.__dict__, "losses": list(self.state.losses[-100:])},
+            })
+        barrier(self.info)
+
+
+def _prepare(model: nn.Module, tc, work_dir: Path, device: torch.device, info: DistInfo) -> _Run:
+    """Model, EMA and optimiser on ``device``, resumed from the newest checkpoint when ``train.resume``,
+    and every rank on rank 0's weights."""
     model = model.to(device).train()
     set_compiled(model, False, "train.compile")  # eager copy for the EMA (compiled wrappers do not deepcopy)
     ema = copy.deepcopy(model).to(device).eval().requires_grad_(False)
     set_compiled(model, bool(getattr(tc, "compile", False)), "train.compile", device)
-    opt = make_optimizer(model, tc, device)
-    state = TrainState()
-
+    run = _Run(model, ema, make_optimizer(model, tc, device), TrainState(), tc, work_dir, info)
     ckpt = latest_checkpoint(work_dir) if tc.resume else None
     if ckpt is not None:
         blob = load_checkpoint(ckpt, map_location=device)
         model.load_state_dict(blob["model"])
         ema.load_state_dict(blob["ema"])
-        opt.load_state_dict(blob["optimizer"])
+        run.opt.load_state_dict(blob["optimizer"])
         restore_rng_states(blob["rng"])
-        state = TrainState(**blob["state"])
+        run.state = TrainState(**blob["state"])
     for module in (model, ema):  # every rank starts from rank 0's weights
         broadcast_module_(module, info)
+    return run
 
-    def save(step_state: TrainState) -> None:
-        if info.is_main:
-            save_checkpoint(work_dir, step_state.step, {
-                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                "state": {**step_state.__dict__, "losses": list(step_state.losses[-100:])},
-            })
-        barrier(info)
 
+@dataclass
+class _Batch:
+    """This rank's slice of the global batch of one step, and the generator of the model's own draws."""
+
+    x0: torch.Tensor
+    y: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+    drop: torch.Tensor
+    draws: torch.Generator  # S-JFB's n and m (stream 2 of the step)
+
+
+def _step_batch(X, Y, spec, cfg, step: int, info: DistInfo, device: torch.device) -> _Batch:
+    """Every random draw of ``step``, over the global batch (a function of the step alone)."""
+    tc = cfg.train
+    idx = global_batch_indices(len(X), tc.batch_size, step, tc.seed)
+    g = step_generator(tc.seed, step, 1)
+    t = torch.randint(0, spec.num_train_timesteps, (tc.batch_size,), generator=g)
+    noise = torch.randn((tc.batch_size, *X.shape[1:]), generator=g)
+    drop = torch.rand(tc.batch_size, generator=g) < cfg.model.class_dropout
+    draws = step_generator(tc.seed, step, 2)
     local = tc.batch_size // info.world_size
     lo, hi = info.rank * local, (info.rank + 1) * local
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
-    log_path = work_dir / "train_log.jsonl"
-    bar = None
-    if progress and info.is_main:
-        from tqdm.auto import tqdm
+    return _Batch(X[idx][lo:hi].to(device), Y[idx][lo:hi].to(device), t[lo:hi].to(device),
+                  noise[lo:hi].to(device), drop[lo:hi].to(device), draws)
 
-        total = tc.budget.value if tc.budget.unit == "steps" else None
-        bar = tqdm(total=total, initial=state.step if total else 0, desc=f"train {cfg.model.name}", unit="step")
-    peaks: dict = {}
-    window_t, window_images = time.perf_counter(), 0
-    with _SignalCheckpoint() as signals, cuda_peak(device, peaks, "train_cuda_peak_bytes"):
-        while not _budget_reached(tc.budget, state):
-            t0 = time.perf_counter()
-            idx = global_batch_indices(n, tc.batch_size, state.step, tc.seed)
-            g = step_generator(tc.seed, state.step, 1)
-            t = torch.randint(0, spec.num_train_timesteps, (tc.batch_size,), generator=g)
-            noise = torch.randn((tc.batch_size, *X.shape[1:]), generator=g)
-            drop = torch.rand(tc.batch_size, generator=g) < cfg.model.class_dropout
-            if getattr(model, "is_implicit", False):
-                model.train_generator = step_generator(tc.seed, state.step, 2)
-            x0, y = X[idx][lo:hi].to(device), Y[idx][lo:hi].to(device)
-            t, noise, drop = t[lo:hi].to(device), noise[lo:hi].to(device), drop[lo:hi].to(device)
 
-            with autocast:
-                loss, parts = training_loss(lambda a, b, c: model(a, b, c, drop_labels=drop), x0, y, spec,
-                                            t=t, noise=noise)
-            # one host read per step for the divergence check and the log (not one per value)
-            local_values = torch.stack([loss.detach(), parts["mse"], parts["vb"]]).float().tolist()
-            if not math.isfinite(local_values[0]):
-                raise TrainingDiverged(
-                    f"training loss became {local_values[0]} at step {state.step}; lower train.lr or enable "
-                    "train.grad_clip"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            all_reduce_mean_(grads, info)
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            _ema_update(ema, model, ema_decay_at(tc.ema_decay, state.step, tc.ema_warmup))
+def _train_step(run: _Run, b: _Batch, spec) -> tuple[list[float], SolveTrace]:
+    """Forward, backward, gradient all-reduce, clip, AdamW and EMA; returns this rank's
+    (loss, mse, vb) and the trace the forward filled (counts completed by backward)."""
+    from harness.diffusion import training_loss
 
-            passes = model.num_explicit_blocks + model.last_passes if model.is_implicit else model.block_passes()
-            state.step += 1
-            state.block_passes += int(passes)
-            state.compute += model_step_compute(model)
-            state.images += tc.batch_size
-            state.elapsed_s += time.perf_counter() - t0
-            # the logged loss is the global-batch mean (each rank holds the mean of its equal slice)
-            loss_value, mse_value, vb_value = all_reduce_values(local_values, info)
-            state.losses.append(loss_value)
-            del state.losses[:-100]  # only the recent losses are read (summary, checkpoint)
-            window_images += tc.batch_size
-            if bar is not None:
-                bar.update(1 if bar.total else 0)
-                bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{state.images / max(state.elapsed_s, 1e-9):.0f}",
-                                passes=state.block_passes, refresh=False)
-            if info.is_main and (state.step % tc.log_every == 0 or _budget_reached(tc.budget, state)):
-                now = time.perf_counter()
-                line = {"step": state.step, "loss": loss_value, "mse": mse_value, "vb": vb_value,
-                        "images_per_s": window_images / max(now - window_t, 1e-9),
-                        "block_passes": state.block_passes, "compute_fwd_equiv": state.compute,
-                        "elapsed_s": state.elapsed_s}
-                with open(log_path, "a") as fh:
-                    fh.write(json.dumps(line) + "\n")
-                window_t, window_images = now, 0
-            signum = signals.poll(info)
-            if signum is not None:
-                save(state)
-                signals.release(signum, info, step=state.step)
-            if state.step % tc.ckpt_every == 0:
-                save(state)
-    if bar is not None:
-        bar.close()
-    save(state)
+    model, tc = run.model, run.tc
+    trace = SolveTrace()
+    autocast = torch.autocast(b.x0.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    with autocast:
+        loss, parts = training_loss(lambda a, t, y: model(a, t, y, drop_labels=b.drop, generator=b.draws, trace=trace),
+                                    b.x0, b.y, spec, t=b.t, noise=b.noise)
+    # one host read per step for the divergence check and the log (not one per value)
+    local_values = torch.stack([loss.detach(), parts["mse"], parts["vb"]]).float().tolist()
+    if not math.isfinite(local_values[0]):
+        raise TrainingDiverged(
+            f"training loss became {local_values[0]} at step {run.state.step}; lower train.lr or enable train.grad_clip"
+        )
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    all_reduce_mean_([p.grad for p in model.parameters() if p.grad is not None], run.info)
+    if tc.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    run.opt.step()
+    _ema_update(run.ema, model, ema_decay_at(tc.ema_decay, run.state.step, tc.ema_warmup))
+    return local_values, trace
 
-    summary = {
+
+def _account(state: TrainState, model: nn.Module, trace: SolveTrace, batch_size: int, seconds: float) -> None:
+    """Count the step as spent: block passes and forward-equivalents per image from its trace."""
+    state.step += 1
+    state.block_passes += trace.block_passes
+    state.compute += model_step_compute(model, trace)
+    state.images += batch_size
+    state.elapsed_s += seconds
+
+
+class _TrainLog:
+    """The progress bar and ``train_log.jsonl`` (rank 0): one line every ``train.log_every`` steps
+    and at the last, with the images per second of the window since the previous line."""
+
+    def __init__(self, path: Path, tc, state: TrainState, desc: str, show_bar: bool):
+        self.path, self.tc = path, tc
+        self.bar = None
+        if show_bar:
+            from tqdm.auto import tqdm
+
+            total = tc.budget.value if tc.budget.unit == "steps" else None
+            self.bar = tqdm(total=total, initial=state.step if total else 0, desc=desc, unit="step")
+        self.window_t, self.window_images = time.perf_counter(), 0
+
+    def step(self, state: TrainState, values: list[float], info: DistInfo) -> None:
+        loss_value, mse_value, vb_value = values
+        state.losses.append(loss_value)
+        del state.losses[:-100]  # only the recent losses are read (summary, checkpoint)
+        self.window_images += self.tc.batch_size
+        if self.bar is not None:
+            self.bar.update(1 if self.bar.total else 0)
+            self.bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{state.images / max(state.elapsed_s, 1e-9):.0f}",
+                                 passes=state.block_passes, refresh=False)
+        if info.is_main and (state.step % self.tc.log_every == 0 or _budget_reached(self.tc.budget, state)):
+            now = time.perf_counter()
+            line = {"step": state.step, "loss": loss_value, "mse": mse_value, "vb": vb_value,
+                    "images_per_s": self.window_images / max(now - self.window_t, 1e-9),
+                    "block_passes": state.block_passes, "compute_fwd_equiv": state.compute,
+                    "elapsed_s": state.elapsed_s}
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+            self.window_t, self.window_images = now, 0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _summary(state: TrainState, tc, info: DistInfo) -> dict:
+    return {
         "train_steps": state.step, "train_block_passes_per_image": state.block_passes,
         "train_compute_fwd_equiv": state.compute,
         "train_images": state.images, "train_time_s": state.elapsed_s,
         "train_images_per_s": state.images / state.elapsed_s if state.elapsed_s else math.nan,
         "train_final_loss": float(sum(state.losses[-20:]) / max(len(state.losses[-20:]), 1)),
         "train_budget_unit": tc.budget.unit, "train_budget_value": tc.budget.value,
-        "train_world_size": info.world_size, **peaks,
+        "train_world_size": info.world_size,
     }
-    set_compiled(model, False, "train.compile")  # saved-tensor hooks measure the eager graph
-    summary.update(_memory_breakdown(model, spec, X[:local].to(device), Y[:local].to(device)))
-    if info.is_main:
-        for name, module in (("ema", ema), ("model", model)):
-            tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-            atomic_write(work_dir / f"{name}.safetensors", lambda fh, tensors=tensors: fh.write(_st_bytes(tensors)))
-        atomic_write_json(work_dir / "train_summary.json", summary)
-    barrier(info)
-    return summary
+
+
+def _export(work_dir: Path, run: _Run, summary: dict) -> None:
+    """``ema.safetensors``, ``model.safetensors`` and ``train_summary.json``, each written atomically."""
+    for name, module in (("ema", run.ema), ("model", run.model)):
+        tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        atomic_write(work_dir / f"{name}.safetensors", lambda fh, tensors=tensors: fh.write(_st_bytes(tensors)))
+    atomic_write_json(work_dir / "train_summary.json", summary)
 
 
 def _st_bytes(tensors: dict) -> bytes:
@@ -342,16 +318,21 @@ def _st_bytes(tensors: dict) -> bytes:
     return save(tensors)
 
 
-def _memory_breakdown(model: nn.Module, spec, x0: torch.Tensor, y: torch.Tensor) -> dict:
+def _memory_breakdown(model: nn.Module, spec, x0: torch.Tensor, y: torch.Tensor, draws: torch.Generator) -> dict:
     """Bytes of one training step of this model at the local batch: saved activations measured,
-    parameters / gradients / AdamW state / EMA counted."""
+    parameters / gradients / AdamW state / EMA counted. ``draws`` makes the model's own draws (the
+    last step's, so FPDM keeps the with-grad iterations it last trained with); no label is dropped."""
     from harness.diffusion import training_loss
 
     g = torch.Generator().manual_seed(0)
     model.train()
+    keep = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+
+    def model_fn(a, b, c):
+        return model(a, b, c, drop_labels=keep, generator=draws)
 
     def forward_loss():
-        return training_loss(model, x0, y, spec, generator=g if x0.device.type == "cpu" else None)[0]
+        return training_loss(model_fn, x0, y, spec, generator=g if x0.device.type == "cpu" else None)[0]
 
     out = training_memory_breakdown(model, forward_loss)
     model.zero_grad(set_to_none=True)
