@@ -105,10 +105,11 @@ def _init_search_path(argv: list[str], calling_file: str | None, config_module: 
     from hydra._internal.utils import create_automatic_config_search_path
     from hydra.core.config_search_path import SearchPathQuery
 
-    package, default_path = config_module.rsplit(".", 1)
-    config_path = _flag(argv, ("--config-path", "-cp")) or default_path
+    package = config_module.rsplit(".", 1)[0]
+    # the app's own config path is the package its @hydra.main names (pkg://harness.config)
+    config_path = _flag(argv, ("--config-path", "-cp")) or f"pkg://{config_module}"
     calling_module = None if calling_file is not None else f"{package}.run"
-    if calling_file is not None:  # Hydra: absolute, or relative to the app's file (not the cwd)
+    if calling_file is not None and "://" not in config_path:  # Hydra: absolute, or relative to the app's file
         primary = os.path.join(os.path.dirname(os.path.realpath(calling_file)), config_path)
         if not os.path.isdir(primary):
             raise ConfigError(f"--config-path={config_path} is not a directory (a relative path starts at "
