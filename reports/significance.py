@@ -152,8 +152,11 @@ def _verdict(lo: float, hi: float) -> str:
 
 def _one_pairing(base: pd.DataFrame, treat: pd.DataFrame, ev: dict[str, JobEvidence]) -> dict | None:
     """Pairs of (baseline job, treatment job) sharing seeds -> interval columns per ruler."""
+    # Jobs of one setting that differ only in a knob the model ignores (DiT's schedule name) are
+    # one measurement (one sample artifact): keep the first job per pairing key.
     pb = base.set_index(row_keys(base, [a for a in PAIR_AXES if a in base]))["job_id"]
     pt = treat.set_index(row_keys(treat, [a for a in PAIR_AXES if a in treat]))["job_id"]
+    pb, pt = pb[~pb.index.duplicated()], pt[~pt.index.duplicated()]
     pairs = [(pb[k], pt[k], k) for k in sorted(set(pb.index) & set(pt.index)) if pb[k] in ev and pt[k] in ev]
     if not pairs:
         return None

@@ -231,6 +231,24 @@ def train_memory_column(df: pd.DataFrame) -> str | None:
 # the tables
 
 
+def _with_fid_interval(out: pd.DataFrame, best: pd.DataFrame, rows: list[str], col: str) -> pd.DataFrame:
+    """``FID v lo`` / ``FID v hi`` after each ``FID v``: the 95% bootstrap interval over images that
+    each record carries (``fid_ci_low``/``fid_ci_high``, harness.metrics.bootstrap; averaged over
+    seeds, whose spread is the ``std`` column). Paired differences are in the significance tables."""
+    if not (present(best, "fid_ci_low") and present(best, "fid_ci_high")):
+        return out
+    for src, end in (("fid_ci_low", "lo"), ("fid_ci_high", "hi")):
+        part = pivot_metric(best, rows, col, src, "_")
+        part = part[[c for c in part.columns if c in rows or not c.endswith(" std")]]
+        names = {c: f"FID {c[2:]} {end}" for c in part.columns if c not in rows}
+        out = out.merge(part.rename(columns=names), on=rows, how="left")
+    order = list(rows)
+    for c in out.columns:
+        if c.startswith("FID ") and not c.endswith((" std", " lo", " hi")):
+            order += [x for x in (c, f"{c} lo", f"{c} hi", f"{c} std") if x in out.columns]
+    return out[order + [c for c in out.columns if c not in order]]
+
+
 @register_table("table1_budget", ("model", "budget_blocks"), title="FID by block budget, model and sampler",
                 paper="Table 1")
 def table1_budget(df: pd.DataFrame) -> pd.DataFrame:
@@ -239,6 +257,8 @@ def table1_budget(df: pd.DataFrame) -> pd.DataFrame:
     best = best_per_cell(df, rows + ([col] if col else []))
     out = pivot_metric(best, rows, col, "fid", "FID") if col else pd.concat(
         [best[rows].reset_index(drop=True), _mean_std(best, "fid", "FID").reset_index(drop=True)], axis=1)
+    if col:
+        out = _with_fid_interval(out, best, rows, col)
     per_row = best.groupby(rows, dropna=False, sort=False)
     extra = pd.DataFrame(index=per_row.size().index)
     if present(best, "params_total"):

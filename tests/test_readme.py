@@ -24,7 +24,7 @@ RUN, MAIN, REPORT, INCEPTION, SKIP = "run", "main job", "report", "inception", "
 POLICY = [
     (r"pip install ", SKIP, "installs packages; .ci/run runs it on a clean machine"),
     (r"pytest$", SKIP, "the test suite itself; .ci/run runs it"),
-    (r"python -m harness\.run -m sweep=budget_schedules$", MAIN, "24 jobs: its plan here, the toy-size run under -m slow"),
+    (r"python -m harness\.run -m sweep=budget_schedules$", MAIN, "30 jobs: its plan here, the toy-size run under -m slow"),
     (r"python -m reports\.build multirun/<date>/<time>$", REPORT, "on fixture records"),
     (r"python -m harness\.run --cfg job$", RUN, ""),
     (r"python -m harness\.inspect ", RUN, ""),

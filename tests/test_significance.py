@@ -97,3 +97,20 @@ def test_two_builds_are_byte_identical_and_figures_carry_the_band(tmp_path):
 
     assert floor_top(pd.DataFrame({"noise_floor_halves": [0.05], "noise_floor_halves_std": [0.01],
                                    "noise_floor_subset": [0.02]})) == pytest.approx(0.06)
+
+
+def test_dit_jobs_repeated_per_schedule_name_pair_once(tmp_path):
+    """The main job runs DiT once per schedule name; DiT ignores the schedule, so those jobs have
+    the same axes (one measurement). The report must pair them once, not fail."""
+    sweep = _sweep(tmp_path / "s", {60: 0.3, 120: 0.3, 240: 1.0})
+    for src in [p for p in sweep.glob("*/record.json") if json.loads(p.read_text())["axes"]["model"] == "dit"]:
+        rec = json.loads(src.read_text())
+        twin = sweep / (rec["job_id"] + "-twin")
+        twin.mkdir()
+        rec["job_id"] += "-twin"
+        rec["artifacts"] = {"features": _write_features(twin, 1.0)}
+        (twin / "record.json").write_text(json.dumps(rec))
+    html = build_report([sweep], tmp_path / "o", figures=False).read_text()
+    assert _sentence(html, "fpdm_vs_dit") == "FPDM beats DiT at 60 and 120 blocks; FPDM ties DiT at 240 blocks."
+    t = pd.read_csv(tmp_path / "o" / "tables" / "significance_fpdm_vs_dit.csv").set_index("budget_blocks")
+    assert (t["pairs"] == 1).all()
