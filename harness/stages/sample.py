@@ -99,8 +99,6 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
     ``adaptive`` (``harness.compute.adaptive.AdaptiveSetting``, ``sample.schedule=adaptive``): every
     step runs up to ``max_iters_per_step`` evaluations and each sample stops at the calibrated
     tolerance (the solver compacts the batch), instead of the plan's fixed iterations."""
-    from harness.diffusion import sample_loop
-
     sc = cfg.sample
     work_dir = Path(work_dir)
     shards_dir = work_dir / "shards"
@@ -121,23 +119,9 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
             if bar is not None:
                 bar.update(end - start)
             continue
-        labels, gens = image_labels(sc.seed, start, end, data.num_classes)
-        batch_timesteps: list[int] = []
-        batch_stats = _StepStats(plan.steps, device)
-        img_iters = torch.zeros(end - start, dtype=torch.long, device=device)  # evaluations per image
-        model_fn = _model_fn(model, plan, (implicit, solver, tol), sc.reuse, batch_timesteps, batch_stats,
-                             adaptive, img_iters)
-        t0 = time.perf_counter()
-        with torch.inference_mode(), autocast, cuda_peak(device, peaks, "sample_cuda_peak_bytes"):
-            x0 = sample_loop(model_fn, (end - start, data.channels, data.image_size, data.image_size), labels.to(device),
-                             spec, sampler=sc.sampler, num_steps=plan.steps, generator_per_image=gens, eta=sc.eta,
-                             cfg_scale=sc.cfg_scale, null_label=data.num_classes, device=device)
-            images = data.to_uint8_images(x0.float()).cpu().numpy()
-        wall += time.perf_counter() - t0
+        wall += _sample_shard(model, data, spec, cfg, plan, shard, (start, end), device,
+                              ((implicit, solver, tol), adaptive, autocast, peaks))
         sampled += end - start
-        if not np.isfinite(x0.float().cpu().numpy()).all():
-            raise FloatingPointError(f"sampling produced non-finite values in images {start}..{end - 1}")
-        _write_shard(shard, images, labels, batch_timesteps, batch_stats, img_iters)
         if bar is not None:
             bar.update(end - start)
     if bar is not None:
@@ -150,6 +134,32 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
     summary = _finish(model, data, cfg, plan, work_dir, ranges, implicit, wall, int(sampled))
     summary.update(peaks)
     return summary
+
+
+def _sample_shard(model, data, spec, cfg, plan, shard: Path, span: tuple[int, int], device, how: tuple) -> float:
+    """Sample images ``[start, end)`` of ``span`` into ``shard``; returns the seconds spent sampling.
+    ``how`` = (solving, adaptive, autocast, peaks) as ``sample_model`` prepared them."""
+    from harness.diffusion import sample_loop
+
+    start, end = span
+    solving, adaptive, autocast, peaks = how
+    labels, gens = image_labels(cfg.sample.seed, start, end, data.num_classes)
+    batch_timesteps: list[int] = []
+    batch_stats = _StepStats(plan.steps, device)
+    img_iters = torch.zeros(end - start, dtype=torch.long, device=device)  # evaluations per image
+    model_fn = _model_fn(model, plan, solving, cfg.sample.reuse, batch_timesteps, batch_stats,
+                         adaptive, img_iters)
+    t0 = time.perf_counter()
+    with torch.inference_mode(), autocast, cuda_peak(device, peaks, "sample_cuda_peak_bytes"):
+        x0 = sample_loop(model_fn, (end - start, data.channels, data.image_size, data.image_size), labels.to(device),
+                         spec, sampler=cfg.sample.sampler, num_steps=plan.steps, generator_per_image=gens, eta=cfg.sample.eta,
+                         cfg_scale=cfg.sample.cfg_scale, null_label=data.num_classes, device=device)
+        images = data.to_uint8_images(x0.float()).cpu().numpy()
+    wall = time.perf_counter() - t0
+    if not np.isfinite(x0.float().cpu().numpy()).all():
+        raise FloatingPointError(f"sampling produced non-finite values in images {start}..{end - 1}")
+    _write_shard(shard, images, labels, batch_timesteps, batch_stats, img_iters)
+    return wall
 
 
 def _model_fn(model: nn.Module, plan, solving: tuple, reuse: bool, timesteps: list[int], stats: _StepStats,
