@@ -19,11 +19,13 @@ Accounting hooks (paper Sec. 4.2 counts transformer-block passes): ``num_explici
 ``is_implicit`` and ``supports_solution_reuse``. docs/architecture.md ("Model contract") is the
 reader's version of this module.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -69,6 +71,14 @@ class DiffusionBackbone(nn.Module, ABC):
         return self.num_explicit_blocks
 
     @abstractmethod
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, drop_labels: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, trace: ForwardTrace | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        drop_labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        trace: ForwardTrace | None = None,
+    ) -> torch.Tensor:
         """The denoiser's output for ``(x, t, y)``; see the module docstring."""

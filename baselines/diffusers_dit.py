@@ -6,6 +6,7 @@ Parameter counts differ from the reference DiT: diffusers gives each block its o
 timestep + class embedding (749,826,464 parameters at XL/2 vs 674,834,720, measured with diffusers' ``DiTTransformer2DModel``), so reports label
 this model's count as ``diffusers layout``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,8 +41,16 @@ class DiffusersDiT(DiffusionBackbone):
         self.grad_checkpointing = False
         _disable_internal_label_dropout(transformer)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, drop_labels: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, trace: ForwardTrace | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        drop_labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        trace: ForwardTrace | None = None,
+    ) -> torch.Tensor:
         if drop_labels is not None:
             y = torch.where(drop_labels.to(y.device), torch.full_like(y, self.num_classes), y)
         if self.grad_checkpointing and self.training:
@@ -98,8 +107,14 @@ def build_diffusers_dit(model_cfg, *, image_size: int, channels: int, num_classe
     p = resolve_preset(model_cfg.preset, **{k: getattr(model_cfg, k, None) for k in ARCHITECTURE_KNOBS})
     out_channels = 2 * channels if model_cfg.learn_sigma else channels
     transformer = DiTTransformer2DModel(
-        num_attention_heads=p.num_heads, attention_head_dim=p.hidden_size // p.num_heads, in_channels=channels,
-        out_channels=out_channels, num_layers=p.depth, sample_size=image_size, patch_size=p.patch_size,
-        num_embeds_ada_norm=num_classes, norm_type="ada_norm_zero",
+        num_attention_heads=p.num_heads,
+        attention_head_dim=p.hidden_size // p.num_heads,
+        in_channels=channels,
+        out_channels=out_channels,
+        num_layers=p.depth,
+        sample_size=image_size,
+        patch_size=p.patch_size,
+        num_embeds_ada_norm=num_classes,
+        norm_type="ada_norm_zero",
     )
     return DiffusersDiT(transformer, model_cfg.learn_sigma)

@@ -4,6 +4,7 @@ DiT-XL/2 on 32x32x4 latents with 1000 classes and learned sigma has 674,834,720 
 parameters plus a 294,912-element position buffer (docs/paper-notes.md §8.1): the position table is a
 buffer here, not a frozen Parameter as in the original code.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,17 +41,30 @@ class DiT(PatchDenoiser):
         learn_sigma: bool = True,
         attention: AttentionFn | None = None,
     ):
-        super().__init__(input_size=input_size, in_channels=in_channels, hidden_size=hidden_size,
-                         patch_size=patch_size, num_classes=num_classes, class_dropout=class_dropout,
-                         learn_sigma=learn_sigma)
+        super().__init__(
+            input_size=input_size,
+            in_channels=in_channels,
+            hidden_size=hidden_size,
+            patch_size=patch_size,
+            num_classes=num_classes,
+            class_dropout=class_dropout,
+            learn_sigma=learn_sigma,
+        )
         self.depth = depth
-        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, attention)
-                                     for _ in range(depth)])
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, attention) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         dit_initialize(self)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, drop_labels: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, trace: ForwardTrace | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        drop_labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        trace: ForwardTrace | None = None,
+    ) -> torch.Tensor:
         h, t_emb, y_emb = self.embed(x, t, y, drop_labels, generator)  # (B, N, D), (B, D), (B, D)
         c = t_emb + y_emb
         for block in self.blocks:
@@ -60,9 +74,28 @@ class DiT(PatchDenoiser):
         return self.unpatchify_output(h, c)
 
 
-def build_dit(preset: str | Preset, *, input_size: int, in_channels: int, num_classes: int, learn_sigma: bool = True,
-              class_dropout: float = 0.1, depth: int | None = None, attention: AttentionFn | None = None) -> DiT:
+def build_dit(
+    preset: str | Preset,
+    *,
+    input_size: int,
+    in_channels: int,
+    num_classes: int,
+    learn_sigma: bool = True,
+    class_dropout: float = 0.1,
+    depth: int | None = None,
+    attention: AttentionFn | None = None,
+) -> DiT:
     p = resolve_preset(preset)  # a preset name, or a Preset with architecture knobs applied
-    return DiT(input_size=input_size, in_channels=in_channels, num_classes=num_classes, hidden_size=p.hidden_size,
-               depth=depth or p.depth, num_heads=p.num_heads, patch_size=p.patch_size, mlp_ratio=p.mlp_ratio,
-               class_dropout=class_dropout, learn_sigma=learn_sigma, attention=attention)
+    return DiT(
+        input_size=input_size,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        hidden_size=p.hidden_size,
+        depth=depth or p.depth,
+        num_heads=p.num_heads,
+        patch_size=p.patch_size,
+        mlp_ratio=p.mlp_ratio,
+        class_dropout=class_dropout,
+        learn_sigma=learn_sigma,
+        attention=attention,
+    )

@@ -6,6 +6,7 @@ classifier-free guidance with a null class), adaLN-Zero transformer blocks and t
 FPDM (Bai & Melas-Kyriazi, CVPR 2024, Sec. 3.2) builds its pre, fixed point and post layers from
 the same block, so both families share this module and their parameter counts stay comparable.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,8 +78,13 @@ class LabelEmbedder(nn.Module):
         self.dropout_prob = dropout_prob
         self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
 
-    def forward(self, labels: torch.Tensor, train: bool, generator: torch.Generator | None = None,
-                force_drop: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        labels: torch.Tensor,
+        train: bool,
+        generator: torch.Generator | None = None,
+        force_drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``force_drop`` (bool, per sample) replaces the random draw: the training loop draws it over
         the global batch so that data-parallel ranks drop exactly what one process would."""
         if force_drop is not None:
@@ -187,8 +193,17 @@ class PatchDenoiser(DiffusionBackbone):
     stay compatible), and the final layer's tokens back to an image of ``out_channels``
     (2C with learned sigma). Subclasses add their blocks and ``final_layer``."""
 
-    def __init__(self, *, input_size: int, in_channels: int, hidden_size: int, patch_size: int, num_classes: int,
-                 class_dropout: float, learn_sigma: bool):
+    def __init__(
+        self,
+        *,
+        input_size: int,
+        in_channels: int,
+        hidden_size: int,
+        patch_size: int,
+        num_classes: int,
+        class_dropout: float,
+        learn_sigma: bool,
+    ):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"image size {input_size} is not divisible by patch size {patch_size}")
@@ -205,8 +220,14 @@ class PatchDenoiser(DiffusionBackbone):
         pos = pos.to(self.x_embedder.proj.weight.device)  # honours a torch.device("meta") context
         self.register_buffer("pos_embed", pos, persistent=False)
 
-    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, drop_labels: torch.Tensor | None,
-              generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def embed(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        drop_labels: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tokens + positions ``(B, N, D)``, timestep embedding, label embedding ``(B, D)``); label
         dropout follows ``drop_labels``, else draws from ``generator`` in training mode."""
         h = self.x_embedder(x) + self.pos_embed.to(x.dtype)
@@ -221,7 +242,7 @@ class PatchDenoiser(DiffusionBackbone):
 def unpatchify(x: torch.Tensor, patch_size: int, channels: int) -> torch.Tensor:
     """(B, N, p*p*C) -> (B, C, H, W) for a square grid."""
     B, N, _ = x.shape
-    h = w = int(round(N ** 0.5))
+    h = w = int(round(N**0.5))
     if h * w != N:
         raise ValueError(f"cannot unpatchify {N} tokens into a square grid")
     x = x.reshape(B, h, w, patch_size, patch_size, channels)

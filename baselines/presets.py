@@ -5,6 +5,7 @@ FPDM takes the hidden size, heads and patch of the same preset; its depth is the
 explicit depth used to match budgets (an FPDM with ``pre + post`` explicit blocks spends
 ``depth - pre - post`` iterations per step at the DiT-equivalent budget).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace

@@ -17,9 +17,11 @@ nothing from the project.
     >>> solvers.list()
     ['picard']
 """
+
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar, overload
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar, overload
 
 T = TypeVar("T")
 

@@ -7,6 +7,7 @@ the median wall time of both solves and their ratio (ideal ~ (1 + 0.5 (K-1)) / K
 
     PYTHONPATH=$PWD python benchmarks/adaptive_compaction.py [--batch 256] [--iters 8] [--preset S/2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,10 @@ def main() -> None:
         del plain.rows
         t_masked, t_compact = timed(plain), timed(f)
     ideal = (1 + 0.5 * (a.iters - 1)) / a.iters
-    print(f"preset {a.preset} batch {a.batch} iters {a.iters}: masked {t_masked * 1e3:.1f} ms, "
-          f"compacted {t_compact * 1e3:.1f} ms, ratio {t_compact / t_masked:.2f} (evaluations ratio {ideal:.2f})")
+    print(
+        f"preset {a.preset} batch {a.batch} iters {a.iters}: masked {t_masked * 1e3:.1f} ms, "
+        f"compacted {t_compact * 1e3:.1f} ms, ratio {t_compact / t_masked:.2f} (evaluations ratio {ideal:.2f})"
+    )
 
 
 if __name__ == "__main__":

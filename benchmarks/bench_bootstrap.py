@@ -1,5 +1,6 @@
 """Time per bootstrap resample of FID (harness.metrics.bootstrap) for 64-d (digits) and 2048-d
 (Inception) features: `python benchmarks/bench_bootstrap.py [--threads N]`."""
+
 from __future__ import annotations
 
 import argparse

@@ -18,14 +18,15 @@ measured in the same run (a 2048^3 matmul, fp32 and bf16) and each train step is
 fraction of it (3 x forward FLOPs x batch / time). ``--compile`` adds our models with
 ``torch.compile`` (compile time excluded from the medians and printed apart).
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -33,15 +34,37 @@ from baselines.dit import DiT
 from fpdm.model import FPDM, unrolled_solve
 from fpdm.training_modes import ImplicitTrainSpec
 from harness.compute.flops import count_flops
-from harness.runtime.compile import set_compiled
 from harness.diffusion import training_loss
 from harness.diffusion.spec import DiffusionSpec
+from harness.runtime.compile import set_compiled
 
 SHAPES = {  # name -> geometry, batches, depths, iterations
-    "digits": dict(input_size=8, in_channels=1, num_classes=10, hidden_size=128, num_heads=4, patch_size=2,
-                   batch=128, eval_batch=250, depth=8, train_iters=2, eval_iters=2),
-    "s2": dict(input_size=32, in_channels=4, num_classes=1000, hidden_size=384, num_heads=6, patch_size=2,
-               batch=8, eval_batch=8, depth=12, train_iters=5, eval_iters=10),
+    "digits": dict(
+        input_size=8,
+        in_channels=1,
+        num_classes=10,
+        hidden_size=128,
+        num_heads=4,
+        patch_size=2,
+        batch=128,
+        eval_batch=250,
+        depth=8,
+        train_iters=2,
+        eval_iters=2,
+    ),
+    "s2": dict(
+        input_size=32,
+        in_channels=4,
+        num_classes=1000,
+        hidden_size=384,
+        num_heads=6,
+        patch_size=2,
+        batch=8,
+        eval_batch=8,
+        depth=12,
+        train_iters=5,
+        eval_iters=10,
+    ),
 }
 GEOMETRY = ("input_size", "in_channels", "num_classes", "hidden_size", "num_heads", "patch_size")
 
@@ -72,8 +95,11 @@ def _ours(s: dict, name: str, precision: str, device, compiled: bool) -> Case:
     torch.manual_seed(0)
     geo = {k: s[k] for k in GEOMETRY}
     k = s["train_iters"]
-    model = (DiT(depth=s["depth"], **geo) if name == "dit" else
-             FPDM(pre_depth=1, post_depth=1, train_spec=ImplicitTrainSpec("sjfb", k, k, k, k), **geo)).to(device)
+    model = (
+        DiT(depth=s["depth"], **geo)
+        if name == "dit"
+        else FPDM(pre_depth=1, post_depth=1, train_spec=ImplicitTrainSpec("sjfb", k, k, k, k), **geo)
+    ).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))  # as harness.train
     spec = DiffusionSpec(learn_sigma=True)
     x0, t, y = _inputs(s, s["batch"], device)
@@ -116,17 +142,31 @@ def _official(path: str, s: dict, name: str, precision: str, device) -> Case:
     from models import DiT as OfficialDiT  # noqa: E402
 
     torch.manual_seed(0)
-    geo = dict(input_size=s["input_size"], patch_size=s["patch_size"], in_channels=s["in_channels"],
-               hidden_size=s["hidden_size"], num_heads=s["num_heads"], num_classes=s["num_classes"],
-               use_gradient_checkpointing=False)
+    geo = dict(
+        input_size=s["input_size"],
+        patch_size=s["patch_size"],
+        in_channels=s["in_channels"],
+        hidden_size=s["hidden_size"],
+        num_heads=s["num_heads"],
+        num_classes=s["num_classes"],
+        use_gradient_checkpointing=False,
+    )
     k = s["train_iters"]
     if name == "dit":
         model = OfficialDiT(depth=s["depth"], **geo)
     else:
-        model = OfficialDiT(depth=s["depth"], fixed_point=True, fixed_point_pre_depth=1, fixed_point_post_depth=1,
-                            fixed_point_no_grad_min_iters=k, fixed_point_no_grad_max_iters=k,
-                            fixed_point_with_grad_min_iters=k, fixed_point_with_grad_max_iters=k,
-                            fixed_point_pre_post_timestep_conditioning=False, **geo)
+        model = OfficialDiT(
+            depth=s["depth"],
+            fixed_point=True,
+            fixed_point_pre_depth=1,
+            fixed_point_post_depth=1,
+            fixed_point_no_grad_min_iters=k,
+            fixed_point_no_grad_max_iters=k,
+            fixed_point_with_grad_min_iters=k,
+            fixed_point_with_grad_max_iters=k,
+            fixed_point_pre_post_timestep_conditioning=False,
+            **geo,
+        )
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)  # the official train.py
     diffusion = create_diffusion(timestep_respacing="")
@@ -209,12 +249,16 @@ def run_shape(shape: str, args, device) -> None:
 
 def _report(shape: str, s: dict, cases: list[Case], peak: dict, args) -> None:
     med = {(c.side, c.model, c.precision): {k: statistics.median(v) for k, v in c.times.items()} for c in cases}
-    print(f"\n== {shape}: batch {s['batch']} (eval {s['eval_batch']}), width {s['hidden_size']}, "
-          f"DiT depth {s['depth']}, FPDM 1+1 blocks, train {s['train_iters']}+{s['train_iters']} iters, "
-          f"eval k={s['eval_iters']}; matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    print(
+        f"\n== {shape}: batch {s['batch']} (eval {s['eval_batch']}), width {s['hidden_size']}, "
+        f"DiT depth {s['depth']}, FPDM 1+1 blocks, train {s['train_iters']}+{s['train_iters']} iters, "
+        f"eval k={s['eval_iters']}; matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s"
+    )
     ref_side = "official" if args.official else "ours"
-    head = (f"{'model':<6}{'side':<14}{'prec':<6}{'train s':>9}{'eval s':>9}{'train/ref':>10}{'eval/ref':>10}"
-            f"{'% peak':>8}{'s/pass':>9}{'compile s':>10}")
+    head = (
+        f"{'model':<6}{'side':<14}{'prec':<6}{'train s':>9}{'eval s':>9}{'train/ref':>10}{'eval/ref':>10}"
+        f"{'% peak':>8}{'s/pass':>9}{'compile s':>10}"
+    )
     print(head + f"   (ref = {ref_side} fp32)")
     print("-" * len(head))
     for c in cases:
@@ -222,9 +266,11 @@ def _report(shape: str, s: dict, cases: list[Case], peak: dict, args) -> None:
         ref = med[(ref_side, c.model, "fp32")]
         frac = (3 * c.flops_fwd * s["batch"] / m["train"] / 1e9 / peak[c.precision]) if c.flops_fwd else float("nan")
         per_pass = m["eval"] / c.passes if c.passes else float("nan")
-        print(f"{c.model:<6}{c.side:<14}{c.precision:<6}{m['train']:>9.3f}{m['eval']:>9.3f}"
-              f"{m['train'] / ref['train']:>10.2f}{m['eval'] / ref['eval']:>10.2f}{100 * frac:>7.0f}%"
-              f"{per_pass:>9.4f}{c.compile_s:>10.1f}")
+        print(
+            f"{c.model:<6}{c.side:<14}{c.precision:<6}{m['train']:>9.3f}{m['eval']:>9.3f}"
+            f"{m['train'] / ref['train']:>10.2f}{m['eval'] / ref['eval']:>10.2f}{100 * frac:>7.0f}%"
+            f"{per_pass:>9.4f}{c.compile_s:>10.1f}"
+        )
     for prec in ("fp32", "bf16"):
         d, f = med[("ours", "dit", prec)], med[("ours", "fpdm", prec)]
         ratio = (f["eval"] / (2 + s["eval_iters"])) / (d["eval"] / s["depth"])
@@ -246,13 +292,17 @@ def main() -> None:
             import diffusion  # noqa: F401
             import models  # noqa: F401
         except ImportError as exc:
-            sys.exit(f"--official {args.official}: cannot import its models.py / diffusion/ ({exc}); "
-                     "it needs timm and jaxtyping installed")
+            sys.exit(
+                f"--official {args.official}: cannot import its models.py / diffusion/ ({exc}); "
+                "it needs timm and jaxtyping installed"
+            )
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} repeats={args.repeats} "
-          f"(medians of round-robin repeats)")
-    for shape in (("digits", "s2") if args.shape == "both" else (args.shape,)):
+    print(
+        f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} repeats={args.repeats} "
+        f"(medians of round-robin repeats)"
+    )
+    for shape in ("digits", "s2") if args.shape == "both" else (args.shape,):
         run_shape(shape, args, device)
 
 

@@ -11,10 +11,11 @@ The fixed point block is conditioned on ``t_emb + y``; pre, post and final layer
 FPDM-XL/2 with 1 pre and 1 post layer (ImageNet, learned sigma) has 86,500,256 parameters
 (docs/paper-notes.md §8.1).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +39,9 @@ class SolveTrace(ForwardTrace):
     counts: FixedPointCounts | None = None  # training: the mode's counts (VJPs filled in by backward)
 
 
-def unrolled_solve(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_iter: int,
-                   tol: float = 0.0) -> tuple[torch.Tensor, None]:
+def unrolled_solve(
+    f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_iter: int, tol: float = 0.0
+) -> tuple[torch.Tensor, None]:
     """``f`` applied ``max_iter`` times, no residuals and no statistics: the solve of shape-only
     runs on the meta device (FLOP and memory accounting), where there are no values to compare."""
     for _ in range(max_iter):
@@ -146,20 +148,28 @@ class FPDM(PatchDenoiser):
     ):
         if pre_depth < 0 or post_depth < 0:
             raise ValueError("model.pre_depth and model.post_depth must be >= 0")
-        super().__init__(input_size=input_size, in_channels=in_channels, hidden_size=hidden_size,
-                         patch_size=patch_size, num_classes=num_classes, class_dropout=class_dropout,
-                         learn_sigma=learn_sigma)
+        super().__init__(
+            input_size=input_size,
+            in_channels=in_channels,
+            hidden_size=hidden_size,
+            patch_size=patch_size,
+            num_classes=num_classes,
+            class_dropout=class_dropout,
+            learn_sigma=learn_sigma,
+        )
         self.pre_depth, self.post_depth = pre_depth, post_depth
         self.pre_post_timestep_conditioning = pre_post_timestep_conditioning
         self.train_spec = train_spec or ImplicitTrainSpec()
         self.train_spec.validate()
         self.default_iters = default_iters
-        self.pre_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, attention)
-                                         for _ in range(pre_depth)])
+        self.pre_blocks = nn.ModuleList(
+            [DiTBlock(hidden_size, num_heads, mlp_ratio, attention) for _ in range(pre_depth)]
+        )
         self.pre_projection = nn.Linear(hidden_size, hidden_size)
         self.fixed_point = FixedPointLayer(hidden_size, num_heads, mlp_ratio, attention)
-        self.post_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, attention)
-                                          for _ in range(post_depth)])
+        self.post_blocks = nn.ModuleList(
+            [DiTBlock(hidden_size, num_heads, mlp_ratio, attention) for _ in range(post_depth)]
+        )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         dit_initialize(self)
 
@@ -229,18 +239,40 @@ class FPDM(PatchDenoiser):
             trace.fixed_point_evals, trace.solve, trace.counts = evals, stats, counts
 
 
-def build_fpdm(preset: str | Preset, *, input_size: int, in_channels: int, num_classes: int, pre_depth: int = 1,
-               post_depth: int = 1, learn_sigma: bool = True, class_dropout: float = 0.1,
-               pre_post_timestep_conditioning: bool = False, train_spec: ImplicitTrainSpec | None = None,
-               attention: AttentionFn | None = None) -> FPDM:
+def build_fpdm(
+    preset: str | Preset,
+    *,
+    input_size: int,
+    in_channels: int,
+    num_classes: int,
+    pre_depth: int = 1,
+    post_depth: int = 1,
+    learn_sigma: bool = True,
+    class_dropout: float = 0.1,
+    pre_post_timestep_conditioning: bool = False,
+    train_spec: ImplicitTrainSpec | None = None,
+    attention: AttentionFn | None = None,
+) -> FPDM:
     p = resolve_preset(preset)  # a preset name, or a Preset with architecture knobs applied
     if pre_depth + post_depth >= p.depth:
         raise ValueError(
             f"model.pre_depth + model.post_depth = {pre_depth + post_depth} leaves no room for the fixed point layer "
             f"in preset {p.name} (depth {p.depth}); use at most {p.depth - 1} explicit layers in total"
         )
-    return FPDM(input_size=input_size, in_channels=in_channels, num_classes=num_classes, hidden_size=p.hidden_size,
-                num_heads=p.num_heads, patch_size=p.patch_size, mlp_ratio=p.mlp_ratio, pre_depth=pre_depth,
-                post_depth=post_depth, class_dropout=class_dropout, learn_sigma=learn_sigma,
-                pre_post_timestep_conditioning=pre_post_timestep_conditioning, train_spec=train_spec,
-                default_iters=p.depth - pre_depth - post_depth, attention=attention)
+    return FPDM(
+        input_size=input_size,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        hidden_size=p.hidden_size,
+        num_heads=p.num_heads,
+        patch_size=p.patch_size,
+        mlp_ratio=p.mlp_ratio,
+        pre_depth=pre_depth,
+        post_depth=post_depth,
+        class_dropout=class_dropout,
+        learn_sigma=learn_sigma,
+        pre_post_timestep_conditioning=pre_post_timestep_conditioning,
+        train_spec=train_spec,
+        default_iters=p.depth - pre_depth - post_depth,
+        attention=attention,
+    )

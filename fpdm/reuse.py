@@ -5,6 +5,7 @@ The state is an explicit object owned by the sampling loop (not hidden inside th
 the official ``last_solution`` attribute), created or reset per image batch, so two batches or two
 samplers can never leak solutions into each other.
 """
+
 from __future__ import annotations
 
 import torch

@@ -36,14 +36,15 @@ sum is exact and a monotone weight gives a monotone schedule.
                38,...,14 (docs/paper-notes.md §8.5); plain largest-remainder would give 9,...,3 and
                39,...,13. That rule is not monotone: 3 over 2 steps gives [1, 2].
 """
+
 from __future__ import annotations
 
 import functools
 import itertools
 import math
 import operator
+from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import Callable, Sequence
 
 from baselines.registry import Registry
 
@@ -173,7 +174,7 @@ def _official_round(total: int, weights: Sequence[Fraction | int]) -> list[int]:
     floors, rems, _ = _split(total, weights)
     frac = [1 if r else 0 for r in rems]  # ceil - floor
     th = len(floors) // 2
-    s = sum(floors) + sum(frac[:th])      # sum of the list at threshold th
+    s = sum(floors) + sum(frac[:th])  # sum of the list at threshold th
     while s > total:
         th -= 1
         s -= frac[th]
@@ -236,8 +237,7 @@ def explicit(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None
 
 
 @register_schedule("official_increasing")
-def official_increasing(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO,
-                        values=None) -> list[int]:
+def official_increasing(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) -> list[int]:
     """The official LinearController(type="increasing") as the sampler consumes it.
 
     The controller builds linspace(lo, hi) and ``get()`` reads it from the last index down,
@@ -290,8 +290,10 @@ def density(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None)
         raise ValueError("schedule 'density' needs sample.knots: the knot heights of the density")
     knots = [float(v) for v in values]
     if len(knots) > num_steps:
-        raise ValueError(f"sample.knots has {len(knots)} knots for {num_steps} steps; give at most {num_steps} "
-                         f"knots or raise sample.steps")
+        raise ValueError(
+            f"sample.knots has {len(knots)} knots for {num_steps} steps; give at most {num_steps} "
+            f"knots or raise sample.steps"
+        )
     if not all(math.isfinite(v) and v > 0 for v in knots):
         raise ValueError(f"sample.knots must all be finite and > 0, got {knots}")
     return _largest_remainder(total_iters, knot_density(knots, num_steps), late_first=False)

@@ -42,13 +42,14 @@ non-batch dims.
   at a fixed budget, docs/architecture.md). Frozen rows keep their iterate; the result is the
   masked solve's up to float rounding of the smaller batch. Without ``rows`` the full batch runs.
 """
+
 from __future__ import annotations
 
 import inspect
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -133,9 +134,7 @@ def make_solver(name: str, **knobs) -> BoundSolver:
     valid = solver_knobs(name)
     for k in knobs:
         if k not in valid:
-            raise ValueError(
-                f"unknown knob {k!r} for solver {name!r}; valid knobs: {', '.join(valid) or '(none)'}"
-            )
+            raise ValueError(f"unknown knob {k!r} for solver {name!r}; valid knobs: {', '.join(valid) or '(none)'}")
     effective = {**valid, **knobs}
     _check_knobs(name, **effective)
     return BoundSolver(name, effective)
@@ -358,8 +357,7 @@ class _Anderson:
 
 
 @register_solver("anderson")
-def anderson(f: Fn, z0: Tensor, *, max_iter: int, tol: float = 0.0, m: int = 5, lam: float = 1e-4,
-             beta: float = 1.0):
+def anderson(f: Fn, z0: Tensor, *, max_iter: int, tol: float = 0.0, m: int = 5, lam: float = 1e-4, beta: float = 1.0):
     """Anderson acceleration (window ``m``, relative Tikhonov ``lam``, mixing ``beta``)."""
     return _drive(f, z0, _Anderson(m, lam, beta), max_iter=max_iter, tol=tol)
 

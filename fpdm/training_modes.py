@@ -21,10 +21,11 @@ the same counts from the step's generator without running anything, where they d
 the data (every mode but ``implicit`` with a tolerance), so a compute budget is checked before
 training.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -81,7 +82,7 @@ class _Counted:
 
 
 Mode = Callable[..., tuple[torch.Tensor, FixedPointCounts]]
-Planner = Callable[[ImplicitTrainSpec, Optional[torch.Generator]], Optional[FixedPointCounts]]
+Planner = Callable[[ImplicitTrainSpec, torch.Generator | None], FixedPointCounts | None]
 TRAINING_MODES: Registry[Mode] = Registry("training method", key="train.method", sort=False)
 # the function that predicts a mode's counts from the spec and generator (drawing exactly what the
 # mode draws; None where the counts depend on the data), registered beside each mode
@@ -91,10 +92,12 @@ get_training_mode, list_training_modes = TRAINING_MODES.get, TRAINING_MODES.list
 
 def register_training_mode(name: str, planner: Planner):
     """Register a mode with its cost planner (see ``planned_counts``)."""
+
     def deco(fn):
         TRAINING_MODES.register(name, fn)
         _PLANNERS.register(name, planner)
         return fn
+
     return deco
 
 
@@ -166,7 +169,9 @@ def jfb(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tup
 
 
 @register_training_mode("multistep_jfb", _plan_multistep)
-def multistep_jfb(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, FixedPointCounts]:
+def multistep_jfb(
+    f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None
+) -> tuple[torch.Tensor, FixedPointCounts]:
     return _no_grad_then_grad(f, z0, spec.no_grad_max, spec.with_grad_max)
 
 

@@ -6,14 +6,15 @@ Reproducible by construction: rows sorted by job id, fixed float format in CSVs,
 metadata, no build time in the HTML, and only paths relative to each sweep directory, so building
 twice gives identical bytes and a moved sweep directory still builds. Every write is atomic.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -44,8 +45,10 @@ def _table_csvs(tables) -> dict[str, pd.DataFrame]:
         if len(ts) == 1:
             out[name] = ts[0].frame
         else:
-            out[name] = pd.concat([t.frame.assign(protocol=t.protocol.get("label") or "")[
-                ["protocol", *t.frame.columns]] for t in ts], ignore_index=True)
+            out[name] = pd.concat(
+                [t.frame.assign(protocol=t.protocol.get("label") or "")[["protocol", *t.frame.columns]] for t in ts],
+                ignore_index=True,
+            )
     return out
 
 
@@ -86,8 +89,12 @@ def sample_grids(data: SweepData, limit: int = MAX_GRIDS) -> list[Grid]:
     return grids
 
 
-def build_report(dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike | None = None,
-                 title: str = "fpdm-bench report", figures: bool = True) -> Path:
+def build_report(
+    dirs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike | None = None,
+    title: str = "fpdm-bench report",
+    figures: bool = True,
+) -> Path:
     """Build tables/, figures/ and report.html under ``out_dir`` (default: the first dir); -> HTML path.
 
     ``figures=False`` skips the seaborn figures (tables and HTML only, much faster)."""
@@ -120,8 +127,9 @@ def _build(dirs: list[Path], out_dir, title: str, with_figures: bool) -> tuple[P
     for name, frame in csv_frames(significance).items():
         atomic_write(out / "tables" / f"{name}.csv", csv_text(frame))
     for sweep, study in sorted(data.studies.items()):
-        atomic_write(out / "tables" / f"optuna_trials__{Path(sweep).name.replace('#', '_')}.csv",
-                     csv_text(study["trials"]))
+        atomic_write(
+            out / "tables" / f"optuna_trials__{Path(sweep).name.replace('#', '_')}.csv", csv_text(study["trials"])
+        )
     for f in figures:
         atomic_write(out / "figures" / f.filename, f.png)
         for fmt, blob in sorted(f.vector.items()):
@@ -129,9 +137,16 @@ def _build(dirs: list[Path], out_dir, title: str, with_figures: bool) -> tuple[P
     notes = []
     if len(grids) >= MAX_GRIDS:
         notes.append(f"Sample grids: showing the first {MAX_GRIDS} settings.")
-    content = ReportContent(jobs=jobs, tables=tables, figures=figures, grids=grids, tracebacks=data.tracebacks,
-                            sweeps=list(data.roots), notes=notes,
-                            extra_sections=[("significance", "Differences you can believe", section_html(significance))])
+    content = ReportContent(
+        jobs=jobs,
+        tables=tables,
+        figures=figures,
+        grids=grids,
+        tracebacks=data.tracebacks,
+        sweeps=list(data.roots),
+        notes=notes,
+        extra_sections=[("significance", "Differences you can believe", section_html(significance))],
+    )
     html_path = out / "report.html"
     atomic_write(html_path, render_html(content, title=title))
     return html_path, data

@@ -3,11 +3,13 @@
 Kept apart from ``reports.build`` so that instantiating it (Hydra does at every start of the app)
 costs no pandas/seaborn import (``reports.build`` is the command-line entry).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.experimental.callback import Callback
 
@@ -30,8 +32,14 @@ class ReportCallback(Callback):
               figures: false
     """
 
-    def __init__(self, enabled: bool = True, figures: bool = True, out: str | None = None,
-                 also: Sequence[str] = (), title: str = "fpdm-bench report") -> None:
+    def __init__(
+        self,
+        enabled: bool = True,
+        figures: bool = True,
+        out: str | None = None,
+        also: Sequence[str] = (),
+        title: str = "fpdm-bench report",
+    ) -> None:
         self.enabled, self.figures, self.out, self.title = enabled, figures, out, title
         self.also = [Path(str(d)) for d in also]
 
@@ -42,11 +50,11 @@ class ReportCallback(Callback):
         try:
             from reports.build import build_report  # lazy: pandas/seaborn only when a report is built
 
-            path = build_report([sweep_dir, *self.also], self.out or sweep_dir, title=self.title,
-                                figures=self.figures)
+            path = build_report([sweep_dir, *self.also], self.out or sweep_dir, title=self.title, figures=self.figures)
         except Exception as exc:  # a report bug must not turn finished jobs into a failed sweep
-            log.warning("report build failed for %s: %s (rebuild with: python -m reports.build %s)",
-                        sweep_dir, exc, sweep_dir)
+            log.warning(
+                "report build failed for %s: %s (rebuild with: python -m reports.build %s)", sweep_dir, exc, sweep_dir
+            )
             return None
         log.info("report: %s", path)
         print(f"report: {path}")

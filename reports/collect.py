@@ -10,14 +10,16 @@ Columns: the meta columns below, then every axis, every metric, the protocol, th
 provenance. ``df.attrs`` carries the axis and metric column lists; ``SweepData`` additionally holds
 the per-timestep solver traces (long format), the Optuna studies and the sweep roots on disk.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -91,8 +93,9 @@ def _hardware_text(hw: Any) -> str | None:
         return None
     if not isinstance(hw, dict):
         return str(hw)
-    return "; ".join(f"{k}={json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v}"
-                     for k, v in sorted(hw.items()))
+    return "; ".join(
+        f"{k}={json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v}" for k, v in sorted(hw.items())
+    )
 
 
 def _packages_text(pk: Any) -> str | None:
@@ -129,11 +132,16 @@ def _row_from_record(rec: dict, sweep: str, rel_dir: str) -> tuple[dict, dict, d
         row[f"protocol_{f}"] = proto.get(f) if isinstance(proto, dict) else None
     for f in KEY_FIELDS:
         row[f"key_{f}"] = keys.get(f) if isinstance(keys, dict) else None
-    row.update({
-        "git_sha": prov.get("git_sha"), "python": prov.get("python"), "hostname": prov.get("hostname"),
-        "hardware": _hardware_text(prov.get("hardware")), "packages": _packages_text(prov.get("packages")),
-        "config_hash": config_hash(rec.get("config")),
-    })
+    row.update(
+        {
+            "git_sha": prov.get("git_sha"),
+            "python": prov.get("python"),
+            "hostname": prov.get("hostname"),
+            "hardware": _hardware_text(prov.get("hardware")),
+            "packages": _packages_text(prov.get("packages")),
+            "config_hash": config_hash(rec.get("config")),
+        }
+    )
     art = rec.get("artifacts") or {}
     grid = art.get("grid") if isinstance(art, dict) else None
     # The grid path is stored relative to the record's directory; re-root it on the sweep directory.
@@ -152,8 +160,15 @@ def _trace_frame(job_id: str, trace: dict) -> pd.DataFrame | None:
         v = trace.get(name)
         return list(v)[:n] + [None] * (n - len(v)) if isinstance(v, list) else [None] * n
 
-    return pd.DataFrame({"job_id": job_id, "step": np.arange(n), "timestep": col("timestep"),
-                         "iters": col("iters"), "residual": pd.to_numeric(pd.Series(res), errors="coerce")})
+    return pd.DataFrame(
+        {
+            "job_id": job_id,
+            "step": np.arange(n),
+            "timestep": col("timestep"),
+            "iters": col("iters"),
+            "residual": pd.to_numeric(pd.Series(res), errors="coerce"),
+        }
+    )
 
 
 def _find_records(root: Path) -> list[Path]:
@@ -170,8 +185,10 @@ def _load_study(root: Path) -> dict[str, Any] | None:
         # Absolute run dirs would leak the old location; the base name is the job directory.
         trials["run"] = trials["run_dir"].map(lambda p: Path(str(p)).name if isinstance(p, str) else None)
         trials = trials.drop(columns=["run_dir"])
-    return {"trials": trials.sort_values("number").reset_index(drop=True) if "number" in trials else trials,
-            "study": study if isinstance(study, dict) else {}}
+    return {
+        "trials": trials.sort_values("number").reset_index(drop=True) if "number" in trials else trials,
+        "study": study if isinstance(study, dict) else {},
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,8 +206,10 @@ def _tidy_dtypes(df: pd.DataFrame, cols: Iterable[str]) -> pd.DataFrame:
     for c in cols:
         vals = [v for v in df[c].tolist() if v is not None and not (isinstance(v, float) and np.isnan(v))]
         if vals and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in vals):
-            df[c] = pd.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else int(v)
-                              for v in df[c].tolist()], dtype="Int64")
+            df[c] = pd.array(
+                [None if v is None or (isinstance(v, float) and np.isnan(v)) else int(v) for v in df[c].tolist()],
+                dtype="Int64",
+            )
         elif vals and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in vals):
             df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     return df
@@ -229,8 +248,13 @@ def load_sweeps(dirs: Iterable[str | os.PathLike]) -> SweepData:
         if study is not None:
             acc.studies[label] = study
     df = _jobs_frame(acc)
-    return SweepData(jobs=df, traces=_traces_frame(acc.traces, df), studies=acc.studies,
-                     roots=dict(zip(labels, roots)), tracebacks=acc.tracebacks)
+    return SweepData(
+        jobs=df,
+        traces=_traces_frame(acc.traces, df),
+        studies=acc.studies,
+        roots=dict(zip(labels, roots)),
+        tracebacks=acc.tracebacks,
+    )
 
 
 def _record_row(path: Path, root: Path, label: str, acc: _Collected) -> dict:
@@ -242,8 +266,13 @@ def _record_row(path: Path, root: Path, label: str, acc: _Collected) -> dict:
             raise ValueError("top level is not an object")
         row, axes, metrics, trace = _row_from_record(rec, label, rel_dir)
     except (OSError, ValueError) as exc:
-        row = {"job_id": path.parent.name, "sweep": label, "status": "failed", "record_dir": rel_dir,
-               "reason": f"unreadable record.json: {exc}"}
+        row = {
+            "job_id": path.parent.name,
+            "sweep": label,
+            "status": "failed",
+            "record_dir": rel_dir,
+            "reason": f"unreadable record.json: {exc}",
+        }
         axes, metrics, trace, rec = {}, {}, {}, {}
     if isinstance(rec.get("traceback_tail"), str):
         acc.tracebacks[row["job_id"]] = rec["traceback_tail"]
@@ -273,9 +302,15 @@ def _missing_rows(root: Path, label: str, seen: set[str]) -> list[dict]:
         jid = str(job.get("job_id"))
         if jid not in seen:
             ov = job.get("overrides") or []
-            rows.append({"job_id": jid, "sweep": label, "status": "missing",
-                         "reason": "planned in sweep_plan.json but no record.json was written",
-                         "overrides": " ".join(map(str, ov)) if isinstance(ov, list) else str(ov)})
+            rows.append(
+                {
+                    "job_id": jid,
+                    "sweep": label,
+                    "status": "missing",
+                    "reason": "planned in sweep_plan.json but no record.json was written",
+                    "overrides": " ".join(map(str, ov)) if isinstance(ov, list) else str(ov),
+                }
+            )
             seen.add(jid)
     return rows
 
@@ -294,8 +329,9 @@ def _jobs_frame(acc: _Collected) -> pd.DataFrame:
     df["_order"] = np.arange(len(df))
     df = df.sort_values(["job_id", "_rank", "_order"], kind="mergesort").drop_duplicates("job_id")
     df = df.drop(columns=["_rank", "_order"]).reset_index(drop=True)
-    df = _tidy_dtypes(df, [*axes, *metrics, *[c for c in extra if c.startswith(("axis_", "metric_"))],
-                           "protocol_num_samples"])
+    df = _tidy_dtypes(
+        df, [*axes, *metrics, *[c for c in extra if c.startswith(("axis_", "metric_"))], "protocol_num_samples"]
+    )
     df.attrs["axes"] = axes
     df.attrs["metrics"] = metrics
     return df
@@ -303,8 +339,11 @@ def _jobs_frame(acc: _Collected) -> pd.DataFrame:
 
 def _traces_frame(traces: list, df: pd.DataFrame) -> pd.DataFrame:
     """Solver traces of the ok jobs, one row per sampling step."""
-    tr = (pd.concat(traces, ignore_index=True) if traces
-          else pd.DataFrame(columns=["job_id", "step", "timestep", "iters", "residual"]))
+    tr = (
+        pd.concat(traces, ignore_index=True)
+        if traces
+        else pd.DataFrame(columns=["job_id", "step", "timestep", "iters", "residual"])
+    )
     tr = tr[tr["job_id"].isin(set(df.loc[df["status"] == "ok", "job_id"]))]
     return tr.sort_values(["job_id", "step"], kind="mergesort").reset_index(drop=True)
 

@@ -6,6 +6,7 @@ Both show the cells the HTML report shows (``render.display_frame``: ``X`` and `
 into ``mean ± std``, numbers at 4 significant digits), escape record text for their format, and
 depend on the table alone, so two builds give the same bytes.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -25,8 +26,9 @@ def markdown_table(frame: pd.DataFrame) -> str:
     if disp.empty and not len(disp.columns):
         return ""
     # disable_numparse: tabulate must not re-format the already formatted numbers
-    text = disp.to_markdown(index=False, tablefmt="pipe", disable_numparse=True,
-                            colalign=["right" if n else "left" for n in numeric])
+    text = disp.to_markdown(
+        index=False, tablefmt="pipe", disable_numparse=True, colalign=["right" if n else "left" for n in numeric]
+    )
     return text + "\n"
 
 
@@ -36,14 +38,28 @@ def latex_table(frame: pd.DataFrame, caption: str | None = None, label: str | No
     Needs ``\\usepackage{booktabs}`` in the document."""
     disp, numeric = display_frame(frame)
     styler = disp.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
-    tex = styler.to_latex(hrules=True, column_format="".join("r" if n else "l" for n in numeric),
-                          caption=_latex_text(caption) if caption else None, label=label,
-                          position_float="centering" if caption else None)
+    tex = styler.to_latex(
+        hrules=True,
+        column_format="".join("r" if n else "l" for n in numeric),
+        caption=_latex_text(caption) if caption else None,
+        label=label,
+        position_float="centering" if caption else None,
+    )
     return tex.replace("±", r"$\pm$")
 
 
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def _latex_text(text: str) -> str:

@@ -9,12 +9,14 @@ saved without dates or tool versions and with a fixed SVG id salt, so they are b
 ``mtext`` (``$`` escaped), so a value such as ``$\\frac$`` is shown literally and never parsed as math
 text (which could fail to render); log-axis tick labels still use math text.
 """
+
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -40,9 +42,15 @@ from reports.tables import (
 )
 
 DPI = 100
-_RC = {"font.family": "DejaVu Sans", "svg.hashsalt": "fpdm-bench",
-       "figure.dpi": DPI, "savefig.dpi": DPI, "axes.titlesize": 11, "axes.labelsize": 10}
-MIB = 2.0 ** 20
+_RC = {
+    "font.family": "DejaVu Sans",
+    "svg.hashsalt": "fpdm-bench",
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+}
+MIB = 2.0**20
 
 
 @dataclass(frozen=True)
@@ -73,11 +81,13 @@ class FigureResult:
 FIGURES: Registry[FigureSpec] = Registry("figure", sort=False)  # report order
 
 
-def register_figure(name: str, required: tuple[str, ...] | list[str] = (), *, title: str, caption: str = "",
-                    per_protocol: bool = True):
+def register_figure(
+    name: str, required: tuple[str, ...] | list[str] = (), *, title: str, caption: str = "", per_protocol: bool = True
+):
     def deco(fn):
         FIGURES.register(name, FigureSpec(name, title, caption, tuple(required), fn, per_protocol))
         return fn
+
     return deco
 
 
@@ -99,8 +109,10 @@ def png_bytes(fig: Figure) -> bytes:
 
 
 # metadata None drops the key: no creation date, no matplotlib version in the file
-VECTOR_METADATA = {"svg": {"Date": None, "Creator": None},
-                   "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
+VECTOR_METADATA = {
+    "svg": {"Date": None, "Creator": None},
+    "pdf": {"CreationDate": None, "Creator": None, "Producer": None},
+}
 
 
 def vector_bytes(fig: Figure) -> dict[str, bytes]:
@@ -146,8 +158,9 @@ def _labelled(rows: pd.DataFrame, cols: list[str | None]) -> pd.DataFrame:
     out = rows.copy()
     for c in cols:
         if c:
-            out[c] = out[c].map(lambda v: "n/a" if v is None or (not isinstance(v, str) and pd.isna(v))
-                                else mtext(value_label(v)))
+            out[c] = out[c].map(
+                lambda v: "n/a" if v is None or (not isinstance(v, str) and pd.isna(v)) else mtext(value_label(v))
+            )
     return out
 
 
@@ -162,8 +175,12 @@ def _numeric(rows: pd.DataFrame, *cols: str) -> pd.DataFrame:
 # FID figures
 
 
-@register_figure("fid_vs_budget", ("model", "budget_blocks", "fid"), title="FID vs block budget",
-                 caption="Best setting per model and budget; line = mean over seeds, band = +/- 1 std (paper Table 1).")
+@register_figure(
+    "fid_vs_budget",
+    ("model", "budget_blocks", "fid"),
+    title="FID vs block budget",
+    caption="Best setting per model and budget; line = mean over seeds, band = +/- 1 std (paper Table 1).",
+)
 def fid_vs_budget(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     panels = context(rows, ("model", "budget_blocks", "sampler"))
     style = "sampler" if varies(rows, "sampler") else None
@@ -172,16 +189,33 @@ def fid_vs_budget(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     groups = [("", pts)] if not panels else list(pts.groupby(panels[0], sort=True))
     fig, axes = new_figure(len(groups))
     for ax, (name, part) in zip(axes, groups):
-        sns.lineplot(data=part, x="budget_blocks", y="fid", hue="model", style=style, errorbar="sd",
-                     marker="o", ax=ax, hue_order=sorted(pts["model"].unique()))
-        ax.set(xlabel="block passes per image", ylabel=fid_axis_label(rows), title=mtext(f"{panels[0]}={name}") if panels else "")
+        sns.lineplot(
+            data=part,
+            x="budget_blocks",
+            y="fid",
+            hue="model",
+            style=style,
+            errorbar="sd",
+            marker="o",
+            ax=ax,
+            hue_order=sorted(pts["model"].unique()),
+        )
+        ax.set(
+            xlabel="block passes per image",
+            ylabel=fid_axis_label(rows),
+            title=mtext(f"{panels[0]}={name}") if panels else "",
+        )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
 
-@register_figure("fid_vs_iters", ("iters_per_step", "fid"), title="FID vs iterations per step at a fixed budget",
-                 caption="One panel per block budget (fixed compute); more iterations per step means fewer "
-                         "sampling steps (paper Fig. 4, smoothing).")
+@register_figure(
+    "fid_vs_iters",
+    ("iters_per_step", "fid"),
+    title="FID vs iterations per step at a fixed budget",
+    caption="One panel per block budget (fixed compute); more iterations per step means fewer "
+    "sampling steps (paper Fig. 4, smoothing).",
+)
 def fid_vs_iters(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     rows = rows[rows["iters_per_step"].notna()]
     if not varies(rows, "iters_per_step"):
@@ -201,9 +235,21 @@ def fid_vs_iters(data: SweepData, rows: pd.DataFrame) -> Figure | None:
         return None
     fig, axes = new_figure(len(groups))
     for ax, (b, part) in zip(axes, groups):
-        sns.lineplot(data=part, x="iters_per_step", y="fid", hue=hue, errorbar="sd", marker="o", ax=ax,
-                     hue_order=sorted(pts[hue].unique()) if hue else None)
-        ax.set(xlabel="iterations per step", ylabel=fid_axis_label(rows), title=f"{value_label(b)} blocks" if b is not None else "")
+        sns.lineplot(
+            data=part,
+            x="iters_per_step",
+            y="fid",
+            hue=hue,
+            errorbar="sd",
+            marker="o",
+            ax=ax,
+            hue_order=sorted(pts[hue].unique()) if hue else None,
+        )
+        ax.set(
+            xlabel="iterations per step",
+            ylabel=fid_axis_label(rows),
+            title=f"{value_label(b)} blocks" if b is not None else "",
+        )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
@@ -219,13 +265,20 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return pts.loc[keep]
 
 
-@register_figure("pareto", ("fid",), title="Pareto frontier: FID vs FLOPs and vs wall time",
-                 caption="Each point is one setting (mean over seeds); the line joins the settings no other "
-                         "setting beats on both cost and FID.")
+@register_figure(
+    "pareto",
+    ("fid",),
+    title="Pareto frontier: FID vs FLOPs and vs wall time",
+    caption="Each point is one setting (mean over seeds); the line joins the settings no other "
+    "setting beats on both cost and FID.",
+)
 def pareto(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     time_col = next((c for c in TIME_METRICS if present(rows, c)), None)
-    xs = [(c, lab) for c, lab in (("flops_per_image", "FLOPs per image"), (time_col, "wall time per image (s)"))
-          if c and present(rows, c)]
+    xs = [
+        (c, lab)
+        for c, lab in (("flops_per_image", "FLOPs per image"), (time_col, "wall time per image (s)"))
+        if c and present(rows, c)
+    ]
     if not xs:
         return None
     settings = aggregate_seeds(rows)
@@ -248,9 +301,14 @@ def pareto(data: SweepData, rows: pd.DataFrame) -> Figure | None:
 # figures that do not plot FID
 
 
-@register_figure("residual_per_timestep", (), title="Fixed point residual per timestep, with and without reuse",
-                 caption="Final relative residual of each sampling step's solve (paper Fig. 6b/c: delta_t); "
-                         "line = mean over jobs, band = +/- 1 std.", per_protocol=False)
+@register_figure(
+    "residual_per_timestep",
+    (),
+    title="Fixed point residual per timestep, with and without reuse",
+    caption="Final relative residual of each sampling step's solve (paper Fig. 6b/c: delta_t); "
+    "line = mean over jobs, band = +/- 1 std.",
+    per_protocol=False,
+)
 def residual_per_timestep(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     tr = data.traces[data.traces["job_id"].isin(set(rows["job_id"]))]
     if tr.empty:
@@ -265,19 +323,35 @@ def residual_per_timestep(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     if tr.empty:
         return None
     fig, (ax,) = new_figure(1, width=6.4)
-    sns.lineplot(data=tr, x=x, y="residual", hue=hue, style=style, errorbar="sd", ax=ax,
-                 hue_order=sorted(tr[hue].unique()) if hue else None)
-    ax.set(yscale="log", xlabel="timestep (sampling runs right to left)" if x == "timestep" else "sampling step",
-           ylabel="relative residual")
+    sns.lineplot(
+        data=tr,
+        x=x,
+        y="residual",
+        hue=hue,
+        style=style,
+        errorbar="sd",
+        ax=ax,
+        hue_order=sorted(tr[hue].unique()) if hue else None,
+    )
+    ax.set(
+        yscale="log",
+        xlabel="timestep (sampling runs right to left)" if x == "timestep" else "sampling step",
+        ylabel="relative residual",
+    )
     if x == "timestep":
         ax.invert_xaxis()
     return fig
 
 
-@register_figure("schedule_shapes", ("schedule",), title="Schedule shapes: iterations per step vs timestep",
-                 caption="Mean fixed point evaluations per image at each sampling step, as spent (adaptive: "
-                         "the per-sample tolerance; greedy: the water-filling plan; density: a searched member). "
-                         "One panel per budget.", per_protocol=False)
+@register_figure(
+    "schedule_shapes",
+    ("schedule",),
+    title="Schedule shapes: iterations per step vs timestep",
+    caption="Mean fixed point evaluations per image at each sampling step, as spent (adaptive: "
+    "the per-sample tolerance; greedy: the water-filling plan; density: a searched member). "
+    "One panel per budget.",
+    per_protocol=False,
+)
 def schedule_shapes(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     rows = rows[rows["schedule"].notna()] if "schedule" in rows else rows.iloc[:0]
     tr = data.traces[data.traces["job_id"].isin(set(rows["job_id"]))]
@@ -289,20 +363,39 @@ def schedule_shapes(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     fig, axes = new_figure(max(len(budgets), 1), width=5.2 * max(len(budgets), 1))
     for ax, budget in zip(axes, budgets):
         sub = tr[tr["budget_blocks"] == budget]
-        sns.lineplot(data=sub, x=x, y="iters", hue="schedule", errorbar=None, marker="o", ax=ax,
-                     hue_order=sorted(sub["schedule"].unique()))
-        ax.set(title=f"budget {mtext(budget)} blocks", ylabel="iterations per step",
-               xlabel="timestep (sampling runs right to left)" if x == "timestep" else "sampling step")
+        sns.lineplot(
+            data=sub,
+            x=x,
+            y="iters",
+            hue="schedule",
+            errorbar=None,
+            marker="o",
+            ax=ax,
+            hue_order=sorted(sub["schedule"].unique()),
+        )
+        ax.set(
+            title=f"budget {mtext(budget)} blocks",
+            ylabel="iterations per step",
+            xlabel="timestep (sampling runs right to left)" if x == "timestep" else "sampling step",
+        )
         if x == "timestep":
             ax.invert_xaxis()
     return fig
 
 
-@register_figure("memory_breakdown", (), title="Training memory breakdown",
-                 caption="Mean over jobs of each train_mem_*_bytes component, per model.", per_protocol=False)
+@register_figure(
+    "memory_breakdown",
+    (),
+    title="Training memory breakdown",
+    caption="Mean over jobs of each train_mem_*_bytes component, per model.",
+    per_protocol=False,
+)
 def memory_breakdown(data: SweepData, rows: pd.DataFrame) -> Figure | None:
-    comps = [m for m in data.metrics if m.startswith("train_mem_") and m.endswith("_bytes")
-             and m not in TRAIN_MEMORY_TOTALS and present(rows, m)]
+    comps = [
+        m
+        for m in data.metrics
+        if m.startswith("train_mem_") and m.endswith("_bytes") and m not in TRAIN_MEMORY_TOTALS and present(rows, m)
+    ]
     if not comps or not present(rows, "model"):
         return None
     by = ["model", *(["preset"] if varies(rows, "preset") else [])]
@@ -382,14 +475,21 @@ def optuna_importances(study: dict[str, Any]) -> Figure | None:
         for _, r in trials.iterrows():
             if r[params].isna().any() or pd.isna(r[vals[0]]):
                 continue
-            p = {c[len("params_"):]: (str(r[c]) if isinstance(dists[c], optuna.distributions.CategoricalDistribution)
-                                     else dists[c].to_external_repr(r[c])) for c in params}
-            d = {c[len("params_"):]: dists[c] for c in params}
+            p = {
+                c[len("params_") :]: (
+                    str(r[c])
+                    if isinstance(dists[c], optuna.distributions.CategoricalDistribution)
+                    else dists[c].to_external_repr(r[c])
+                )
+                for c in params
+            }
+            d = {c[len("params_") :]: dists[c] for c in params}
             st.add_trial(optuna.trial.create_trial(params=p, distributions=d, values=[float(r[v]) for v in vals]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             imp = optuna.importance.get_param_importances(
-                st, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=lambda t: t.values[0])
+                st, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=lambda t: t.values[0]
+            )
     finally:
         optuna.logging.set_verbosity(verbosity)
     if not imp:
@@ -434,16 +534,30 @@ def build_figures(data: SweepData, protocols: list[tuple[dict, pd.DataFrame]]) -
 
                     draw_noise_floor(fig, rows)  # real-vs-real band on every FID axis
                 label = info.get("label") if spec.per_protocol else None
-                fname = f"{spec.name}__{_slug(label or 'unlabelled')}.png" if several and spec.per_protocol \
+                fname = (
+                    f"{spec.name}__{_slug(label or 'unlabelled')}.png"
+                    if several and spec.per_protocol
                     else f"{spec.name}.png"
-                out.append(FigureResult(spec.name, spec.title, spec.caption, fname, png_bytes(fig), label,
-                                        vector_bytes(fig)))
+                )
+                out.append(
+                    FigureResult(spec.name, spec.title, spec.caption, fname, png_bytes(fig), label, vector_bytes(fig))
+                )
         for sweep in sorted(data.studies):
             study = data.studies[sweep]
-            for name, title, fn in (("optuna_history", "Optuna optimisation history", optuna_history),
-                                    ("optuna_importance", "Optuna parameter importances", optuna_importances)):
+            for name, title, fn in (
+                ("optuna_history", "Optuna optimisation history", optuna_history),
+                ("optuna_importance", "Optuna parameter importances", optuna_importances),
+            ):
                 fig = fn(study)
                 if fig is not None:
-                    out.append(FigureResult(name, f"{title} ({sweep})", "", f"{name}__{_slug(sweep)}.png",
-                                            png_bytes(fig), vector=vector_bytes(fig)))
+                    out.append(
+                        FigureResult(
+                            name,
+                            f"{title} ({sweep})",
+                            "",
+                            f"{name}__{_slug(sweep)}.png",
+                            png_bytes(fig),
+                            vector=vector_bytes(fig),
+                        )
+                    )
     return out

@@ -6,6 +6,7 @@ schedule ``cosine = increasing`` when both expand to the same per-step iteration
 Also the schedule directions a report states beside any table over ``schedule`` (``fpdm.schedules``,
 sampling order: step 0 is the noisiest step, t = T-1).
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -15,8 +16,10 @@ SCHEDULE_DIRECTIONS = {
     "increasing": "more iterations at later (less noisy) steps, linear in sampling order (paper Sec. 5.2 reading)",
     "decreasing": "more iterations at earlier (noisier) steps, linear in sampling order",
     "cosine": "the increasing direction with a cosine ease-in/ease-out shape",
-    "official_increasing": ("the official code's 'increasing' as its sampler consumes it: more iterations at "
-                            "earlier (noisier) steps, with the official controller's rounding"),
+    "official_increasing": (
+        "the official code's 'increasing' as its sampler consumes it: more iterations at "
+        "earlier (noisier) steps, with the official controller's rounding"
+    ),
     "list": "explicit per-step counts (sample.schedule_values), in sampling order",
 }
 

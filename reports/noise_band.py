@@ -1,5 +1,6 @@
 """The real-vs-real noise floor drawn as a band on FID axes (issue 13): a reader sees at a glance
 which differences are below what two real samples of the same protocol differ by."""
+
 from __future__ import annotations
 
 import pandas as pd

@@ -5,13 +5,15 @@ and every string that comes from a config or record passes through ``html.escape
 ``DataFrame.to_html(escape=True)``). Nothing time-dependent is written, so the bytes depend on the
 records alone.
 """
+
 from __future__ import annotations
 
 import base64
 import html
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -95,8 +97,10 @@ def display_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[bool]]:
         numeric.append(any(_is_number(v) for v in vals if not (isinstance(v, float) and math.isnan(v))))
         if f"{c} std" in frame.columns:
             stds = frame[f"{c} std"].tolist()
-            out[c] = [fmt_number(v) + (f" ± {fmt_number(s)}" if fmt_number(s) and fmt_number(v) else "")
-                      for v, s in zip(vals, stds)]
+            out[c] = [
+                fmt_number(v) + (f" ± {fmt_number(s)}" if fmt_number(s) and fmt_number(v) else "")
+                for v, s in zip(vals, stds)
+            ]
         else:
             out[c] = [fmt_number(v) for v in vals]
     return pd.DataFrame(out, columns=list(out)), numeric
@@ -108,11 +112,14 @@ def html_table(frame: pd.DataFrame) -> str:
     head = "".join(f"<th>{esc(c)}</th>" for c in disp.columns)
     body = []
     for row in disp.itertuples(index=False):
-        cells = "".join(f'<td class="num">{esc(v) or "—"}</td>' if n else f"<td>{esc(v) or '—'}</td>"
-                        for v, n in zip(row, numeric))
+        cells = "".join(
+            f'<td class="num">{esc(v) or "—"}</td>' if n else f"<td>{esc(v) or '—'}</td>" for v, n in zip(row, numeric)
+        )
         body.append(f"<tr>{cells}</tr>")
-    return (f'<div class="scroll"><table class="tbl"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+    return (
+        f'<div class="scroll"><table class="tbl"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def protocol_line(info: Mapping[str, Any]) -> str:
@@ -131,8 +138,9 @@ def _section(sid: str, title: str, body: str) -> tuple[str, str, str]:
 
 def _summary(c: ReportContent) -> str:
     counts = c.jobs["status"].value_counts() if len(c.jobs) else pd.Series(dtype=int)
-    cards = "".join(f'<div class="card {s}"><b>{int(counts.get(s, 0))}</b>{s}</div>'
-                    for s in ("ok", "failed", "missing"))
+    cards = "".join(
+        f'<div class="card {s}"><b>{int(counts.get(s, 0))}</b>{s}</div>' for s in ("ok", "failed", "missing")
+    )
     sweeps = ", ".join(esc(s) for s in c.sweeps)
     notes = "".join(f"<p class='muted'>{esc(n)}</p>" for n in c.notes)
     return f'<p class="muted">Sweeps: {sweeps}. {len(c.jobs)} jobs.</p><div class="cards">{cards}</div>{notes}'
@@ -143,11 +151,14 @@ def _tables(c: ReportContent) -> str:
     for t in c.tables:
         paper = f' <span class="muted">(paper: {esc(t.paper)})</span>' if t.paper else ""
         proto = f'<div class="protocol">{esc(protocol_line(t.protocol))}</div>' if t.protocol else ""
-        parts.append(f'<h3 id="t-{esc(t.name)}">{esc(t.title)}{paper}</h3>{proto}{html_table(t.frame)}'
-                     + "".join(f"<p class='muted'>{esc(n)}</p>" for n in t.notes)
-                     + _files(f"tables/{t.name}", (("csv", "CSV"), ("md", "Markdown"), ("tex", "LaTeX"))))
-    return "\n".join(parts) or ("<p class='muted'>No table applies: the ok records hold no FID with the axes "
-                                "a table needs.</p>")
+        parts.append(
+            f'<h3 id="t-{esc(t.name)}">{esc(t.title)}{paper}</h3>{proto}{html_table(t.frame)}'
+            + "".join(f"<p class='muted'>{esc(n)}</p>" for n in t.notes)
+            + _files(f"tables/{t.name}", (("csv", "CSV"), ("md", "Markdown"), ("tex", "LaTeX")))
+        )
+    return "\n".join(parts) or (
+        "<p class='muted'>No table applies: the ok records hold no FID with the axes a table needs.</p>"
+    )
 
 
 def _files(stem: str, kinds) -> str:
@@ -161,14 +172,19 @@ def _figures(c: ReportContent) -> str:
     for f in c.figures:
         proto = f'<div class="protocol">{esc(f.protocol)}</div>' if f.protocol else ""
         kinds = (("png", "PNG"), *((k, k.upper()) for k in sorted(f.vector)))
-        parts.append(f'<figure id="f-{esc(f.filename)}"><h3>{esc(f.title)}</h3>{proto}{_img(f.png, f.title)}'
-                     f"<figcaption>{esc(f.caption)}</figcaption>{_files(f'figures/{f.stem}', kinds)}</figure>")
+        parts.append(
+            f'<figure id="f-{esc(f.filename)}"><h3>{esc(f.title)}</h3>{proto}{_img(f.png, f.title)}'
+            f"<figcaption>{esc(f.caption)}</figcaption>{_files(f'figures/{f.stem}', kinds)}</figure>"
+        )
     return "\n".join(parts) or "<p class='muted'>No figure applies to these records.</p>"
 
 
 def _grids(c: ReportContent) -> str:
-    items = "".join(f"<figure>{_img(g.png, g.setting)}<figcaption>{esc(g.setting)}<br>"
-                    f"<span class='muted'>{esc(g.job_id)}</span></figcaption></figure>" for g in c.grids)
+    items = "".join(
+        f"<figure>{_img(g.png, g.setting)}<figcaption>{esc(g.setting)}<br>"
+        f"<span class='muted'>{esc(g.job_id)}</span></figcaption></figure>"
+        for g in c.grids
+    )
     return f'<div class="grids">{items}</div>'
 
 
@@ -180,25 +196,29 @@ def _problems(c: ReportContent) -> str:
     for _, r in bad.iterrows():
         tb = c.tracebacks.get(r["job_id"])
         tb_html = f"<details><summary>traceback</summary><pre>{esc(tb)}</pre></details>" if tb else ""
-        rows.append(f"<tr><td>{esc(r['job_id'])}</td><td>{esc(r['sweep'])}</td><td>{esc(r['status'])}</td>"
-                    f"<td>{esc(r['reason'])}{tb_html}</td>"
-                    f"<td>{esc(r['overrides'])}</td></tr>")
-    return ('<div class="scroll"><table class="tbl"><thead><tr><th>job</th><th>sweep</th><th>status</th>'
-            f"<th>reason</th><th>overrides</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+        rows.append(
+            f"<tr><td>{esc(r['job_id'])}</td><td>{esc(r['sweep'])}</td><td>{esc(r['status'])}</td>"
+            f"<td>{esc(r['reason'])}{tb_html}</td>"
+            f"<td>{esc(r['overrides'])}</td></tr>"
+        )
+    return (
+        '<div class="scroll"><table class="tbl"><thead><tr><th>job</th><th>sweep</th><th>status</th>'
+        f"<th>reason</th><th>overrides</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 def _counted(series: pd.Series) -> pd.DataFrame:
     s = series.dropna().map(str)
     vc = s.value_counts()
     return pd.DataFrame({"value": vc.index, "jobs": vc.values}).sort_values(
-        ["jobs", "value"], ascending=[False, True], kind="mergesort")
+        ["jobs", "value"], ascending=[False, True], kind="mergesort"
+    )
 
 
 def _provenance(c: ReportContent) -> str:
     rec = c.jobs[c.jobs["status"] != "missing"]
     parts = []
-    for col, title in (("git_sha", "Git SHA"), ("python", "Python"), ("hardware", "Hardware"),
-                       ("hostname", "Hosts")):
+    for col, title in (("git_sha", "Git SHA"), ("python", "Python"), ("hardware", "Hardware"), ("hostname", "Hosts")):
         if col in rec and rec[col].notna().any():
             parts.append(f"<h3>{title}</h3>{html_table(_counted(rec[col]))}")
     if "packages" in rec and rec["packages"].notna().any():
@@ -217,34 +237,50 @@ def _runs(c: ReportContent) -> str:
     axes = [a for a in setting_axes(df) if varies(df, a)]
     if "seed" in df.attrs.get("axes", []) and "seed" in df:
         axes.append("seed")
-    cols = ["job_id", "status", *axes, *[m for m in ("fid", "kid_mean", "block_passes_per_image", "time_per_image_s")
-                                        if m in df]]
+    cols = [
+        "job_id",
+        "status",
+        *axes,
+        *[m for m in ("fid", "kid_mean", "block_passes_per_image", "time_per_image_s") if m in df],
+    ]
     return html_table(df[cols])
 
 
 def render_html(content: ReportContent, title: str = "fpdm-bench report") -> str:
-    sections = [_section("summary", "Summary", _summary(content)),
-                _section("tables", "Tables", _tables(content)),
-                *(_section(sid, title, body) for sid, title, body in content.extra_sections),
-                _section("figures", "Figures", _figures(content))]
+    sections = [
+        _section("summary", "Summary", _summary(content)),
+        _section("tables", "Tables", _tables(content)),
+        *(_section(sid, title, body) for sid, title, body in content.extra_sections),
+        _section("figures", "Figures", _figures(content)),
+    ]
     if content.grids:
         sections.append(_section("samples", "Sample grids", _grids(content)))
-    sections += [_section("runs", "All runs", _runs(content)),
-                 _section("problems", "Failed and missing runs", _problems(content)),
-                 _section("provenance", "Provenance", _provenance(content))]
+    sections += [
+        _section("runs", "All runs", _runs(content)),
+        _section("problems", "Failed and missing runs", _problems(content)),
+        _section("provenance", "Provenance", _provenance(content)),
+    ]
     toc_items = []
     for sid, stitle, _ in sections:
         sub = ""
         if sid == "tables" and content.tables:
-            sub = "<ul>" + "".join(f'<li><a href="#t-{esc(t.name)}">{esc(t.title)}</a></li>'
-                                   for t in dict((t.name, t) for t in content.tables).values()) + "</ul>"
+            sub = (
+                "<ul>"
+                + "".join(
+                    f'<li><a href="#t-{esc(t.name)}">{esc(t.title)}</a></li>'
+                    for t in dict((t.name, t) for t in content.tables).values()
+                )
+                + "</ul>"
+            )
         toc_items.append(f'<li><a href="#{sid}">{esc(stitle)}</a>{sub}</li>')
     toc = f'<nav class="toc"><b>Contents</b><ul>{"".join(toc_items)}</ul></nav>'
     body = "\n".join(s[2] for s in sections)
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{esc(title)}</title><link rel=\"icon\" href=\"data:,\"><style>{_CSS}</style></head>\n"
-            f"<body><main><h1>{esc(title)}</h1>\n{toc}\n{body}\n</main></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<title>{esc(title)}</title><link rel="icon" href="data:,"><style>{_CSS}</style></head>\n'
+        f"<body><main><h1>{esc(title)}</h1>\n{toc}\n{body}\n</main></body></html>\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,8 +298,11 @@ def _markdown(frame: pd.DataFrame) -> str:
 def summary_markdown(df: pd.DataFrame, max_rows: int = 50) -> str:
     """Compact markdown table of the jobs (varying axes, status, main metrics) for the console."""
     axes = [a for a in setting_axes(df) if varies(df, a)]
-    metrics = [m for m in ("fid", "fid_std", "block_passes_per_image", "params_total", "time_per_image_s")
-               if m in df and df[m].notna().any()]
+    metrics = [
+        m
+        for m in ("fid", "fid_std", "block_passes_per_image", "params_total", "time_per_image_s")
+        if m in df and df[m].notna().any()
+    ]
     cols = ["job_id", "status", *axes, *metrics]
     frame = df[cols].head(max_rows)
     more = f"\n... and {len(df) - max_rows} more jobs" if len(df) > max_rows else ""
@@ -273,5 +312,8 @@ def summary_markdown(df: pd.DataFrame, max_rows: int = 50) -> str:
 def metrics_table(metrics: Mapping[str, Any]) -> str:
     """A single run's metrics as a small two-column markdown table (sorted by name)."""
     items = sorted((str(k), v) for k, v in metrics.items())
-    return _markdown(pd.DataFrame({"metric": [k for k, _ in items],
-                                   "value": [v if isinstance(v, (int, float)) else str(v) for _, v in items]}))
+    return _markdown(
+        pd.DataFrame(
+            {"metric": [k for k, _ in items], "value": [v if isinstance(v, (int, float)) else str(v) for _, v in items]}
+        )
+    )

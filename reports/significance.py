@@ -11,36 +11,37 @@ from the records), so a rebuild gives the same bytes. Where there are several se
 training seeds the table also gives a t-interval over them and says when an ordering flips.
 Each ruler (feature network) is compared separately; a claim stands only where all agree.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from harness.metrics.bootstrap import (bootstrap_fid_draws, debias, fid_per_range, percentile_ci, ref_sqrt,
-                                       t_interval)
+from harness.metrics.bootstrap import bootstrap_fid_draws, debias, fid_per_range, percentile_ci, ref_sqrt, t_interval
 from reports.collect import SweepData, setting_axes
 from reports.tables import CONTEXT_AXES, aggregate_seeds, present, row_keys, sort_frame, value_label, varies
 
 DEFAULT_COMPARE = {"model": "dit", "schedule": "constant", "reuse": False, "solver": "picard", "depth": [1, 1]}
 PAIR_AXES = ("seed", "train_seed")  # jobs are paired on these (same images, same trained model)
-NOT_MATCHED = ("steps",)            # derived from the others (depth changes the step count at a budget)
+NOT_MATCHED = ("steps",)  # derived from the others (depth changes the step count at a budget)
 
 
 @dataclass(frozen=True)
 class Comparison:
     name: str
     title: str
-    key: str                                   # compare.<key>
+    key: str  # compare.<key>
     value: Callable[[pd.DataFrame], pd.Series]  # the compared value of each row (None: not in this comparison)
-    label: Callable[[Any], str]                # how a value reads in a sentence
-    axes: tuple[str, ...]                      # job columns the value is made of
-    match_context_only: bool = False           # match cells on CONTEXT_AXES, best treatment setting per cell
+    label: Callable[[Any], str]  # how a value reads in a sentence
+    axes: tuple[str, ...]  # job columns the value is made of
+    match_context_only: bool = False  # match cells on CONTEXT_AXES, best treatment setting per cell
 
 
 def _col(name: str) -> Callable[[pd.DataFrame], pd.Series]:
@@ -48,20 +49,48 @@ def _col(name: str) -> Callable[[pd.DataFrame], pd.Series]:
 
 
 def _depth(df: pd.DataFrame) -> pd.Series:
-    return pd.Series([None if pd.isna(a) or pd.isna(b) else f"{int(a)}/{int(b)}"
-                      for a, b in zip(df["pre_depth"], df["post_depth"])], index=df.index, dtype=object)
+    return pd.Series(
+        [None if pd.isna(a) or pd.isna(b) else f"{int(a)}/{int(b)}" for a, b in zip(df["pre_depth"], df["post_depth"])],
+        index=df.index,
+        dtype=object,
+    )
 
 
 COMPARISONS = [
-    Comparison("fpdm_vs_dit", "FPDM vs DiT at the same budget (paper Table 1)", "model", _col("model"),
-               lambda v: {"fpdm": "FPDM", "dit": "DiT"}.get(str(v), str(v)), ("model",), match_context_only=True),
-    Comparison("schedule_vs_constant", "Iteration schedules vs constant (paper Table 5)", "schedule",
-               _col("schedule"), str, ("schedule",)),
-    Comparison("reuse_vs_none", "Solution reuse vs none (paper Fig. 6a)", "reuse", _col("reuse"),
-               lambda v: f"reuse {value_label(v)}", ("reuse",)),
+    Comparison(
+        "fpdm_vs_dit",
+        "FPDM vs DiT at the same budget (paper Table 1)",
+        "model",
+        _col("model"),
+        lambda v: {"fpdm": "FPDM", "dit": "DiT"}.get(str(v), str(v)),
+        ("model",),
+        match_context_only=True,
+    ),
+    Comparison(
+        "schedule_vs_constant",
+        "Iteration schedules vs constant (paper Table 5)",
+        "schedule",
+        _col("schedule"),
+        str,
+        ("schedule",),
+    ),
+    Comparison(
+        "reuse_vs_none",
+        "Solution reuse vs none (paper Fig. 6a)",
+        "reuse",
+        _col("reuse"),
+        lambda v: f"reuse {value_label(v)}",
+        ("reuse",),
+    ),
     Comparison("solver_vs_picard", "Fixed point solvers vs picard", "solver", _col("solver"), str, ("solver",)),
-    Comparison("depth_vs_default", "Explicit pre/post depth vs the default (paper Fig. 7)", "depth", _depth,
-               lambda v: f"depth {v}", ("pre_depth", "post_depth")),
+    Comparison(
+        "depth_vs_default",
+        "Explicit pre/post depth vs the default (paper Fig. 7)",
+        "depth",
+        _depth,
+        lambda v: f"depth {v}",
+        ("pre_depth", "post_depth"),
+    ),
 ]
 
 
@@ -71,7 +100,7 @@ COMPARISONS = [
 
 @dataclass
 class JobEvidence:
-    features: dict[str, Path]          # ruler -> .npy beside the record
+    features: dict[str, Path]  # ruler -> .npy beside the record
     ranges: int
     resamples: int
     seed: int
@@ -93,14 +122,22 @@ def job_evidence(data: SweepData) -> dict[str, JobEvidence]:
         if not isinstance(feats, dict):
             continue
         paths = {str(k): (rec_dir / str(v)).resolve() for k, v in feats.items()}
-        paths = {k: p for k, p in paths.items() if p.is_relative_to(root) and p.is_file()
-                 and p.with_name(f"{k}.ref.npz").is_file()}
+        paths = {
+            k: p
+            for k, p in paths.items()
+            if p.is_relative_to(root) and p.is_file() and p.with_name(f"{k}.ref.npz").is_file()
+        }
         cfg = rec.get("config") or {}
         m = cfg.get("metrics") or {}
         proto = rec.get("protocol") or {}
         if paths:
-            out[str(r["job_id"])] = JobEvidence(paths, int(proto.get("num_ranges") or 1), int(m.get("bootstrap", 200)),
-                                                int(m.get("bootstrap_seed", 0)), cfg.get("compare") or {})
+            out[str(r["job_id"])] = JobEvidence(
+                paths,
+                int(proto.get("num_ranges") or 1),
+                int(m.get("bootstrap", 200)),
+                int(m.get("bootstrap_seed", 0)),
+                cfg.get("compare") or {},
+            )
     return out
 
 
@@ -188,10 +225,19 @@ def _ruler_stats(pairs, ev, ruler: str, treat: pd.DataFrame) -> dict | None:
     per_seed = [float(np.mean(v)) for _, v in sorted(seed_d.items(), key=lambda kv: str(kv[0]))]
     rng_ci = t_interval(range_d) if ev[pairs[0][0]].ranges > 1 else None
     seed_ci = t_interval(per_seed)
-    return {"fid_base": float(np.mean(pb)), "ci_base": percentile_ci(db_m), "fid": float(np.mean(pt)),
-            "ci": percentile_ci(dt_m), "diff": float(np.mean(pt) - np.mean(pb)), "ci_diff": (lo, hi),
-            "verdict": _verdict(lo, hi), "ci_ranges": rng_ci, "ci_train_seeds": seed_ci,
-            "flips": len(per_seed) > 1 and min(per_seed) < 0 < max(per_seed), "resamples": ev[pairs[0][0]].resamples}
+    return {
+        "fid_base": float(np.mean(pb)),
+        "ci_base": percentile_ci(db_m),
+        "fid": float(np.mean(pt)),
+        "ci": percentile_ci(dt_m),
+        "diff": float(np.mean(pt) - np.mean(pb)),
+        "ci_diff": (lo, hi),
+        "verdict": _verdict(lo, hi),
+        "ci_ranges": rng_ci,
+        "ci_train_seeds": seed_ci,
+        "flips": len(per_seed) > 1 and min(per_seed) < 0 < max(per_seed),
+        "resamples": ev[pairs[0][0]].resamples,
+    }
 
 
 @dataclass
@@ -199,8 +245,8 @@ class ComparisonResult:
     comparison: Comparison
     protocol: dict
     baseline: Any
-    cells: list[str]          # the matched axes that vary (they name a row)
-    rows: list[dict]          # one per (cell, treatment value): cell values, value, ruler -> stats
+    cells: list[str]  # the matched axes that vary (they name a row)
+    rows: list[dict]  # one per (cell, treatment value): cell values, value, ruler -> stats
     rulers: list[str]
 
 
@@ -212,7 +258,9 @@ def compare(cmp: Comparison, rows: pd.DataFrame, ev: dict[str, JobEvidence], pro
     if rows["_value"].astype(str).nunique() < 2:
         return None
     compare_cfg = next((e.compare for j, e in ev.items() if j in set(rows["job_id"]) and e.compare), {})
-    baseline = compare_cfg.get(cmp.key, DEFAULT_COMPARE[cmp.key]) if cmp.key in compare_cfg else DEFAULT_COMPARE[cmp.key]
+    baseline = (
+        compare_cfg.get(cmp.key, DEFAULT_COMPARE[cmp.key]) if cmp.key in compare_cfg else DEFAULT_COMPARE[cmp.key]
+    )
     if baseline is None:
         return None
     base_text = f"{baseline[0]}/{baseline[1]}" if cmp.key == "depth" else value_label(baseline)
@@ -234,12 +282,19 @@ def compare(cmp: Comparison, rows: pd.DataFrame, ev: dict[str, JobEvidence], pro
             if stats is None:
                 continue
             first = part.iloc[0]
-            out_rows.append({"cell": {c: first[c] for c in shown}, "value": v,
-                             "label": cmp.label(part.loc[part["_vtext"] == v, "_value"].iloc[0]), **stats})
+            out_rows.append(
+                {
+                    "cell": {c: first[c] for c in shown},
+                    "value": v,
+                    "label": cmp.label(part.loc[part["_vtext"] == v, "_value"].iloc[0]),
+                    **stats,
+                }
+            )
     if not out_rows:
         return None
     rulers = sorted({k for r in out_rows for k in r if k not in ("cell", "value", "label", "pairs")})
     primary = protocol.get("extractor")
     rulers = sorted(rulers, key=lambda r: (r != primary, r))
-    return ComparisonResult(cmp, protocol, cmp.label(baseline if cmp.key != "depth" else base_text), shown,
-                            out_rows, rulers)
+    return ComparisonResult(
+        cmp, protocol, cmp.label(baseline if cmp.key != "depth" else base_text), shown, out_rows, rulers
+    )

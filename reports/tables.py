@@ -13,10 +13,12 @@ Conventions shared by every table:
 - the context axes (data, model, budget, sampler) become extra row keys whenever they vary, so a
   table never averages over them silently.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,7 +31,7 @@ NFE_METRICS = ("solver_nfe_per_image", "solver_nfe", "nfe_per_image", "nfe", "tr
 RESIDUAL_METRICS = ("solver_final_residual", "final_residual", "solver_residual", "trace_residual_mean")
 TIME_METRICS = ("time_per_image_s", "sample_time_per_image_s")
 TRAIN_MEMORY_TOTALS = ("train_mem_peak_bytes", "train_mem_total_bytes")
-MIB = 2.0 ** 20
+MIB = 2.0**20
 
 
 @dataclass(frozen=True)
@@ -57,13 +59,25 @@ class TableResult:
 TABLES: Registry[TableSpec] = Registry("table", sort=False)  # report order
 
 
-def register_table(name: str, required_axes: tuple[str, ...] | list[str], *, title: str, paper: str = "",
-                   vary: tuple[str, ...] | list[str] = (), metric: str = "fid", per_protocol: bool = True):
+def register_table(
+    name: str,
+    required_axes: tuple[str, ...] | list[str],
+    *,
+    title: str,
+    paper: str = "",
+    vary: tuple[str, ...] | list[str] = (),
+    metric: str = "fid",
+    per_protocol: bool = True,
+):
     """Decorator: register ``fn(ok_rows_of_one_protocol) -> table`` under ``name`` (with
     ``per_protocol=False``: ``fn(all_ok_rows)``, for tables without FID)."""
+
     def deco(fn: Callable[[pd.DataFrame], pd.DataFrame]):
-        TABLES.register(name, TableSpec(name, title, paper, tuple(required_axes), tuple(vary), fn, metric, per_protocol))
+        TABLES.register(
+            name, TableSpec(name, title, paper, tuple(required_axes), tuple(vary), fn, metric, per_protocol)
+        )
         return fn
+
     return deco
 
 
@@ -87,16 +101,22 @@ def first_present(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
 
 
 def _text(v: Any) -> str:
-    return "<NA>" if v is None or (not isinstance(v, (str, bool)) and pd.isna(v)) else repr(v) if isinstance(v, str) \
+    return (
+        "<NA>"
+        if v is None or (not isinstance(v, (str, bool)) and pd.isna(v))
+        else repr(v)
+        if isinstance(v, str)
         else str(v)
+    )
 
 
 def row_keys(df: pd.DataFrame, cols: list[str]) -> pd.Series:
     """One hashable text key per row over ``cols`` (missing values included, types kept apart)."""
     if not cols:
         return pd.Series("", index=df.index, dtype=object)
-    return pd.Series(["\x1f".join(_text(v) for v in vals) for vals in df[cols].itertuples(index=False)],
-                     index=df.index, dtype=object)
+    return pd.Series(
+        ["\x1f".join(_text(v) for v in vals) for vals in df[cols].itertuples(index=False)], index=df.index, dtype=object
+    )
 
 
 def value_label(v: Any) -> str:
@@ -164,8 +184,11 @@ def best_per_cell(df: pd.DataFrame, cell: list[str], metric: str = "fid") -> pd.
     settings = sort_frame(settings, [metric, *others])
     best = settings.groupby("_key", sort=False).head(1).copy()
     best["settings"] = best["_key"].map(settings["_key"].value_counts())
-    best["setting"] = best.apply(
-        lambda r: ", ".join(f"{a}={value_label(r[a])}" for a in others if pd.notna(r[a])), axis=1) if others else ""
+    best["setting"] = (
+        best.apply(lambda r: ", ".join(f"{a}={value_label(r[a])}" for a in others if pd.notna(r[a])), axis=1)
+        if others
+        else ""
+    )
     best = best.drop(columns=["_key"])
     best.attrs = dict(df.attrs)
     return sort_frame(best, cell)
@@ -190,8 +213,7 @@ def _with_setting(out: pd.DataFrame, best: pd.DataFrame, rows: list[str], col: s
     if not rows:
         out["best setting"] = describe(best)
         return out
-    desc = [(k if isinstance(k, tuple) else (k,), describe(p))
-            for k, p in best.groupby(rows, dropna=False, sort=False)]
+    desc = [(k if isinstance(k, tuple) else (k,), describe(p)) for k, p in best.groupby(rows, dropna=False, sort=False)]
     frame = pd.DataFrame([(*k, d) for k, d in desc], columns=[*rows, "best setting"])
     for r in rows:  # merge keys must share dtypes with ``out``
         frame[r] = frame[r].astype(out[r].dtype) if r in out else frame[r]
@@ -206,12 +228,16 @@ def pivot_metric(best: pd.DataFrame, rows: list[str], col: str, metric: str, lab
     for v in values:
         part = best[row_keys(best, [col]) == _text(v)]
         part = part[rows + [metric, f"{metric} std"]].rename(
-            columns={metric: f"{label} {value_label(v)}", f"{metric} std": f"{label} {value_label(v)} std"})
+            columns={metric: f"{label} {value_label(v)}", f"{metric} std": f"{label} {value_label(v)} std"}
+        )
         frames.append(part)
     out = base
     for part in frames:
-        out = out.merge(part, on=rows, how="left") if rows else pd.concat(
-            [out.reset_index(drop=True), part.reset_index(drop=True)], axis=1)
+        out = (
+            out.merge(part, on=rows, how="left")
+            if rows
+            else pd.concat([out.reset_index(drop=True), part.reset_index(drop=True)], axis=1)
+        )
     return out.reset_index(drop=True)
 
 
@@ -249,14 +275,20 @@ def _with_fid_interval(out: pd.DataFrame, best: pd.DataFrame, rows: list[str], c
     return out[order + [c for c in out.columns if c not in order]]
 
 
-@register_table("table1_budget", ("model", "budget_blocks"), title="FID by block budget, model and sampler",
-                paper="Table 1")
+@register_table(
+    "table1_budget", ("model", "budget_blocks"), title="FID by block budget, model and sampler", paper="Table 1"
+)
 def table1_budget(df: pd.DataFrame) -> pd.DataFrame:
     rows = [*context(df, ("model", "budget_blocks", "sampler")), "budget_blocks", "model"]
     col = "sampler" if present(df, "sampler") else None
     best = best_per_cell(df, rows + ([col] if col else []))
-    out = pivot_metric(best, rows, col, "fid", "FID") if col else pd.concat(
-        [best[rows].reset_index(drop=True), _mean_std(best, "fid", "FID").reset_index(drop=True)], axis=1)
+    out = (
+        pivot_metric(best, rows, col, "fid", "FID")
+        if col
+        else pd.concat(
+            [best[rows].reset_index(drop=True), _mean_std(best, "fid", "FID").reset_index(drop=True)], axis=1
+        )
+    )
     if col:
         out = _with_fid_interval(out, best, rows, col)
     per_row = best.groupby(rows, dropna=False, sort=False)
@@ -271,19 +303,24 @@ def table1_budget(df: pd.DataFrame) -> pd.DataFrame:
     return sort_frame(_with_setting(out, best, rows, col), rows)
 
 
-@register_table("table2_datasets", ("data", "model"), vary=("data",), title="Data sets side by side",
-                paper="Table 2")
+@register_table("table2_datasets", ("data", "model"), vary=("data",), title="Data sets side by side", paper="Table 2")
 def table2_datasets(df: pd.DataFrame) -> pd.DataFrame:
     rows = [*context(df, ("data", "model")), "data"]
     best = best_per_cell(df, rows + ["model"])
     return sort_frame(_with_setting(pivot_metric(best, rows, "model", "fid", "FID"), best, rows, "model"), rows)
 
 
-@register_table("table34_training", ("train_method",), vary=("train_method",),
-                title="Training methods (S-JFB vs JFB vs multi-step JFB)", paper="Tables 3-4")
+@register_table(
+    "table34_training",
+    ("train_method",),
+    vary=("train_method",),
+    title="Training methods (S-JFB vs JFB vs multi-step JFB)",
+    paper="Tables 3-4",
+)
 def table34_training(df: pd.DataFrame) -> pd.DataFrame:
-    train_axes = [a for a in df.attrs.get("axes", []) if a.startswith("train_") and a != "train_method"
-                  and varies(df, a)]
+    train_axes = [
+        a for a in df.attrs.get("axes", []) if a.startswith("train_") and a != "train_method" and varies(df, a)
+    ]
     rows = [*context(df), "train_method", *train_axes]
     best = best_per_cell(df, rows)
     parts = [best[rows].reset_index(drop=True), _mean_std(best, "fid", "FID").reset_index(drop=True)]
@@ -294,34 +331,52 @@ def table34_training(df: pd.DataFrame) -> pd.DataFrame:
     return sort_frame(_with_setting(pd.concat(parts, axis=1), best, rows), rows)
 
 
-@register_table("table5_schedule", ("schedule", "iters_per_step"), vary=("schedule", "iters_per_step"),
-                title="Iteration schedule x iterations per step", paper="Table 5")
+@register_table(
+    "table5_schedule",
+    ("schedule", "iters_per_step"),
+    vary=("schedule", "iters_per_step"),
+    title="Iteration schedule x iterations per step",
+    paper="Table 5",
+)
 def table5_schedule(df: pd.DataFrame) -> pd.DataFrame:
     df = df[df["schedule"].notna() & df["iters_per_step"].notna()]
     rows = [*context(df), "schedule"]
     best = best_per_cell(df, rows + ["iters_per_step"])
-    return sort_frame(_with_setting(pivot_metric(best, rows, "iters_per_step", "fid", "FID @ iters"), best, rows,
-                                    "iters_per_step"),
-                      rows)
+    return sort_frame(
+        _with_setting(pivot_metric(best, rows, "iters_per_step", "fid", "FID @ iters"), best, rows, "iters_per_step"),
+        rows,
+    )
 
 
-@register_table("solvers", ("solver",), title="Fixed point solvers: FID, evaluations, residual, wall time",
-                paper="Sec. 3.1, no table there")
+@register_table(
+    "solvers",
+    ("solver",),
+    title="Fixed point solvers: FID, evaluations, residual, wall time",
+    paper="Sec. 3.1, no table there",
+)
 def solvers(df: pd.DataFrame) -> pd.DataFrame:
     df = df[df["solver"].notna()]
     rows = [*context(df), "solver", *(["tol"] if varies(df, "tol") else [])]
     best = best_per_cell(df, rows)
     parts = [best[rows].reset_index(drop=True), _mean_std(best, "fid", "FID").reset_index(drop=True)]
-    for names, dst in ((NFE_METRICS, "Evaluations / image"), (RESIDUAL_METRICS, "Final residual"),
-                       (TIME_METRICS, "Wall time / image (s)")):
+    for names, dst in (
+        (NFE_METRICS, "Evaluations / image"),
+        (RESIDUAL_METRICS, "Final residual"),
+        (TIME_METRICS, "Wall time / image (s)"),
+    ):
         src = first_present(best, names)
         if src:
             parts.append(_mean_std(best, src, dst).reset_index(drop=True))
     return sort_frame(_with_setting(pd.concat(parts, axis=1), best, rows), rows)
 
 
-@register_table("depth", ("pre_depth", "post_depth"), vary=("pre_depth", "post_depth"),
-                title="Explicit pre/post depth", paper="Fig. 7")
+@register_table(
+    "depth",
+    ("pre_depth", "post_depth"),
+    vary=("pre_depth", "post_depth"),
+    title="Explicit pre/post depth",
+    paper="Fig. 7",
+)
 def depth(df: pd.DataFrame) -> pd.DataFrame:
     df = df[df["pre_depth"].notna() & df["post_depth"].notna()]
     rows = [*context(df, ("budget_blocks",)), "pre_depth", "post_depth"]
@@ -331,8 +386,9 @@ def depth(df: pd.DataFrame) -> pd.DataFrame:
         out = pivot_metric(best, rows, "budget_blocks", "fid", "FID @ blocks")
     else:
         best = best_per_cell(df, rows)
-        out = pd.concat([best[rows].reset_index(drop=True), _mean_std(best, "fid", "FID").reset_index(drop=True)],
-                        axis=1)
+        out = pd.concat(
+            [best[rows].reset_index(drop=True), _mean_std(best, "fid", "FID").reset_index(drop=True)], axis=1
+        )
     return sort_frame(_with_setting(out, best, rows, col), rows)
 
 
@@ -345,12 +401,21 @@ def reuse(df: pd.DataFrame) -> pd.DataFrame:
 
 
 MODEL_AXES = ("model", "preset", "data", "pre_depth", "post_depth", "train_method")
-MODEL_COSTS = (("params_total", "Params (M)", 1e6), ("flops_per_forward", "GFLOPs / forward", 1e9),
-               ("train_mem_saved_bytes", "Train activations (MiB)", MIB))
+MODEL_COSTS = (
+    ("params_total", "Params (M)", 1e6),
+    ("flops_per_forward", "GFLOPs / forward", 1e9),
+    ("train_mem_saved_bytes", "Train activations (MiB)", MIB),
+)
 
 
-@register_table("models", ("model",), metric="params_total", per_protocol=False,
-                title="Per-model cost: parameters, FLOPs per forward, training memory", paper="Sec. 4.2")
+@register_table(
+    "models",
+    ("model",),
+    metric="params_total",
+    per_protocol=False,
+    title="Per-model cost: parameters, FLOPs per forward, training memory",
+    paper="Sec. 4.2",
+)
 def models(df: pd.DataFrame) -> pd.DataFrame:
     """One row per trained architecture (model, preset, and the identity axes that vary): what it
     costs independently of how it is sampled. Training memory is the step total at the training

@@ -1,6 +1,7 @@
 """The config the stage-level tests start from (tests/test_stages.py, tests/test_flops.py,
 tests/test_train_compute.py): the schema's defaults (digits, tiny models) with the Picard solver
 node, and the digits data they train on."""
+
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf

@@ -3,6 +3,7 @@ process (Hydra's run / multirun) and as a subprocess, and a network block for bo
 
 Fixtures here are used by several test files; add yours, keep the others'.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -96,7 +97,7 @@ def no_network_module():
         yield
 
 
-_SITECUSTOMIZE = '''
+_SITECUSTOMIZE = """
 import socket as _s
 _real = _s.socket.connect, _s.socket.connect_ex
 def _block(kind):
@@ -106,7 +107,7 @@ def _block(kind):
         return _real[kind](self, address)
     return f
 _s.socket.connect, _s.socket.connect_ex = _block(0), _block(1)
-'''
+"""
 
 
 @pytest.fixture(scope="session")
@@ -117,8 +118,14 @@ def offline_env(tmp_path_factory) -> dict:
     (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        HYDRA_FULL_ERROR="0",
+    )
     return env
 
 
@@ -134,10 +141,18 @@ def fast_overrides_at(root: Path, extractor_cache: Path) -> list[str]:
     """Overrides that make a job take seconds, with every output under ``root``."""
     root = Path(root)
     return [
-        "train.budget.value=20", "train.batch_size=32", "sample.num_images=32", "sample.batch_size=32",
-        "sample.steps=5", f"paths.cache_dir={root / 'cache'}", f"paths.extractor_cache={extractor_cache}",
-        f"hydra.run.dir={root / 'run'}", f"hydra.sweep.dir={root / 'sweep'}", "run.progress=false",
-        "run.threads=1", "run.device=cpu",
+        "train.budget.value=20",
+        "train.batch_size=32",
+        "sample.num_images=32",
+        "sample.batch_size=32",
+        "sample.steps=5",
+        f"paths.cache_dir={root / 'cache'}",
+        f"paths.extractor_cache={extractor_cache}",
+        f"hydra.run.dir={root / 'run'}",
+        f"hydra.sweep.dir={root / 'sweep'}",
+        "run.progress=false",
+        "run.threads=1",
+        "run.device=cpu",
     ]
 
 
@@ -157,8 +172,15 @@ def run_cli(offline_env):
     """``run_cli(args, cwd, timeout=...)``: ``python -m harness.run ARGS`` in ``cwd``, offline."""
 
     def run(args, cwd, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "harness.run", *map(str, args)], cwd=cwd, env=offline_env,
-                              capture_output=True, text=True, timeout=timeout, **kw)
+        return subprocess.run(
+            [sys.executable, "-m", "harness.run", *map(str, args)],
+            cwd=cwd,
+            env=offline_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,
+        )
 
     return run
 
@@ -176,14 +198,20 @@ def hydra_app():
 
     def run(overrides, multirun: bool = False):
         GlobalHydra.instance().clear()
-        hydra_ = Hydra.create_main_hydra_file_or_module(calling_file=None, calling_module="harness.app.run",
-                                                        config_path="pkg://harness.config", job_name="run")
+        hydra_ = Hydra.create_main_hydra_file_or_module(
+            calling_file=None, calling_module="harness.app.run", config_path="pkg://harness.config", job_name="run"
+        )
         try:
             if multirun:  # the CLI's -m sets hydra.mode; Hydra.multirun alone does not
-                return hydra_.multirun(config_name="config", task_function=app.task,
-                                       overrides=[*overrides, "hydra.mode=MULTIRUN"], with_log_configuration=False)
-            return hydra_.run(config_name="config", task_function=app.task, overrides=list(overrides),
-                              with_log_configuration=False)
+                return hydra_.multirun(
+                    config_name="config",
+                    task_function=app.task,
+                    overrides=[*overrides, "hydra.mode=MULTIRUN"],
+                    with_log_configuration=False,
+                )
+            return hydra_.run(
+                config_name="config", task_function=app.task, overrides=list(overrides), with_log_configuration=False
+            )
         finally:
             GlobalHydra.instance().clear()
 
@@ -193,8 +221,11 @@ def hydra_app():
 def tree(path: Path) -> dict:
     """Relative path -> (size, mtime_ns) of every file under ``path`` (to show nothing changed)."""
     path = Path(path)
-    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture

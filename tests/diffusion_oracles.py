@@ -18,6 +18,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
 ZSNR = dict(prediction_type="v_prediction", zero_terminal_snr=True, timestep_spacing="trailing")
 
 
@@ -54,4 +56,4 @@ def ode_endpoint(spec, sampler, num_steps, x_T, mu, s):
 
 def mu_img(c=1):
     g = torch.Generator().manual_seed(123)
-    return (torch.rand((1, c, 8, 8), generator=g) * 1.6 - 0.8)
+    return torch.rand((1, c, 8, 8), generator=g) * 1.6 - 0.8

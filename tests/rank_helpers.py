@@ -1,6 +1,7 @@
 """What the data-parallel tests share (tests/test_ddp.py, tests/test_dp_sampling.py): each rank is
 the test file run as a script (``python FILE RANK WORLD PORT DIR ...``), joining a CPU (gloo)
 process group through torchrun's variables, on one thread, with the app's composed config."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,9 +26,16 @@ def launch_ranks(script: Path, world: int, out: Path, *args) -> list[subprocess.
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
     env["OMP_NUM_THREADS"] = "1"
-    return [subprocess.Popen([sys.executable, str(script), str(r), str(world), str(port), str(out), *map(str, args)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for r in range(world)]
+    return [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r), str(world), str(port), str(out), *map(str, args)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(world)
+    ]
 
 
 @contextlib.contextmanager
@@ -40,8 +48,9 @@ def rank_config(rank: int, world: int, port: int, overrides: list[str]):
     import harness.config  # noqa: F401  (fills the ConfigStore)
 
     if world > 1:
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        os.environ.update(
+            RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        )
     with initialize_config_module("harness.config", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     threads = torch.get_num_threads()

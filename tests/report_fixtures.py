@@ -1,6 +1,7 @@
 """Fixture sweeps for the report tests: job records written the way harness/stages/records.py lays them out
 (docs/architecture.md "Job record"), with ok, failed and missing jobs, solver traces, sample grids and
 an Optuna study. FIDs follow a closed-form rule so tests can state the expected table values."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,20 +11,44 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-PROTOCOL = {"num_samples": 64, "extractor": "digits-cnn", "reference": "train split", "sampler": "ddpm",
-            "label": "FID-64, digits-cnn, vs train split"}
-PROVENANCE = {"git_sha": "0123abcd", "packages": {"torch": "2.14.1", "pandas": "3.1.1"},
-              "hardware": {"device": "cpu", "threads": 2}, "python": "3.11.9", "hostname": "node1"}
+PROTOCOL = {
+    "num_samples": 64,
+    "extractor": "digits-cnn",
+    "reference": "train split",
+    "sampler": "ddpm",
+    "label": "FID-64, digits-cnn, vs train split",
+}
+PROVENANCE = {
+    "git_sha": "0123abcd",
+    "packages": {"torch": "2.14.1", "pandas": "3.1.1"},
+    "hardware": {"device": "cpu", "threads": 2},
+    "python": "3.11.9",
+    "hostname": "node1",
+}
 
 
 def dit_fid(budget: int, sampler: str, seed: int) -> float:
     return 200.0 * 12 / budget + (10.0 if sampler == "ddpm" else 0.0) + seed
 
 
-def fpdm_fid(budget: int, sampler: str, iters: int, seed: int, schedule: str = "constant", reuse: bool = True,
-             solver: str = "picard") -> float:
-    return (120.0 * 12 / budget + (10.0 if sampler == "ddpm" else 0.0) + abs(iters - 4) * 5 + seed
-            + (0 if reuse else 7) + (-2 if schedule == "increasing" else 0) + (1 if solver == "anderson" else 0))
+def fpdm_fid(
+    budget: int,
+    sampler: str,
+    iters: int,
+    seed: int,
+    schedule: str = "constant",
+    reuse: bool = True,
+    solver: str = "picard",
+) -> float:
+    return (
+        120.0 * 12 / budget
+        + (10.0 if sampler == "ddpm" else 0.0)
+        + abs(iters - 4) * 5
+        + seed
+        + (0 if reuse else 7)
+        + (-2 if schedule == "increasing" else 0)
+        + (1 if solver == "anderson" else 0)
+    )
 
 
 def job_id(overrides: list[str]) -> str:
@@ -41,22 +66,45 @@ def _grid_png(path: Path, seed: int) -> None:
     Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).resize((64, 64), Image.NEAREST).save(path)
 
 
-def record(axes: dict, metrics: dict | None, status: str = "ok", reason: str | None = None,
-           trace: dict | None = None, grid: bool = False, protocol: dict | None = None) -> dict:
+def record(
+    axes: dict,
+    metrics: dict | None,
+    status: str = "ok",
+    reason: str | None = None,
+    trace: dict | None = None,
+    grid: bool = False,
+    protocol: dict | None = None,
+) -> dict:
     overrides = [f"{k}={v}" for k, v in sorted(axes.items())]
-    return {"schema": 1, "job_id": job_id(overrides), "status": status, "reason": reason,
-            "traceback_tail": "Traceback ...\nRuntimeError: CUDA out of memory" if status == "failed" else None,
-            "axes": axes, "metrics": metrics or {}, "protocol": protocol or PROTOCOL, "solver_trace": trace,
-            "artifacts": {"grid": "samples/grid.png"} if grid else {},
-            "keys": {"train": "t" + job_id(overrides)[:6], "sample": "s" + job_id(overrides)[:6],
-                     "eval": "e" + job_id(overrides)[:6]},
-            "config": {"axes": axes}, "overrides": overrides, "provenance": PROVENANCE}
+    return {
+        "schema": 1,
+        "job_id": job_id(overrides),
+        "status": status,
+        "reason": reason,
+        "traceback_tail": "Traceback ...\nRuntimeError: CUDA out of memory" if status == "failed" else None,
+        "axes": axes,
+        "metrics": metrics or {},
+        "protocol": protocol or PROTOCOL,
+        "solver_trace": trace,
+        "artifacts": {"grid": "samples/grid.png"} if grid else {},
+        "keys": {
+            "train": "t" + job_id(overrides)[:6],
+            "sample": "s" + job_id(overrides)[:6],
+            "eval": "e" + job_id(overrides)[:6],
+        },
+        "config": {"axes": axes},
+        "overrides": overrides,
+        "provenance": PROVENANCE,
+    }
 
 
 def _trace(iters: int, reuse: bool) -> dict:
     ts = [900, 700, 500, 300, 100]
-    return {"timestep": ts, "iters": [iters] * len(ts),
-            "residual": [(0.05 if reuse else 0.2) * (0.5 ** i) for i in range(len(ts))]}
+    return {
+        "timestep": ts,
+        "iters": [iters] * len(ts),
+        "residual": [(0.05 if reuse else 0.2) * (0.5**i) for i in range(len(ts))],
+    }
 
 
 def dit_records() -> list[dict]:
@@ -64,11 +112,23 @@ def dit_records() -> list[dict]:
     for budget in (12, 24):
         for sampler in ("ddpm", "ddim"):
             for seed in (0, 1):
-                axes = {"model": "dit", "data": "digits", "sampler": sampler, "budget_blocks": budget,
-                        "preset": "tiny", "seed": seed}
-                m = {"fid": dit_fid(budget, sampler, seed), "params_total": 300_000, "flops_per_image": 1e6 * budget,
-                     "time_per_image_s": 0.01 * budget, "train_mem_params_bytes": 2 ** 22,
-                     "train_mem_saved_bytes": 3 * 2 ** 22, "train_mem_peak_bytes": 5 * 2 ** 22}
+                axes = {
+                    "model": "dit",
+                    "data": "digits",
+                    "sampler": sampler,
+                    "budget_blocks": budget,
+                    "preset": "tiny",
+                    "seed": seed,
+                }
+                m = {
+                    "fid": dit_fid(budget, sampler, seed),
+                    "params_total": 300_000,
+                    "flops_per_image": 1e6 * budget,
+                    "time_per_image_s": 0.01 * budget,
+                    "train_mem_params_bytes": 2**22,
+                    "train_mem_saved_bytes": 3 * 2**22,
+                    "train_mem_peak_bytes": 5 * 2**22,
+                }
                 out.append(record(axes, m, grid=seed == 0))
     return out
 
@@ -79,19 +139,39 @@ def fpdm_records() -> list[dict]:
         for sampler in ("ddpm", "ddim"):
             for iters in (2, 4):
                 settings.append((budget, sampler, iters, "constant", True, "picard"))
-    settings += [(24, "ddpm", 2, "constant", False, "picard"), (24, "ddpm", 4, "constant", False, "picard"),
-                 (24, "ddpm", 2, "increasing", True, "picard"), (24, "ddpm", 4, "increasing", True, "picard"),
-                 (24, "ddpm", 4, "constant", True, "anderson")]
+    settings += [
+        (24, "ddpm", 2, "constant", False, "picard"),
+        (24, "ddpm", 4, "constant", False, "picard"),
+        (24, "ddpm", 2, "increasing", True, "picard"),
+        (24, "ddpm", 4, "increasing", True, "picard"),
+        (24, "ddpm", 4, "constant", True, "anderson"),
+    ]
     out = []
     for budget, sampler, iters, schedule, reuse, solver in settings:
         for seed in (0, 1):
-            axes = {"model": "fpdm", "data": "digits", "sampler": sampler, "budget_blocks": budget, "preset": "tiny",
-                    "seed": seed, "iters_per_step": iters, "schedule": schedule, "reuse": reuse, "solver": solver,
-                    "pre_depth": 1, "post_depth": 1}
-            m = {"fid": fpdm_fid(budget, sampler, iters, seed, schedule, reuse, solver), "params_total": 90_000,
-                 "flops_per_image": 1.1e6 * budget, "time_per_image_s": 0.012 * budget,
-                 "train_mem_params_bytes": 2 ** 20, "train_mem_saved_bytes": 2 ** 21,
-                 "train_mem_peak_bytes": 2 ** 22}
+            axes = {
+                "model": "fpdm",
+                "data": "digits",
+                "sampler": sampler,
+                "budget_blocks": budget,
+                "preset": "tiny",
+                "seed": seed,
+                "iters_per_step": iters,
+                "schedule": schedule,
+                "reuse": reuse,
+                "solver": solver,
+                "pre_depth": 1,
+                "post_depth": 1,
+            }
+            m = {
+                "fid": fpdm_fid(budget, sampler, iters, seed, schedule, reuse, solver),
+                "params_total": 90_000,
+                "flops_per_image": 1.1e6 * budget,
+                "time_per_image_s": 0.012 * budget,
+                "train_mem_params_bytes": 2**20,
+                "train_mem_saved_bytes": 2**21,
+                "train_mem_peak_bytes": 2**22,
+            }
             out.append(record(axes, m, trace=_trace(iters, reuse), grid=seed == 0))
     return out
 
@@ -109,9 +189,20 @@ def write_sweep(root: Path, records: list[dict], planned_extra: list[list[str]] 
     return root
 
 
-FAILED_AXES = {"model": "fpdm", "data": "digits", "sampler": "ddpm", "budget_blocks": 48, "preset": "tiny",
-               "seed": 0, "iters_per_step": 8, "schedule": "constant", "reuse": True, "solver": "picard",
-               "pre_depth": 1, "post_depth": 1}
+FAILED_AXES = {
+    "model": "fpdm",
+    "data": "digits",
+    "sampler": "ddpm",
+    "budget_blocks": 48,
+    "preset": "tiny",
+    "seed": 0,
+    "iters_per_step": 8,
+    "schedule": "constant",
+    "reuse": True,
+    "solver": "picard",
+    "pre_depth": 1,
+    "post_depth": 1,
+}
 MISSING_OVERRIDES = ["model=dit", "sample.budget=48"]
 
 

@@ -1,6 +1,7 @@
 """Adaptive compute at a fixed budget (issue 15): solver compaction, tolerance calibration, greedy
 water-filling and the searched schedule family. Expected values come from brute force or from
 counting, never from the code under test."""
+
 from __future__ import annotations
 
 import itertools
@@ -21,9 +22,11 @@ from harness.compute.plan import BudgetError
 # ----------------------------------------------------------------------------- compaction
 def _counting_map(a: torch.Tensor, c: torch.Tensor, seen: list):
     """Row-wise affine map z -> a z + c that logs how many rows each call sees."""
+
     def f(z):
         seen.append(z.shape[0])
         return a * z + c
+
     return with_rows(f, lambda idx: _counting_map(a[idx], c[idx], seen))
 
 
@@ -80,7 +83,7 @@ def test_greedy_returns_the_brute_force_optimum_on_convex_traces():
         steps, cap = rng.randint(2, 4), rng.randint(2, 5)
         # geometric decay r_i(k) = a_i q_i^k: convex in k (diminishing returns), distinct rates
         rates = [(rng.uniform(0.5, 2), rng.uniform(0.2, 0.9)) for _ in range(steps)]
-        traces = [[a * q ** k for k in range(cap + 1)] for a, q in rates]
+        traces = [[a * q**k for k in range(cap + 1)] for a, q in rates]
         for total in range(steps, steps * cap + 1):
             alloc = greedy_allocation(traces, total)
             cost, opt = _brute_force(traces, total)
@@ -181,8 +184,14 @@ def calibrated_runs(hydra_app, fast_overrides_for, tmp_path_factory):
     root = tmp_path_factory.mktemp("adaptive")
     out = {}
     for budget in (30, 40):
-        over = [*fast_overrides_for(root), "run.stages=[train,sample]", "sample.schedule=adaptive",
-                f"sample.budget={budget}", "sample.adaptive.calibration_images=16", f"hydra.run.dir={root / str(budget)}"]
+        over = [
+            *fast_overrides_for(root),
+            "run.stages=[train,sample]",
+            "sample.schedule=adaptive",
+            f"sample.budget={budget}",
+            "sample.adaptive.calibration_images=16",
+            f"hydra.run.dir={root / str(budget)}",
+        ]
         hydra_app(over)
         out[budget] = json.loads((root / str(budget) / "record.json").read_text())
     return out
@@ -200,7 +209,8 @@ def test_calibrated_tolerance_meets_the_budget_and_orders_with_it(calibrated_run
         hist = rec["solver_trace"]["passes_per_image"]
         assert sum(hist["images"]) == 32
         assert sum(p * n for p, n in zip(hist["passes"], hist["images"])) / 32 == pytest.approx(
-            m["block_passes_per_image_mean"])
+            m["block_passes_per_image_mean"]
+        )
         assert m["flops_per_image"] < m["flops_planned"] or m["block_passes_per_image_mean"] == budget
         tols[budget] = m["calibration_tol"]
     assert tols[40] < tols[30]  # more compute: a tighter tolerance
@@ -215,7 +225,9 @@ def _study(root):
     journal = next(root.rglob("fpdm-schedule-search.journal"), None)  # <sweep root>/optuna/<study>.journal
     if journal is None:
         return None
-    return optuna.load_study(study_name="fpdm-schedule-search", storage=JournalStorage(JournalFileBackend(str(journal))))
+    return optuna.load_study(
+        study_name="fpdm-schedule-search", storage=JournalStorage(JournalFileBackend(str(journal)))
+    )
 
 
 @pytest.mark.slow
@@ -232,11 +244,25 @@ def test_killed_schedule_search_resumes_to_the_same_total(tmp_path, offline_env,
 
     from hydra_plugins.fpdm_optuna_sweeper import storage as st
 
-    args = [sys.executable, "-m", "harness.run", "-m", "sweep=schedule_search", "hydra.sweeper.n_trials=3",
-            "sample.budget=60", "sample.num_images=32", "sample.batch_size=32",
-            "train.budget.value=20", "train.batch_size=32", f"paths.cache_dir={tmp_path / 'cache'}",
-            f"paths.extractor_cache={extractor_cache}", "hydra.sweep.dir=multirun/s", "run.progress=false",
-            "run.threads=1", "run.device=cpu"]
+    args = [
+        sys.executable,
+        "-m",
+        "harness.run",
+        "-m",
+        "sweep=schedule_search",
+        "hydra.sweeper.n_trials=3",
+        "sample.budget=60",
+        "sample.num_images=32",
+        "sample.batch_size=32",
+        "train.budget.value=20",
+        "train.batch_size=32",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.extractor_cache={extractor_cache}",
+        "hydra.sweep.dir=multirun/s",
+        "run.progress=false",
+        "run.threads=1",
+        "run.device=cpu",
+    ]
     proc = subprocess.Popen(args, cwd=tmp_path, env=offline_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 240

@@ -4,6 +4,7 @@ record provenance; the task returns the objective sweepers consume.
 Most scenarios run the app in process through Hydra (``hydra_app``); two run the real command line
 (`python -m harness.run`) end to end. Every job is tiny (``fast_overrides``); the network is blocked.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from harness.app.precheck import expand_sweep, precheck
 from harness.config import list_sweeps
 from harness.config.validate import validate_config
-from harness.app.precheck import expand_sweep, precheck
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -32,8 +33,11 @@ def records_in(sweep_dir: Path) -> dict[str, dict]:
 
 def cache_files(cache: Path) -> dict:
     """Every artifact file of the cache with its size and mtime (lock files excluded)."""
-    return {str(p.relative_to(cache)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(Path(cache).rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+    return {
+        str(p.relative_to(cache)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(Path(cache).rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
 
 
 def returns_by_job(returns) -> dict[str, object]:
@@ -62,17 +66,30 @@ def _image_folder(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("group,option", [("model", "dit"), ("model", "fpdm"), ("solver", "picard"),
-                                          ("solver", "relaxed"), ("solver", "anderson"), ("solver", "broyden"),
-                                          ("data", "digits"), ("data", "image_folder")])
+@pytest.mark.parametrize(
+    "group,option",
+    [
+        ("model", "dit"),
+        ("model", "fpdm"),
+        ("solver", "picard"),
+        ("solver", "relaxed"),
+        ("solver", "anderson"),
+        ("solver", "broyden"),
+        ("data", "digits"),
+        ("data", "image_folder"),
+    ],
+)
 def test_every_group_option_composes_validates_and_instantiates(group, option, tmp_path, compose_cfg):
     from fpdm.solvers import make_solver
     from harness.data import build_dataset
     from harness.stages.job import _build
 
     # photos are scored with Inception (weights needed); this test stops before scoring
-    extra = ([f"data.root={_image_folder(tmp_path / 'img')}", "run.stages=[train,sample]"]
-             if option == "image_folder" else [])
+    extra = (
+        [f"data.root={_image_folder(tmp_path / 'img')}", "run.stages=[train,sample]"]
+        if option == "image_folder"
+        else []
+    )
     cfg = compose_cfg([f"{group}={option}", f"paths.cache_dir={tmp_path / 'c'}", *extra])
     assert cfg[group].name == option
     validate_config(cfg)
@@ -113,7 +130,9 @@ def test_sweep_preset_composes_and_every_job_passes_the_checks(name, tmp_path, c
     # a sampled sweep is pre-checked at its base config: check every point of its search space here
     params = {k: str(v) for k, v in OmegaConf.to_container(base.hydra.sweeper.params).items()}
     points = expand_sweep([], params)
-    assert len(points) >= {"tune": 2 * 4 * 2 * 8, "schedule_search": 17}[name]  # tune: solver x schedule x reuse x iters
+    assert (
+        len(points) >= {"tune": 2 * 4 * 2 * 8, "schedule_search": 17}[name]
+    )  # tune: solver x schedule x reuse x iters
     by_group: dict = {}
     for point in points:
         groups = tuple(o for o in point if o.split("=")[0] in ("solver", "model", "data"))
@@ -136,8 +155,16 @@ def sweep(tmp_path_factory, hydra_app, fast_overrides_for, no_network_module):
     first_records = records_in(root / "sweep")
     before = cache_files(root / "cache")
     second = hydra_app(overrides, multirun=True)
-    return dict(root=root, overrides=overrides, first=first, second=second, first_records=first_records,
-                records=records_in(root / "sweep"), cache_before=before, cache_after=cache_files(root / "cache"))
+    return dict(
+        root=root,
+        overrides=overrides,
+        first=first,
+        second=second,
+        first_records=first_records,
+        records=records_in(root / "sweep"),
+        cache_before=before,
+        cache_after=cache_files(root / "cache"),
+    )
 
 
 def test_the_task_returns_fid_which_the_record_holds(sweep):
@@ -163,8 +190,10 @@ def test_every_multirun_writes_its_plan_and_report(sweep):
     sweep_dir = sweep["root"] / "sweep"
     plan = json.loads((sweep_dir / "sweep_plan.json").read_text())["jobs"]
     assert {j["job_id"] for j in plan} == set(sweep["records"])
-    assert sorted(o for j in plan for o in j["overrides"] if o.startswith("sample.iters")) == \
-        ["sample.iters=1", "sample.iters=2"]
+    assert sorted(o for j in plan for o in j["overrides"] if o.startswith("sample.iters")) == [
+        "sample.iters=1",
+        "sample.iters=2",
+    ]
     html = (sweep_dir / "report.html").read_text()
     assert all(job_id in html for job_id in sweep["records"])
     tables = sorted((sweep_dir / "tables").glob("*.csv"))
@@ -188,8 +217,12 @@ def test_every_run_dir_holds_config_overrides_and_provenance(sweep):
 
 
 def test_a_single_run_returns_a_tuple_objective_and_prints_a_table(sweep, hydra_app, capsys):
-    overrides = [*sweep["overrides"][:-1], "sample.iters=1", "run.objective=[fid,kid_mean]",
-                 f"hydra.run.dir={sweep['root'] / 'single'}"]
+    overrides = [
+        *sweep["overrides"][:-1],
+        "sample.iters=1",
+        "run.objective=[fid,kid_mean]",
+        f"hydra.run.dir={sweep['root'] / 'single'}",
+    ]
     ret = hydra_app(overrides)
     rec = json.loads((sweep["root"] / "single" / "record.json").read_text())
     assert rec["stages"]["train"] == "cached"
@@ -248,19 +281,24 @@ def test_a_small_variant_of_the_reuse_preset_in_process(tmp_path, hydra_app, fas
     """The fast variant of the command-line run below."""
     hydra_app([*fast_overrides, "sweep=reuse", "sample.iters=1", "sample.budget=12"], multirun=True)
     recs = records_in(tmp_path / "sweep")
-    assert sorted((r["status"], r["axes"]["reuse"], r["axes"]["steps"]) for r in recs.values()) == \
-        [("ok", False, 4), ("ok", True, 4)]
+    assert sorted((r["status"], r["axes"]["reuse"], r["axes"]["steps"]) for r in recs.values()) == [
+        ("ok", False, 4),
+        ("ok", True, 4),
+    ]
     assert (tmp_path / "sweep" / "report.html").is_file()
 
 
 @pytest.mark.slow
 def test_a_small_variant_of_the_reuse_preset_end_to_end(tmp_path, run_cli, fast_overrides):
-    proc = run_cli(["-m", "sweep=reuse", "sample.iters=1,2", "sample.budget=12", *fast_overrides], cwd=tmp_path,
-                   timeout=400)
+    proc = run_cli(
+        ["-m", "sweep=reuse", "sample.iters=1,2", "sample.budget=12", *fast_overrides], cwd=tmp_path, timeout=400
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     recs = records_in(tmp_path / "sweep")
     assert len(recs) == 4 and all(r["status"] == "ok" for r in recs.values()), [r["reason"] for r in recs.values()]
-    grid = sorted((r["axes"]["reuse"], r["config"]["sample"]["iters"], r["axes"]["budget_blocks"]) for r in recs.values())
+    grid = sorted(
+        (r["axes"]["reuse"], r["config"]["sample"]["iters"], r["axes"]["budget_blocks"]) for r in recs.values()
+    )
     assert grid == [(False, 1, 12), (False, 2, 12), (True, 1, 12), (True, 2, 12)]
     plan = json.loads((tmp_path / "sweep" / "sweep_plan.json").read_text())["jobs"]
     assert {j["job_id"] for j in plan} == set(recs)

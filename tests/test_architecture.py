@@ -1,6 +1,7 @@
 """The import graph of the project, read from the source with ``ast`` (module- and function-level
 imports alike): no cycles, and no arrow from a lower layer to a higher one (docs/architecture.md,
 "Layers"). Also: every module path docs/architecture.md names exists."""
+
 from __future__ import annotations
 
 import ast
@@ -135,8 +136,12 @@ def test_no_import_cycles():
 
 
 def test_every_arrow_points_down():
-    upward = [f"{m} (layer {layer_of(m)}) -> {d} (layer {layer_of(d)})"
-              for m, deps in import_graph().items() for d in sorted(deps) if layer_of(d) < layer_of(m)]
+    upward = [
+        f"{m} (layer {layer_of(m)}) -> {d} (layer {layer_of(d)})"
+        for m, deps in import_graph().items()
+        for d in sorted(deps)
+        if layer_of(d) < layer_of(m)
+    ]
     assert upward == [], "\n".join(upward)
 
 
@@ -149,14 +154,19 @@ def test_the_config_layer_does_not_import_the_job_runner():
 @pytest.mark.parametrize("pkg", ["fpdm", "baselines"])
 def test_model_packages_never_import_the_harness(pkg):
     graph = import_graph()
-    bad = {m: sorted(d for d in deps if d.startswith(("harness", "reports", "hydra_plugins")))
-           for m, deps in graph.items() if m.split(".")[0] == pkg}
+    bad = {
+        m: sorted(d for d in deps if d.startswith(("harness", "reports", "hydra_plugins")))
+        for m, deps in graph.items()
+        if m.split(".")[0] == pkg
+    }
     assert not any(bad.values()), bad
 
 
 # ------------------------------------------------------------------ docs/architecture.md
-_PATH_RE = re.compile(r"\b((?:harness|fpdm|baselines|reports|hydra_plugins|sweeps|tests|benchmarks|docs)"
-                      r"/[\w./-]*[\w/])")
+_PATH_RE = re.compile(
+    r"\b((?:harness|fpdm|baselines|reports|hydra_plugins|sweeps|tests|benchmarks|docs)"
+    r"/[\w./-]*[\w/])"
+)
 
 
 def _layout_paths(text: str) -> list[str]:
@@ -197,8 +207,11 @@ def test_every_dotted_module_in_architecture_doc_exists():
     mods = project_modules()
     dotted = set(re.findall(r"`((?:harness|fpdm|baselines|reports)(?:\.\w+)+)", text))
     assert dotted, "the architecture doc should name modules in dotted form too"
-    missing = sorted(d for d in dotted if _resolve(d, mods) is None or
-                     (d not in mods and _resolve(d, mods).count(".") < d.count(".") - 1))
+    missing = sorted(
+        d
+        for d in dotted
+        if _resolve(d, mods) is None or (d not in mods and _resolve(d, mods).count(".") < d.count(".") - 1)
+    )
     assert missing == [], f"docs/architecture.md names modules that do not exist: {missing}"
 
 
@@ -222,8 +235,11 @@ def test_no_comment_points_outside_the_repository():
     banned = ["paper" + "-facts", "stack" + "-notes", "style" + "-guide", "../" + "shared/"]
     hits = []
     for path in ROOT.rglob("*"):
-        if (path.suffix in (".py", ".md", ".yaml", ".toml", ".cfg") and ".git" not in path.parts
-                and "site-packages" not in path.parts):
+        if (
+            path.suffix in (".py", ".md", ".yaml", ".toml", ".cfg")
+            and ".git" not in path.parts
+            and "site-packages" not in path.parts
+        ):
             text = path.read_text(errors="ignore")
             hits += [f"{path.relative_to(ROOT)}: {b}" for b in banned if b in text]
     assert hits == []

@@ -5,6 +5,7 @@ can see (a corrupt checkpoint or image) end as a failed record naming the file.
 The matrix runs the pre-check in process (what ``python -m harness.run`` runs first); a handful of
 cases go through the real command line; a hypothesis test mixes valid and invalid overrides.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.stages.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
-from harness.config.validate import ConfigError
 from harness.app.precheck import precheck
+from harness.config.validate import ConfigError
+from harness.stages.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -41,7 +42,10 @@ def inputs(tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("")
     # diffusers pipeline folders of pretrained DiT weights: one with its (epsilon, no zero-SNR)
     # scheduler config beside the transformer, as facebook/DiT-XL-2-256 ships, one without
-    for name, sched in (("dit_eps", {"_class_name": "DDIMScheduler", "prediction_type": "epsilon"}), ("dit_bare", None)):
+    for name, sched in (
+        ("dit_eps", {"_class_name": "DDIMScheduler", "prediction_type": "epsilon"}),
+        ("dit_bare", None),
+    ):
         (tmp_path / name / "transformer").mkdir(parents=True)
         (tmp_path / name / "transformer" / "config.json").write_text(json.dumps({"in_channels": 4, "out_channels": 8}))
         if sched:
@@ -75,12 +79,18 @@ BAD = [
     (["sample.schedule=zigzag"], "sample.schedule='zigzag'"),
     # issue 15: adaptive / greedy / searched schedules, refused before any calibration or sampling
     (["sample.schedule=adaptive", "sample.budget=8", "sample.steps=5"], "sample.budget=8 cannot run sample.steps=5"),
-    (["sample.schedule=adaptive", "sample.budget=100", "sample.steps=5", "sample.adaptive.max_iters_per_step=4"],
-     "sample.adaptive.max_iters_per_step=4"),
-    (["sample.schedule=greedy", "sample.budget=100", "sample.steps=5", "sample.adaptive.max_iters_per_step=4"],
-     "raise sample.adaptive.max_iters_per_step"),
-    (["sample.schedule=density", "sample.knots=[1,2,3,4]", "sample.steps=3", "sample.budget=30"],
-     "sample.knots has 4 knots for 3 steps"),
+    (
+        ["sample.schedule=adaptive", "sample.budget=100", "sample.steps=5", "sample.adaptive.max_iters_per_step=4"],
+        "sample.adaptive.max_iters_per_step=4",
+    ),
+    (
+        ["sample.schedule=greedy", "sample.budget=100", "sample.steps=5", "sample.adaptive.max_iters_per_step=4"],
+        "raise sample.adaptive.max_iters_per_step",
+    ),
+    (
+        ["sample.schedule=density", "sample.knots=[1,2,3,4]", "sample.steps=3", "sample.budget=30"],
+        "sample.knots has 4 knots for 3 steps",
+    ),
     (["sample.schedule=adaptive", "sample.adaptive.tol_min=0"], "sample.adaptive.tol_min=0.0"),
     (["sample.sampler=euler"], "sample.sampler='euler'"),
     (["data=imagenet"], "imagenet does not exist; valid data options"),
@@ -97,17 +107,30 @@ BAD = [
     (["data=latents", "data.root=empty"], "data.root=empty is empty"),
     (["metrics.extractor=inception-v3-compat"], "metrics.weights"),  # extractor weights
     # the metric follows the data: photos default to Inception (weights needed), digits-cnn is refused on them
-    (["data=image_folder", "data.root=images"], "inception-v3-compat (the default for data=image_folder) needs "
-     "metrics.weights; offline weights: `python -m harness.metrics.inception --out PATH`"),
-    (["data=image_folder", "data.root=images", "metrics.extractor=digits-cnn"],
-     "metrics.extractor=digits-cnn was trained on scikit-learn's 8x8 grey digits and does not fit data=image_folder: "
-     "set metrics.extractor=inception-v3-compat"),
-    (["-m", "data=digits,image_folder", "data.root=images", "metrics.extractor=digits-cnn"], "does not fit data=image_folder"),
-    (["metrics.extractor=inception-v3-compat", "metrics.weights=missing.pt"], "metrics.weights=missing.pt does not exist"),
+    (
+        ["data=image_folder", "data.root=images"],
+        "inception-v3-compat (the default for data=image_folder) needs "
+        "metrics.weights; offline weights: `python -m harness.metrics.inception --out PATH`",
+    ),
+    (
+        ["data=image_folder", "data.root=images", "metrics.extractor=digits-cnn"],
+        "metrics.extractor=digits-cnn was trained on scikit-learn's 8x8 grey digits and does not fit data=image_folder: "
+        "set metrics.extractor=inception-v3-compat",
+    ),
+    (
+        ["-m", "data=digits,image_folder", "data.root=images", "metrics.extractor=digits-cnn"],
+        "does not fit data=image_folder",
+    ),
+    (
+        ["metrics.extractor=inception-v3-compat", "metrics.weights=missing.pt"],
+        "metrics.weights=missing.pt does not exist",
+    ),
     (["metrics.weights=missing.pt"], "metrics.weights=missing.pt does not exist"),
     (["metrics.extractor=inception-v3-compat", "metrics.weights=weights.pt"], "weights.pt.sha256"),
-    (["metrics.extractor=inception-v3-compat", "metrics.weights=weights.pt", "metrics.weights_sha256=00ff"],
-     "does not match the expected 00ff"),
+    (
+        ["metrics.extractor=inception-v3-compat", "metrics.weights=weights.pt", "metrics.weights_sha256=00ff"],
+        "does not match the expected 00ff",
+    ),
     (["hydra.run.dir=a_file/run"], "hydra.run.dir=a_file/run is not writable"),  # unwritable outputs
     (["-m", "hydra.sweep.dir=a_file/sweep"], "hydra.sweep.dir=a_file/sweep is not writable"),
     (["paths.cache_dir=a_file/cache"], "paths.cache_dir=a_file/cache is not writable"),
@@ -120,18 +143,26 @@ BAD = [
     (["protocol=imagenet"], "imagenet does not exist; valid protocol options"),  # protocols
     (["sample.clip_mode=adm"], "sample.clip_mode='adm'"),
     # weights trained under another diffusion process cannot carry the paper's protocol
-    (["protocol=paper", "model=dit_diffusers", "model.pretrained_path=dit_eps"],
-     "diffusion.prediction_type=v_prediction (protocol=paper) but the weights"),
+    (
+        ["protocol=paper", "model=dit_diffusers", "model.pretrained_path=dit_eps"],
+        "diffusion.prediction_type=v_prediction (protocol=paper) but the weights",
+    ),
     (["protocol=official", "model=dit_diffusers", "model.pretrained_path=dit_bare"], "cannot be confirmed"),
     # matched budgets that cannot be met: how close they get and the knob to move, before any compute
-    (["sample.match=flops", "sample.budget=12", "sample.iters=2"],
-     "8.83% below DiT's 20,414,464, more than sample.flops_tolerance=0.01"),
+    (
+        ["sample.match=flops", "sample.budget=12", "sample.iters=2"],
+        "8.83% below DiT's 20,414,464, more than sample.flops_tolerance=0.01",
+    ),
     (["sample.match=flops", "sample.budget=12", "sample.iters=2"], "sample.budget=66 is within it"),
     (["sample.flops_tolerance=-0.1"], "sample.flops_tolerance=-0.1 must be in [0, 1)"),
-    (["model=dit", "train.budget.unit=compute", "train.budget.value=100"],
-     "90 forward-equivalents per image after 5 steps and 108 after 6 (+8.0%); set train.budget.value=90 or 108"),
-    (["train.budget.unit=compute", "train.budget.value=100", "train.method=implicit"],
-     "may be overshot by up to 27 forward-equivalents"),
+    (
+        ["model=dit", "train.budget.unit=compute", "train.budget.value=100"],
+        "90 forward-equivalents per image after 5 steps and 108 after 6 (+8.0%); set train.budget.value=90 or 108",
+    ),
+    (
+        ["train.budget.unit=compute", "train.budget.value=100", "train.method=implicit"],
+        "may be overshot by up to 27 forward-equivalents",
+    ),
     (["train.budget.unit=compute", "train.budget.value=100", "train.method=implicit"], "train.implicit_tol=0"),
     (["train.budget.unit=comput"], "train.budget.unit='comput'"),
     (["train.budget.tolerance=1.5"], "train.budget.tolerance=1.5 must be in [0, 1)"),
@@ -154,8 +185,10 @@ BAD = [
     (["-m", "model=fpdm", "sample.schedule=increasing,cosine"], "compare.schedule=constant is not in the sweep"),
     (["-m", "model=dit,fpdm", "compare.model=dit_diffusers"], "compare.model=dit_diffusers is not in the sweep"),
     (["-m", "model=fpdm", "model.pre_depth=0,2", "compare.depth=[1,1]"], "compare.depth=[1, 1]"),
-    (["+hydra.callbacks.x._target_=no_such_module.Callback"],  # a user callback that does not import
-     "hydra.callbacks.x._target_=no_such_module.Callback cannot be imported"),
+    (
+        ["+hydra.callbacks.x._target_=no_such_module.Callback"],  # a user callback that does not import
+        "hydra.callbacks.x._target_=no_such_module.Callback cannot be imported",
+    ),
     (["-m", "--config-dir", "no_such_dir", "sweep=mine"], "--config-dir=no_such_dir is not a directory"),
     (["-m", "sweep=mine"], "sweep/mine does not exist; valid sweep options"),  # a user sweep without its dir
 ]
@@ -178,11 +211,19 @@ def test_a_good_command_line_passes(inputs):
     precheck(["-m", "model=dit,fpdm", "sample.budget=60", "data=image_folder", "data.root=images", *weights])
     precheck(["data=image_folder", "data.root=images", "run.stages=[train,sample]"])  # nothing scored: no extractor
     precheck(["-m", "data=digits,image_folder", "data.root=images", *weights])  # each source its own default
-    precheck(["-m", "protocol=digits,paper,official", "model=dit,fpdm", "data=image_folder", "data.root=images",
-              *weights])
+    precheck(
+        ["-m", "protocol=digits,paper,official", "model=dit,fpdm", "data=image_folder", "data.root=images", *weights]
+    )
     # the released weights under the keys they were trained with: allowed, and labelled a deviation
-    precheck(["protocol=paper", "model=dit_diffusers", "model.pretrained_path=dit_eps",
-              "diffusion.prediction_type=epsilon", "diffusion.zero_terminal_snr=false"])
+    precheck(
+        [
+            "protocol=paper",
+            "model=dit_diffusers",
+            "model.pretrained_path=dit_eps",
+            "diffusion.prediction_type=epsilon",
+            "diffusion.zero_terminal_snr=false",
+        ]
+    )
 
 
 def test_matched_budgets_within_tolerance_pass(inputs):
@@ -267,8 +308,9 @@ def test_a_single_failed_run_exits_1_with_one_line(tmp_path, hydra_app, fast_ove
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.png").write_text("not a png")
     with pytest.raises(SystemExit) as exit_:
-        hydra_app([*fast_overrides, "data=image_folder", f"data.root={tmp_path / 'junk'}",
-                   "run.stages=[train,sample]"])  # nothing scored: no Inception weights needed
+        hydra_app(
+            [*fast_overrides, "data=image_folder", f"data.root={tmp_path / 'junk'}", "run.stages=[train,sample]"]
+        )  # nothing scored: no Inception weights needed
     assert exit_.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "none is readable" in err[0]
@@ -350,8 +392,13 @@ def _train_dir(root: Path, *, ema: bytes | None = b"", complete: bool = True, co
 def _record(root: Path, status: str, checkpoint: str | None) -> Path:
     d = root / "job"
     d.mkdir()
-    rec = {"status": status, "reason": "RuntimeError: CUDA out of memory\nmore", "config": {},
-           "artifacts": {"checkpoint": checkpoint} if checkpoint else {}, "keys": {"train": "fedcba9876543210"}}
+    rec = {
+        "status": status,
+        "reason": "RuntimeError: CUDA out of memory\nmore",
+        "config": {},
+        "artifacts": {"checkpoint": checkpoint} if checkpoint else {},
+        "keys": {"train": "fedcba9876543210"},
+    }
     (d / "record.json").write_text(json.dumps(rec))
     return d
 
@@ -360,8 +407,11 @@ def _record(root: Path, status: str, checkpoint: str | None) -> Path:
 LOAD_BAD = [
     (lambda r: r / "nope", [], "nope does not exist: pass a job record"),
     (lambda r: (r / "empty").mkdir() or r / "empty", [], "holds no record.json and no trained model"),
-    (lambda r: _train_dir(r, ema=None) and (_good_checkpoint(r / "cache/train/0123456789abcdef", 5).parent),
-     [], "holds only intermediate checkpoints"),
+    (
+        lambda r: _train_dir(r, ema=None) and (_good_checkpoint(r / "cache/train/0123456789abcdef", 5).parent),
+        [],
+        "holds only intermediate checkpoints",
+    ),
     (lambda r: _train_dir(r, complete=False), [], "unfinished training run (no complete.json)"),
     (lambda r: _train_dir(r, config=False), [], "has no config.json"),
     (lambda r: _record(r, "failed", None), [], "is 'failed' (RuntimeError: CUDA out of memory)"),
@@ -398,9 +448,16 @@ def test_sampling_a_bad_trained_job_gives_one_line(make, extra, fragment, tmp_pa
 
 
 def test_the_sample_command_line_exits_2_without_a_traceback(tmp_path, run_cli, offline_env):
-    proc = subprocess.run([sys.executable, "-m", "harness.sample", str(tmp_path / "nope")], env=offline_env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.sample", str(tmp_path / "nope")],
+        env=offline_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'} does not exist: pass a job record "
-                                                "(record.json), a job directory or a train cache directory "
-                                                "(<paths.cache_dir>/train/<key>)"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nope'} does not exist: pass a job record "
+        "(record.json), a job directory or a train cache directory "
+        "(<paths.cache_dir>/train/<key>)"
+    ]

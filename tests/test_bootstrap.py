@@ -1,4 +1,5 @@
 """harness.metrics bootstrap / noise floor / second ruler on the embedded digits (CPU, seconds)."""
+
 import numpy as np
 import pytest
 import torch
@@ -37,10 +38,12 @@ def feats(extractor_cache):
 
     def run(x, extractor="digits-cnn"):
         keep = {}
-        compute_metrics(x, ref, extractor=extractor, cache_dir=extractor_cache, kid=False, prc=False, isc=False,
-                        keep=keep)
+        compute_metrics(
+            x, ref, extractor=extractor, cache_dir=extractor_cache, kid=False, prc=False, isc=False, keep=keep
+        )
         r = keep["reference"]
         return keep["features"], ref_sqrt(r.mu, r.sigma), r
+
     return test, run
 
 

@@ -1,5 +1,6 @@
 """Budget math (harness/compute/plan.py): paper examples (docs/paper-notes.md §4.1, §8.2, footnote 4), exact
 budget properties, FLOP matching, and error messages naming the config keys."""
+
 import dataclasses
 
 import pytest
@@ -64,7 +65,7 @@ def test_footnote4_equivalence(s):
 
 def test_steps_mode_schedule_over_fixed_point_share():
     plan = plan_fpdm(280, 2, steps=35, schedule="official_increasing")
-    assert plan.total_iters == 210                 # 280 - 35 * 2
+    assert plan.total_iters == 210  # 280 - 35 * 2
     assert plan.iters[:4] == (8, 8, 8, 8) and plan.iters[-4:] == (4, 4, 4, 4)
     assert plan.block_passes_per_step[0] == 10
     inc = plan_fpdm(280, 2, steps=35, schedule="increasing")
@@ -80,8 +81,7 @@ def test_list_schedule_infers_steps():
 
 # ------------------------------------------------------------------ properties
 @settings(max_examples=100, deadline=None)
-@given(n=st.integers(0, 6), k=st.integers(1, 40), extra=st.integers(0, 2000),
-       schedule=st.sampled_from(SCHEDULES))
+@given(n=st.integers(0, 6), k=st.integers(1, 40), extra=st.integers(0, 2000), schedule=st.sampled_from(SCHEDULES))
 def test_iters_mode_spends_budget_exactly(n, k, extra, schedule):
     budget = n + k + extra
     plan = plan_fpdm(budget, n, iters=k, schedule=schedule)
@@ -94,8 +94,7 @@ def test_iters_mode_spends_budget_exactly(n, k, extra, schedule):
 
 
 @settings(max_examples=100, deadline=None)
-@given(n=st.integers(0, 6), steps=st.integers(1, 100), extra=st.integers(0, 2000),
-       schedule=st.sampled_from(SCHEDULES))
+@given(n=st.integers(0, 6), steps=st.integers(1, 100), extra=st.integers(0, 2000), schedule=st.sampled_from(SCHEDULES))
 def test_steps_mode_spends_budget_exactly(n, steps, extra, schedule):
     budget = steps * (n + 1) + extra
     plan = plan_fpdm(budget, n, steps=steps, schedule=schedule)
@@ -104,8 +103,11 @@ def test_steps_mode_spends_budget_exactly(n, steps, extra, schedule):
     _consistent(plan)
     short = steps * (n + 1) - 1  # one block fewer than the minimum is refused, with the fix
     if short >= 1:
-        with pytest.raises(BudgetError, match=rf"raise sample.budget to >= {short + 1} or lower "
-                                              rf"sample.steps to <= {short // (n + 1)}$"):
+        with pytest.raises(
+            BudgetError,
+            match=rf"raise sample.budget to >= {short + 1} or lower "
+            rf"sample.steps to <= {short // (n + 1)}$",
+        ):
             plan_fpdm(short, n, steps=steps, schedule=schedule)
 
 
@@ -125,8 +127,14 @@ def test_dit_whole_steps_or_refused(depth, budget):
 
 
 @settings(max_examples=100, deadline=None)
-@given(E=st.integers(1, 10**6), I=st.integers(1, 10**6), steps=st.floats(0.5, 300),
-       k=st.integers(1, 30), schedule=st.sampled_from(SCHEDULES), as_float=st.booleans())
+@given(
+    E=st.integers(1, 10**6),
+    I=st.integers(1, 10**6),
+    steps=st.floats(0.5, 300),
+    k=st.integers(1, 30),
+    schedule=st.sampled_from(SCHEDULES),
+    as_float=st.booleans(),
+)
 def test_flop_mode_never_exceeds_budget(E, I, steps, k, schedule, as_float):
     F = int(steps * (E + k * I))  # about `steps` sampling steps' worth of FLOPs
     if as_float:
@@ -136,6 +144,7 @@ def test_flop_mode_never_exceeds_budget(E, I, steps, k, schedule, as_float):
     except BudgetError:
         assert F < E + k * I  # refused only when not even one step fits
         return
+
     def cost(s, t):  # FLOPs of s steps with t iterations in total
         return s * E + t * I
 

@@ -11,13 +11,14 @@ from the harness or diffusers: with eta = 0,
 "diffusers" keeps the model's epsilon instead of eps'. The noise schedule (linear betas, Lin et
 al.'s zero-terminal-SNR rescale) and the timestep spacings are also written out here.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
 from diffusion_oracles import one_thread  # noqa: F401
+
 from harness.diffusion import DiffusionSpec, per_image_generators, sample_loop, spaced_timesteps
 
 T = 1000
@@ -31,7 +32,7 @@ def alphas_cumprod(zero_snr: bool) -> np.ndarray:
         s = np.sqrt(ab)
         s0, sT = s[0], s[-1]
         s = (s - sT) * s0 / (s0 - sT)
-        ab = s ** 2
+        ab = s**2
     return ab
 
 
@@ -53,6 +54,7 @@ def toy_model(prediction_type: str, zero_snr: bool):
         a, s = ab.sqrt(), (1 - ab).sqrt()
         x0 = 1.3 * torch.sin(2.0 * x) + 0.2
         return (x - a * x0) / s if prediction_type == "epsilon" else (a * x - x0) / s
+
     return fn
 
 
@@ -66,7 +68,7 @@ def reference_ddim(noise, prediction_type, zero_snr, spacing, steps, mode):
         ab = float(ab_all[t])
         ab_prev = float(ab_all[ts[i + 1]]) if i + 1 < len(ts) else 1.0
         out = model(x, torch.full((x.shape[0],), t), None, i).double()
-        a, s = ab ** 0.5, (1 - ab) ** 0.5
+        a, s = ab**0.5, (1 - ab) ** 0.5
         if prediction_type == "epsilon":
             x0, eps = (x - s * out) / a, out
         else:  # v = a eps - s x0  =>  x0 = a x - s v,  eps = a v + s x
@@ -76,11 +78,15 @@ def reference_ddim(noise, prediction_type, zero_snr, spacing, steps, mode):
             x0 = x0.clamp(-1, 1)
         if mode == "official":
             eps = (x - a * x0) / s
-        x = ab_prev ** 0.5 * x0 + (1 - ab_prev) ** 0.5 * eps
+        x = ab_prev**0.5 * x0 + (1 - ab_prev) ** 0.5 * eps
     return x, bound
 
 
-CASES = [("epsilon", False, "linspace", 10), ("v_prediction", True, "trailing", 8), ("v_prediction", False, "linspace", 6)]
+CASES = [
+    ("epsilon", False, "linspace", 10),
+    ("v_prediction", True, "trailing", 8),
+    ("v_prediction", False, "linspace", 6),
+]
 
 
 @pytest.mark.parametrize("prediction_type,zero_snr,spacing,steps", CASES)
@@ -88,11 +94,23 @@ def test_ddim_clip_modes_match_adm_closed_form(prediction_type, zero_snr, spacin
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)) * 1.5
     got = {}
     for mode in ("official", "diffusers", "none"):
-        spec = DiffusionSpec(prediction_type=prediction_type, zero_terminal_snr=zero_snr, timestep_spacing=spacing,
-                             learn_sigma=False, clip_mode=mode)
+        spec = DiffusionSpec(
+            prediction_type=prediction_type,
+            zero_terminal_snr=zero_snr,
+            timestep_spacing=spacing,
+            learn_sigma=False,
+            clip_mode=mode,
+        )
         assert spaced_timesteps(spec, steps).tolist() == timesteps(spacing, steps)
-        got[mode] = sample_loop(toy_model(prediction_type, zero_snr), SHAPE, None, spec, sampler="ddim", num_steps=steps,
-                                generator_per_image=noise.clone())
+        got[mode] = sample_loop(
+            toy_model(prediction_type, zero_snr),
+            SHAPE,
+            None,
+            spec,
+            sampler="ddim",
+            num_steps=steps,
+            generator_per_image=noise.clone(),
+        )
         ref, bound = reference_ddim(noise, prediction_type, zero_snr, spacing, steps, mode)
         if mode != "none":
             assert bound > 0, "the toy model must make the clip bind"
@@ -108,8 +126,15 @@ def test_ddpm_official_equals_diffusers_and_clipping_matters():
     out = {}
     for mode in ("official", "diffusers", "none"):
         spec = DiffusionSpec(prediction_type="epsilon", learn_sigma=False, clip_mode=mode)
-        out[mode] = sample_loop(toy_model("epsilon", False), SHAPE, None, spec, sampler="ddpm", num_steps=6,
-                                generator_per_image=per_image_generators(0, 0, SHAPE[0]))
+        out[mode] = sample_loop(
+            toy_model("epsilon", False),
+            SHAPE,
+            None,
+            spec,
+            sampler="ddpm",
+            num_steps=6,
+            generator_per_image=per_image_generators(0, 0, SHAPE[0]),
+        )
     assert torch.equal(out["official"], out["diffusers"])
     assert (out["official"] - out["none"]).abs().max() > 1e-2
 

@@ -1,4 +1,5 @@
 """Tests for harness.data: digits, image_folder (with a corrupt file), latents + the encode command."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.data import (DataConfigError, DataError, DataPathError, EmptyDataError, build_dataset,
-                          get_dataset_builder, list_datasets)
+from harness.data import (
+    DataConfigError,
+    DataError,
+    DataPathError,
+    EmptyDataError,
+    build_dataset,
+    get_dataset_builder,
+    list_datasets,
+)
 from harness.data.image_folder import center_crop_arr
 from harness.data.latents import META_FILE, VaeDecoder
 
@@ -122,8 +130,14 @@ def test_image_folder_loads_reports_bad_file_and_labels(folder, caplog):
     assert (src.channels, src.image_size, src.num_classes, len(src.train)) == (3, 16, 2, 6)
     keys = src.train.keys
     labels = {k: int(src.train[i][1]) for i, k in enumerate(keys)}
-    assert labels == {"cat/a_split.png": 0, "cat/b.jpg": 0, "cat/c_grey.png": 0,
-                      "dog/d.png": 1, "dog/e.jpeg": 1, "dog/f.bmp": 1}
+    assert labels == {
+        "cat/a_split.png": 0,
+        "cat/b.jpg": 0,
+        "cat/c_grey.png": 0,
+        "dog/d.png": 1,
+        "dog/e.jpeg": 1,
+        "dog/f.bmp": 1,
+    }
     x, _ = _stack(src.train)
     assert x.shape == (6, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
     # centre crop of the red|blue image: left 8 columns red, right 8 blue (away from the seam)
@@ -133,8 +147,11 @@ def test_image_folder_loads_reports_bad_file_and_labels(folder, caplog):
     g = src.to_uint8_images(x)[keys.index("cat/c_grey.png")]
     assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])  # greyscale converted to RGB
     ref = src.reference_images("all")
-    assert len(ref) == 6 and ref[0].dtype == torch.uint8 and torch.equal(torch.stack([ref[i] for i in range(6)]),
-                                                                          src.to_uint8_images(x))
+    assert (
+        len(ref) == 6
+        and ref[0].dtype == torch.uint8
+        and torch.equal(torch.stack([ref[i] for i in range(6)]), src.to_uint8_images(x))
+    )
 
 
 def test_center_crop_matches_dit_reference():
@@ -159,16 +176,17 @@ def test_image_folder_split_disjoint_and_fingerprint(folder):
 
 
 def test_image_folder_hflip_is_random_mirror(folder):
-    src = build_dataset({"name": "image_folder", "root": str(folder), "image_size": 16, "split": "all",
-                         "hflip": True})
+    src = build_dataset({"name": "image_folder", "root": str(folder), "image_size": 16, "split": "all", "hflip": True})
     i = src.train.keys.index("cat/a_split.png")
     plain = build_dataset({"name": "image_folder", "root": str(folder), "image_size": 16, "split": "all"}).train[i][0]
     torch.manual_seed(0)
     seen = {bool(torch.equal(src.train[i][0], plain)) for _ in range(20)}
     assert seen == {True, False}
     assert any(torch.equal(src.train[i][0], plain.flip(-1)) for _ in range(20))
-    assert src.fingerprint() != build_dataset({"name": "image_folder", "root": str(folder), "image_size": 16,
-                                               "split": "all"}).fingerprint()
+    assert (
+        src.fingerprint()
+        != build_dataset({"name": "image_folder", "root": str(folder), "image_size": 16, "split": "all"}).fingerprint()
+    )
 
 
 def test_config_objects_accepted():
@@ -185,8 +203,11 @@ def test_config_objects_accepted():
         split: str = "test"
         other: int = 3
 
-    for cfg in (Cfg(), OmegaConf.structured(Cfg), OmegaConf.create({"name": "digits", "upscale": 16,
-                                                                     "image_size": 16, "split": "test"})):
+    for cfg in (
+        Cfg(),
+        OmegaConf.structured(Cfg),
+        OmegaConf.create({"name": "digits", "upscale": 16, "image_size": 16, "split": "test"}),
+    ):
         src = build_dataset(cfg)
         assert (src.image_size, src.split, len(src.train)) == (16, "test", 360)
 
@@ -225,9 +246,15 @@ def tiny_vae(tmp_path_factory) -> Path:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
-                        norm_num_groups=8, sample_size=16)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
     path = tmp_path_factory.mktemp("vae")
     vae.save_pretrained(path)
     return path
@@ -238,8 +265,26 @@ def encoded(folder, tiny_vae, tmp_path_factory) -> Path:
     from harness.data.encode import main
 
     out = tmp_path_factory.mktemp("lat")
-    assert main(["--images", str(folder), "--vae", str(tiny_vae), "--out", str(out), "--image-size", "16",
-                 "--batch-size", "4", "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--images",
+                str(folder),
+                "--vae",
+                str(tiny_vae),
+                "--out",
+                str(out),
+                "--image-size",
+                "16",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -265,8 +310,9 @@ def test_encode_writes_latents_and_meta(encoded, folder, tiny_vae):
 def test_latents_source_shapes_labels_and_decode(encoded, tiny_vae):
     from diffusers import AutoencoderKL
 
-    src = build_dataset({"name": "latents", "root": str(encoded), "image_size": 16, "split": "all",
-                         "vae_path": str(tiny_vae)})
+    src = build_dataset(
+        {"name": "latents", "root": str(encoded), "image_size": 16, "split": "all", "vae_path": str(tiny_vae)}
+    )
     assert (src.is_latent, src.channels, src.image_size, src.num_classes, len(src.train)) == (True, 4, 8, 2, 6)
     z, y = _stack(src.train)
     assert y.tolist() == [0, 0, 0, 1, 1, 1] and z.dtype == torch.float32
@@ -311,10 +357,28 @@ def test_latents_errors_and_reconstruction_reference(encoded, tiny_vae, tmp_path
 def test_encode_flip_and_sample_posterior(folder, tiny_vae, tmp_path):
     from harness.data.encode import encode_folder, main
 
-    a = encode_folder(str(folder), str(tiny_vae), str(tmp_path / "s1"), image_size=16, posterior="sample",
-                      seed=3, flip=True, device="cpu", progress=False)
-    encode_folder(str(folder), str(tiny_vae), str(tmp_path / "s2"), image_size=16, posterior="sample",
-                  seed=3, flip=True, device="cpu", progress=False)
+    a = encode_folder(
+        str(folder),
+        str(tiny_vae),
+        str(tmp_path / "s1"),
+        image_size=16,
+        posterior="sample",
+        seed=3,
+        flip=True,
+        device="cpu",
+        progress=False,
+    )
+    encode_folder(
+        str(folder),
+        str(tiny_vae),
+        str(tmp_path / "s2"),
+        image_size=16,
+        posterior="sample",
+        seed=3,
+        flip=True,
+        device="cpu",
+        progress=False,
+    )
     assert a["count"] == 12 and a["flip"] is True
     with np.load(tmp_path / "s1" / "latents.npz") as f1, np.load(tmp_path / "s2" / "latents.npz") as f2:
         assert np.array_equal(f1["latents"], f2["latents"])  # seeded draw is reproducible

@@ -5,6 +5,7 @@ same weights as 1 process at global batch 16 (harness/stages/train.py, harness/r
 signal that reaches only one rank must make both checkpoint at the same step and leave together.
 Each rank is this file run as a script (``python tests/test_ddp.py RANK WORLD PORT DIR [BUDGET]``).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,15 @@ import pytest
 from rank_helpers import launch_ranks, rank_config, write_rank_summary
 
 HERE = Path(__file__).resolve()
-OVERRIDES = ["model=fpdm", "train.batch_size=16", "train.log_every=1", "train.ckpt_every=1000",
-             "train.lr=1e-3", "run.threads=1", "run.device=cpu"]
+OVERRIDES = [
+    "model=fpdm",
+    "train.batch_size=16",
+    "train.log_every=1",
+    "train.ckpt_every=1000",
+    "train.lr=1e-3",
+    "run.threads=1",
+    "run.device=cpu",
+]
 
 
 def _worker(rank: int, world: int, port: int, out: Path, steps: int) -> None:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from diffusion_oracles import SHAPE, ZSNR, one_thread  # noqa: F401  (one_thread: autouse fixture)
+
 from harness.diffusion import (
     DiffusionSpec,
     diffusion_tables,

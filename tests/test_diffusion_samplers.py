@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDIMScheduler
-
 from diffusion_oracles import SHAPE, ZSNR, gaussian_oracle, mu_img, ode_endpoint, one_thread  # noqa: F401
+
 from harness.diffusion import (
     DiffusionSpec,
     make_sample_scheduler,
@@ -17,7 +17,6 @@ from harness.diffusion import (
     training_loss,
 )
 from harness.diffusion.samplers import _guide
-
 
 # ---------------------------------------------------------------- samplers
 CASES = [
@@ -35,8 +34,15 @@ CASES = [
 def test_point_oracle_recovers_the_data_point(sampler, kw):
     spec = DiffusionSpec(**kw)
     mu = mu_img()
-    x = sample_loop(gaussian_oracle(spec, mu, 0.0), (3, *SHAPE), None, spec, sampler=sampler, num_steps=10,
-                    generator_per_image=per_image_generators(0, 0, 3))
+    x = sample_loop(
+        gaussian_oracle(spec, mu, 0.0),
+        (3, *SHAPE),
+        None,
+        spec,
+        sampler=sampler,
+        num_steps=10,
+        generator_per_image=per_image_generators(0, 0, 3),
+    )
     assert torch.isfinite(x).all()
     torch.testing.assert_close(x, mu.expand(3, *SHAPE), atol=2e-3, rtol=0)
 
@@ -47,8 +53,15 @@ def test_deterministic_samplers_follow_the_probability_flow_ode(sampler, steps, 
     spec = DiffusionSpec(**kw, learn_sigma=False)
     mu, s = mu_img(), 0.5
     noise = torch.randn((4, *SHAPE), generator=torch.Generator().manual_seed(5))
-    x = sample_loop(gaussian_oracle(spec, mu, s), noise.shape, None, spec, sampler=sampler, num_steps=steps,
-                    generator_per_image=noise)
+    x = sample_loop(
+        gaussian_oracle(spec, mu, s),
+        noise.shape,
+        None,
+        spec,
+        sampler=sampler,
+        num_steps=steps,
+        generator_per_image=noise,
+    )
     ref = ode_endpoint(spec, sampler, steps, noise, mu, s)
     assert (x.double() - ref).abs().mean() < tol
     # and the map is not trivial: it depends on the noise
@@ -82,8 +95,15 @@ def test_ddpm_learned_range_matches_the_exact_chain_variance():
     mu, s, n, steps = mu_img(), 0.5, 96, 50
     stds = {}
     for var_value in (-1.0, 1.0):  # the two ends of the learned range: posterior variance, beta_t
-        x = sample_loop(gaussian_oracle(spec, mu, s, var_value), (n, *SHAPE), None, spec,
-                        sampler="ddpm", num_steps=steps, generator_per_image=per_image_generators(7, 0, n))
+        x = sample_loop(
+            gaussian_oracle(spec, mu, s, var_value),
+            (n, *SHAPE),
+            None,
+            spec,
+            sampler="ddpm",
+            num_steps=steps,
+            generator_per_image=per_image_generators(7, 0, n),
+        )
         assert abs(float((x - mu).mean())) < 0.03
         stds[var_value] = float((x - mu).std())
         assert abs(stds[var_value] - expected_ddpm_std(spec, steps, s, var_value)) < 0.02
@@ -96,8 +116,16 @@ def test_samples_do_not_depend_on_batch_size(sampler, eta):
     model = gaussian_oracle(spec, mu_img(), 0.5, var_value=0.3)
 
     def run(start, count):
-        return sample_loop(model, (count, *SHAPE), None, spec, sampler=sampler, num_steps=8, eta=eta,
-                           generator_per_image=per_image_generators(1000, start, count))
+        return sample_loop(
+            model,
+            (count, *SHAPE),
+            None,
+            spec,
+            sampler=sampler,
+            num_steps=8,
+            eta=eta,
+            generator_per_image=per_image_generators(1000, start, count),
+        )
 
     full = run(0, 7)
     torch.testing.assert_close(run(0, 4), full[:4], rtol=0, atol=1e-6)
@@ -131,8 +159,16 @@ def test_respacing_model_calls_and_original_timesteps(sampler, spacing, steps):
         assert (t == t[0]).all() and t.dtype == torch.long
         return base(x, t, y)
 
-    sample_loop(model, (2, *SHAPE), None, spec, sampler=sampler, num_steps=steps,
-                generator_per_image=per_image_generators(0, 0, 2), on_step=lambda i, t, x: seen.append((i, t)))
+    sample_loop(
+        model,
+        (2, *SHAPE),
+        None,
+        spec,
+        sampler=sampler,
+        num_steps=steps,
+        generator_per_image=per_image_generators(0, 0, 2),
+        on_step=lambda i, t, x: seen.append((i, t)),
+    )
     planned = make_sample_scheduler(spec, sampler, steps).model_timesteps.tolist()
     assert [c[0] for c in calls] == list(range(steps))
     assert [c[1] for c in calls] == planned and seen == calls
@@ -177,24 +213,47 @@ def test_cfg_sampling_equals_a_model_that_returns_the_guided_output(sampler):
         return torch.cat([u[:, :1] + scale * (c[:, :1] - u[:, :1]), c[:, 1:]], 1)
 
     kw = dict(sampler=sampler, num_steps=6, eta=0.5)
-    x_cfg = sample_loop(model, (B, *SHAPE), y, spec, cfg_scale=scale, null_label=null,
-                        generator_per_image=per_image_generators(0, 0, B), **kw)
+    x_cfg = sample_loop(
+        model,
+        (B, *SHAPE),
+        y,
+        spec,
+        cfg_scale=scale,
+        null_label=null,
+        generator_per_image=per_image_generators(0, 0, B),
+        **kw,
+    )
     x_ref = sample_loop(guided_model, (B, *SHAPE), y, spec, generator_per_image=per_image_generators(0, 0, B), **kw)
     torch.testing.assert_close(x_cfg, x_ref, rtol=0, atol=1e-5)
     assert seen_y[0].tolist() == [1, 4, 7, null, null, null]
-    x_plain = sample_loop(branch_model := (lambda x, t, y_, i: branch(x, t, y_)), (B, *SHAPE), y, spec,
-                          cfg_scale=1.0, generator_per_image=per_image_generators(0, 0, B), **kw)
+    x_plain = sample_loop(
+        branch_model := (lambda x, t, y_, i: branch(x, t, y_)),
+        (B, *SHAPE),
+        y,
+        spec,
+        cfg_scale=1.0,
+        generator_per_image=per_image_generators(0, 0, B),
+        **kw,
+    )
     assert not torch.allclose(x_plain, x_cfg)  # guidance changes samples
     with pytest.raises(ValueError, match="null_label"):
-        sample_loop(branch_model, (B, *SHAPE), y, spec, cfg_scale=2.0,
-                    generator_per_image=per_image_generators(0, 0, B), **kw)
+        sample_loop(
+            branch_model, (B, *SHAPE), y, spec, cfg_scale=2.0, generator_per_image=per_image_generators(0, 0, B), **kw
+        )
 
 
 def test_stochastic_sampler_with_noise_tensor_is_refused():
     spec = DiffusionSpec()
     with pytest.raises(ValueError, match="generators"):
-        sample_loop(gaussian_oracle(spec, mu_img(), 0.0), (2, *SHAPE), None, spec, sampler="ddpm", num_steps=3,
-                    generator_per_image=torch.randn(2, *SHAPE))
+        sample_loop(
+            gaussian_oracle(spec, mu_img(), 0.0),
+            (2, *SHAPE),
+            None,
+            spec,
+            sampler="ddpm",
+            num_steps=3,
+            generator_per_image=torch.randn(2, *SHAPE),
+        )
     with pytest.raises(ValueError, match="num_steps"):
         make_sample_scheduler(spec, "ddim", 0)
 
@@ -220,8 +279,15 @@ def test_cuda_matches_cpu_with_cpu_generators(sampler):
 def test_sampling_refuses_a_model_without_variance_channels_when_sigma_is_learned():
     spec = DiffusionSpec(learn_sigma=True)
     with pytest.raises(ValueError, match="learn_sigma"):
-        sample_loop(lambda x, t, y, i: x, (2, *SHAPE), None, spec, sampler="ddim", num_steps=2,
-                    generator_per_image=per_image_generators(0, 0, 2))
+        sample_loop(
+            lambda x, t, y, i: x,
+            (2, *SHAPE),
+            None,
+            spec,
+            sampler="ddim",
+            num_steps=2,
+            generator_per_image=per_image_generators(0, 0, 2),
+        )
 
 
 @pytest.mark.parametrize("spacing,steps", [("linspace", 10), ("trailing", 35), ("leading", 7)])
@@ -232,8 +298,15 @@ def test_ddim_matches_the_exact_linear_recursion_for_gaussian_data(spacing, step
     spec = DiffusionSpec(prediction_type="epsilon", learn_sigma=False, timestep_spacing=spacing)
     mu, s = mu_img(), 0.5
     noise = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(4))
-    x = sample_loop(gaussian_oracle(spec, mu, s), noise.shape, None, spec, sampler="ddim", num_steps=steps,
-                    generator_per_image=noise)
+    x = sample_loop(
+        gaussian_oracle(spec, mu, s),
+        noise.shape,
+        None,
+        spec,
+        sampler="ddim",
+        num_steps=steps,
+        generator_per_image=noise,
+    )
     ab_all = make_train_scheduler(spec).alphas_cumprod.double()
     ts = spaced_timesteps(spec, steps).tolist()
     abs_ = [ab_all[t] for t in ts] + [torch.tensor(1.0, dtype=torch.float64)]

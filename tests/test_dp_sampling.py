@@ -6,6 +6,7 @@ record must count every image once. 3 shards over 2 ranks also checks an uneven 
 this file run as a script (``python tests/test_dp_sampling.py RANK WORLD PORT DIR``), as in
 tests/test_ddp.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,14 @@ import pytest
 from rank_helpers import launch_ranks, rank_config, write_rank_summary
 
 HERE = Path(__file__).resolve()
-OVERRIDES = ["model=fpdm", "sample.num_images=12", "sample.batch_size=4", "sample.steps=3",
-             "run.threads=1", "run.device=cpu"]
+OVERRIDES = [
+    "model=fpdm",
+    "sample.num_images=12",
+    "sample.batch_size=4",
+    "sample.steps=3",
+    "run.threads=1",
+    "run.device=cpu",
+]
 
 
 def _worker(rank: int, world: int, port: int, out: Path) -> None:
@@ -38,8 +45,17 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
             for p in model.parameters():
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
         info = setup_distributed(torch.device("cpu"))
-        summary = sample_model(model, data, diffusion_spec(cfg), cfg, sampling_plan(cfg), out,
-                               torch.device("cpu"), progress=False, info=info)
+        summary = sample_model(
+            model,
+            data,
+            diffusion_spec(cfg),
+            cfg,
+            sampling_plan(cfg),
+            out,
+            torch.device("cpu"),
+            progress=False,
+            info=info,
+        )
     write_rank_summary(out, rank, summary)
 
 

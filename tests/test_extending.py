@@ -1,6 +1,7 @@
 """Extending fpdm-bench from outside the repository (docs/extending.md): a user's own sweeps,
 launchers and callbacks through ``--config-dir``, ``--config-path`` and ``hydra.searchpath``; the
 ``_target_`` rule (anything the user writes; only the project's own from records and caches)."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ import pytest
 import yaml
 from hydra import compose
 
+from harness.app.precheck import _init_search_path, precheck
 from harness.config.targets import check_loaded_targets, trusted_config
 from harness.config.validate import ConfigError
-from harness.app.precheck import _init_search_path, precheck
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -46,12 +47,24 @@ def _planned(stdout: str) -> list[str]:
 
 def test_user_sweep_launcher_and_callbacks_from_config_dir(tmp_path, user_dir, run_cli):
     sweep_dir, extra_report = tmp_path / "sweep", tmp_path / "shared_report"
-    proc = run_cli(["-m", "--config-dir", user_dir, "sweep=mine", "hydra/launcher=mine", "run.plan=true",
-                    f"hydra.sweep.dir={sweep_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
-                    "+hydra.callbacks.job_return._target_=hydra.experimental.callbacks.LogJobReturnCallback",
-                    "+hydra.callbacks.compare._target_=reports.callback.ReportCallback",
-                    f"+hydra.callbacks.compare.out={extra_report}", "+hydra.callbacks.compare.figures=false"],
-                   cwd=tmp_path, timeout=300)
+    proc = run_cli(
+        [
+            "-m",
+            "--config-dir",
+            user_dir,
+            "sweep=mine",
+            "hydra/launcher=mine",
+            "run.plan=true",
+            f"hydra.sweep.dir={sweep_dir}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "+hydra.callbacks.job_return._target_=hydra.experimental.callbacks.LogJobReturnCallback",
+            "+hydra.callbacks.compare._target_=reports.callback.ReportCallback",
+            f"+hydra.callbacks.compare.out={extra_report}",
+            "+hydra.callbacks.compare.figures=false",
+        ],
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     plans = _planned(proc.stdout)
     assert len(plans) == 2  # the user's grid: sample.budget 60 and 120, nothing computed
@@ -71,10 +84,23 @@ def test_user_primary_config_via_config_path_and_searchpath(tmp_path, user_dir, 
     (primary / "myconfig.yaml").write_text(
         "defaults:\n  - config\n  - _self_\n"
         f"hydra:\n  searchpath:\n    - pkg://harness.config\n    - file://{user_dir}\n"
-        "sample:\n  iters: 2\n")
-    proc = run_cli(["-m", "--config-path", primary, "--config-name", "myconfig", "sweep=mine",
-                    "run.plan=true", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.cache_dir={tmp_path / 'cache'}"],
-                   cwd=tmp_path, timeout=300)
+        "sample:\n  iters: 2\n"
+    )
+    proc = run_cli(
+        [
+            "-m",
+            "--config-path",
+            primary,
+            "--config-name",
+            "myconfig",
+            "sweep=mine",
+            "run.plan=true",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ],
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     plans = _planned(proc.stdout)
     assert len(plans) == 2 and all("iters_per_step=2.0" in p for p in plans), plans
@@ -112,8 +138,9 @@ def test_a_record_is_loaded_with_project_targets_and_refused_with_a_foreign_one(
     ok = _record(tmp_path, {"model": {"name": "fpdm"}, "solver": {"_target_": "harness.x.Y"}})
     assert trusted_config(ok).model.name == "fpdm"
     evil = tmp_path / "evil.json"
-    evil.write_text(json.dumps({"config": {"model": {"name": "fpdm"},
-                                           "cb": [{"_target_": "os.system", "command": "touch pwned"}]}}))
+    evil.write_text(
+        json.dumps({"config": {"model": {"name": "fpdm"}, "cb": [{"_target_": "os.system", "command": "touch pwned"}]}})
+    )
     with pytest.raises(ConfigError, match=r"evil.json: cb\[0\]._target_=os.system is not loaded"):
         trusted_config(evil)
     with pytest.raises(ConfigError, match="not a readable job record"):
@@ -142,4 +169,6 @@ def test_report_callback_options_out_also_and_title(tmp_path):
 
     jobs = pd.read_csv(out / "tables" / "jobs.csv")
     assert sorted(zip(jobs["sweep"], jobs["budget_blocks"])) == [("now", 12), ("old", 24)]  # both sweeps' jobs
-    assert ReportCallback(enabled=False).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(now)}}})) is None
+    assert (
+        ReportCallback(enabled=False).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(now)}}})) is None
+    )

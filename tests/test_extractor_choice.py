@@ -1,6 +1,7 @@
 """The metric follows the data (harness/metrics/choice.py): metrics.extractor=null takes the data
 source's feature network, an explicit one must fit the data, and null and its default share one
 evaluation cache key (so the default is not a second, differently keyed protocol)."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,8 +26,10 @@ def cfg_of():
 
 # Expected defaults from the issue's statement: digits are scored by the digits classifier, photographs
 # and decoded latents by FID's Inception network.
-@pytest.mark.parametrize("data,expected", [("digits", "digits-cnn"), ("image_folder", "inception-v3-compat"),
-                                           ("latents", "inception-v3-compat")])
+@pytest.mark.parametrize(
+    "data,expected",
+    [("digits", "digits-cnn"), ("image_folder", "inception-v3-compat"), ("latents", "inception-v3-compat")],
+)
 def test_null_extractor_is_the_data_sources_default(data, expected, cfg_of):
     cfg = cfg_of([f"data={data}"])
     assert cfg.metrics.extractor is None
@@ -37,11 +40,17 @@ def test_an_explicit_extractor_wins(cfg_of):
     assert extractor_name(cfg_of(["metrics.extractor=inception-v3-compat"])) == "inception-v3-compat"
 
 
-@pytest.mark.parametrize("extractor,data,fits", [
-    ("digits-cnn", "digits", True), ("inception-v3-compat", "digits", True),  # Inception takes any image
-    ("inception-v3-compat", "image_folder", True), ("inception-v3-compat", "latents", True),
-    ("digits-cnn", "image_folder", False), ("digits-cnn", "latents", False),
-])
+@pytest.mark.parametrize(
+    "extractor,data,fits",
+    [
+        ("digits-cnn", "digits", True),
+        ("inception-v3-compat", "digits", True),  # Inception takes any image
+        ("inception-v3-compat", "image_folder", True),
+        ("inception-v3-compat", "latents", True),
+        ("digits-cnn", "image_folder", False),
+        ("digits-cnn", "latents", False),
+    ],
+)
 def test_an_extractor_must_fit_the_data(extractor, data, fits):
     why = extractor_misfit(extractor, data)
     assert (why is None) == fits, why

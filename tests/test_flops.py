@@ -5,17 +5,17 @@ elementwise ops not counted. With N tokens of width D, MLP ratio 4, one adaLN-Ze
 24 N D^2 (qkv 6, proj 2, MLP 16) + 4 N^2 D (Q K^T and A V) + 12 D^2 (adaLN, once per image), and
 one FPDM iteration adds the injection MLP, fc1 2D->2D and fc2 2D->D: 12 N D^2.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from config_helpers import digits_data, structured_config
 
 from baselines.dit import build_dit
 from fpdm.model import build_fpdm
-from harness.compute.plan import plan_dit, plan_fpdm
 from harness.compute.flops import dit_flops_per_forward, flop_breakdown
+from harness.compute.plan import plan_dit, plan_fpdm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -130,8 +130,8 @@ def test_sample_stage_records_the_plans_passes_and_flops(kind, data, tmp_path):
 
 
 def test_flop_matched_plan_uses_the_same_count_on_both_sides():
-    from harness.stages.models import build_model
     from harness.compute.plan import flop_match_inputs, sampling_plan
+    from harness.stages.models import build_model
 
     cfg = _cfg(**{"sample.match": "flops", "sample.budget": 120, "sample.iters": 2})
     model = build_model(cfg.model, cfg.train, image_size=8, channels=1, num_classes=10)

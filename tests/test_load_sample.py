@@ -2,6 +2,7 @@
 the job's checkpoint with its config, and ``python -m harness.sample`` samples a trained job.
 
 A tiny FPDM is trained once for the module through the Hydra app (train stage only, seconds)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.stages.checkpoint import latest_checkpoint, load_checkpoint
 from harness.models import load
+from harness.stages.checkpoint import latest_checkpoint, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,10 +48,18 @@ def test_load_returns_the_checkpoints_ema_weights_and_the_config(trained, which)
 
 def test_sample_cli_writes_the_requested_images_and_a_grid(trained, offline_env, tmp_path):
     out = tmp_path / "out"
-    args = [str(trained["run"]), "sample.num_images=64", "sample.budget=20", "sample.steps=5", "run.progress=false",
-            "run.threads=1", f"out={out}"]
-    proc = subprocess.run([sys.executable, "-m", "harness.sample", *args], env=offline_env, capture_output=True,
-                          text=True, timeout=240)
+    args = [
+        str(trained["run"]),
+        "sample.num_images=64",
+        "sample.budget=20",
+        "sample.steps=5",
+        "run.progress=false",
+        "run.threads=1",
+        f"out={out}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.sample", *args], env=offline_env, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr
     assert str(out / "samples.npz") in proc.stdout and str(out / "grid.png") in proc.stdout
     with np.load(out / "samples.npz") as blob:
@@ -76,8 +85,14 @@ def test_sample_cli_writes_the_requested_images_and_a_grid(trained, offline_env,
 def test_sample_cli_refuses_an_output_dir_of_other_settings(trained, tmp_path, capsys):
     from harness.app.sample import main
 
-    base = [str(trained["train_dir"]), "sample.num_images=4", "sample.batch_size=4", "sample.steps=2",
-            "run.progress=false", f"out={tmp_path}"]
+    base = [
+        str(trained["train_dir"]),
+        "sample.num_images=4",
+        "sample.batch_size=4",
+        "sample.steps=2",
+        "run.progress=false",
+        f"out={tmp_path}",
+    ]
     assert main(base) == 0
     assert main([*base, "sample.seed=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

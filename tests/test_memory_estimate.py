@@ -20,6 +20,7 @@ adaLN (c 128, silu(c) 128, its output 768) and the x_inj half of fc1. Per iterat
 input 2048, GELU input 4096, fc2 input 4096 (10,240) plus the block less its adaLN
 (44,544 - 1,024 = 43,520): 53,760 elements, 215,040 bytes in fp32.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -66,12 +67,19 @@ def test_checkpoint_recompute_peak_is_one_block_counted_by_hand(precision, block
 def test_parameter_sized_parts(precision, ddp):
     mem = estimate_training_memory(_model("dit"), 8, MemoryAssumptions(batch_size=2, precision=precision, ddp=ddp))
     p = TINY_DIT_PARAMS
-    assert (mem["mem_params_bytes"], mem["mem_grads_bytes"], mem["mem_optimizer_bytes"], mem["mem_ema_bytes"]) == \
-        (4 * p, 4 * p, 8 * p, 4 * p)
+    assert (mem["mem_params_bytes"], mem["mem_grads_bytes"], mem["mem_optimizer_bytes"], mem["mem_ema_bytes"]) == (
+        4 * p,
+        4 * p,
+        8 * p,
+        4 * p,
+    )
     assert mem["mem_ddp_buckets_bytes"] == (4 * p if ddp else 0)
     assert mem["mem_autocast_weights_bytes"] == (2 * (p - LABEL_TABLE) if precision == "bf16" else 0)
-    parts = [k for k in mem if k.startswith("mem_") and k not in ("mem_total_bytes", "mem_total_max_bytes",
-                                                                  "mem_saved_max_bytes")]
+    parts = [
+        k
+        for k in mem
+        if k.startswith("mem_") and k not in ("mem_total_bytes", "mem_total_max_bytes", "mem_saved_max_bytes")
+    ]
     assert mem["mem_total_bytes"] == sum(mem[k] for k in parts)
 
 
@@ -88,8 +96,16 @@ def test_sjfb_memory_at_expected_and_maximum_m():
     assert estimate_training_memory(jfb, 8, a)["mem_saved_bytes"] == mem["mem_saved_bytes"] - 215_040
 
 
-@pytest.mark.parametrize("method,expected", [("sjfb", (6.5, 12)), ("jfb", (1.0, 1)), ("multistep_jfb", (12.0, 12)),
-                                             ("full", (11.5, 22)), ("implicit", (1.0, 1))])
+@pytest.mark.parametrize(
+    "method,expected",
+    [
+        ("sjfb", (6.5, 12)),
+        ("jfb", (1.0, 1)),
+        ("multistep_jfb", (12.0, 12)),
+        ("full", (11.5, 22)),
+        ("implicit", (1.0, 1)),
+    ],
+)
 def test_with_grad_iterations_per_method(method, expected):
     """The paper's official draws: no-grad U{0..10}, with-grad U{1..12}; full backpropagates
     through both (E = 5 + 6.5)."""

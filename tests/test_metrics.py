@@ -1,5 +1,6 @@
 """harness.metrics: float64 FID from statistics, protocol labels, the digits-cnn extractor, the
 reference-statistics cache and seed ranges (all on the embedded digits data, CPU, small)."""
+
 import json
 
 import numpy as np
@@ -9,8 +10,17 @@ import torch.nn.functional as F
 from scipy import linalg
 
 from harness.data.digits import digits_uint8
-from harness.metrics import (ReferenceSpec, compute_metrics, ensure_digits_cnn, features_to_stats, fid_from_stats,
-                             fid_label, fid_over_seed_ranges, get_extractor, list_extractors)
+from harness.metrics import (
+    ReferenceSpec,
+    compute_metrics,
+    ensure_digits_cnn,
+    features_to_stats,
+    fid_from_stats,
+    fid_label,
+    fid_over_seed_ranges,
+    get_extractor,
+    list_extractors,
+)
 from harness.metrics import extractors as ex
 from harness.metrics.fidelity import UInt8Images, extract_features
 
@@ -40,6 +50,7 @@ def test_fid_from_stats_matches_scipy_float64_reference(seed):
     assert ours == pytest.approx(scipy_fid(a, b), rel=1e-10, abs=1e-10)
     # torch-fidelity's own (eigenvalue) formula agrees as a third opinion
     from torch_fidelity.metric_fid import fid_statistics_to_metric
+
     tf = fid_statistics_to_metric({"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, False)
     assert ours == pytest.approx(tf["frechet_inception_distance"], rel=1e-6)
 
@@ -60,8 +71,17 @@ def test_fid_from_stats_identity_and_singular_covariance():
 # ---------------------------------------------------------------------------------------------- labels
 
 
-@pytest.mark.parametrize("n,expected", [(1000, "FID-1k"), (800, "FID-800"), (10000, "FID-10k"),
-                                        (50000, "FID-50K"), (49999, "FID-49999"), (1500, "FID-1500")])
+@pytest.mark.parametrize(
+    "n,expected",
+    [
+        (1000, "FID-1k"),
+        (800, "FID-800"),
+        (10000, "FID-10k"),
+        (50000, "FID-50K"),
+        (49999, "FID-49999"),
+        (1500, "FID-1500"),
+    ],
+)
 def test_fid_label_names_the_sample_count(n, expected):
     label = fid_label(n, "digits-cnn", "train split")
     assert label == f"{expected}, digits-cnn, vs train split"
@@ -96,6 +116,7 @@ def ref_spec(data, calls=None, split="train", fingerprint="sklearn-digits"):
         if calls is not None:
             calls.append(split)
         return data[0] if split == "train" else data[1]
+
     return ReferenceSpec("digits", split, fingerprint, images)
 
 
@@ -136,13 +157,22 @@ def test_digits_cnn_ranks_real_above_blurred_and_noise(cache, data):
 def test_fid_equals_torch_fidelity_calculate_metrics(cache, data):
     """Our pipeline (cached float64 stats) agrees with torch-fidelity end to end on the same inputs."""
     import torch_fidelity
+
     train, test = data
     spec = get_extractor("digits-cnn")
     w = spec.resolve_weights(cache_dir=cache)
     ours = compute_metrics(blur(test), ref_spec(data), cache_dir=cache, kid=False, prc=False, isc=False)["fid"]
     theirs = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(blur(test), 1), input2=UInt8Images(train, 1), fid=True, feature_extractor="digits-cnn",
-        feature_extractor_weights_path=w.path, cuda=False, cache=False, save_cpu_ram=True, verbose=False)
+        input1=UInt8Images(blur(test), 1),
+        input2=UInt8Images(train, 1),
+        fid=True,
+        feature_extractor="digits-cnn",
+        feature_extractor_weights_path=w.path,
+        cuda=False,
+        cache=False,
+        save_cpu_ram=True,
+        verbose=False,
+    )
     assert ours == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
 
 
@@ -179,8 +209,10 @@ def test_seed_ranges_give_mean_and_std(cache, data):
     x = data[1][:300]
     ref = ref_spec(data)
     r = compute_metrics(x, ref, cache_dir=cache, seed_ranges=3, kid=False, prc=False, isc=False)
-    parts = [compute_metrics(x[i * 100:(i + 1) * 100], ref, cache_dir=cache, kid=False, prc=False,
-                             isc=False)["fid"] for i in range(3)]
+    parts = [
+        compute_metrics(x[i * 100 : (i + 1) * 100], ref, cache_dir=cache, kid=False, prc=False, isc=False)["fid"]
+        for i in range(3)
+    ]
     assert r["fid_values"] == pytest.approx(parts, rel=1e-9)
     assert r["fid"] == pytest.approx(np.mean(parts)) and r["fid_std"] == pytest.approx(np.std(parts, ddof=1))
     assert r["fid_min"] == min(parts)

@@ -1,6 +1,7 @@
 """The model contract (baselines/contract.py): one call signature for DiT, FPDM and the diffusers
 adapter, results through a trace the caller owns, the generator and the attention function as
 arguments, and misspelt keywords refused."""
+
 from __future__ import annotations
 
 import inspect
@@ -22,8 +23,11 @@ TINY_DEPTH = get_preset("tiny").depth
 
 def _inputs(batch: int = 3, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 1, 8, 8, generator=g), torch.randint(0, 1000, (batch,), generator=g),
-            torch.randint(0, 10, (batch,), generator=g))
+    return (
+        torch.randn(batch, 1, 8, 8, generator=g),
+        torch.randint(0, 1000, (batch,), generator=g),
+        torch.randint(0, 10, (batch,), generator=g),
+    )
 
 
 def _perturbed(model):

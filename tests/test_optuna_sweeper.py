@@ -3,6 +3,7 @@
 Kill/resume and plugin discovery run the app as a subprocess (as a user would, from the repo
 root); the other sweeps run in-process through Hydra's multirun for speed.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,8 +33,8 @@ if str(ROOT) not in sys.path:  # hydra_plugins is found from the repo root (befo
     sys.path.insert(0, str(ROOT))
 
 from hydra_plugins.fpdm_optuna_sweeper import build_sampler, objective_values, parse_search_space  # noqa: E402
-from hydra_plugins.fpdm_optuna_sweeper import storage as st  # noqa: E402
 from hydra_plugins.fpdm_optuna_sweeper import objective as objective_module  # noqa: E402
+from hydra_plugins.fpdm_optuna_sweeper import storage as st  # noqa: E402
 from hydra_plugins.fpdm_optuna_sweeper.search_space import format_value, grid_of  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -74,7 +75,16 @@ def sweep_cli(sweep_dir: Path, *overrides: str, wait: bool = True):
     # `python -c` puts the cwd (the repo root) on sys.path, as `python -m harness.run` does: this
     # checks that Hydra discovers hydra_plugins/fpdm_optuna_sweeper from there (no install).
     run_app = "import runpy, sys; sys.argv[0] = sys.argv[1]; del sys.argv[1]; runpy.run_path(sys.argv[0], run_name='__main__')"
-    cmd = [sys.executable, "-c", run_app, str(APP), "-m", "hydra/sweeper=optuna", f"hydra.sweep.dir={sweep_dir}", *overrides]
+    cmd = [
+        sys.executable,
+        "-c",
+        run_app,
+        str(APP),
+        "-m",
+        "hydra/sweeper=optuna",
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
+    ]
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -126,7 +136,9 @@ def test_search_space_grammar_maps_to_optuna_distributions():
         parse_search_space({"lr": "tag(log, interval(0.0, 1.0))"})  # log needs low > 0
 
 
-@pytest.mark.parametrize("value", ["abc", "a b", "1", "true", "a,b", "it's", "x/y:z", "", 1e-5, 3, True, None, [1, "a b"]])
+@pytest.mark.parametrize(
+    "value", ["abc", "a b", "1", "true", "a,b", "it's", "x/y:z", "", 1e-5, 3, True, None, [1, "a b"]]
+)
 def test_format_value_round_trips_through_the_override_grammar(value):
     parsed = OverridesParser.create().parse_overrides([f"k={format_value(value)}"])[0]
     assert not parsed.is_sweep_override() and parsed.value() == value
@@ -196,8 +208,13 @@ def test_heartbeat_refreshes_running_trials():
 # ----------------------------------------------------------------------------- sweeps (subprocess)
 def test_resume_tops_up_to_total_with_distinct_job_dirs(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["hydra.sweeper.sampler=random", "hydra.sweeper.seed=0", f"hydra.sweeper.storage={JOURNAL}",
-            "+hydra.sweeper.params.x='interval(0,1)'", "y=range(1,4)"]
+    args = [
+        "hydra.sweeper.sampler=random",
+        "hydra.sweeper.seed=0",
+        f"hydra.sweeper.storage={JOURNAL}",
+        "+hydra.sweeper.params.x='interval(0,1)'",
+        "y=range(1,4)",
+    ]
     sweep_cli(sweep, *args, "hydra.sweeper.n_trials=2")
     first = {n: (sweep / str(n) / "trial.json").read_text() for n in (0, 1)}
     sweep_cli(sweep, *args, "hydra.sweeper.n_trials=4")
@@ -224,8 +241,14 @@ def test_resume_tops_up_to_total_with_distinct_job_dirs(tmp_path):
 def test_sigkilled_sweep_resumes_to_total_and_retries_interrupted_trial(tmp_path):
     sweep, flag = tmp_path / "sweep", tmp_path / "sleep.flag"
     flag.write_text("sleep")
-    args = ["hydra.sweeper.sampler=random", f"hydra.sweeper.storage={JOURNAL}", "hydra.sweeper.n_trials=2",
-            "+hydra.sweeper.params.x='interval(0,1)'", f"sleep_flag={flag}", "sleep_on_trial=0"]
+    args = [
+        "hydra.sweeper.sampler=random",
+        f"hydra.sweeper.storage={JOURNAL}",
+        "hydra.sweeper.n_trials=2",
+        "+hydra.sweeper.params.x='interval(0,1)'",
+        f"sleep_flag={flag}",
+        "sleep_on_trial=0",
+    ]
     proc = sweep_cli(sweep, *args, wait=False)
     try:
         deadline = time.time() + 60
@@ -255,8 +278,12 @@ def test_sigkilled_sweep_resumes_to_total_and_retries_interrupted_trial(tmp_path
 @pytest.mark.slow
 def test_two_processes_share_one_study_up_to_the_total(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["hydra.sweeper.sampler=random", f"hydra.sweeper.storage={JOURNAL}", "hydra.sweeper.n_trials=4",
-            "+hydra.sweeper.params.x='interval(0,1)'"]
+    args = [
+        "hydra.sweeper.sampler=random",
+        f"hydra.sweeper.storage={JOURNAL}",
+        "hydra.sweeper.n_trials=4",
+        "+hydra.sweeper.params.x='interval(0,1)'",
+    ]
     procs = [sweep_cli(sweep, *args, f"hydra.sweeper.seed={i}", wait=False) for i in (0, 100)]
     for proc in procs:
         out, _ = proc.communicate(timeout=120)
@@ -272,13 +299,23 @@ def test_two_processes_share_one_study_up_to_the_total(tmp_path):
 # ----------------------------------------------------------------------------- sweeps (in-process)
 def test_nan_and_raising_trials_fail_and_the_grid_is_covered(toy, tmp_path):
     sweep = tmp_path / "sweep"
-    sweep_inproc(toy, sweep, f"hydra.sweeper.storage={JOURNAL}", "hydra.sweeper.sampler=grid",
-                 "hydra.sweeper.n_jobs=4", "hydra.sweeper.max_failure_rate=0.7",
-                 "y=range(1,4)", "opt=adam,sgd", "nan_when_y=2", "raise_when_y=3")
+    sweep_inproc(
+        toy,
+        sweep,
+        f"hydra.sweeper.storage={JOURNAL}",
+        "hydra.sweeper.sampler=grid",
+        "hydra.sweeper.n_jobs=4",
+        "hydra.sweeper.max_failure_rate=0.7",
+        "y=range(1,4)",
+        "opt=adam,sgd",
+        "nan_when_y=2",
+        "raise_when_y=3",
+    )
     study = load(sweep)
     assert len(study.trials) == 6  # n_trials unset: the whole grid, each point once
     assert {(t.params["y"], t.params["opt"]) for t in study.trials} == {
-        (y, o) for y in (1, 2, 3) for o in ("adam", "sgd")}
+        (y, o) for y in (1, 2, 3) for o in ("adam", "sgd")
+    }
     for t in study.trials:
         expected = TrialState.FAIL if t.params["y"] in (2, 3) else TrialState.COMPLETE
         assert t.state == expected, (t.number, t.params, t.state)
@@ -291,9 +328,14 @@ def test_nan_and_raising_trials_fail_and_the_grid_is_covered(toy, tmp_path):
 def test_exceeding_max_failure_rate_stops_with_a_clear_error(toy, tmp_path):
     sweep = tmp_path / "sweep"
     with pytest.raises(RuntimeError, match=r"2 of 4 trials failed.*max_failure_rate=0.25.*invalid overrides"):
-        sweep_inproc(toy, sweep, f"hydra.sweeper.storage={JOURNAL}", "hydra.sweeper.n_trials=4",
-                     "hydra.sweeper.max_failure_rate=0.25",
-                     "hydra.sweeper.custom_search_space=toy_objective.bad_space")
+        sweep_inproc(
+            toy,
+            sweep,
+            f"hydra.sweeper.storage={JOURNAL}",
+            "hydra.sweeper.n_trials=4",
+            "hydra.sweeper.max_failure_rate=0.25",
+            "hydra.sweeper.custom_search_space=toy_objective.bad_space",
+        )
     study = load(sweep)
     assert states(study) == [TrialState.FAIL, TrialState.FAIL]  # stopped at the 2nd failure
     assert all("no_such_key" in t.user_attrs[st.FAIL_REASON] for t in study.trials)
@@ -301,9 +343,17 @@ def test_exceeding_max_failure_rate_stops_with_a_clear_error(toy, tmp_path):
 
 def test_nsgaii_two_objectives_returns_pareto_front(toy, tmp_path):
     sweep = tmp_path / "sweep"
-    best = sweep_inproc(toy, sweep, "hydra.sweeper.sampler=nsgaii", "hydra.sweeper.seed=1",
-                        "hydra.sweeper.direction=[minimize,minimize]", "hydra.sweeper.n_trials=6",
-                        "multi=true", "x=interval(0,1)", "y=range(1,4)")
+    best = sweep_inproc(
+        toy,
+        sweep,
+        "hydra.sweeper.sampler=nsgaii",
+        "hydra.sweeper.seed=1",
+        "hydra.sweeper.direction=[minimize,minimize]",
+        "hydra.sweeper.n_trials=6",
+        "multi=true",
+        "x=interval(0,1)",
+        "y=range(1,4)",
+    )
     assert isinstance(best, list) and best
     saved = yaml.safe_load((sweep / "optuna" / "best.yaml").read_text())
     assert saved["directions"] == ["minimize", "minimize"]
@@ -317,9 +367,15 @@ def test_nsgaii_two_objectives_returns_pareto_front(toy, tmp_path):
 
 def test_custom_search_space_gives_conditional_overrides(toy, tmp_path):
     sweep = tmp_path / "sweep"
-    sweep_inproc(toy, sweep, f"hydra.sweeper.storage={JOURNAL}", "hydra.sweeper.n_trials=4",
-                 "hydra.sweeper.sampler=random", "hydra.sweeper.seed=3",
-                 "hydra.sweeper.custom_search_space=toy_objective.conditional_space")
+    sweep_inproc(
+        toy,
+        sweep,
+        f"hydra.sweeper.storage={JOURNAL}",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.sampler=random",
+        "hydra.sweeper.seed=3",
+        "hydra.sweeper.custom_search_space=toy_objective.conditional_space",
+    )
     study = load(sweep)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     seen = {t.params["opt"] for t in study.trials}
@@ -339,8 +395,7 @@ def test_rdb_study_reloads_and_direction_mismatch_is_an_error(toy, tmp_path):
     study = optuna.load_study(study_name="toy_objective", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert states(study) == [TrialState.COMPLETE]
     with pytest.raises(ValueError, match="direction"):  # the stored study is reloaded and checked
-        sweep_inproc(toy, tmp_path / "b", db, "hydra.sweeper.n_trials=2",
-                     "hydra.sweeper.direction=maximize", "y=1,2")
+        sweep_inproc(toy, tmp_path / "b", db, "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=maximize", "y=1,2")
 
 
 # ----------------------------------------------------------------------------- stable storage, plan
@@ -357,8 +412,13 @@ def test_rerunning_the_same_command_tops_up_one_study_keyed_by_name(toy, tmp_pat
     """Default storage: <fixed part of hydra.sweep.dir>/optuna/<study_name>.journal, so two runs of the
     same command (two time-stamped sweep folders) share one study; run.plan=true then shows it."""
     root = tmp_path / "multirun"
-    args = ["hydra.sweeper.sampler=random", "hydra.sweeper.seed=0", f"hydra.sweep.dir={root}/${{now:%H%M%S%f}}",
-            "+hydra.sweeper.params.x='interval(0,1)'", "y=range(1,4)"]
+    args = [
+        "hydra.sweeper.sampler=random",
+        "hydra.sweeper.seed=0",
+        f"hydra.sweep.dir={root}/${{now:%H%M%S%f}}",
+        "+hydra.sweeper.params.x='interval(0,1)'",
+        "y=range(1,4)",
+    ]
     sweep_inproc(toy, tmp_path / "unused", *args, "hydra.sweeper.n_trials=2")
     sweep_inproc(toy, tmp_path / "unused", *args, "hydra.sweeper.n_trials=3")
     journal = root / "optuna" / "toy_objective.journal"
@@ -374,24 +434,41 @@ def test_rerunning_the_same_command_tops_up_one_study_keyed_by_name(toy, tmp_pat
     assert f"storage: journal:{journal}" in out and "sampler: random (seed 0)" in out
     assert "param x: float [0.0, 1.0]" in out and "param y: int [1, 3]" in out
     assert (journal.read_bytes(), sorted(p.name for p in root.iterdir())) == before  # nothing touched
-    assert len(optuna.load_study(study_name="toy_objective",
-                                 storage=JournalStorage(JournalFileBackend(str(journal)))).trials) == 3
+    assert (
+        len(
+            optuna.load_study(
+                study_name="toy_objective", storage=JournalStorage(JournalFileBackend(str(journal)))
+            ).trials
+        )
+        == 3
+    )
 
     fresh = tmp_path / "fresh"
-    sweep_inproc(toy, tmp_path / "unused", *args[:2], f"hydra.sweep.dir={fresh}/${{now:%f}}", "y=range(1,4)",
-                 "hydra.sweeper.n_trials=4", "+run.plan=true")
+    sweep_inproc(
+        toy,
+        tmp_path / "unused",
+        *args[:2],
+        f"hydra.sweep.dir={fresh}/${{now:%f}}",
+        "y=range(1,4)",
+        "hydra.sweeper.n_trials=4",
+        "+run.plan=true",
+    )
     assert "0 trial(s) done of 4, a new study" in capsys.readouterr().out
     assert not fresh.exists()  # no journal, no sweep folder
 
 
 def test_the_tune_preset_plans_without_running_a_trial(tmp_path, run_cli):
-    proc = run_cli(["-m", "sweep=tune", "run.plan=true", f"paths.cache_dir={tmp_path / 'cache'}"],
-                   cwd=tmp_path, timeout=300)
+    proc = run_cli(
+        ["-m", "sweep=tune", "run.plan=true", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "[plan] Optuna study 'fpdm-tune': 0 trial(s) done of 12, a new study" in out
     assert f"storage: journal:{tmp_path / 'multirun' / 'optuna' / 'fpdm-tune.journal'}" in out
-    for line in ("param sample.iters: int [1, 8]", "param solver: choice(picard, anderson)",
-                 "param sample.schedule: choice(constant, increasing, decreasing, cosine)"):
+    for line in (
+        "param sample.iters: int [1, 8]",
+        "param solver: choice(picard, anderson)",
+        "param sample.schedule: choice(constant, increasing, decreasing, cosine)",
+    ):
         assert line in out
     assert "Traceback" not in proc.stderr and os.listdir(tmp_path) == []  # no study, no sweep dir, no cache

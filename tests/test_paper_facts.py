@@ -1,6 +1,7 @@
 """docs/paper-notes.md §8, checked against the implementation: the numbers a reimplementation
 of FPDM can be held to. (Parameter counts of 8.1 and the budget examples of 8.2 are also pinned
 in test_models.py and test_budget.py; this file gathers the rest.)"""
+
 from __future__ import annotations
 
 import torch
@@ -77,8 +78,9 @@ def test_8_5_null_class_index_and_diffusion_defaults():
 
     model = build_fpdm("tiny", input_size=8, in_channels=4, num_classes=1000)
     assert model.y_embedder.embedding_table.num_embeddings == 1001  # null class = index 1000
-    sched = make_train_scheduler(DiffusionSpec(prediction_type="v_prediction", zero_terminal_snr=True,
-                                               timestep_spacing="trailing"))
+    sched = make_train_scheduler(
+        DiffusionSpec(prediction_type="v_prediction", zero_terminal_snr=True, timestep_spacing="trailing")
+    )
     assert sched.config.num_train_timesteps == 1000
     assert abs(float(sched.alphas_cumprod[-1])) < 1e-6  # zero terminal SNR
     plain = make_train_scheduler(DiffusionSpec())

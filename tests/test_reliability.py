@@ -3,6 +3,7 @@ lost, bad jobs fail alone, concurrent writers corrupt nothing, nothing unsafe is
 
 kill -9 is real (a subprocess killed with SIGKILL); re-runs go through the app in process.
 """
+
 from __future__ import annotations
 
 import ast
@@ -24,7 +25,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.stages.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from harness.stages.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 pytestmark = pytest.mark.usefixtures("no_network")
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,13 +60,21 @@ def kill9(proc: subprocess.Popen) -> None:
 
 
 def popen_cli(args, cwd, env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.run", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 # ----------------------------------------------------------------------------- 1. killed training
-def test_training_killed_at_a_random_step_resumes_to_bit_identical_weights(tmp_path, hydra_app, fast_overrides_for,
-                                                                          offline_env):
+def test_training_killed_at_a_random_step_resumes_to_bit_identical_weights(
+    tmp_path, hydra_app, fast_overrides_for, offline_env
+):
     train = ["run.stages=[train]", "train.budget.value=60", "train.ckpt_every=5", "train.log_every=1"]
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     args = [*fast_overrides_for(killed), *train]
@@ -106,8 +121,13 @@ save_checkpoint(d, 10, {"w": torch.zeros(6)})
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_usable(tmp_path, offline_env):
-    proc = subprocess.run([sys.executable, "-c", _KILL_DURING_WRITE, str(tmp_path)], env=offline_env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_DURING_WRITE, str(tmp_path)],
+        env=offline_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000005.pt"]
     leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -119,8 +139,19 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_usable(
 
 
 # ----------------------------------------------------------------------------- 2. killed sweep
-_STABLE = ("fid", "kid_mean", "kid_std", "precision", "recall", "params_total", "flops_per_image",
-           "block_passes_per_image", "train_steps", "train_final_loss", "num_images")
+_STABLE = (
+    "fid",
+    "kid_mean",
+    "kid_std",
+    "precision",
+    "recall",
+    "params_total",
+    "flops_per_image",
+    "block_passes_per_image",
+    "train_steps",
+    "train_final_loss",
+    "num_images",
+)
 
 
 def _by_seed(recs: dict) -> dict:
@@ -139,8 +170,11 @@ def test_a_killed_sweep_reruns_only_its_missing_jobs(tmp_path, hydra_app, fast_o
     assert 1 <= len(done) < 4, "the sweep finished before the kill"
     finished = {}
     for rec in done.values():
-        for stage, key in (("train", rec["keys"]["train"]), ("sample", rec["keys"]["sample"]),
-                           ("eval", rec["keys"]["eval"])):
+        for stage, key in (
+            ("train", rec["keys"]["train"]),
+            ("sample", rec["keys"]["sample"]),
+            ("eval", rec["keys"]["eval"]),
+        ):
             d = killed / "cache" / stage / key
             finished[d] = {p.name: p.stat().st_mtime_ns for p in d.rglob("*") if p.is_file()}
 
@@ -190,8 +224,9 @@ def test_an_interrupted_sweep_reruns_only_its_missing_jobs(tmp_path, hydra_app, 
         hydra_app(args, multirun=True)
     done = records_in(tmp_path / "sweep")
     assert sorted(r["config"]["sample"]["seed"] for r in done.values()) == [0, 1]
-    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()
-              and not p.name.endswith(".lock")}
+    stamps = {
+        p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.name.endswith(".lock")
+    }
     interrupt_seed_2.undo()
     hydra_app(args, multirun=True)
     recs = records_in(tmp_path / "sweep")
@@ -203,8 +238,11 @@ def test_an_interrupted_sweep_reruns_only_its_missing_jobs(tmp_path, hydra_app, 
         if job_id in done:
             # everything but the process's own peak RSS (a property of the re-run, not of the job)
             def results(r):
-                return {"keys": r["keys"], "axes": r["axes"],
-                        "metrics": {m: v for m, v in r["metrics"].items() if m != "peak_rss_bytes"}}
+                return {
+                    "keys": r["keys"],
+                    "axes": r["axes"],
+                    "metrics": {m: v for m, v in r["metrics"].items() if m != "peak_rss_bytes"},
+                }
 
             assert results(rec) == results(done[job_id])
 
@@ -225,16 +263,20 @@ def nan_fid_for_24_images(monkeypatch):
     monkeypatch.setattr(metrics, "compute_metrics", compute)
 
 
-def test_bad_jobs_fail_alone_with_a_reason_and_the_report_lists_them(tmp_path, hydra_app, fast_overrides,
-                                                                      nan_fid_for_24_images, capsys):
+def test_bad_jobs_fail_alone_with_a_reason_and_the_report_lists_them(
+    tmp_path, hydra_app, fast_overrides, nan_fid_for_24_images, capsys
+):
     returns = hydra_app([*fast_overrides, "train.lr=1e-3,1e6", "sample.num_images=1,24,32"], multirun=True)
     recs = records_in(tmp_path / "sweep")
     assert len(recs) == 6 and len(returns[0]) == 6
     by = {(r["config"]["train"]["lr"], r["config"]["sample"]["num_images"]): r for r in recs.values()}
     ok = by.pop((1e-3, 32))
     assert ok["status"] == "ok" and math.isfinite(ok["metrics"]["fid"])
-    expected = {(1e-3, 1): "need at least 2 samples", (1e-3, 24): "non-finite objective",
-                **{(1e6, n): "TrainingDiverged: training loss became" for n in (1, 24, 32)}}
+    expected = {
+        (1e-3, 1): "need at least 2 samples",
+        (1e-3, 24): "non-finite objective",
+        **{(1e6, n): "TrainingDiverged: training loss became" for n in (1, 24, 32)},
+    }
     for point, why in expected.items():
         assert by[point]["status"] == "failed" and why in by[point]["reason"], (point, by[point]["reason"])
         assert "\n" not in by[point]["reason"]
@@ -249,8 +291,17 @@ def test_bad_jobs_fail_alone_with_a_reason_and_the_report_lists_them(tmp_path, h
 
 
 def test_the_optuna_sweeper_tells_failed_jobs_as_FAIL(tmp_path, hydra_app, fast_overrides):
-    hydra_app([*fast_overrides, "sweep=tune", "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=1.0",
-               "sample.budget=12", "train.lr=1e6"], multirun=True)
+    hydra_app(
+        [
+            *fast_overrides,
+            "sweep=tune",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.max_failure_rate=1.0",
+            "sample.budget=12",
+            "train.lr=1e6",
+        ],
+        multirun=True,
+    )
     trials = pd.read_csv(tmp_path / "sweep" / "optuna" / "trials.csv")
     assert list(trials["state"]) == ["FAIL", "FAIL"]
     study = json.loads((tmp_path / "sweep" / "optuna" / "study.json").read_text())
@@ -265,8 +316,10 @@ def test_concurrent_sweeps_in_one_directory_train_once_and_lose_nothing(tmp_path
     """Three processes sweep overlapping seeds into one sweep dir and cache at once: the shared model is
     trained once (issue 4: concurrent jobs needing one checkpoint), each sample set built once, and
     every job has one parseable record."""
-    procs = [popen_cli(["-m", *fast_overrides, "train.log_every=1", f"sample.seed={a},{b}"], tmp_path, offline_env)
-             for a, b in ((0, 1), (1, 2), (2, 0))]
+    procs = [
+        popen_cli(["-m", *fast_overrides, "train.log_every=1", f"sample.seed={a},{b}"], tmp_path, offline_env)
+        for a, b in ((0, 1), (1, 2), (2, 0))
+    ]
     outs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs[0][-2000:]
     (train_dir,) = (tmp_path / "cache" / "train").glob("*/")
@@ -357,8 +410,15 @@ def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path):
 
 
 def _calls(tree, owner: str, name: str):
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-            and n.func.attr == name and isinstance(n.func.value, ast.Name) and n.func.value.id == owner]
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr == name
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == owner
+    ]
 
 
 def _kw(call, name):
@@ -367,7 +427,9 @@ def _kw(call, name):
 
 def test_the_project_loads_weights_and_arrays_without_pickle():
     """Every torch.load in the project's code passes weights_only=True; nothing unpickles."""
-    sources = [p for d in ("harness", "fpdm", "baselines", "reports", "hydra_plugins") for p in (ROOT / d).rglob("*.py")]
+    sources = [
+        p for d in ("harness", "fpdm", "baselines", "reports", "hydra_plugins") for p in (ROOT / d).rglob("*.py")
+    ]
     loads = 0
     for path in sources:
         tree = ast.parse(path.read_text())
@@ -388,8 +450,11 @@ def test_a_record_naming_a_foreign_target_is_refused_before_anything_runs(tmp_pa
 
     marker = tmp_path / "pwned"
     rec = tmp_path / "record.json"
-    rec.write_text(json.dumps({"config": {"hydra": {"callbacks": {"evil": {
-        "_target_": "os.system", "command": f"touch {marker}"}}}}}))
+    rec.write_text(
+        json.dumps(
+            {"config": {"hydra": {"callbacks": {"evil": {"_target_": "os.system", "command": f"touch {marker}"}}}}}
+        )
+    )
     with pytest.raises(ConfigError, match="hydra.callbacks.evil._target_=os.system"):
         trusted_config(rec)
     assert not marker.exists()
@@ -413,9 +478,15 @@ def test_the_report_escapes_every_string(tmp_path):
 
     evil = "<script>alert(1)</script>"
     for i, status in enumerate(("ok", "failed")):
-        rec = make_record(job_id=f"job-{i}{evil}", status=status, reason=f"{evil} & <b>why</b>" if i else None,
-                          axes={"model": evil, "sampler": "ddim", "budget_blocks": 60, "steps": 10},
-                          metrics={"fid": 10.0 + i}, protocol={"label": evil}, overrides=[f"x={evil}"])
+        rec = make_record(
+            job_id=f"job-{i}{evil}",
+            status=status,
+            reason=f"{evil} & <b>why</b>" if i else None,
+            axes={"model": evil, "sampler": "ddim", "budget_blocks": 60, "steps": 10},
+            metrics={"fid": 10.0 + i},
+            protocol={"label": evil},
+            overrides=[f"x={evil}"],
+        )
         write_record(tmp_path / f"job-{i}", rec)
     build_report([tmp_path], tmp_path)
     html = (tmp_path / "report.html").read_text()

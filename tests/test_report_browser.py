@@ -1,5 +1,6 @@
 """The report opens from disk in headless Chromium (Debian's ``chromium``, installed by .ci/run) with no
 console errors, and its screenshot shows the tables and the figures."""
+
 from __future__ import annotations
 
 import re
@@ -8,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import CHROMIUM
-from reports.build import build_report
+from PIL import Image
 from report_fixtures import write_fixture_sweeps
+
+from reports.build import build_report
 
 pytestmark = pytest.mark.browser  # skipped with the reason without Chromium (tests/conftest.py)
 # Console messages are logged as `...:INFO:CONSOLE:12] "Uncaught ...", source: file:///.../report.html (12)`.
@@ -20,10 +21,23 @@ _CONSOLE = re.compile(r"CONSOLE[:(]\d+|Uncaught|Refused to|Not allowed to load|n
 
 
 def _screenshot(html: Path, shot: Path, profile: Path, height: int) -> str:
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", f"--screenshot={shot}",
-           f"--window-size=1280,{height}", html.resolve().as_uri()]
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--screenshot={shot}",
+        f"--window-size=1280,{height}",
+        html.resolve().as_uri(),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired as exc:

@@ -1,5 +1,6 @@
 """Jobs that share one sampled artifact are one report row naming every setting; schedule tables
 state each schedule's direction (reports.merge)."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -10,12 +11,28 @@ from reports.tables import build_tables
 
 def _jobs() -> pd.DataFrame:
     rows = [  # job, schedule, eval key, fid
-        ("j1", "increasing", "e-inc", 10.0), ("j2", "cosine", "e-inc", 10.0), ("j3", "decreasing", "e-dec", 12.0),
-        ("j4", "constant", "e-con", 11.0), ("j5", "official_increasing", "e-con", 11.0),
+        ("j1", "increasing", "e-inc", 10.0),
+        ("j2", "cosine", "e-inc", 10.0),
+        ("j3", "decreasing", "e-dec", 12.0),
+        ("j4", "constant", "e-con", 11.0),
+        ("j5", "official_increasing", "e-con", 11.0),
     ]
-    df = pd.DataFrame([{"job_id": j, "status": "ok", "model": "fpdm", "schedule": s, "iters_per_step": 2.0,
-                        "budget_blocks": 60, "fid": f, "key_eval": k, "protocol_label": "FID-1k; protocol digits"}
-                       for j, s, k, f in rows])
+    df = pd.DataFrame(
+        [
+            {
+                "job_id": j,
+                "status": "ok",
+                "model": "fpdm",
+                "schedule": s,
+                "iters_per_step": 2.0,
+                "budget_blocks": 60,
+                "fid": f,
+                "key_eval": k,
+                "protocol_label": "FID-1k; protocol digits",
+            }
+            for j, s, k, f in rows
+        ]
+    )
     df.attrs = {"axes": ["model", "schedule", "iters_per_step", "budget_blocks"], "metrics": ["fid"]}
     return df
 
@@ -56,8 +73,15 @@ def test_identical_integer_plans_share_one_sample_key():
 
     def key_and_plan(schedule, budget=60):
         with initialize_config_module("harness.config", version_base="1.3"):
-            cfg = compose("config", overrides=["sweep=budget_schedules", "model=fpdm", f"sample.budget={budget}",
-                                               f"sample.schedule={schedule}"])
+            cfg = compose(
+                "config",
+                overrides=[
+                    "sweep=budget_schedules",
+                    "model=fpdm",
+                    f"sample.budget={budget}",
+                    f"sample.schedule={schedule}",
+                ],
+            )
         plan = plan_from_sample_config("fpdm", budget, 2, iters=2, schedule=schedule, ratio=[0.5, 1.5])
         return stage_keys(cfg).sample, plan.iters
 

@@ -1,4 +1,5 @@
 """reports/: records -> tidy frame -> paper tables, figures, one HTML file (byte-reproducible)."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from report_fixtures import (
+    FAILED_AXES,
+    MISSING_OVERRIDES,
+    PROTOCOL,
+    dit_fid,
+    fpdm_fid,
+    job_id,
+    record,
+    write_fixture_sweeps,
+    write_sweep,
+)
 
 from reports.build import build_report, main
 from reports.callback import ReportCallback
@@ -16,8 +28,6 @@ from reports.collect import collect, load_sweeps
 from reports.figures import pareto_front
 from reports.render import metrics_table, summary_markdown
 from reports.tables import build_tables, get_table, register_table
-from report_fixtures import (FAILED_AXES, MISSING_OVERRIDES, PROTOCOL, dit_fid, fpdm_fid, job_id, record,
-                             write_fixture_sweeps, write_sweep)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -52,8 +62,19 @@ def test_jobs_frame_has_one_row_per_job_with_status_and_provenance(built):
     assert missing["overrides"] == " ".join(MISSING_OVERRIDES)
     failed = df[df["status"] == "failed"].iloc[0]
     assert "out of memory" in failed["reason"] and failed["budget_blocks"] == FAILED_AXES["budget_blocks"]
-    for col in ("model", "budget_blocks", "iters_per_step", "reuse", "fid", "params_total", "git_sha",
-                "protocol_label", "config_hash", "key_train", "trace_nfe"):
+    for col in (
+        "model",
+        "budget_blocks",
+        "iters_per_step",
+        "reuse",
+        "fid",
+        "params_total",
+        "git_sha",
+        "protocol_label",
+        "config_hash",
+        "key_train",
+        "trace_nfe",
+    ):
         assert col in df.columns, col
     assert set(df.attrs["axes"]) >= {"model", "seed", "solver"} and "fid" in df.attrs["metrics"]
     assert df["params_total"].dtype == "Int64"  # ints stay exact in CSVs
@@ -86,27 +107,42 @@ def test_table1_reports_best_setting_mean_and_std_over_seeds(built):
 def test_schedule_reuse_and_solver_tables(built):
     t5 = _table(built, "table5_schedule").set_index(["budget_blocks", "sampler", "schedule"])
     assert t5.loc[(24, "ddpm", "increasing"), "FID @ iters 2"] == pytest.approx(
-        statistics.mean(fpdm_fid(24, "ddpm", 2, s, "increasing") for s in (0, 1)))
+        statistics.mean(fpdm_fid(24, "ddpm", 2, s, "increasing") for s in (0, 1))
+    )
     reuse = _table(built, "reuse").set_index(["budget_blocks", "sampler", "iters_per_step"])
     assert reuse.loc[(24, "ddpm", 2), "FID reuse off"] == pytest.approx(
-        statistics.mean(fpdm_fid(24, "ddpm", 2, s, reuse=False) for s in (0, 1)))
+        statistics.mean(fpdm_fid(24, "ddpm", 2, s, reuse=False) for s in (0, 1))
+    )
     assert pd.isna(reuse.loc[(12, "ddim", 2), "FID reuse off"])  # never run: empty, not invented
     solvers = _table(built, "solvers").set_index(["budget_blocks", "sampler", "solver"])
     row = solvers.loc[(24, "ddpm", "anderson")]
     assert row["Evaluations / image"] == 20  # 5 steps x 4 iterations, from the solver trace
-    assert row["Final residual"] == pytest.approx(statistics.mean(0.05 * 0.5 ** i for i in range(5)), rel=1e-5)
+    assert row["Final residual"] == pytest.approx(statistics.mean(0.05 * 0.5**i for i in range(5)), rel=1e-5)
     assert row["Wall time / image (s)"] == pytest.approx(0.012 * 24)
 
 
 def test_two_builds_are_byte_identical(built):
     f1, f2 = _files(built["out1"]), _files(built["out2"])
     assert f1.keys() == f2.keys()
-    assert {"figures/fid_vs_budget.png", "figures/pareto.png", "figures/residual_per_timestep.png",
-            "figures/memory_breakdown.png", "figures/fid_vs_iters.png"} <= f1.keys()
-    assert {"figures/pareto.svg", "figures/pareto.pdf", "tables/table1_budget.md", "tables/table1_budget.tex",
-            "tables/models.csv", "tables/models.md", "tables/models.tex"} <= f1.keys()  # paper formats too
+    assert {
+        "figures/fid_vs_budget.png",
+        "figures/pareto.png",
+        "figures/residual_per_timestep.png",
+        "figures/memory_breakdown.png",
+        "figures/fid_vs_iters.png",
+    } <= f1.keys()
+    assert {
+        "figures/pareto.svg",
+        "figures/pareto.pdf",
+        "tables/table1_budget.md",
+        "tables/table1_budget.tex",
+        "tables/models.csv",
+        "tables/models.md",
+        "tables/models.tex",
+    } <= f1.keys()  # paper formats too
     assert any(k.startswith("figures/optuna_history") for k in f1) and any(
-        k.startswith("figures/optuna_importance") for k in f1)
+        k.startswith("figures/optuna_importance") for k in f1
+    )
     for k in f1:
         assert f1[k] == f2[k], k
     assert b"Software" not in f1["figures/pareto.png"]  # no matplotlib version in the PNG
@@ -130,10 +166,10 @@ def test_html_has_toc_protocol_grids_problems_and_provenance(built):
     assert html.count(PROTOCOL["label"]) >= 4  # one protocol line per table
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert html.count("data:image/png;base64,") >= 7 + 17  # figures + one grid per setting (17 settings)
-    problems = html[html.index('id="problems"'):html.index('id="provenance"')]
+    problems = html[html.index('id="problems"') : html.index('id="provenance"')]
     assert job_id(MISSING_OVERRIDES) in problems and "CUDA out of memory" in problems
     assert "traceback" in problems
-    prov = html[html.index('id="provenance"'):]
+    prov = html[html.index('id="provenance"') :]
     assert "0123abcd" in prov and "2.14.1" in prov and "threads=2" in prov
 
 
@@ -148,8 +184,9 @@ def test_protocols_are_never_mixed(tmp_path):
     for label, proto in (("a", PROTOCOL), ("b", other)):
         for budget in (12, 24):
             axes = {"model": "dit", "sampler": "ddpm", "budget_blocks": budget, "seed": 0, "tag": label}
-            recs.append(record(axes, {"fid": dit_fid(budget, "ddpm", 0) + (100 if label == "b" else 0)},
-                               protocol=proto))
+            recs.append(
+                record(axes, {"fid": dit_fid(budget, "ddpm", 0) + (100 if label == "b" else 0)}, protocol=proto)
+            )
     html = build_report([write_sweep(tmp_path / "s", recs)], tmp_path / "o", figures=False).read_text()
     t1 = pd.read_csv(tmp_path / "o" / "tables" / "table1_budget.csv")
     assert sorted(set(t1["protocol"])) == sorted([PROTOCOL["label"], other["label"]])
@@ -180,10 +217,17 @@ def test_dataset_depth_and_training_tables(tmp_path):
     recs = []
     for data, bonus in (("digits", 0.0), ("faces", 50.0)):
         for model in ("dit", "fpdm"):
-            for pre in ((1, 2) if model == "fpdm" else (None,)):
-                for method in (("sjfb", "jfb") if model == "fpdm" else (None,)):
-                    axes = {"model": model, "data": data, "budget_blocks": 12, "seed": 0, "pre_depth": pre,
-                            "post_depth": pre, "train_method": method}
+            for pre in (1, 2) if model == "fpdm" else (None,):
+                for method in ("sjfb", "jfb") if model == "fpdm" else (None,):
+                    axes = {
+                        "model": model,
+                        "data": data,
+                        "budget_blocks": 12,
+                        "seed": 0,
+                        "pre_depth": pre,
+                        "post_depth": pre,
+                        "train_method": method,
+                    }
                     fid = bonus + (30 if model == "dit" else 10 + pre) + (500 if method == "jfb" else 0)
                     recs.append(record(axes, {"fid": fid, "train_time_s": 60.0}))
     data = load_sweeps([write_sweep(tmp_path / "s", recs)])
@@ -300,10 +344,12 @@ def _latex_unescape(text: str) -> str:
 
 
 def _latex_rows(tex: str) -> tuple[list[str], list[list[str]]]:
-    body = tex[tex.index("\\toprule") + len("\\toprule"):tex.index("\\bottomrule")]
+    body = tex[tex.index("\\toprule") + len("\\toprule") : tex.index("\\bottomrule")]
     head, rows = body.split("\\midrule")
+
     def split(line):
         return [_latex_unescape(c) for c in re.split(r"(?<!\\)&", line.strip().removesuffix("\\\\"))]
+
     return split(head), [split(ln) for ln in rows.strip().splitlines() if ln.strip()]
 
 
@@ -311,6 +357,7 @@ def _markdown_rows(md: str) -> tuple[list[str], list[list[str]]]:
     def split(line):
         cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
         return [c.strip().replace("\\|", "|").replace("\\\\", "\\") for c in cells]
+
     lines = md.strip().splitlines()
     assert re.fullmatch(r"\|(:?-+:?\|)+", lines[1].replace(" ", "")), lines[1]  # the pipe-table rule line
     return split(lines[0]), [split(ln) for ln in lines[2:]]
@@ -339,11 +386,20 @@ def test_markdown_escapes_pipes_inside_cells(built):
 def test_per_model_table_counts_params_flops_and_training_memory_once_per_model(tmp_path):
     other = dict(PROTOCOL, num_samples=1000, label="FID-1k, digits-cnn, vs train split")
     recs = []
-    for model, params, flops, mem in (("dit", 300_000, 2.5e8, 3 * 2 ** 20), ("fpdm", 90_000, 1.5e8, 2 ** 20)):
+    for model, params, flops, mem in (("dit", 300_000, 2.5e8, 3 * 2**20), ("fpdm", 90_000, 1.5e8, 2**20)):
         for budget, proto in ((12, PROTOCOL), (24, other)):
-            recs.append(record({"model": model, "preset": "tiny", "budget_blocks": budget, "seed": 0},
-                               {"fid": 10.0 + budget, "params_total": params, "flops_per_forward": flops,
-                                "train_mem_total_bytes": mem}, protocol=proto))
+            recs.append(
+                record(
+                    {"model": model, "preset": "tiny", "budget_blocks": budget, "seed": 0},
+                    {
+                        "fid": 10.0 + budget,
+                        "params_total": params,
+                        "flops_per_forward": flops,
+                        "train_mem_total_bytes": mem,
+                    },
+                    protocol=proto,
+                )
+            )
     data = load_sweeps([write_sweep(tmp_path / "s", recs)])
     (t,) = [t for t in build_tables(data.jobs) if t.name == "models"]  # once, not once per protocol
     assert t.protocol == {}
@@ -377,8 +433,11 @@ def test_fid_axes_carry_the_protocol_label(built):
     data = load_sweeps([built["a"], built["b"]])
     rows = data.jobs[data.jobs["status"] == "ok"]
     label = "FID-64 (digits-cnn, vs train split)"  # from the fixture's "FID-64, digits-cnn, vs train split"
-    for name, xlabel in (("fid_vs_budget", "block passes per image"), ("fid_vs_iters", "iterations per step"),
-                         ("pareto", "FLOPs per image")):
+    for name, xlabel in (
+        ("fid_vs_budget", "block passes per image"),
+        ("fid_vs_iters", "iterations per step"),
+        ("pareto", "FLOPs per image"),
+    ):
         fig = get_figure(name).fn(data, rows)
         assert fig.axes[0].get_ylabel() == label and fig.axes[0].get_xlabel() == xlabel, name
         # and in the written file (matplotlib keeps each text as a comment beside its glyph paths)

@@ -1,10 +1,12 @@
 """Iteration schedules (fpdm/schedules.py): contract properties, directions, official controller
 numbers (docs/paper-notes.md §4.3, §8.5), and error messages."""
+
 import math
 from fractions import Fraction
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fpdm.schedules import get_schedule, list_schedules, register_schedule
 
@@ -53,8 +55,8 @@ def test_direction_monotone(tb, ratio):
     inc = get_schedule("increasing")(total, steps, ratio=ratio)
     dec = get_schedule("decreasing")(total, steps, ratio=ratio)
     cos = get_schedule("cosine")(total, steps, ratio=ratio)
-    assert _nondecreasing(inc), inc           # fewest at the noisiest (first) step
-    assert _nondecreasing(dec[::-1]), dec     # most at the noisiest step
+    assert _nondecreasing(inc), inc  # fewest at the noisiest (first) step
+    assert _nondecreasing(dec[::-1]), dec  # most at the noisiest step
     assert _nondecreasing(cos), cos
     # increasing and decreasing use the same weights, mirrored; ties (and so the rounding)
     # are oriented by direction, so they are exact mirror images
@@ -86,7 +88,7 @@ def test_official_increasing_matches_controller(tb, ratio):
     ref, shares = _controller_verbatim(total, steps, ratio)
     if sum(ref) == total:  # the controller spent the budget: identical lists
         assert off == ref
-    else:                  # it under-spent: ours tops up, never dropping an entry
+    else:  # it under-spent: ours tops up, never dropping an entry
         assert all(o >= c for o, c in zip(off, ref))
     # every entry is its exact share rounded up or down: the shape (most iterations at the
     # noisiest step) holds up to the rounding, at most one iteration out of order
@@ -118,7 +120,7 @@ def test_cosine_shape_flat_ends_steep_middle():
     out = get_schedule("cosine")(1000, 21, ratio=(0.5, 1.5))
     lin = get_schedule("increasing")(1000, 21, ratio=(0.5, 1.5))
     assert out[0] == lin[0] and out[-1] == lin[-1]  # same end weights
-    assert out[1] - out[0] < out[11] - out[10]       # eased start, steeper middle
+    assert out[1] - out[0] < out[11] - out[10]  # eased start, steeper middle
     assert out[3] < lin[3] and out[17] > lin[17]
 
 
@@ -193,4 +195,5 @@ def test_registered_schedule_contract_is_enforced():
             broken(10, 3)
     finally:
         from fpdm import schedules
+
         schedules.SCHEDULES.remove("_test_broken")

@@ -2,6 +2,7 @@
 training checkpoints, the WHOLE process stops non-zero, no record is left, and rerunning the same
 command resumes from the checkpoint. The Slurm path (a callable handler from submitit) is unchanged.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,12 +32,27 @@ def _logged_steps(train_dir: Path) -> list[int]:
     return [json.loads(ln)["step"] for ln in log.read_text().splitlines()] if log.is_file() else []
 
 
-def test_sigterm_stops_a_local_sweep_after_a_checkpoint_and_a_rerun_resumes(tmp_path, fast_overrides, offline_env,
-                                                                            hydra_app):
-    args = [*fast_overrides, "run.stages=[train]", f"train.budget.value={STEPS}", "train.batch_size=8",
-            "train.ckpt_every=100000", "train.log_every=1", "train.seed=0,1"]
-    proc = subprocess.Popen([sys.executable, "-m", "harness.run", "-m", *args], cwd=tmp_path, env=offline_env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+def test_sigterm_stops_a_local_sweep_after_a_checkpoint_and_a_rerun_resumes(
+    tmp_path, fast_overrides, offline_env, hydra_app
+):
+    args = [
+        *fast_overrides,
+        "run.stages=[train]",
+        f"train.budget.value={STEPS}",
+        "train.batch_size=8",
+        "train.ckpt_every=100000",
+        "train.log_every=1",
+        "train.seed=0,1",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.run", "-m", *args],
+        cwd=tmp_path,
+        env=offline_env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     t0 = time.monotonic()
     while not any(len(_logged_steps(d)) >= 3 for d in _train_dirs(tmp_path)):  # training has started
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -57,7 +73,7 @@ def test_sigterm_stops_a_local_sweep_after_a_checkpoint_and_a_rerun_resumes(tmp_
 
     hydra_app(args, multirun=True)  # the same command again: resumes, then runs the second job
     steps = _logged_steps(train_dir)
-    assert steps[len(steps) - (STEPS - stopped):] == list(range(stopped + 1, STEPS + 1))  # resumed, not restarted
+    assert steps[len(steps) - (STEPS - stopped) :] == list(range(stopped + 1, STEPS + 1))  # resumed, not restarted
     assert steps.count(1) == 1  # step 1 was trained once: the rerun did not start from scratch
     records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/record.json")]
     assert len(records) == 2 and all(r["status"] == "ok" for r in records)

@@ -4,6 +4,7 @@ Fixture features are Gaussian: image i of every job shares its draw z_i (the sam
 a setting shifts the mean by `shift` along a fixed direction, so its FID against N(0, I) is about
 shift^2 (closed form) and two settings with the same shift have identical features (a tie).
 """
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from report_fixtures import record, write_sweep
+
 from reports.build import build_report
 
 D, N = 8, 300
@@ -35,11 +36,23 @@ def _sweep(root, fpdm_shift: dict, train_seeds=(0,), dit_shift=1.0):
     for ts in train_seeds:
         for budget in (60, 120, 240):
             for model in ("dit", "fpdm"):
-                shift = dit_shift if model == "dit" else fpdm_shift[(budget, ts)] if (budget, ts) in fpdm_shift \
+                shift = (
+                    dit_shift
+                    if model == "dit"
+                    else fpdm_shift[(budget, ts)]
+                    if (budget, ts) in fpdm_shift
                     else fpdm_shift[budget]
+                )
                 axes = {"model": model, "data": "digits", "budget_blocks": budget, "seed": 0, "train_seed": ts}
-                rec = record(axes, {"fid": shift ** 2, "noise_floor_halves": 0.05, "noise_floor_halves_std": 0.01,
-                                    "noise_floor_subset": 0.02})
+                rec = record(
+                    axes,
+                    {
+                        "fid": shift**2,
+                        "noise_floor_halves": 0.05,
+                        "noise_floor_halves_std": 0.01,
+                        "noise_floor_subset": 0.02,
+                    },
+                )
                 rec["config"]["metrics"] = {"bootstrap": 100, "bootstrap_seed": 3}
                 recs.append(rec)
                 shifts[rec["job_id"]] = shift
@@ -51,8 +64,8 @@ def _sweep(root, fpdm_shift: dict, train_seeds=(0,), dit_shift=1.0):
 
 
 def _sentence(html: str, name: str) -> str:
-    part = html[html.index(f'id="s-{name}"'):]
-    return part[part.index('class="conclusion"><b>') + 22:part.index("</b></p>")]
+    part = html[html.index(f'id="s-{name}"') :]
+    return part[part.index('class="conclusion"><b>') + 22 : part.index("</b></p>")]
 
 
 def test_conclusions_follow_the_numbers(tmp_path):
@@ -95,8 +108,9 @@ def test_two_builds_are_byte_identical_and_figures_carry_the_band(tmp_path):
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     from reports.noise_band import floor_top
 
-    assert floor_top(pd.DataFrame({"noise_floor_halves": [0.05], "noise_floor_halves_std": [0.01],
-                                   "noise_floor_subset": [0.02]})) == pytest.approx(0.06)
+    assert floor_top(
+        pd.DataFrame({"noise_floor_halves": [0.05], "noise_floor_halves_std": [0.01], "noise_floor_subset": [0.02]})
+    ) == pytest.approx(0.06)
 
 
 def test_dit_jobs_repeated_per_schedule_name_pair_once(tmp_path):

@@ -7,6 +7,7 @@ With Slurm (``bash scripts/slurm-up.sh``; skipped with the reason otherwise): a 
 through ``hydra/launcher=slurm_cpu`` returns both records, and a 2-task DDP job that is sent the
 pre-emption signal checkpoints, is requeued by submitit and finishes from its checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,6 +36,7 @@ def _compose(overrides: list[str]):
 
 # --------------------------------------------------------------------------- profiles (no Slurm)
 
+
 @pytest.fixture
 def srun_on_path(tmp_path, monkeypatch):
     """submitit's SlurmExecutor refuses to exist unless ``srun`` is on PATH (its only probe of the
@@ -61,9 +63,11 @@ def test_profile_composes_into_a_submitit_executor(profile, tmp_path, srun_on_pa
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     cluster = params.pop("_target_").rsplit(".", 1)[1].removesuffix("Launcher").lower()
     # the same translation as BaseSubmititLauncher.launch
-    executor = submitit.AutoExecutor(folder=params.pop("submitit_folder"), cluster=cluster,
-                                     **({f"{cluster}_max_num_timeout": params.pop("max_num_timeout")}
-                                        if "max_num_timeout" in params else {}))
+    executor = submitit.AutoExecutor(
+        folder=params.pop("submitit_folder"),
+        cluster=cluster,
+        **({f"{cluster}_max_num_timeout": params.pop("max_num_timeout")} if "max_num_timeout" in params else {}),
+    )
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"{cluster}_{k}": v for k, v in params.items()})
     if cluster == "local":
@@ -71,8 +75,11 @@ def test_profile_composes_into_a_submitit_executor(profile, tmp_path, srun_on_pa
         return
     assert executor._executor.max_num_timeout > 0  # resumable stages are requeued after a time-out
     script = executor._executor._make_submission_file_text("python -m harness.run", "uid")
-    expected = {"slurm_cpu": ("--ntasks-per-node=1", None), "slurm_gpu1": ("--ntasks-per-node=1", "--gpus-per-node=1"),
-                "slurm_gpu8": ("--ntasks-per-node=8", "--gpus-per-node=8")}[profile]
+    expected = {
+        "slurm_cpu": ("--ntasks-per-node=1", None),
+        "slurm_gpu1": ("--ntasks-per-node=1", "--gpus-per-node=1"),
+        "slurm_gpu8": ("--ntasks-per-node=8", "--gpus-per-node=8"),
+    }[profile]
     assert expected[0] in script
     assert (expected[1] in script) if expected[1] else "gpus" not in script  # CPU profile asks for no GPU
     assert f"--signal=USR2@{params['signal_delay_s']}" in script  # submitit's requeue signal
@@ -93,6 +100,7 @@ def test_basic_launcher_is_the_default():
 
 # --------------------------------------------------------------------------- signal chain (no Slurm)
 
+
 def test_preemption_signal_checkpoints_before_submitit_requeues(tmp_path):
     """A stand-in for submitit's handler is installed on SIGUSR2 before training; the signal must
     reach it only after the checkpoint of the current step is on disk, its SystemExit must become
@@ -105,8 +113,15 @@ def test_preemption_signal_checkpoints_before_submitit_requeues(tmp_path):
     from harness.stages.job import _build
     from harness.stages.train import Preempted, train_model
 
-    cfg = _compose(["train.batch_size=16", "train.log_every=1", "train.ckpt_every=100000", "run.device=cpu",
-                    "train.budget.value=100000"])
+    cfg = _compose(
+        [
+            "train.batch_size=16",
+            "train.log_every=1",
+            "train.ckpt_every=100000",
+            "run.device=cpu",
+            "train.budget.value=100000",
+        ]
+    )
     data, spec, device = build_dataset(cfg.data), diffusion_spec(cfg), torch.device("cpu")
     log = tmp_path / "train_log.jsonl"
     seen: list[list[str]] = []
@@ -144,6 +159,7 @@ def test_preemption_signal_checkpoints_before_submitit_requeues(tmp_path):
 
 # --------------------------------------------------------------------------- the real cluster
 
+
 def _slurm_unavailable() -> str | None:
     if shutil.which("sinfo") is None:
         return "sinfo not found: Slurm is not installed (bash scripts/slurm-up.sh installs and starts it)"
@@ -177,10 +193,20 @@ def app(tmp_path, fast_overrides, offline_env):
     env = {k: v for k, v in offline_env.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
 
     def start(*overrides: str) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "harness.run", "-m", "hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1",
-               f"hydra.launcher.submitit_folder={tmp_path / 'submitit' / '%j'}", *fast_overrides,
-               "train.batch_size=16", *overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "harness.run",
+            "-m",
+            "hydra/launcher=slurm_cpu",
+            "hydra.launcher.cpus_per_task=1",
+            f"hydra.launcher.submitit_folder={tmp_path / 'submitit' / '%j'}",
+            *fast_overrides,
+            "train.batch_size=16",
+            *overrides,
+        ]
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
     return start
 
 
@@ -232,8 +258,13 @@ def test_ddp_job_is_preempted_requeued_and_resumes(slurm, app, tmp_path):
     checkpoint at the same step, submitit requeues the job and the requeued run resumes from the
     checkpoint in its cache directory: every step is logged exactly once and the record is ok."""
     budget = 60
-    proc = app("hydra.launcher.tasks_per_node=2", "run.stages=[train]", f"train.budget.value={budget}",
-                "train.log_every=1", "train.ckpt_every=100000")
+    proc = app(
+        "hydra.launcher.tasks_per_node=2",
+        "run.stages=[train]",
+        f"train.budget.value={budget}",
+        "train.log_every=1",
+        "train.ckpt_every=100000",
+    )
     logs = tmp_path / "cache" / "train"
     deadline = time.monotonic() + 240
     while not any(f.read_text().count("\n") >= 5 for f in logs.glob("*/train_log.jsonl")):
@@ -245,8 +276,9 @@ def test_ddp_job_is_preempted_requeued_and_resumes(slurm, app, tmp_path):
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)  # all tasks, as Slurm does
     # Slurm holds a requeued batch job for a while (BeginTime); release it now to keep the test short
     for _ in range(150):
-        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True,
-                               timeout=15).stdout
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True, timeout=15
+        ).stdout
         if "PENDING" in state:
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, timeout=30)
             break

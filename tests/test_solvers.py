@@ -1,4 +1,5 @@
 """Tests for fpdm/solvers.py: the fixed point solver registry and its contract."""
+
 import math
 
 import pytest
@@ -258,8 +259,7 @@ def test_runs_under_inference_mode(name):
 def test_anderson_singular_history_falls_back_without_raising():
     # f is constant: every residual after the first is identical -> rank-1 Gram with lam = 0
     c = torch.randn(3, 4, dtype=torch.float64)
-    z, st = get_solver("anderson")(lambda z: c.clone(), torch.zeros(3, 4, dtype=torch.float64),
-                                   max_iter=6, lam=0.0)
+    z, st = get_solver("anderson")(lambda z: c.clone(), torch.zeros(3, 4, dtype=torch.float64), max_iter=6, lam=0.0)
     assert not st.diverged.any()
     torch.testing.assert_close(z, c)
 

@@ -1,5 +1,6 @@
 """Train and sample stages: resumable bit-exact training, batch-size-independent samples, budgets
 counted as spent, memory accounting."""
+
 from __future__ import annotations
 
 import time
@@ -7,9 +8,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from config_helpers import digits_data, structured_config
+from safetensors.torch import load_file
 
 from harness.compute.plan import plan_fpdm
 from harness.diffusion.spec import diffusion_spec
@@ -32,8 +32,9 @@ def _cfg(**train):
 
 def _model(cfg, data):
     torch.manual_seed(0)
-    return build_model(cfg.model, cfg.train, image_size=data.image_size, channels=data.channels,
-                       num_classes=data.num_classes)
+    return build_model(
+        cfg.model, cfg.train, image_size=data.image_size, channels=data.channels, num_classes=data.num_classes
+    )
 
 
 def test_data_position_is_a_function_of_the_step():
@@ -55,8 +56,7 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, data):
     for f in ("ema.safetensors", "model.safetensors"):
         (tmp_path / "resumed" / f).unlink()
     assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["ckpt-00000003.pt", "ckpt-00000005.pt"]
-    summary = train_model(_model(cfg, data), data, spec, cfg, tmp_path / "resumed", torch.device("cpu"),
-                          progress=False)
+    summary = train_model(_model(cfg, data), data, spec, cfg, tmp_path / "resumed", torch.device("cpu"), progress=False)
     assert summary["train_steps"] == 8
     for f in ("ema.safetensors", "model.safetensors"):
         a, b = load_file(str(tmp_path / "straight" / f)), load_file(str(tmp_path / "resumed" / f))
@@ -66,8 +66,9 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, data):
 
 def test_block_pass_budget_counts_sjfb_draws(tmp_path, data):
     cfg = _cfg(**{"train.budget.unit": "block_passes", "train.budget.value": 40})
-    summary = train_model(_model(cfg, data), data, diffusion_spec(cfg), cfg, tmp_path, torch.device("cpu"),
-                          progress=False)
+    summary = train_model(
+        _model(cfg, data), data, diffusion_spec(cfg), cfg, tmp_path, torch.device("cpu"), progress=False
+    )
     # each step costs 2 explicit blocks + n + m drawn iterations (n in 0..3, m in 1..3): 3..8 passes
     assert 40 <= summary["train_block_passes_per_image"] < 40 + 8
     assert 40 / 8 <= summary["train_steps"] <= 40 / 3 + 1

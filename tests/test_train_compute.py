@@ -5,11 +5,11 @@ the training modes report, and the compute budget stopping where the pre-check s
 Per image-step, by hand: forward 1, backward 2, checkpoint recompute 1, adjoint VJP 2 per block pass;
 the explicit blocks (2 for FPDM, 6 for DiT) always run forward and backward.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from config_helpers import digits_data, structured_config
 
 from fpdm.training_modes import ImplicitTrainSpec, get_training_mode, planned_counts
@@ -33,9 +33,18 @@ def data():
 
 
 def _cfg(**over):
-    return structured_config({"train.batch_size": 8, "train.log_every": 1, "train.iters.no_grad.min": N,
-                              "train.iters.no_grad.max": N, "train.iters.with_grad.min": M,
-                              "train.iters.with_grad.max": M, "train.implicit_tol": 0.0, **over})
+    return structured_config(
+        {
+            "train.batch_size": 8,
+            "train.log_every": 1,
+            "train.iters.no_grad.min": N,
+            "train.iters.no_grad.max": N,
+            "train.iters.with_grad.min": M,
+            "train.iters.with_grad.max": M,
+            "train.implicit_tol": 0.0,
+            **over,
+        }
+    )
 
 
 def _train(cfg, data, tmp_path):
@@ -43,8 +52,9 @@ def _train(cfg, data, tmp_path):
     from harness.stages.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(cfg.model, cfg.train, image_size=data.image_size, channels=data.channels,
-                        num_classes=data.num_classes)
+    model = build_model(
+        cfg.model, cfg.train, image_size=data.image_size, channels=data.channels, num_classes=data.num_classes
+    )
     return train_model(model, data, diffusion_spec(cfg), cfg, tmp_path, torch.device("cpu"), progress=False)
 
 

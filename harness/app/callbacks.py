@@ -4,6 +4,7 @@
 that never produced a record; the report (tables, figures, HTML) is rebuilt from the records alone
 (``python -m reports.build SWEEP_DIR`` does the same by hand).
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,7 +29,9 @@ def planned_jobs(config: DictConfig) -> list[dict] | None:
 
     if "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_") or ""):
         return None
-    params = OmegaConf.to_container(config.hydra.sweeper.params, resolve=False) if config.hydra.sweeper.get("params") else {}
+    params = (
+        OmegaConf.to_container(config.hydra.sweeper.params, resolve=False) if config.hydra.sweeper.get("params") else {}
+    )
     batch = expand_sweep(list(config.hydra.overrides.task), params)
     parser = OverridesParser.create()
     od = config.hydra.job.config.override_dirname

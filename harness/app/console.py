@@ -1,10 +1,20 @@
 """A small plain-text table of job records, printed after a single run."""
+
 from __future__ import annotations
 
 COLUMNS = (
-    ("job_id", None), ("status", None), ("model", "axes"), ("sampler", "axes"), ("budget_blocks", "axes"),
-    ("steps", "axes"), ("iters_per_step", "axes"), ("fid", "metrics"), ("kid_mean", "metrics"),
-    ("params_total", "metrics"), ("block_passes_per_image", "metrics"), ("time_per_image_s", "metrics"),
+    ("job_id", None),
+    ("status", None),
+    ("model", "axes"),
+    ("sampler", "axes"),
+    ("budget_blocks", "axes"),
+    ("steps", "axes"),
+    ("iters_per_step", "axes"),
+    ("fid", "metrics"),
+    ("kid_mean", "metrics"),
+    ("params_total", "metrics"),
+    ("block_passes_per_image", "metrics"),
+    ("time_per_image_s", "metrics"),
 )
 
 

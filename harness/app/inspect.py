@@ -10,6 +10,7 @@ XL/2 on ImageNet latents is counted on a laptop, and the output is the same on e
 ``inspect.format=json`` prints one JSON object instead; ``inspect.ddp=true`` adds DDP's gradient
 buckets to the memory estimate. A bad config prints one ``error:`` line and exits 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ def _build_meta_model(cfg, shape):
             transformer = DiTTransformer2DModel.from_config(DiTTransformer2DModel.load_config(str(folder)))
             out = transformer.config.out_channels or transformer.config.in_channels
             return DiffusersDiT(transformer, learn_sigma=out == 2 * transformer.config.in_channels)
-        return build_model(cfg.model, cfg.train, image_size=shape.image_size, channels=shape.channels,
-                           num_classes=shape.num_classes)
+        return build_model(
+            cfg.model, cfg.train, image_size=shape.image_size, channels=shape.channels, num_classes=shape.num_classes
+        )
 
 
 def _architecture(cfg, model) -> dict:
@@ -47,20 +49,25 @@ def _architecture(cfg, model) -> dict:
     arch = architecture_axes(cfg)
     if arch.get("depth") is None:  # loaded weights: read what they define
         c = model.transformer.config
-        arch = {"depth": c.num_layers, "hidden_size": c.num_attention_heads * c.attention_head_dim,
-                "num_heads": c.num_attention_heads, "patch_size": c.patch_size, "mlp_ratio": 4.0}
+        arch = {
+            "depth": c.num_layers,
+            "hidden_size": c.num_attention_heads * c.attention_head_dim,
+            "num_heads": c.num_attention_heads,
+            "patch_size": c.patch_size,
+            "mlp_ratio": 4.0,
+        }
     return arch
 
 
 def inspect_config(cfg) -> dict:
     from harness.compute.flops import flop_breakdown, sampling_flops
-    from harness.compute.params import params_by_part
-    from harness.data.shape import input_shape
     from harness.compute.memory_estimate import (
         assumptions_from_config,
         estimate_training_memory,
     )
+    from harness.compute.params import params_by_part
     from harness.compute.plan import flop_match_inputs, sampling_plan
+    from harness.data.shape import input_shape
 
     shape = input_shape(cfg.data)
     model = _build_meta_model(cfg, shape)
@@ -68,8 +75,9 @@ def inspect_config(cfg) -> dict:
     params = params_by_part(model)
     iters = cfg.sample.iters if model.is_implicit and cfg.sample.iters is not None else None
     flops = flop_breakdown(model, size, iters)
-    match_flops, dit_flops = flop_match_inputs(cfg, model, image_size=size, channels=shape.channels,
-                                               num_classes=shape.num_classes)
+    match_flops, dit_flops = flop_match_inputs(
+        cfg, model, image_size=size, channels=shape.channels, num_classes=shape.num_classes
+    )
     depth = model.depth if cfg.model.name == "dit_diffusers" else None
     plan = sampling_plan(cfg, depth=depth, flops=match_flops, dit_flops_per_forward=dit_flops)
     plan, calibration = _calibrated(cfg, plan)
@@ -78,15 +86,34 @@ def inspect_config(cfg) -> dict:
     method = cfg.train.method if model.is_implicit else None
     iters_per_step = list(plan.iters) if model.is_implicit else None
     out = {
-        "model": {"name": cfg.model.name, "preset": cfg.model.preset, "image_size": size, "channels": shape.channels,
-                  "num_classes": shape.num_classes, "explicit_blocks": model.num_explicit_blocks,
-                  "architecture": _architecture(cfg, model), "data": cfg.data.name, "shape_note": shape.note},
+        "model": {
+            "name": cfg.model.name,
+            "preset": cfg.model.preset,
+            "image_size": size,
+            "channels": shape.channels,
+            "num_classes": shape.num_classes,
+            "explicit_blocks": model.num_explicit_blocks,
+            "architecture": _architecture(cfg, model),
+            "data": cfg.data.name,
+            "shape_note": shape.note,
+        },
         "params": params,
         "flops": {**flops.as_dict(), "sampling_per_image": sampling_flops(flops, iters_per_step, plan.steps)},
-        "plan": {"steps": plan.steps, "iters": list(plan.iters), "block_passes_per_step": list(plan.block_passes_per_step),
-                 "block_passes": plan.block_passes, "k_mean": plan.k_mean, "schedule": plan.schedule},
-        "memory": {**memory, "batch_size": cfg.train.batch_size, "precision": cfg.train.precision,
-                   "train_method": method, "assumptions": assumptions.describe(method)},
+        "plan": {
+            "steps": plan.steps,
+            "iters": list(plan.iters),
+            "block_passes_per_step": list(plan.block_passes_per_step),
+            "block_passes": plan.block_passes,
+            "k_mean": plan.k_mean,
+            "schedule": plan.schedule,
+        },
+        "memory": {
+            **memory,
+            "batch_size": cfg.train.batch_size,
+            "precision": cfg.train.precision,
+            "train_method": method,
+            "assumptions": assumptions.describe(method),
+        },
     }
     if calibration is not None:
         out["plan"]["calibration"] = calibration
@@ -106,13 +133,18 @@ def _calibrated(cfg, plan):
 
     found = cached_calibration(cfg, stage_keys(cfg).train)
     if found is None:
-        return plan, {"cached": False, "note": "not calibrated yet: run harness.run with this config; "
-                                               "the nominal (constant) plan is shown"}
+        return plan, {
+            "cached": False,
+            "note": "not calibrated yet: run harness.run with this config; the nominal (constant) plan is shown",
+        }
     plan, adaptive = apply_calibration(plan, found)
     info = {"cached": True}
     if adaptive is not None:
-        info.update(tol=adaptive.tol, max_iters_per_step=adaptive.max_iters_per_step,
-                    calibration_block_passes=found.get("block_passes"))
+        info.update(
+            tol=adaptive.tol,
+            max_iters_per_step=adaptive.max_iters_per_step,
+            calibration_block_passes=found.get("block_passes"),
+        )
     return plan, info
 
 
@@ -120,10 +152,15 @@ def _memory_lines(mem: dict) -> list[str]:
     method = f", train.method={mem['train_method']}" if mem["train_method"] else ""
     lines = [f"training memory at batch {mem['batch_size']} ({mem['precision']}{method}):"]
     if mem["with_grad_iters_max"] is not None:
-        lines.append(f"  with-grad iterations m: expected {mem['with_grad_iters_expected']:g}, "
-                     f"maximum {mem['with_grad_iters_max']} (the *_max rows)")
-    lines += [f"  {k.replace('mem_', '').replace('_bytes', ''):<18} {v / 2**20:>12,.1f} MiB"
-              for k, v in mem.items() if k.startswith("mem_") and (v or "total" in k or "saved" in k)]
+        lines.append(
+            f"  with-grad iterations m: expected {mem['with_grad_iters_expected']:g}, "
+            f"maximum {mem['with_grad_iters_max']} (the *_max rows)"
+        )
+    lines += [
+        f"  {k.replace('mem_', '').replace('_bytes', ''):<18} {v / 2**20:>12,.1f} MiB"
+        for k, v in mem.items()
+        if k.startswith("mem_") and (v or "total" in k or "saved" in k)
+    ]
     lines.append("  assumptions:")
     lines += [f"    - {a}" for a in mem["assumptions"]]
     return lines
@@ -132,22 +169,32 @@ def _memory_lines(mem: dict) -> list[str]:
 def _text(info: dict) -> str:
     m, p, f, pl = info["model"], info["params"], info["flops"], info["plan"]
     arch = " ".join(f"{k}={v}" for k, v in m["architecture"].items())
-    lines = [(f"model {m['name']} {m['preset']}  input {m['channels']}x{m['image_size']}x{m['image_size']}  "
-              f"classes {m['num_classes']}  explicit blocks {m['explicit_blocks']}"),
-             f"architecture: {arch}"]
+    lines = [
+        (
+            f"model {m['name']} {m['preset']}  input {m['channels']}x{m['image_size']}x{m['image_size']}  "
+            f"classes {m['num_classes']}  explicit blocks {m['explicit_blocks']}"
+        ),
+        f"architecture: {arch}",
+    ]
     if m["shape_note"]:
         lines.append(f"  ({m['shape_note']})")
     lines.append("parameters:")
     lines += [f"  {k:<12} {v:>14,}" for k, v in p.items() if k != "note"]
     if "note" in p:
         lines.append(f"  ({p['note']})")
-    lines += ["FLOPs per image:",
-              f"  one forward        {f['per_forward']:>16,}",
-              f"  one block          {f['block']:>16,}"]
+    lines += [
+        "FLOPs per image:",
+        f"  one forward        {f['per_forward']:>16,}",
+        f"  one block          {f['block']:>16,}",
+    ]
     if f["per_iteration"]:
-        lines += [f"  one iteration      {f['per_iteration']:>16,}  (injection MLP = {f['injection_to_block']:.2f} block)"]
-    lines += [f"  whole sampling     {f['sampling_per_image']:>16,}",
-              f"sampling plan: {pl['steps']} steps, {pl['block_passes']} block passes per image ({pl['schedule']})"]
+        lines += [
+            f"  one iteration      {f['per_iteration']:>16,}  (injection MLP = {f['injection_to_block']:.2f} block)"
+        ]
+    lines += [
+        f"  whole sampling     {f['sampling_per_image']:>16,}",
+        f"sampling plan: {pl['steps']} steps, {pl['block_passes']} block passes per image ({pl['schedule']})",
+    ]
     if any(pl["iters"]):
         lines.append(f"  iterations per step (sampling order): {pl['iters']}")
     lines.append(f"  block passes per step: {pl['block_passes_per_step']}")
@@ -194,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         known = isinstance(exc, (ValueError, KeyError, FileNotFoundError))
-        print(f"error: {msg.strip(chr(34) + chr(39)) if isinstance(exc, KeyError) else msg}"
-              + ("" if known else f" ({type(exc).__name__}; run.debug=true shows the traceback)"), file=sys.stderr)
+        print(
+            f"error: {msg.strip(chr(34) + chr(39)) if isinstance(exc, KeyError) else msg}"
+            + ("" if known else f" ({type(exc).__name__}; run.debug=true shows the traceback)"),
+            file=sys.stderr,
+        )
         return 2
     print(json.dumps(info, indent=2, sort_keys=True) if cfg.inspect.format == "json" else _text(info))
     return 0

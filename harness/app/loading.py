@@ -11,6 +11,7 @@ Where things are (docs/architecture.md, "Job record" and the artifact cache):
 
 Every failure is a ``LoadError`` with one line naming the path and the fix.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ class LoadedModel(NamedTuple):
 @dataclass(frozen=True)
 class TrainedSource:
     """Where a trained model lives: its resolved config, train directory and (if any) record."""
+
     config: DictConfig
     train_dir: Path
     record_path: Path | None
@@ -54,8 +56,9 @@ def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise LoadError(f"{what} {path} is unreadable or not JSON ({type(exc).__name__}); "
-                        "pass another record or job directory") from None
+        raise LoadError(
+            f"{what} {path} is unreadable or not JSON ({type(exc).__name__}); pass another record or job directory"
+        ) from None
 
 
 def schema_config(resolved: dict, where: Path) -> DictConfig:
@@ -75,8 +78,9 @@ def schema_config(resolved: dict, where: Path) -> DictConfig:
     try:
         return OmegaConf.merge(base, {k: v for k, v in (resolved or {}).items() if k != "hydra"})
     except Exception as exc:  # a key this version of the schema no longer has, or a changed type
-        raise LoadError(f"the config stored in {where} does not fit this version of fpdm-bench: "
-                        f"{str(exc).splitlines()[0]}") from None
+        raise LoadError(
+            f"the config stored in {where} does not fit this version of fpdm-bench: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def _find(path_text: str, near: Path) -> Path | None:
@@ -98,12 +102,16 @@ def _from_record(record_path: Path) -> TrainedSource:
     status = rec.get("status")
     if status != "ok":
         reason = next((ln for ln in str(rec.get("reason") or "").splitlines() if ln.strip()), "no reason recorded")
-        raise LoadError(f"record {record_path} is {status!r} ({reason}): it has no trained model; "
-                        "rerun the job with python -m harness.run")
+        raise LoadError(
+            f"record {record_path} is {status!r} ({reason}): it has no trained model; "
+            "rerun the job with python -m harness.run"
+        )
     cfg = schema_config(rec.get("config") or {}, record_path)
     if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
-        raise LoadError(f"record {record_path} sampled pretrained weights (model.pretrained_path="
-                        f"{cfg.model.pretrained_path}), not a trained checkpoint: load that folder with diffusers")
+        raise LoadError(
+            f"record {record_path} sampled pretrained weights (model.pretrained_path="
+            f"{cfg.model.pretrained_path}), not a trained checkpoint: load that folder with diffusers"
+        )
     train_key = (rec.get("keys") or {}).get("train")
     candidates = [(rec.get("artifacts") or {}).get("checkpoint")]
     if train_key:
@@ -113,8 +121,10 @@ def _from_record(record_path: Path) -> TrainedSource:
         if found is not None and found.is_file():
             return TrainedSource(cfg, found.parent, record_path, _data_shape(found.parent))
     expected = candidates[-1] or "an artifacts.checkpoint entry"
-    raise LoadError(f"record {record_path} has no checkpoint on disk (expected {expected}): the cache was moved "
-                    "or cleaned; set the record's paths.cache_dir or rerun the job to retrain")
+    raise LoadError(
+        f"record {record_path} has no checkpoint on disk (expected {expected}): the cache was moved "
+        "or cleaned; set the record's paths.cache_dir or rerun the job to retrain"
+    )
 
 
 def _data_shape(train_dir: Path) -> dict | None:
@@ -124,12 +134,15 @@ def _data_shape(train_dir: Path) -> dict | None:
 
 def _from_train_dir(train_dir: Path) -> TrainedSource:
     if not (train_dir / COMPLETE).is_file():
-        raise LoadError(f"{train_dir} is an unfinished training run (no {COMPLETE}): resume it by rerunning its "
-                        "job, then load it")
+        raise LoadError(
+            f"{train_dir} is an unfinished training run (no {COMPLETE}): resume it by rerunning its job, then load it"
+        )
     path = train_dir / TRAIN_CONFIG_NAME
     if not path.is_file():
-        raise LoadError(f"{train_dir} has no {TRAIN_CONFIG_NAME} (trained by an older fpdm-bench): load it through "
-                        f"the {RECORD_NAME} of a job that used it instead")
+        raise LoadError(
+            f"{train_dir} has no {TRAIN_CONFIG_NAME} (trained by an older fpdm-bench): load it through "
+            f"the {RECORD_NAME} of a job that used it instead"
+        )
     stored = _read_json(path, "train config")
     return TrainedSource(schema_config(stored.get("config") or {}, path), train_dir, None, stored.get("data"))
 
@@ -138,8 +151,10 @@ def resolve_source(path: str | Path) -> TrainedSource:
     """Find the trained model a record, job directory or train cache directory points to."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise LoadError(f"{p} does not exist: pass a job record ({RECORD_NAME}), a job directory or a train "
-                        "cache directory (<paths.cache_dir>/train/<key>)")
+        raise LoadError(
+            f"{p} does not exist: pass a job record ({RECORD_NAME}), a job directory or a train "
+            "cache directory (<paths.cache_dir>/train/<key>)"
+        )
     if p.is_file():
         if p.name == EMA_NAME:
             return _from_train_dir(p.parent)
@@ -149,10 +164,14 @@ def resolve_source(path: str | Path) -> TrainedSource:
     if (p / EMA_NAME).is_file():
         return _from_train_dir(p)
     if any(p.glob("ckpt-*.pt")):
-        raise LoadError(f"{p} holds only intermediate checkpoints (no {EMA_NAME}): finish the training by "
-                        "rerunning its job, then load it")
-    raise LoadError(f"{p} holds no {RECORD_NAME} and no trained model ({EMA_NAME}): pass a job directory or "
-                    "<paths.cache_dir>/train/<key>")
+        raise LoadError(
+            f"{p} holds only intermediate checkpoints (no {EMA_NAME}): finish the training by "
+            "rerunning its job, then load it"
+        )
+    raise LoadError(
+        f"{p} holds no {RECORD_NAME} and no trained model ({EMA_NAME}): pass a job directory or "
+        "<paths.cache_dir>/train/<key>"
+    )
 
 
 def data_shape(source: TrainedSource) -> dict:
@@ -165,8 +184,10 @@ def data_shape(source: TrainedSource) -> dict:
     try:
         d = build_dataset(source.config.data)
     except (DataError, OSError, ValueError) as exc:
-        raise LoadError(f"the input shape of {source.train_dir} is not stored and data={source.config.data.name} "
-                        f"cannot be read ({exc})") from None
+        raise LoadError(
+            f"the input shape of {source.train_dir} is not stored and data={source.config.data.name} "
+            f"cannot be read ({exc})"
+        ) from None
     return {"channels": d.channels, "image_size": d.image_size, "num_classes": d.num_classes}
 
 
@@ -187,8 +208,9 @@ def build_trained(source: TrainedSource, device: str = "cpu"):
         model.load_state_dict(state)
     except Exception as exc:  # truncated file, or weights of another architecture
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise LoadError(f"{weights} does not load into model={cfg.model.name} preset={cfg.model.preset}: "
-                        f"{first[:200]}") from None
+        raise LoadError(
+            f"{weights} does not load into model={cfg.model.name} preset={cfg.model.preset}: {first[:200]}"
+        ) from None
     return model.to(device).eval()
 
 

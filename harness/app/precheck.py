@@ -7,6 +7,7 @@ and the preset's ``hydra.sweeper.params``, as Hydra's basic sweeper expands them
 semantic checks on each. Sampled sweeps (Optuna) are checked at their base config; their trials
 are checked again in the task, where a bad point becomes a failed trial.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,10 +20,32 @@ from omegaconf import OmegaConf
 from harness.config.targets import check_user_targets_import
 from harness.config.validate import ConfigError, check_output_dir, validate_config
 
-_HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-                           "--info", "-i", "--package", "-p", "--experimental-rerun"}
-_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--resolve", "--version", "--shell-completion", "-sc",
-               "--info", "-i"}
+_HYDRA_FLAGS_WITH_VALUE = {
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--info",
+    "-i",
+    "--package",
+    "-p",
+    "--experimental-rerun",
+}
+_INFO_FLAGS = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--cfg",
+    "-c",
+    "--resolve",
+    "--version",
+    "--shell-completion",
+    "-sc",
+    "--info",
+    "-i",
+}
 
 
 def split_argv(argv: list[str]) -> tuple[bool, list[str], bool]:
@@ -112,22 +135,30 @@ def _init_search_path(argv: list[str], calling_file: str | None, config_module: 
         # Hydra: absolute, or relative to the app's file (not the cwd)
         primary = os.path.join(os.path.dirname(os.path.realpath(calling_file)), config_path)
         if not os.path.isdir(primary):
-            raise ConfigError(f"--config-path={config_path} is not a directory (a relative path starts at "
-                              f"{os.path.dirname(primary)}); give the absolute path of your config folder")
+            raise ConfigError(
+                f"--config-path={config_path} is not a directory (a relative path starts at "
+                f"{os.path.dirname(primary)}); give the absolute path of your config folder"
+            )
     search_path = create_automatic_config_search_path(calling_file, calling_module, config_path)
     config_dir = _flag(argv, ("--config-dir", "-cd"))
     if config_dir is not None:
         if not os.path.isdir(config_dir):
-            raise ConfigError(f"--config-dir={config_dir} is not a directory; give the folder that holds "
-                              "your sweep/ and hydra/launcher/ configs")
-        search_path.prepend(provider="command-line", path=f"file://{os.path.abspath(config_dir)}",
-                            anchor=SearchPathQuery(provider="schema"))
+            raise ConfigError(
+                f"--config-dir={config_dir} is not a directory; give the folder that holds "
+                "your sweep/ and hydra/launcher/ configs"
+            )
+        search_path.prepend(
+            provider="command-line",
+            path=f"file://{os.path.abspath(config_dir)}",
+            anchor=SearchPathQuery(provider="schema"),
+        )
     GlobalHydra.instance().clear()
     Hydra.create_main_hydra2(task_name="run", config_search_path=search_path)
 
 
-def precheck(argv: list[str], config_module: str = "harness.config", config_name: str = "config",
-             calling_file: str | None = None) -> None:
+def precheck(
+    argv: list[str], config_module: str = "harness.config", config_name: str = "config", calling_file: str | None = None
+) -> None:
     """Raise ``ConfigError`` (one line) if any job of this command line is invalid.
 
     ``calling_file``: the file of the ``@hydra.main`` app (``harness/run.py``), whose directory
@@ -146,7 +177,11 @@ def precheck(argv: list[str], config_module: str = "harness.config", config_name
         check_user_targets_import(base)  # any target the user names; see harness.config.targets
         sweeper_target = str(OmegaConf.select(base, "hydra.sweeper._target_") or "")
         if multirun and "BasicSweeper" in sweeper_target:
-            params = OmegaConf.to_container(base.hydra.sweeper.params, resolve=False) if base.hydra.sweeper.get("params") else {}
+            params = (
+                OmegaConf.to_container(base.hydra.sweeper.params, resolve=False)
+                if base.hydra.sweeper.get("params")
+                else {}
+            )
             jobs = expand_sweep(overrides, params)
         else:
             jobs = [plain]
@@ -161,7 +196,9 @@ def precheck(argv: list[str], config_module: str = "harness.config", config_name
         from harness.config.sweep_checks import check_comparisons
 
         check_comparisons(cfgs)  # a report baseline the sweep never runs
-        out_key, out_dir = ("hydra.sweep.dir", base.hydra.sweep.dir) if multirun else ("hydra.run.dir", base.hydra.run.dir)
+        out_key, out_dir = (
+            ("hydra.sweep.dir", base.hydra.sweep.dir) if multirun else ("hydra.run.dir", base.hydra.run.dir)
+        )
         check_output_dir(_static_prefix(str(out_dir)), out_key)
     finally:
         GlobalHydra.instance().clear()

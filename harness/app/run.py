@@ -9,6 +9,7 @@ The task returns the objective (``run.objective``, FID by default; a tuple for s
 sweepers consume it. Any exception inside a job becomes a ``failed`` record with its reason and
 the objective NaN (the Optuna sweeper tells it as FAIL), so one bad job never sinks a sweep.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,8 +43,12 @@ def task(cfg: DictConfig) -> float | tuple:
     job_dir = Path(hc.runtime.output_dir)
     if cfg.get("sweep") is None and hc.runtime.choices.get("sweep"):  # a user's sweep/*.yaml (--config-dir)
         cfg.sweep = hc.runtime.choices["sweep"]
-    job = _Job(job_dir, hc.mode == RunMode.MULTIRUN, list(cfg.run.objective),
-               dict(job_id=job_dir.name, overrides=list(hc.overrides.task), config=resolved_config(cfg)))
+    job = _Job(
+        job_dir,
+        hc.mode == RunMode.MULTIRUN,
+        list(cfg.run.objective),
+        dict(job_id=job_dir.name, overrides=list(hc.overrides.task), config=resolved_config(cfg)),
+    )
     try:
         validate_config(cfg)
         result = run_job(cfg, progress=cfg.run.progress, plan_only=cfg.run.plan)
@@ -57,8 +62,10 @@ def task(cfg: DictConfig) -> float | tuple:
         return job.nan
     if cfg.run.plan:
         status = ", ".join(f"{k}: {v}" for k, v in result.stage_status.items())
-        print(f"[plan] {job.dir.name}  {_axes_line(result.axes)}  ->  {_plan_status(job.dir, result.stage_status)} "
-              f"({status})")
+        print(
+            f"[plan] {job.dir.name}  {_axes_line(result.axes)}  ->  {_plan_status(job.dir, result.stage_status)} "
+            f"({status})"
+        )
         return job.nan
     return _record_result(cfg, job, result)
 
@@ -105,9 +112,18 @@ def _record_result(cfg: DictConfig, job: _Job, result) -> float | tuple:
     finite = all(math.isfinite(v) for v in (objective if isinstance(objective, tuple) else (objective,)))
     finite = finite or "evaluate" not in cfg.run.stages  # without the evaluate stage there is no objective to check
     reason = None if finite else f"non-finite objective {names}={objective}"
-    record = make_record(status="ok" if finite else "failed", reason=reason, axes=result.axes, metrics=result.metrics,
-                         protocol=result.protocol, keys=result.keys.as_dict(), artifacts=result.artifacts,
-                         solver_trace=result.solver_trace, extra={"stages": result.stage_status}, **job.common)
+    record = make_record(
+        status="ok" if finite else "failed",
+        reason=reason,
+        axes=result.axes,
+        metrics=result.metrics,
+        protocol=result.protocol,
+        keys=result.keys.as_dict(),
+        artifacts=result.artifacts,
+        solver_trace=result.solver_trace,
+        extra={"stages": result.stage_status},
+        **job.common,
+    )
     path = write_record(job.dir, record)
     if not job.multirun:
         from harness.app.console import console_table

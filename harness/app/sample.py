@@ -12,6 +12,7 @@ directory is ``samples-<sample key>`` in the job directory (or the train directo
 same settings resumes from the shards already written. Only what sampling reads can change: the
 model and its training are fixed by the checkpoint.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -21,11 +22,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from harness.config.validate import ConfigError
 from harness.app.loading import LoadError, TrainedSource
+from harness.config.validate import ConfigError
 
-USAGE = ("usage: python -m harness.sample RECORD_OR_DIR [sample.KEY=VALUE ...] [solver=NAME] [solver.KEY=VALUE ...] "
-         "[run.device=...] [out=DIR | --out DIR]")
+USAGE = (
+    "usage: python -m harness.sample RECORD_OR_DIR [sample.KEY=VALUE ...] [solver=NAME] [solver.KEY=VALUE ...] "
+    "[run.device=...] [out=DIR | --out DIR]"
+)
 # what sampling reads; everything else is fixed by the trained checkpoint
 SETTABLE = ("sample.", "solver.", "run.device", "run.threads", "run.progress", "run.debug")
 SETTINGS_NAME = "settings.json"
@@ -79,8 +82,10 @@ def apply_overrides(cfg, overrides: list[str]):
             cfg.solver = OmegaConf.structured(SOLVER_CONFIGS[value])
             continue
         if not key.startswith(SETTABLE):
-            raise ConfigError(f"{key} is fixed by the trained checkpoint; only sample.*, solver, solver.* and "
-                              "run.device / run.threads / run.progress can be set when sampling a trained job")
+            raise ConfigError(
+                f"{key} is fixed by the trained checkpoint; only sample.*, solver, solver.* and "
+                "run.device / run.threads / run.progress can be set when sampling a trained job"
+            )
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             raise ConfigError(_unknown_key(cfg, key))
         try:
@@ -100,8 +105,11 @@ def _output_dir(source: TrainedSource, cfg, out: str | None) -> Path:
 
 
 def _settings(source: TrainedSource, cfg) -> dict:
-    return {"train_dir": str(source.train_dir.resolve()), "sample": OmegaConf.to_container(cfg.sample, resolve=True),
-            "solver": OmegaConf.to_container(cfg.solver, resolve=True)}
+    return {
+        "train_dir": str(source.train_dir.resolve()),
+        "sample": OmegaConf.to_container(cfg.sample, resolve=True),
+        "solver": OmegaConf.to_container(cfg.solver, resolve=True),
+    }
 
 
 def _claim(out_dir: Path, settings: dict) -> None:
@@ -115,8 +123,10 @@ def _claim(out_dir: Path, settings: dict) -> None:
         except (OSError, ValueError):
             same = False
         if not same:
-            raise ConfigError(f"out={out_dir} holds samples of another model or other settings: choose an empty "
-                              "directory (or leave out= unset for one per setting)")
+            raise ConfigError(
+                f"out={out_dir} holds samples of another model or other settings: choose an empty "
+                "directory (or leave out= unset for one per setting)"
+            )
     atomic_write_json(path, settings)
 
 
@@ -124,11 +134,11 @@ def sample_trained(source: TrainedSource, cfg, out_dir: Path) -> dict:
     """Run the sample stage of ``harness.run`` on the trained model of ``source``; -> its summary."""
     import torch
 
-    from harness.data import build_dataset
-    from harness.runtime.io import atomic_write_json
-    from harness.diffusion.spec import diffusion_spec
-    from harness.stages.job import plan_for_model, resolve_device
     from harness.app.loading import build_trained
+    from harness.data import build_dataset
+    from harness.diffusion.spec import diffusion_spec
+    from harness.runtime.io import atomic_write_json
+    from harness.stages.job import plan_for_model, resolve_device
     from harness.stages.sample import sample_model
 
     device = resolve_device(cfg.run.device)
@@ -144,8 +154,8 @@ def sample_trained(source: TrainedSource, cfg, out_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.config.validate import validate_config
     from harness.app.loading import resolve_source
+    from harness.config.validate import validate_config
 
     argv = sys.argv[1:] if argv is None else argv
     debug = any(a in ("run.debug=true", "run.debug=True") for a in argv)
@@ -161,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"sampled {summary['num_images']} images ({summary['steps']} steps, "
-          f"{summary['block_passes_per_image']:g} block passes per image) from {source.train_dir}")
+    print(
+        f"sampled {summary['num_images']} images ({summary['steps']} steps, "
+        f"{summary['block_passes_per_image']:g} block passes per image) from {source.train_dir}"
+    )
     print(f"wrote {out_dir / 'samples.npz'}")
     print(f"wrote {out_dir / 'grid.png'}")
     return 0

@@ -9,11 +9,12 @@ looser tolerance stops every sample no later), so bisection on ``log(tol)`` brac
 
 Pure functions only; the calibration run that evaluates them is ``harness.stages.calibrate``.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -49,17 +50,27 @@ def target_iters(budget: int, steps: int, n_explicit: int, cap: int) -> int:
         raise BudgetError(
             f"sample.budget={budget} is below one pass per step: {steps} steps need >= {steps * (n_explicit + 1)} "
             f"block passes ({n_explicit} explicit + 1 iteration each); raise sample.budget or lower sample.steps "
-            f"to <= {budget // (n_explicit + 1)}")
+            f"to <= {budget // (n_explicit + 1)}"
+        )
     if total > steps * cap:
         raise BudgetError(
             f"sample.budget={budget} needs {total / steps:.2f} iterations per step on average, more than "
             f"{KEY_CAP}={cap} allows (no tolerance reaches it); raise {KEY_CAP} to >= {math.ceil(total / steps)} "
-            f"or lower sample.budget to <= {steps * (n_explicit + cap)}")
+            f"or lower sample.budget to <= {steps * (n_explicit + cap)}"
+        )
     return total
 
 
-def bisect_tolerance(mean_iters: Callable[[float], float], target: int, *, tol_min: float, tol_max: float,
-                     max_evals: int = 40, budget: int | None = None, explicit: int = 0) -> Calibration:
+def bisect_tolerance(
+    mean_iters: Callable[[float], float],
+    target: int,
+    *,
+    tol_min: float,
+    tol_max: float,
+    max_evals: int = 40,
+    budget: int | None = None,
+    explicit: int = 0,
+) -> Calibration:
     """The tolerance whose mean iterations per image lie in ``[target - 1, target]`` (so the mean
     block passes meet the budget within one pass and never exceed it), by bisection on ``log(tol)``.
 
@@ -79,16 +90,20 @@ def bisect_tolerance(mean_iters: Callable[[float], float], target: int, *, tol_m
     lo, hi = tol_min, tol_max
     m_hi = f(hi)
     if m_hi > target:
-        raise BudgetError(f"sample.schedule=adaptive: even at tol={hi:g} samples spend {passes(m_hi):.2f} block "
-                          f"passes per image, above sample.budget={budget}; raise sample.budget or "
-                          f"sample.adaptive.tol_max")
+        raise BudgetError(
+            f"sample.schedule=adaptive: even at tol={hi:g} samples spend {passes(m_hi):.2f} block "
+            f"passes per image, above sample.budget={budget}; raise sample.budget or "
+            f"sample.adaptive.tol_max"
+        )
     if m_hi >= target - 1:
         return Calibration(hi, m_hi, target, history)
     m_lo = f(lo)
     if m_lo < target - 1:
-        raise BudgetError(f"sample.schedule=adaptive: at tol={lo:g} samples already stop after {passes(m_lo):.2f} "
-                          f"block passes per image, short of sample.budget={budget} (the model converges before "
-                          f"the budget is spent); lower sample.budget or sample.adaptive.tol_min")
+        raise BudgetError(
+            f"sample.schedule=adaptive: at tol={lo:g} samples already stop after {passes(m_lo):.2f} "
+            f"block passes per image, short of sample.budget={budget} (the model converges before "
+            f"the budget is spent); lower sample.budget or sample.adaptive.tol_min"
+        )
     for _ in range(max_evals):
         mid = math.sqrt(lo * hi)
         m = f(mid)
@@ -102,7 +117,8 @@ def bisect_tolerance(mean_iters: Callable[[float], float], target: int, *, tol_m
         f"sample.schedule=adaptive: no tolerance spends sample.budget={budget} within one pass: between "
         f"tol={lo:.3g} ({passes(m_lo):.2f} passes) and tol={hi:.3g} ({passes(m_hi):.2f}) the mean jumps (the "
         f"residual stalls: the model never converges that far); lower sample.budget to <= {math.floor(passes(m_hi))} "
-        f"or {KEY_CAP}, or raise sample.adaptive.calibration_images")
+        f"or {KEY_CAP}, or raise sample.adaptive.calibration_images"
+    )
 
 
 def passes_summary(iters_per_image: np.ndarray, explicit_passes: int) -> dict:
@@ -113,6 +129,9 @@ def passes_summary(iters_per_image: np.ndarray, explicit_passes: int) -> dict:
     if passes.size == 0:
         return {}
     values, counts = np.unique(passes, return_counts=True)
-    return {"block_passes_per_image_mean": float(passes.mean()), "block_passes_per_image_max": int(passes.max()),
-            "block_passes_per_image_min": int(passes.min()),
-            "_passes_histogram": {"passes": values.tolist(), "images": counts.tolist()}}
+    return {
+        "block_passes_per_image_mean": float(passes.mean()),
+        "block_passes_per_image_max": int(passes.max()),
+        "block_passes_per_image_min": int(passes.min()),
+        "_passes_histogram": {"passes": values.tolist(), "images": counts.tolist()},
+    }

@@ -18,16 +18,41 @@ docs, "CUDA Op-Specific Behavior") to the ops the DiT / FPDM forward uses:
 saves (q, k, v, output, float32 log-sum-exp per query), not the attention matrix of the math path
 that meta tensors would take.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-_LOW = {F.linear, torch.conv1d, torch.conv2d, torch.conv3d, torch.matmul, torch.Tensor.__matmul__, torch.mm,
-        torch.bmm, torch.addmm, torch.baddbmm, F.scaled_dot_product_attention}
-_FP32 = {F.layer_norm, F.group_norm, F.softmax, F.log_softmax, torch.exp, torch.log, torch.Tensor.exp,
-         torch.Tensor.log, F.mse_loss, torch.rsqrt, torch.pow, torch.Tensor.pow, torch.Tensor.__pow__}
+_LOW = {
+    F.linear,
+    torch.conv1d,
+    torch.conv2d,
+    torch.conv3d,
+    torch.matmul,
+    torch.Tensor.__matmul__,
+    torch.mm,
+    torch.bmm,
+    torch.addmm,
+    torch.baddbmm,
+    F.scaled_dot_product_attention,
+}
+_FP32 = {
+    F.layer_norm,
+    F.group_norm,
+    F.softmax,
+    F.log_softmax,
+    torch.exp,
+    torch.log,
+    torch.Tensor.exp,
+    torch.Tensor.log,
+    F.mse_loss,
+    torch.rsqrt,
+    torch.pow,
+    torch.Tensor.pow,
+    torch.Tensor.__pow__,
+}
 _PROMOTE = {torch.cat, torch.stack}
 
 
@@ -91,7 +116,13 @@ class AutocastModel(TorchFunctionMode):
                 floats = [x.dtype for x in args[0] if _is_float(x)]
                 widest = max(floats, key=lambda d: torch.finfo(d).bits) if floats else None
                 args = ([self._cast(x, widest) for x in args[0]], *args[1:]) if widest else args
-        if (func is F.scaled_dot_product_attention and self.fused_attention and torch.is_grad_enabled()
-                and len(args) == 3 and kwargs.get("attn_mask") is None and not kwargs.get("is_causal")):
+        if (
+            func is F.scaled_dot_product_attention
+            and self.fused_attention
+            and torch.is_grad_enabled()
+            and len(args) == 3
+            and kwargs.get("attn_mask") is None
+            and not kwargs.get("is_causal")
+        ):
             return FusedAttentionSaves.apply(*args)
         return func(*args, **kwargs)

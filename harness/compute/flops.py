@@ -31,10 +31,11 @@ attention is decomposed into counted matrix products on every host, and XL/2 cou
 Records, ``sample.match=flops`` (both sides), ``harness.inspect`` and the reports all use
 ``flop_breakdown`` below.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -46,8 +47,15 @@ from torch.utils.flop_counter import FlopCounterMode
 # and refreshes the FLOP figures cached with a sample stage.
 FLOP_COUNT_VERSION = 2
 
-__all__ = ["FLOP_COUNT_VERSION", "FlopBreakdown", "count_flops", "meta_flops", "flop_breakdown",
-           "sampling_flops", "dit_flops_per_forward"]
+__all__ = [
+    "FLOP_COUNT_VERSION",
+    "FlopBreakdown",
+    "count_flops",
+    "meta_flops",
+    "flop_breakdown",
+    "sampling_flops",
+    "dit_flops_per_forward",
+]
 
 
 def count_flops(fn: Callable, *args, **kwargs) -> int:
@@ -144,13 +152,13 @@ def sampling_flops(breakdown: FlopBreakdown, iters_per_step: Sequence[int] | Non
     return breakdown.explicit_per_forward * steps + breakdown.per_iteration * sum(iters_per_step)
 
 
-def dit_flops_per_forward(preset, *, image_size: int, channels: int, num_classes: int,
-                          learn_sigma: bool = True) -> int:
+def dit_flops_per_forward(preset, *, image_size: int, channels: int, num_classes: int, learn_sigma: bool = True) -> int:
     """FLOPs of one forward of the DiT of ``preset`` (a name or a resolved ``Preset``): the reference side of ``sample.match=flops``,
     built on the meta device and counted by the same path as the FPDM side."""
     from baselines.dit import build_dit
 
     with torch.device("meta"):
-        dit = build_dit(preset, input_size=image_size, in_channels=channels, num_classes=num_classes,
-                        learn_sigma=learn_sigma)
+        dit = build_dit(
+            preset, input_size=image_size, in_channels=channels, num_classes=num_classes, learn_sigma=learn_sigma
+        )
     return flop_breakdown(dit, image_size).per_forward

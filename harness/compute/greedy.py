@@ -12,10 +12,11 @@ least-squares fit (pool adjacent violators), which keeps their sum: the total re
 Pure function of ``(traces, total)``: the plan sums exactly to ``total`` (integers, no rounding
 step needed) and ties go to the earlier (noisier) step, so the result is deterministic.
 """
+
 from __future__ import annotations
 
 import heapq
-from typing import Sequence
+from collections.abc import Sequence
 
 from harness.compute.plan import BudgetError
 
@@ -46,7 +47,8 @@ def greedy_allocation(traces: Sequence[Sequence[float]], total: int) -> list[int
         raise BudgetError(
             f"greedy schedule: {total} iterations over {steps} steps must lie in [{steps}, {steps * cap}] "
             f"(1 to sample.adaptive.max_iters_per_step={cap} per step); change sample.budget or "
-            f"sample.adaptive.max_iters_per_step")
+            f"sample.adaptive.max_iters_per_step"
+        )
     gains = []
     for t in traces:
         raw = [float(t[k - 1]) - float(t[k]) for k in range(2, cap + 1)]  # gain of iteration k = 2..K

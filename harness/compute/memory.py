@@ -9,18 +9,21 @@
   and S-JFB's with-grad iterations modelled, beside the paper's 25.2 GB vs 10.2 GB (Table 1).
 - ``peak_rss_bytes`` and ``cuda_peak``: process and CUDA peaks for the stage records.
 """
+
 from __future__ import annotations
 
 import contextlib
 import resource
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-def saved_tensor_bytes(fn: Callable[[], object], exclude: nn.Module | None = None,
-                       exclude_tensors: Callable[[], dict] | None = None) -> tuple[int, object]:
+
+def saved_tensor_bytes(
+    fn: Callable[[], object], exclude: nn.Module | None = None, exclude_tensors: Callable[[], dict] | None = None
+) -> tuple[int, object]:
     """Run ``fn`` and return (bytes saved for backward, fn's result). Each storage counts once,
     so a tensor saved by several ops (or views of one buffer) is not double counted; parameters of
     ``exclude`` (and views of them, e.g. transposed weights) are not activations and are skipped,
@@ -51,8 +54,9 @@ def parameter_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
-def training_memory_breakdown(model: nn.Module, forward_loss: Callable[[], torch.Tensor], *,
-                              optimizer_states: int = 2, ema: bool = True) -> dict[str, int]:
+def training_memory_breakdown(
+    model: nn.Module, forward_loss: Callable[[], torch.Tensor], *, optimizer_states: int = 2, ema: bool = True
+) -> dict[str, int]:
     """Bytes of one training step: parameters, gradients, optimiser state (AdamW keeps 2 moments
     per parameter), EMA copy and the activations saved for backward by ``forward_loss``."""
     params = parameter_bytes(model)

@@ -20,6 +20,7 @@ saves the same tensors, so the saved bytes are measured at m=1 and m=2 and extra
 (exact), and reported at the expectation of m over the training draw and at its maximum, per
 ``train.method`` - no random draw happens here, so the estimate is deterministic.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -44,18 +45,30 @@ class MemoryAssumptions:
 
     def describe(self, method: str | None = None) -> list[str]:
         """The assumptions in words, for ``harness.inspect`` and the paper-scale report."""
-        act = ("CUDA autocast bf16: matmul outputs bf16, LayerNorm and residual stream fp32, one bf16 copy "
-               "per matmul weight" if self.precision == "bf16" else "fp32 activations")
-        lines = [f"batch {self.batch_size}; fp32 weights, gradients, AdamW ({self.optimizer_states} moments)"
-                 + (", EMA" if self.ema else ""),
-                 f"activations: {act}",
-                 "attention: a fused kernel saves q, k, v, output and a fp32 log-sum-exp (no N x N matrix)",
-                 ("gradient checkpointing on explicit blocks: they save their inputs; backward recomputes one "
-                  "block at a time (peak + one block)") if self.grad_checkpointing else "no gradient checkpointing",
-                 "DDP gradient buckets: one fp32 gradient-sized buffer" if self.ddp else "single process (no DDP buckets)"]
+        act = (
+            "CUDA autocast bf16: matmul outputs bf16, LayerNorm and residual stream fp32, one bf16 copy "
+            "per matmul weight"
+            if self.precision == "bf16"
+            else "fp32 activations"
+        )
+        lines = [
+            f"batch {self.batch_size}; fp32 weights, gradients, AdamW ({self.optimizer_states} moments)"
+            + (", EMA" if self.ema else ""),
+            f"activations: {act}",
+            "attention: a fused kernel saves q, k, v, output and a fp32 log-sum-exp (no N x N matrix)",
+            (
+                "gradient checkpointing on explicit blocks: they save their inputs; backward recomputes one "
+                "block at a time (peak + one block)"
+            )
+            if self.grad_checkpointing
+            else "no gradient checkpointing",
+            "DDP gradient buckets: one fp32 gradient-sized buffer" if self.ddp else "single process (no DDP buckets)",
+        ]
         if method is not None:
-            lines.append(f"fixed point layer ({method}): saved activations at the expected and the maximum number of "
-                         "with-grad iterations; no-grad iterations save nothing")
+            lines.append(
+                f"fixed point layer ({method}): saved activations at the expected and the maximum number of "
+                "with-grad iterations; no-grad iterations save nothing"
+            )
         if method == "implicit":
             lines.append("implicit: the adjoint solver's history buffers are not counted")
         lines.append("excludes: CUDA context, allocator fragmentation, temporaries freed within an op")
@@ -68,8 +81,10 @@ _WITH_GRAD: dict[str, Callable] = {
     "sjfb": lambda s: ((s.with_grad_min + s.with_grad_max) / 2, s.with_grad_max),
     "jfb": lambda s: (1.0, 1),
     "multistep_jfb": lambda s: (float(s.with_grad_max), s.with_grad_max),
-    "full": lambda s: ((s.no_grad_min + s.no_grad_max + s.with_grad_min + s.with_grad_max) / 2,
-                       s.no_grad_max + s.with_grad_max),
+    "full": lambda s: (
+        (s.no_grad_min + s.no_grad_max + s.with_grad_min + s.with_grad_max) / 2,
+        s.no_grad_max + s.with_grad_max,
+    ),
     "implicit": lambda s: (1.0, 1),  # one application of f with graph at the solution
 }
 
@@ -105,8 +120,9 @@ def _forward_saved(model, image_size, a: MemoryAssumptions, m: int | None) -> tu
     from fpdm.training_modes import ImplicitTrainSpec
 
     spec = model.train_spec
-    model.train_spec = ImplicitTrainSpec(method="multistep_jfb", no_grad_min=0, no_grad_max=0,
-                                         with_grad_min=m, with_grad_max=m)
+    model.train_spec = ImplicitTrainSpec(
+        method="multistep_jfb", no_grad_min=0, no_grad_max=0, with_grad_min=m, with_grad_max=m
+    )
     try:
         return _saved(lambda: model(x, t, y, drop_labels=keep).float().square().mean(), model, a.precision)
     finally:
@@ -147,18 +163,36 @@ def estimate_training_memory(model: nn.Module, image_size: int, assumptions: Mem
             saved, copies = _forward_saved(model, image_size, a, None)
             saved_max = saved
         recompute = _recompute_peak(model, image_size, a)
-    static = {"mem_params_bytes": params, "mem_grads_bytes": params,
-              "mem_optimizer_bytes": a.optimizer_states * params, "mem_ema_bytes": params if a.ema else 0,
-              "mem_ddp_buckets_bytes": params if a.ddp else 0, "mem_autocast_weights_bytes": copies}
+    static = {
+        "mem_params_bytes": params,
+        "mem_grads_bytes": params,
+        "mem_optimizer_bytes": a.optimizer_states * params,
+        "mem_ema_bytes": params if a.ema else 0,
+        "mem_ddp_buckets_bytes": params if a.ddp else 0,
+        "mem_autocast_weights_bytes": copies,
+    }
     fixed = sum(static.values()) + recompute
-    return {**static, "mem_saved_bytes": saved, "mem_saved_max_bytes": saved_max, "mem_recompute_bytes": recompute,
-            "mem_total_bytes": fixed + saved, "mem_total_max_bytes": fixed + saved_max,
-            "with_grad_iters_expected": expected_m, "with_grad_iters_max": max_m}
+    return {
+        **static,
+        "mem_saved_bytes": saved,
+        "mem_saved_max_bytes": saved_max,
+        "mem_recompute_bytes": recompute,
+        "mem_total_bytes": fixed + saved,
+        "mem_total_max_bytes": fixed + saved_max,
+        "with_grad_iters_expected": expected_m,
+        "with_grad_iters_max": max_m,
+    }
 
 
-def paper_scale_estimate(batch_size: int = 64, precision: str = "bf16", grad_checkpointing: bool = True,
-                         ddp: bool = False, method: str = "sjfb", no_grad: tuple[int, int] = (0, 10),
-                         with_grad: tuple[int, int] = (1, 12)) -> dict:
+def paper_scale_estimate(
+    batch_size: int = 64,
+    precision: str = "bf16",
+    grad_checkpointing: bool = True,
+    ddp: bool = False,
+    method: str = "sjfb",
+    no_grad: tuple[int, int] = (0, 10),
+    with_grad: tuple[int, int] = (1, 12),
+) -> dict:
     """DiT-XL/2 vs FPDM-XL/2 (1 pre + 1 post) on 32x32x4 latents, 1000 classes, learned sigma,
     beside the paper's 25.2 GB vs 10.2 GB (Table 1). Defaults follow the official training code:
     bf16 autocast, checkpointed explicit blocks, S-JFB with no-grad 0..10 and with-grad 1..12."""
@@ -167,13 +201,27 @@ def paper_scale_estimate(batch_size: int = 64, precision: str = "bf16", grad_che
     from fpdm.training_modes import ImplicitTrainSpec
 
     a = MemoryAssumptions(batch_size=batch_size, precision=precision, grad_checkpointing=grad_checkpointing, ddp=ddp)
-    spec = ImplicitTrainSpec(method=method, no_grad_min=no_grad[0], no_grad_max=no_grad[1],
-                             with_grad_min=with_grad[0], with_grad_max=with_grad[1])
+    spec = ImplicitTrainSpec(
+        method=method,
+        no_grad_min=no_grad[0],
+        no_grad_max=no_grad[1],
+        with_grad_min=with_grad[0],
+        with_grad_max=with_grad[1],
+    )
     with torch.device("meta"):
-        models = {"dit": build_dit("XL/2", input_size=32, in_channels=4, num_classes=1000),
-                  "fpdm": build_fpdm("XL/2", input_size=32, in_channels=4, num_classes=1000, train_spec=spec)}
-    result: dict = {"assumptions": {**asdict(a), "method": method, "no_grad": list(no_grad),
-                                    "with_grad": list(with_grad), "notes": a.describe(method)}}
+        models = {
+            "dit": build_dit("XL/2", input_size=32, in_channels=4, num_classes=1000),
+            "fpdm": build_fpdm("XL/2", input_size=32, in_channels=4, num_classes=1000, train_spec=spec),
+        }
+    result: dict = {
+        "assumptions": {
+            **asdict(a),
+            "method": method,
+            "no_grad": list(no_grad),
+            "with_grad": list(with_grad),
+            "notes": a.describe(method),
+        }
+    }
     for name, model in models.items():
         result[name] = {**estimate_training_memory(model, 32, a), "paper_gb": PAPER_TRAIN_MEMORY_GB[name]}
     dit, fpdm = result["dit"], result["fpdm"]
@@ -184,5 +232,10 @@ def paper_scale_estimate(batch_size: int = 64, precision: str = "bf16", grad_che
 
 
 def assumptions_from_config(cfg, ddp: bool = False) -> MemoryAssumptions:
-    return replace(MemoryAssumptions(), batch_size=int(cfg.train.batch_size), precision=str(cfg.train.precision),
-                   grad_checkpointing=bool(cfg.model.grad_checkpointing), ddp=ddp)
+    return replace(
+        MemoryAssumptions(),
+        batch_size=int(cfg.train.batch_size),
+        precision=str(cfg.train.precision),
+        grad_checkpointing=bool(cfg.model.grad_checkpointing),
+        ddp=ddp,
+    )

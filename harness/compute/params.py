@@ -1,5 +1,6 @@
 """Parameters by part for both model families (total and per ``model.param_parts``), the count the
 paper's Table 1 reports (86.5M FPDM-XL/2 vs 674.8M DiT-XL/2)."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -22,21 +22,32 @@ Policies (decided here, tested in tests/test_budget.py):
     the paper's block count ignores the injection MLP (about 0.48 block per iteration at XL,
     docs/paper-notes.md §8.4).
 """
+
 from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 from baselines.diffusers_dit import uses_pretrained_weights
 from baselines.presets import ARCHITECTURE_KNOBS, resolve_preset
 from fpdm.schedules import PAPER_RATIO, get_schedule
 
 __all__ = [
-    "BudgetError", "SamplingPlan", "plan_dit", "plan_fpdm", "plan_fpdm_flops",
-    "plan_from_sample_config", "dit_flops_budget", "sampling_block_passes",
-    "MODEL_KINDS", "sampling_plan", "explicit_blocks", "default_iters", "flop_match_inputs",
+    "BudgetError",
+    "SamplingPlan",
+    "plan_dit",
+    "plan_fpdm",
+    "plan_fpdm_flops",
+    "plan_from_sample_config",
+    "dit_flops_budget",
+    "sampling_block_passes",
+    "MODEL_KINDS",
+    "sampling_plan",
+    "explicit_blocks",
+    "default_iters",
+    "flop_match_inputs",
 ]
 
 # Config keys named in error messages (the names users type, design.md vocabulary).
@@ -68,8 +79,11 @@ class SamplingPlan:
     def __post_init__(self) -> None:
         # the bookkeeping invariant of design.md: block passes = n_explicit + iters per step
         per_step = tuple(self.n_explicit + k for k in self.iters)
-        if len(self.iters) != self.steps or self.block_passes_per_step != per_step \
-                or self.block_passes != sum(per_step):
+        if (
+            len(self.iters) != self.steps
+            or self.block_passes_per_step != per_step
+            or self.block_passes != sum(per_step)
+        ):
             raise ValueError(f"inconsistent SamplingPlan: {self}")
 
     @property
@@ -84,8 +98,12 @@ class SamplingPlan:
     def to_dict(self) -> dict:
         """Plain JSON-ready dict (lists, not tuples) plus ``k_mean`` and ``total_iters``."""
         d = asdict(self)
-        d.update(iters=list(self.iters), block_passes_per_step=list(self.block_passes_per_step),
-                 k_mean=self.k_mean, total_iters=self.total_iters)
+        d.update(
+            iters=list(self.iters),
+            block_passes_per_step=list(self.block_passes_per_step),
+            k_mean=self.k_mean,
+            total_iters=self.total_iters,
+        )
         return d
 
 
@@ -115,13 +133,21 @@ def _nearest_multiples(budget: int, unit: int) -> str:
     return f"{lo} or {hi}" if lo > 0 else f"{hi}"
 
 
-def _make_plan(model: str, iters: Sequence[int], n_explicit: int, schedule: str,
-               flops: float | None = None) -> SamplingPlan:
+def _make_plan(
+    model: str, iters: Sequence[int], n_explicit: int, schedule: str, flops: float | None = None
+) -> SamplingPlan:
     iters = tuple(int(k) for k in iters)
     per_step = tuple(n_explicit + k for k in iters)
-    return SamplingPlan(model=model, steps=len(iters), iters=iters, block_passes_per_step=per_step,
-                        block_passes=sum(per_step), n_explicit=n_explicit, schedule=schedule,
-                        flops_per_image=flops)
+    return SamplingPlan(
+        model=model,
+        steps=len(iters),
+        iters=iters,
+        block_passes_per_step=per_step,
+        block_passes=sum(per_step),
+        n_explicit=n_explicit,
+        schedule=schedule,
+        flops_per_image=flops,
+    )
 
 
 def _schedule(total_iters: int, steps: int, schedule: str, ratio, values) -> list[int]:
@@ -139,8 +165,10 @@ def _schedule(total_iters: int, steps: int, schedule: str, ratio, values) -> lis
 
 def _one_of(steps, iters, schedule: str, values) -> tuple[int | None, int | None]:
     if steps is not None and iters is not None:
-        raise BudgetError(f"set exactly one of {KEY_STEPS} or {KEY_ITERS}, not both "
-                          f"(got steps={steps}, iters={iters}); the budget fixes the other")
+        raise BudgetError(
+            f"set exactly one of {KEY_STEPS} or {KEY_ITERS}, not both "
+            f"(got steps={steps}, iters={iters}); the budget fixes the other"
+        )
     if steps is None and iters is None:
         if schedule == "list" and values is not None:
             return len(values), None  # the explicit list fixes the step count
@@ -164,9 +192,16 @@ def plan_dit(budget_blocks: int, depth: int) -> SamplingPlan:
     return _make_plan("dit", [0] * (budget // depth), depth, "constant")
 
 
-def plan_fpdm(budget_blocks: int, n_explicit: int, *, steps: int | None = None,
-              iters: int | None = None, schedule: str = "constant",
-              ratio: Sequence[float] = PAPER_RATIO, values: Sequence[int] | None = None) -> SamplingPlan:
+def plan_fpdm(
+    budget_blocks: int,
+    n_explicit: int,
+    *,
+    steps: int | None = None,
+    iters: int | None = None,
+    schedule: str = "constant",
+    ratio: Sequence[float] = PAPER_RATIO,
+    values: Sequence[int] | None = None,
+) -> SamplingPlan:
     """FPDM plan spending exactly ``budget_blocks`` block passes per image.
 
     Exactly one of ``steps`` / ``iters`` (with ``schedule="list"`` and ``values`` both may be
@@ -200,10 +235,18 @@ def dit_flops_budget(steps: int, flops_per_forward: float) -> float:
     return _int(steps, KEY_STEPS, 1) * flops_per_forward
 
 
-def plan_fpdm_flops(flops_budget: float, flops_explicit_per_step: float, flops_per_iter: float, *,
-                    n_explicit: int, steps: int | None = None, iters: int | None = None,
-                    schedule: str = "constant", ratio: Sequence[float] = PAPER_RATIO,
-                    values: Sequence[int] | None = None) -> SamplingPlan:
+def plan_fpdm_flops(
+    flops_budget: float,
+    flops_explicit_per_step: float,
+    flops_per_iter: float,
+    *,
+    n_explicit: int,
+    steps: int | None = None,
+    iters: int | None = None,
+    schedule: str = "constant",
+    ratio: Sequence[float] = PAPER_RATIO,
+    values: Sequence[int] | None = None,
+) -> SamplingPlan:
     """FPDM plan matched on measured FLOPs instead of block passes.
 
     ``flops_explicit_per_step``: everything run once per forward (embedders, pre and post
@@ -214,9 +257,11 @@ def plan_fpdm_flops(flops_budget: float, flops_explicit_per_step: float, flops_p
     ``n_explicit`` is only used to report the plan's block passes.
     """
     if not (flops_budget > 0 and flops_explicit_per_step >= 0 and flops_per_iter > 0):
-        raise BudgetError(f"FLOP matching needs flops_budget > 0, flops_explicit_per_step >= 0 and "
-                          f"flops_per_iter > 0; got {flops_budget}, {flops_explicit_per_step}, "
-                          f"{flops_per_iter}")
+        raise BudgetError(
+            f"FLOP matching needs flops_budget > 0, flops_explicit_per_step >= 0 and "
+            f"flops_per_iter > 0; got {flops_budget}, {flops_explicit_per_step}, "
+            f"{flops_per_iter}"
+        )
     n = _int(n_explicit, "n_explicit", 0)
     F, E, I = flops_budget, flops_explicit_per_step, flops_per_iter
 
@@ -227,8 +272,10 @@ def plan_fpdm_flops(flops_budget: float, flops_explicit_per_step: float, flops_p
     if k is not None:
         steps = _largest_fitting(lambda s: cost(s, s * k) <= F, _floor_div(F, E + k * I))
         if steps == 0:
-            raise BudgetError(f"FLOP budget {F:.4g} is below one step at {KEY_ITERS}={k} "
-                              f"({E + k * I:.4g} FLOPs); raise it or lower {KEY_ITERS}")
+            raise BudgetError(
+                f"FLOP budget {F:.4g} is below one step at {KEY_ITERS}={k} "
+                f"({E + k * I:.4g} FLOPs); raise it or lower {KEY_ITERS}"
+            )
     total = _largest_fitting(lambda t: cost(steps, t) <= F, _floor_div(F - steps * E, I))
     if total < steps:
         raise BudgetError(
@@ -270,27 +317,35 @@ def _plan_dit_config(budget, depth, steps=None) -> SamplingPlan:
         budget = _int(steps, KEY_STEPS, 1) * _int(depth, "depth", 1)
     plan = plan_dit(budget, depth)
     if steps is not None and _int(steps, KEY_STEPS, 1) != plan.steps:
-        raise BudgetError(f"{KEY_STEPS}={steps} contradicts {KEY_BUDGET}={budget} at depth {depth} "
-                          f"({plan.steps} steps); set only one of them")
+        raise BudgetError(
+            f"{KEY_STEPS}={steps} contradicts {KEY_BUDGET}={budget} at depth {depth} "
+            f"({plan.steps} steps); set only one of them"
+        )
     return plan
 
 
-def _plan_fpdm_config(budget, n_explicit, steps=None, iters=None, schedule="constant",
-                      ratio=PAPER_RATIO, values=None) -> SamplingPlan:
+def _plan_fpdm_config(
+    budget, n_explicit, steps=None, iters=None, schedule="constant", ratio=PAPER_RATIO, values=None
+) -> SamplingPlan:
     if budget is None:  # steps and iters together define the budget: S * (n + k)
         if steps is None or iters is None:
             raise BudgetError(f"set {KEY_BUDGET}, or both {KEY_STEPS} and {KEY_ITERS}")
         n, k = _int(n_explicit, "n_explicit", 0), _int(iters, KEY_ITERS, 1)
         budget = _int(steps, KEY_STEPS, 1) * (n + k)
         iters = None
-    return plan_fpdm(budget, n_explicit, steps=steps, iters=iters, schedule=schedule,
-                     ratio=ratio, values=values)
+    return plan_fpdm(budget, n_explicit, steps=steps, iters=iters, schedule=schedule, ratio=ratio, values=values)
 
 
-def plan_from_sample_config(model_kind: str, budget: int | None, n_explicit_or_depth: int,
-                            steps: int | None = None, iters: int | None = None,
-                            schedule: str = "constant", ratio: Sequence[float] = PAPER_RATIO,
-                            values: Sequence[int] | None = None) -> SamplingPlan:
+def plan_from_sample_config(
+    model_kind: str,
+    budget: int | None,
+    n_explicit_or_depth: int,
+    steps: int | None = None,
+    iters: int | None = None,
+    schedule: str = "constant",
+    ratio: Sequence[float] = PAPER_RATIO,
+    values: Sequence[int] | None = None,
+) -> SamplingPlan:
     """Plan from the ``sample.*`` settings. ``n_explicit_or_depth`` is the model's
     ``num_explicit_blocks`` (DiT: depth; FPDM: pre + post). ``budget=None`` derives the budget
     from ``steps`` (DiT: steps * depth) or ``steps`` and ``iters`` (FPDM: steps * (n + iters),
@@ -299,8 +354,15 @@ def plan_from_sample_config(model_kind: str, budget: int | None, n_explicit_or_d
         raise KeyError(f"unknown model kind {model_kind!r} for budget planning; valid names: {', '.join(MODEL_KINDS)}")
     if model_kind != "fpdm":  # DiT and its diffusers adapter: a fixed depth per step
         return _plan_dit_config(budget, n_explicit_or_depth, steps=steps)
-    return _plan_fpdm_config(budget, n_explicit_or_depth, steps=steps, iters=iters, schedule=schedule, ratio=ratio,
-                             values=None if values is None else list(values))
+    return _plan_fpdm_config(
+        budget,
+        n_explicit_or_depth,
+        steps=steps,
+        iters=iters,
+        schedule=schedule,
+        ratio=ratio,
+        values=None if values is None else list(values),
+    )
 
 
 # ------------------------------------------------------------------ from a resolved config
@@ -324,7 +386,9 @@ def default_iters(cfg) -> int:
     return _arch(cfg).depth - cfg.model.pre_depth - cfg.model.post_depth
 
 
-def sampling_plan(cfg, depth: int | None = None, flops=None, dit_flops_per_forward: float | None = None) -> SamplingPlan:
+def sampling_plan(
+    cfg, depth: int | None = None, flops=None, dit_flops_per_forward: float | None = None
+) -> SamplingPlan:
     """The per-image sampling plan. ``depth`` overrides the preset depth (loaded weights);
     ``flops`` (a FlopBreakdown of the FPDM model) and ``dit_flops_per_forward`` enable
     ``sample.match=flops``: FPDM then spends the FLOPs DiT spends on the same block budget."""
@@ -348,8 +412,9 @@ def sampling_plan(cfg, depth: int | None = None, flops=None, dit_flops_per_forwa
         if flops is None or dit_flops_per_forward is None:
             raise ValueError("sample.match=flops needs measured FLOPs (the job measures them before sampling)")
         return _flop_matched_plan(cfg, n, steps, iters, values, flops, dit_flops_per_forward)
-    return plan_from_sample_config(kind, sc.budget, n, steps=steps, iters=iters, schedule=sc.schedule,
-                                   ratio=list(sc.ratio), values=values)
+    return plan_from_sample_config(
+        kind, sc.budget, n, steps=steps, iters=iters, schedule=sc.schedule, ratio=list(sc.ratio), values=values
+    )
 
 
 def _flop_matched_plan(cfg, n: int, steps, iters, values, flops, dit_flops: int) -> SamplingPlan:
@@ -361,9 +426,17 @@ def _flop_matched_plan(cfg, n: int, steps, iters, values, flops, dit_flops: int)
 
     def plan_at(budget: int) -> tuple[int, SamplingPlan]:
         target = plan_from_sample_config("dit", budget, depth).steps * dit_flops
-        return target, plan_fpdm_flops(target, flops.explicit_per_forward, flops.per_iteration, n_explicit=n,
-                                       steps=steps, iters=iters, schedule=sc.schedule, ratio=list(sc.ratio),
-                                       values=values)
+        return target, plan_fpdm_flops(
+            target,
+            flops.explicit_per_forward,
+            flops.per_iteration,
+            n_explicit=n,
+            steps=steps,
+            iters=iters,
+            schedule=sc.schedule,
+            ratio=list(sc.ratio),
+            values=values,
+        )
 
     def shortfall(target: int, plan: SamplingPlan) -> float:
         return 1.0 - plan.flops_per_image / target
@@ -397,6 +470,7 @@ def flop_match_inputs(cfg, model, *, image_size: int, channels: int, num_classes
 
     if not (cfg.sample.match == "flops" and cfg.model.name == "fpdm"):
         return None, None
-    dit = dit_flops_per_forward(_arch(cfg), image_size=image_size, channels=channels,
-                                num_classes=num_classes, learn_sigma=cfg.model.learn_sigma)
+    dit = dit_flops_per_forward(
+        _arch(cfg), image_size=image_size, channels=channels, num_classes=num_classes, learn_sigma=cfg.model.learn_sigma
+    )
     return flop_breakdown(model, image_size), dit

@@ -8,6 +8,7 @@ exactly the budget with >= 1 iteration per step (largest-remainder apportionment
 relative (scaling all of them changes nothing), so one of them could be fixed; TPE copes with the
 redundancy and a fixed knot would bias the search's starting points.
 """
+
 from __future__ import annotations
 
 KNOTS = 4  # knot heights searched; a family with more knots than steps is refused (sample.knots)

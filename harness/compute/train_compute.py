@@ -23,9 +23,10 @@ paper's block count. A run stops at the first step boundary that reaches the bud
 below replays the seeded draws (or takes the worst case where the data decides) before training,
 so a budget the run would miss by more than ``train.budget.tolerance`` is refused up front.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -46,9 +47,12 @@ def implicit_train_spec(train_cfg) -> ImplicitTrainSpec:
     """The ``train.*`` settings of the fixed point layer's training mode."""
     return ImplicitTrainSpec(
         method=train_cfg.method,
-        no_grad_min=train_cfg.iters.no_grad.min, no_grad_max=train_cfg.iters.no_grad.max,
-        with_grad_min=train_cfg.iters.with_grad.min, with_grad_max=train_cfg.iters.with_grad.max,
-        implicit_solver=train_cfg.implicit_solver, implicit_tol=float(train_cfg.implicit_tol),
+        no_grad_min=train_cfg.iters.no_grad.min,
+        no_grad_max=train_cfg.iters.no_grad.max,
+        with_grad_min=train_cfg.iters.with_grad.min,
+        with_grad_max=train_cfg.iters.with_grad.max,
+        implicit_solver=train_cfg.implicit_solver,
+        implicit_tol=float(train_cfg.implicit_tol),
     )
 
 
@@ -118,14 +122,18 @@ def check_compute_budget(cfg) -> str | None:
     if stop is None:  # data-dependent (or very long): the last step overshoots by at most `worst`
         if worst <= tol * value:
             return None
-        return (f"train.budget.value={value:g} (unit=compute) may be overshot by up to {worst} forward-equivalents "
-                f"({worst / value:.1%}) with {who}, whose cost depends on the data; raise train.budget.value to "
-                f">= {worst / tol:.0f}, set train.implicit_tol=0 (fixed solves) or raise train.budget.tolerance")
+        return (
+            f"train.budget.value={value:g} (unit=compute) may be overshot by up to {worst} forward-equivalents "
+            f"({worst / value:.1%}) with {who}, whose cost depends on the data; raise train.budget.value to "
+            f">= {worst / tol:.0f}, set train.implicit_tol=0 (fixed solves) or raise train.budget.tolerance"
+        )
     steps, before, spent = stop
     gap = (spent - value) / value
     if gap <= tol:
         return None
     options = f"{before} or {spent}" if before else f"{spent}"
-    return (f"train.budget.value={value:g} (unit=compute) cannot be met within train.budget.tolerance={tol:g}: "
-            f"{who} spends {before} forward-equivalents per image after {steps - 1} steps and {spent} after "
-            f"{steps} (+{gap:.1%}); set train.budget.value={options}, or raise train.budget.tolerance")
+    return (
+        f"train.budget.value={value:g} (unit=compute) cannot be met within train.budget.tolerance={tol:g}: "
+        f"{who} spends {before} forward-equivalents per image after {steps - 1} steps and {spent} after "
+        f"{steps} (+{gap:.1%}); set train.budget.value={options}, or raise train.budget.tolerance"
+    )

@@ -7,6 +7,7 @@ Importing this module fills Hydra's ConfigStore:
 The group ``sweep`` (``sweep=NAME``) is not registered here: Hydra finds ``sweeps/sweep/NAME.yaml``
 through ``hydra.searchpath: [pkg://sweeps]`` in ``config.yaml``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from harness.config.schema import SOLVER_CONFIGS, Config, DataConfig, ModelConfig
-
 
 
 def job_id_from_dirname(override_dirname: str) -> str:

@@ -1,5 +1,6 @@
 """Structured configs (dataclasses in Hydra's ConfigStore): an unknown key or a wrong type fails
 when the config is composed, before anything runs. The names are the vocabulary of design.md."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
@@ -35,8 +36,10 @@ def _solver_config(name: str) -> type:
     from fpdm.solvers import solver_knobs
 
     knobs = [(k, type(v), field(default=v)) for k, v in solver_knobs(name).items()]
-    return make_dataclass(f"{name.capitalize()}SolverConfig",
-                          [("name", str, field(default=name)), ("tol", float, field(default=0.0)), *knobs])
+    return make_dataclass(
+        f"{name.capitalize()}SolverConfig",
+        [("name", str, field(default=name)), ("tol", float, field(default=0.0)), *knobs],
+    )
 
 
 # tol > 0 stops a sample early once ||f(z)-z||/||f(z)|| < tol; knobs are documented on each solver
@@ -106,6 +109,7 @@ class TrainConfig:
 @dataclass
 class AdaptiveConfig:
     """``sample.schedule=adaptive`` and ``greedy``: the calibration run (harness/stages/calibrate.py)."""
+
     calibration_images: int = 64  # the calibration batch (its own images, not the evaluated ones)
     calibration_seed: int = 1_000_000  # image i of the calibration batch uses calibration_seed + i
     max_iters_per_step: int = 8  # hard cap per sample and step (adaptive) / per step (greedy)
@@ -205,6 +209,7 @@ class InspectConfig:
 class CompareConfig:
     """The baseline each setting is compared against in reports (paired bootstrap of the FID
     difference; reports/significance.py). null: no comparison along that axis."""
+
     model: Optional[str] = "dit"  # FPDM vs DiT at the same budget
     schedule: Optional[str] = "constant"
     reuse: Optional[bool] = False

@@ -1,8 +1,10 @@
 """Checks that need the whole sweep, not one job: every comparison baseline (``compare.*``) that a
 report will pair settings against must be one of the values the sweep runs."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from harness.config.validate import ConfigError
 
@@ -12,8 +14,10 @@ _AXES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "schedule": ("sample.schedule", lambda c: c.sample.schedule if c.model.name == "fpdm" else None),
     "reuse": ("sample.reuse", lambda c: bool(c.sample.reuse) if c.model.name == "fpdm" else None),
     "solver": ("solver", lambda c: c.solver.name if c.model.name == "fpdm" else None),
-    "depth": ("model.pre_depth/model.post_depth",
-              lambda c: [int(c.model.pre_depth), int(c.model.post_depth)] if c.model.name == "fpdm" else None),
+    "depth": (
+        "model.pre_depth/model.post_depth",
+        lambda c: [int(c.model.pre_depth), int(c.model.post_depth)] if c.model.name == "fpdm" else None,
+    ),
 }
 
 
@@ -34,5 +38,7 @@ def check_comparisons(cfgs: Sequence[Any]) -> None:
         values = [v for v in (value_of(c) for c in cfgs) if v is not None]
         seen = sorted({_text(v) for v in values})
         if len(seen) >= 2 and _text(base) not in seen:
-            raise ConfigError(f"compare.{key}={_text(base)} is not in the sweep ({override} takes {', '.join(seen)}); "
-                              f"add it to the sweep or set compare.{key}=null")
+            raise ConfigError(
+                f"compare.{key}={_text(base)} is not in the sweep ({override} takes {', '.join(seen)}); "
+                f"add it to the sweep or set compare.{key}=null"
+            )

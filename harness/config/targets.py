@@ -13,10 +13,12 @@ Two sources, two rules (docs/extending.md, "Callbacks and _target_"):
   classes, Hydra's plugins and Optuna's samplers (``ALLOWED_TARGET_PREFIXES``), never an arbitrary
   callable such as ``os.system``. ``trusted_config`` is the one entry point for that.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -43,9 +45,11 @@ def check_loaded_targets(node: Any, source: str | Path) -> None:
     """Refuse a config loaded from ``source`` (a record, a cache marker) that names a foreign target."""
     for key, target in iter_targets(node):
         if not target.startswith(ALLOWED_TARGET_PREFIXES):
-            raise ConfigError(f"{source}: {key}={target} is not loaded from a record or cache (only targets "
-                              f"under {', '.join(ALLOWED_TARGET_PREFIXES)} are); this file was not written by "
-                              "fpdm-bench, do not use it")
+            raise ConfigError(
+                f"{source}: {key}={target} is not loaded from a record or cache (only targets "
+                f"under {', '.join(ALLOWED_TARGET_PREFIXES)} are); this file was not written by "
+                "fpdm-bench, do not use it"
+            )
 
 
 def trusted_config(record_or_dir: str | Path) -> DictConfig:
@@ -59,8 +63,9 @@ def trusted_config(record_or_dir: str | Path) -> DictConfig:
     try:
         config = read_json(path).get("config")
     except (OSError, ValueError, AttributeError) as exc:
-        raise ConfigError(f"{path}: not a readable job record ({type(exc).__name__}); give a job directory "
-                          "or its record.json") from None
+        raise ConfigError(
+            f"{path}: not a readable job record ({type(exc).__name__}); give a job directory or its record.json"
+        ) from None
     if not isinstance(config, dict) or not config:
         raise ConfigError(f"{path}: the record carries no config; rerun the job to write a complete record")
     check_loaded_targets(config, path)
@@ -77,5 +82,7 @@ def check_user_targets_import(cfg: Any, under: str = "hydra.callbacks") -> None:
         except Exception as exc:
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             reason = (lines[1] if len(lines) > 1 else lines[0]) if lines else type(exc).__name__  # [0]: 'Error loading'
-            raise ConfigError(f"{key}={target} cannot be imported ({reason}); check the spelling, or install "
-                              "the package that provides it") from None
+            raise ConfigError(
+                f"{key}={target} cannot be imported ({reason}); check the spelling, or install "
+                "the package that provides it"
+            ) from None

@@ -6,12 +6,13 @@ met exactly, pre + post deeper than the preset, missing data folders or extracto
 unwritable output directory. Each failure is a ``ConfigError`` whose one-line message names the
 key and the fix.
 """
+
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from baselines.diffusers_dit import uses_pretrained_weights
 
@@ -26,11 +27,13 @@ class ConfigError(ValueError):
 def check(fn: Callable | None = None, *, disk: bool = False):
     """Register a check; ``disk=True`` marks one that needs files (data, weights, output folders),
     which ``validate_config(cfg, disk=False)`` skips: inspect counts a model without its data."""
+
     def deco(f: Callable) -> Callable:
         _CHECKS.append(f)
         if disk:
             _DISK_CHECKS.add(f)
         return f
+
     return deco(fn) if fn is not None else deco
 
 
@@ -57,8 +60,10 @@ def _top_level(cfg) -> None:
     known = {f.name for f in fields(Config)} | {"hydra"}
     unknown = sorted(set(cfg.keys()) - known)
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown top-level key (known: {', '.join(sorted(known - {'hydra'}))}); "
-                          "check the spelling, `python -m harness.run --cfg job` lists the keys")
+        raise ConfigError(
+            f"{unknown[0]}: unknown top-level key (known: {', '.join(sorted(known - {'hydra'}))}); "
+            "check the spelling, `python -m harness.run --cfg job` lists the keys"
+        )
 
 
 @check
@@ -94,11 +99,15 @@ def _model(cfg) -> None:
 
         knob = next((k for k in ARCHITECTURE_KNOBS if m.get(k) is not None), None)
         if knob:
-            raise ConfigError(f"model.{knob}={m[knob]} cannot change the architecture of the weights in "
-                              f"model.pretrained_path: unset model.{knob} or model.pretrained_path")
+            raise ConfigError(
+                f"model.{knob}={m[knob]} cannot change the architecture of the weights in "
+                f"model.pretrained_path: unset model.{knob} or model.pretrained_path"
+            )
         if not Path(m.pretrained_path).expanduser().exists():
-            raise ConfigError(f"model.pretrained_path={m.pretrained_path} does not exist: set it to a local "
-                              "diffusers DiT folder (download e.g. facebook/DiT-XL-2-256 elsewhere and copy it here)")
+            raise ConfigError(
+                f"model.pretrained_path={m.pretrained_path} does not exist: set it to a local "
+                "diffusers DiT folder (download e.g. facebook/DiT-XL-2-256 elsewhere and copy it here)"
+            )
         return
     _choice("model.preset", m.preset, list_presets())
     if not 0.0 <= m.class_dropout < 1.0:
@@ -107,8 +116,10 @@ def _model(cfg) -> None:
     if m.name == "fpdm":
         _positive("model.pre_depth", m.pre_depth, minimum=0)
         _positive("model.post_depth", m.post_depth, minimum=0)
-        depth, where = arch.depth, (f"model.depth={m.depth}" if m.get("depth") is not None
-                                    else f"model.preset={m.preset}")
+        depth, where = (
+            arch.depth,
+            (f"model.depth={m.depth}" if m.get("depth") is not None else f"model.preset={m.preset}"),
+        )
         if m.pre_depth + m.post_depth >= depth:
             raise ConfigError(
                 f"model.pre_depth + model.post_depth = {m.pre_depth + m.post_depth} is not below the depth {depth} of "
@@ -126,7 +137,9 @@ def _architecture(cfg):
     for knob in ("depth", "hidden_size", "num_heads", "patch_size"):
         _positive(f"model.{knob}", m.get(knob))
     if m.get("mlp_ratio") is not None and not m.mlp_ratio > 0:
-        raise ConfigError(f"model.mlp_ratio={m.mlp_ratio} must be > 0 (null = the preset's {get_preset(m.preset).mlp_ratio})")
+        raise ConfigError(
+            f"model.mlp_ratio={m.mlp_ratio} must be > 0 (null = the preset's {get_preset(m.preset).mlp_ratio})"
+        )
     a = model_architecture(m)
     given = {k for k in ARCHITECTURE_KNOBS if m.get(k) is not None}
 
@@ -135,14 +148,20 @@ def _architecture(cfg):
 
     if a.hidden_size % a.num_heads:
         divisors = [h for h in range(1, min(a.hidden_size, 64) + 1) if a.hidden_size % h == 0]
-        raise ConfigError(f"{src('num_heads')} does not divide {src('hidden_size')}: set model.num_heads to a divisor "
-                          f"of the width (e.g. {', '.join(map(str, divisors[-4:]))}) or change model.hidden_size")
+        raise ConfigError(
+            f"{src('num_heads')} does not divide {src('hidden_size')}: set model.num_heads to a divisor "
+            f"of the width (e.g. {', '.join(map(str, divisors[-4:]))}) or change model.hidden_size"
+        )
     if a.hidden_size % 4:
-        raise ConfigError(f"{src('hidden_size')} must be a multiple of 4 (the 2-D sin-cos position table splits it "
-                          "in four): set model.hidden_size to a multiple of 4")
+        raise ConfigError(
+            f"{src('hidden_size')} must be a multiple of 4 (the 2-D sin-cos position table splits it "
+            "in four): set model.hidden_size to a multiple of 4"
+        )
     if m.name == "dit_diffusers" and a.mlp_ratio != 4.0:
-        raise ConfigError(f"model.mlp_ratio={a.mlp_ratio} is not supported by model=dit_diffusers (diffusers' DiT has "
-                          "a fixed 4x MLP): unset model.mlp_ratio or use model=dit")
+        raise ConfigError(
+            f"model.mlp_ratio={a.mlp_ratio} is not supported by model=dit_diffusers (diffusers' DiT has "
+            "a fixed 4x MLP): unset model.mlp_ratio or use model=dit"
+        )
     try:
         from harness.data.shape import input_shape
 
@@ -150,8 +169,10 @@ def _architecture(cfg):
     except (ValueError, KeyError):
         return a  # the data checks name the data problem
     if size % a.patch_size:
-        raise ConfigError(f"{src('patch_size')} does not divide the model input size {size} (data={cfg.data.name}): "
-                          f"set model.patch_size to a divisor of {size} or change data.image_size")
+        raise ConfigError(
+            f"{src('patch_size')} does not divide the model input size {size} (data={cfg.data.name}): "
+            f"set model.patch_size to a divisor of {size} or change data.image_size"
+        )
     return a
 
 
@@ -182,11 +203,14 @@ def _train(cfg) -> None:
     if not 0.0 <= t.budget.tolerance < 1.0:
         raise ConfigError(f"train.budget.tolerance={t.budget.tolerance} must be in [0, 1)")
     if not 0 <= t.iters.no_grad.min <= t.iters.no_grad.max:
-        raise ConfigError(f"train.iters.no_grad needs 0 <= min <= max, got min={t.iters.no_grad.min} "
-                          f"max={t.iters.no_grad.max}")
+        raise ConfigError(
+            f"train.iters.no_grad needs 0 <= min <= max, got min={t.iters.no_grad.min} max={t.iters.no_grad.max}"
+        )
     if not 1 <= t.iters.with_grad.min <= t.iters.with_grad.max:
-        raise ConfigError(f"train.iters.with_grad needs 1 <= min <= max (at least one iteration with gradient), "
-                          f"got min={t.iters.with_grad.min} max={t.iters.with_grad.max}")
+        raise ConfigError(
+            f"train.iters.with_grad needs 1 <= min <= max (at least one iteration with gradient), "
+            f"got min={t.iters.with_grad.min} max={t.iters.with_grad.max}"
+        )
     _positive("train.batch_size", t.batch_size, allow_none=False)
     _positive("train.ckpt_every", t.ckpt_every, allow_none=False)
     _positive("train.log_every", t.log_every, allow_none=False)
@@ -227,12 +251,16 @@ def _sample(cfg) -> None:
     _positive("sample.batch_size", s.batch_size, allow_none=False)
     _positive("sample.seed_ranges", s.seed_ranges, allow_none=False)
     if s.seed_ranges > 1 and s.num_images // s.seed_ranges < 2:
-        raise ConfigError(f"sample.seed_ranges={s.seed_ranges} leaves {s.num_images // s.seed_ranges} of "
-                          f"sample.num_images={s.num_images} images per range (FID needs >= 2); use at most "
-                          f"sample.seed_ranges={max(1, s.num_images // 2)} or raise sample.num_images")
+        raise ConfigError(
+            f"sample.seed_ranges={s.seed_ranges} leaves {s.num_images // s.seed_ranges} of "
+            f"sample.num_images={s.num_images} images per range (FID needs >= 2); use at most "
+            f"sample.seed_ranges={max(1, s.num_images // 2)} or raise sample.num_images"
+        )
     if s.num_images % s.seed_ranges:
-        raise ConfigError(f"sample.num_images={s.num_images} does not split into sample.seed_ranges={s.seed_ranges} "
-                          "equal ranges; make it a multiple")
+        raise ConfigError(
+            f"sample.num_images={s.num_images} does not split into sample.seed_ranges={s.seed_ranges} "
+            "equal ranges; make it a multiple"
+        )
     if s.reuse and cfg.model.name != "fpdm":
         raise ConfigError(f"sample.reuse=true needs model=fpdm (model={cfg.model.name} has no fixed point to reuse)")
     if uses_pretrained_weights(cfg.model):
@@ -260,8 +288,9 @@ def _calibrated_schedule(cfg, plan) -> None:
     for key in ("calibration_images", "max_iters_per_step", "max_evals"):
         _positive(f"sample.adaptive.{key}", a[key], allow_none=False)
     if not 0 < a.tol_min < a.tol_max:
-        raise ConfigError(f"sample.adaptive.tol_min={a.tol_min} and tol_max={a.tol_max} must satisfy "
-                          "0 < tol_min < tol_max")
+        raise ConfigError(
+            f"sample.adaptive.tol_min={a.tol_min} and tol_max={a.tol_max} must satisfy 0 < tol_min < tol_max"
+        )
     target_iters(plan.block_passes, plan.steps, plan.n_explicit, int(a.max_iters_per_step))
 
 
@@ -272,9 +301,9 @@ def _flop_match_on_meta(cfg) -> dict | None:
         return {}
     import torch
 
+    from harness.compute.plan import flop_match_inputs
     from harness.data.shape import input_shape
     from harness.stages.models import build_model
-    from harness.compute.plan import flop_match_inputs
 
     try:
         shape = input_shape(cfg.data)
@@ -304,7 +333,9 @@ def _data_root(cfg) -> None:
     d = cfg.data
     if d.name in ("image_folder", "latents"):
         if not d.root:
-            raise ConfigError(f"data={d.name} needs data.root: set data.root=/path/to/{'images' if d.name == 'image_folder' else 'latents'}")
+            raise ConfigError(
+                f"data={d.name} needs data.root: set data.root=/path/to/{'images' if d.name == 'image_folder' else 'latents'}"
+            )
         root = Path(d.root).expanduser()
         if not root.exists():
             raise ConfigError(f"data.root={d.root} does not exist: set data.root to an existing folder")
@@ -313,8 +344,10 @@ def _data_root(cfg) -> None:
         if d.name == "image_folder" and root.is_dir() and not _has_image_file(root):
             from harness.data.image_folder import IMAGE_EXTENSIONS
 
-            raise ConfigError(f"data.root={d.root} holds no image file ({', '.join(IMAGE_EXTENSIONS)}): point "
-                              "data.root to a folder of images (or class subfolders of images)")
+            raise ConfigError(
+                f"data.root={d.root} holds no image file ({', '.join(IMAGE_EXTENSIONS)}): point "
+                "data.root to a folder of images (or class subfolders of images)"
+            )
 
 
 @check(disk=True)  # extractor weights on disk; inspect evaluates nothing
@@ -329,12 +362,17 @@ def _metrics(cfg) -> None:
     if m.second_extractor not in (None, "auto"):
         _choice("metrics.second_extractor", m.second_extractor, ["auto", *list_extractors()])
     if m.bootstrap < 1:
-        raise ConfigError(f"metrics.bootstrap={m.bootstrap} must be >= 1: it is the number of bootstrap resamples "
-                          "behind every interval; use e.g. metrics.bootstrap=200")
+        raise ConfigError(
+            f"metrics.bootstrap={m.bootstrap} must be >= 1: it is the number of bootstrap resamples "
+            "behind every interval; use e.g. metrics.bootstrap=200"
+        )
     _positive("metrics.noise_floor_splits", m.noise_floor_splits, allow_none=False)
     if m.weights and not Path(m.weights).expanduser().is_file():
-        fix = (f"run `python -m harness.metrics.inception --out {m.weights}`" if m.extractor != "digits-cnn"
-               else "leave metrics.weights unset to use the cached extractor")
+        fix = (
+            f"run `python -m harness.metrics.inception --out {m.weights}`"
+            if m.extractor != "digits-cnn"
+            else "leave metrics.weights unset to use the cached extractor"
+        )
         raise ConfigError(f"metrics.weights={m.weights} does not exist: {fix}")
     if "evaluate" not in cfg.run.stages:
         return  # nothing is scored, so no feature network is needed
@@ -369,14 +407,18 @@ def _check_weights_hash(path: Path, expected: str | None) -> None:
 
     want = _expected_sha256(path, expected)
     if want is None:
-        raise ConfigError(f"metrics.weights={path} has no {path.name}.sha256 beside it to verify against: set "
-                          "metrics.weights_sha256=HASH or rewrite it with `python -m harness.metrics.inception --out PATH`")
+        raise ConfigError(
+            f"metrics.weights={path} has no {path.name}.sha256 beside it to verify against: set "
+            "metrics.weights_sha256=HASH or rewrite it with `python -m harness.metrics.inception --out PATH`"
+        )
     st = path.stat()
     digest = _sha256(str(path), st.st_size, st.st_mtime_ns)
     if not digest.startswith(want):
-        raise ConfigError(f"metrics.weights={path}: sha256 {digest[:16]}... does not match the expected {want[:16]}...; "
-                          "the file is corrupt or not the one hashed: rewrite it with "
-                          "`python -m harness.metrics.inception --out PATH` or fix metrics.weights_sha256")
+        raise ConfigError(
+            f"metrics.weights={path}: sha256 {digest[:16]}... does not match the expected {want[:16]}...; "
+            "the file is corrupt or not the one hashed: rewrite it with "
+            "`python -m harness.metrics.inception --out PATH` or fix metrics.weights_sha256"
+        )
 
 
 def _writable(path: Path) -> bool:
@@ -394,8 +436,10 @@ def _inspect(cfg) -> None:
 @check(disk=True)
 def _paths(cfg) -> None:
     if not _writable(Path(cfg.paths.cache_dir)):
-        raise ConfigError(f"paths.cache_dir={cfg.paths.cache_dir} is not writable: set paths.cache_dir to a "
-                          "directory you can write to")
+        raise ConfigError(
+            f"paths.cache_dir={cfg.paths.cache_dir} is not writable: set paths.cache_dir to a "
+            "directory you can write to"
+        )
 
 
 def validate_config(cfg, disk: bool = True) -> None:

@@ -12,6 +12,7 @@ Preprocessing, documented once here and recorded in ``describe()``:
 - split: stratified by class, 80% train / 20% test, ``sklearn.model_selection.train_test_split``
   with ``random_state=0``; ``all`` is the full set in its original order.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,15 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .registry import (TEST_FRACTION, DataConfigError, DataSource, DataSpec, register_dataset,
-                       resolve_num_classes, uint8_to_pixels)
+from .registry import (
+    TEST_FRACTION,
+    DataConfigError,
+    DataSource,
+    DataSpec,
+    register_dataset,
+    resolve_num_classes,
+    uint8_to_pixels,
+)
 
 SPLIT_SEED = 0
 SIZES = (8, 16)
@@ -66,8 +74,10 @@ def _reference(split: str, size: int) -> torch.Tensor:
 def _resolve_size(spec: DataSpec) -> int:
     # upscale is the digits knob; image_size must agree with it when both are set.
     if spec.upscale is not None and spec.image_size is not None and spec.upscale != spec.image_size:
-        raise DataConfigError(f"data.upscale={spec.upscale} and data.image_size={spec.image_size} disagree for "
-                              f"digits: set both to 8 or both to 16")
+        raise DataConfigError(
+            f"data.upscale={spec.upscale} and data.image_size={spec.image_size} disagree for "
+            f"digits: set both to 8 or both to 16"
+        )
     size = spec.upscale or spec.image_size or 8
     if size not in SIZES:
         key = "data.upscale" if spec.upscale is not None else "data.image_size"
@@ -96,7 +106,13 @@ def build_digits(spec: DataSpec) -> DataSource:
         is_latent=False,
         split=spec.split,
         reference_fn=partial(_reference, size=size),
-        identity={"source": "sklearn.load_digits", "data_sha256": data_sha, "size": size,
-                  "split": spec.split, "num_classes": num_classes, **preprocessing},
+        identity={
+            "source": "sklearn.load_digits",
+            "data_sha256": data_sha,
+            "size": size,
+            "split": spec.split,
+            "num_classes": num_classes,
+            **preprocessing,
+        },
         info={"source": "sklearn.datasets.load_digits", "preprocessing": preprocessing},
     )

@@ -14,6 +14,7 @@ latents the flip has to happen before encoding). Output, written atomically into
 relative paths, ``flipped`` bool (N,)) and ``latents_meta.json``. Everything is held in memory
 (16 KiB per 256x256 image); for ImageNet-sized sets use fast-DiT's per-file layout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,18 @@ log = logging.getLogger(__name__)
 POSTERIORS = ("mode", "sample")
 
 
-def encode_folder(images: str, vae: str, out: str, image_size: int = 256, batch_size: int = 16,
-                  flip: bool = False, posterior: str = "mode", seed: int = 0,
-                  device: str | torch.device | None = None, progress: bool = True) -> dict:
+def encode_folder(
+    images: str,
+    vae: str,
+    out: str,
+    image_size: int = 256,
+    batch_size: int = 16,
+    flip: bool = False,
+    posterior: str = "mode",
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict:
     """Encode every readable image of ``images``; write ``out/latents.npz`` + meta; return the meta."""
     if posterior not in POSTERIORS:
         raise DataError(f"--posterior={posterior!r} is not one of {POSTERIORS}: use mode or sample")
@@ -82,13 +92,23 @@ def encode_folder(images: str, vae: str, out: str, image_size: int = 256, batch_
     np.savez(buf, latents=latents.astype(np.float32), labels=labels, keys=keys, flipped=flipped)
     atomic_write(out_dir / LATENTS_FILE, buf.getvalue())
     meta = {
-        "format": 1, "vae_path": str(Path(vae).expanduser().resolve()), "scaling_factor": scale,
-        "shift_factor": shift, "stored_as": "(z - shift_factor) * scaling_factor",
-        "image_size": image_size, "source": str(Path(images).expanduser().resolve()),
-        "count": int(len(latents)), "num_images": n, "num_classes": source.num_classes,
-        "classes": source.info["classes"], "latent_shape": list(latents.shape[1:]),
-        "posterior": posterior, "seed": seed if posterior == "sample" else None, "flip": flip,
-        "bad_files": source.bad_files, "preprocessing": source.info["preprocessing"],
+        "format": 1,
+        "vae_path": str(Path(vae).expanduser().resolve()),
+        "scaling_factor": scale,
+        "shift_factor": shift,
+        "stored_as": "(z - shift_factor) * scaling_factor",
+        "image_size": image_size,
+        "source": str(Path(images).expanduser().resolve()),
+        "count": int(len(latents)),
+        "num_images": n,
+        "num_classes": source.num_classes,
+        "classes": source.info["classes"],
+        "latent_shape": list(latents.shape[1:]),
+        "posterior": posterior,
+        "seed": seed if posterior == "sample" else None,
+        "flip": flip,
+        "bad_files": source.bad_files,
+        "preprocessing": source.info["preprocessing"],
     }
     atomic_write(out_dir / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     log.info("wrote %d latents %s to %s", len(latents), tuple(latents.shape[1:]), out_dir)
@@ -103,8 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=256, help="centre-crop size in pixels (default 256)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--flip", action="store_true", help="also encode each image's horizontal mirror")
-    p.add_argument("--posterior", choices=POSTERIORS, default="mode",
-                   help="mode: deterministic posterior mean (default); sample: seeded draw, as fast-DiT")
+    p.add_argument(
+        "--posterior",
+        choices=POSTERIORS,
+        default="mode",
+        help="mode: deterministic posterior mean (default); sample: seeded draw, as fast-DiT",
+    )
     p.add_argument("--seed", type=int, default=0, help="generator seed for --posterior sample")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--no-progress", action="store_true")
@@ -115,9 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        meta = encode_folder(args.images, args.vae, args.out, image_size=args.image_size,
-                             batch_size=args.batch_size, flip=args.flip, posterior=args.posterior,
-                             seed=args.seed, device=args.device, progress=not args.no_progress)
+        meta = encode_folder(
+            args.images,
+            args.vae,
+            args.out,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            flip=args.flip,
+            posterior=args.posterior,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.no_progress,
+        )
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ time: unreadable or corrupt files are collected in ``source.bad_files`` and logg
 never raised. Split: a file is in ``test`` when a hash of its relative path says so (about 20%),
 so adding files never moves existing ones; ``all`` is everything.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,16 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .registry import (DataPathError, DataSource, DataSpec, EmptyDataError, register_dataset,
-                       resolve_num_classes, select_split, uint8_to_pixels)
+from .registry import (
+    DataPathError,
+    DataSource,
+    DataSpec,
+    EmptyDataError,
+    register_dataset,
+    resolve_num_classes,
+    select_split,
+    uint8_to_pixels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +56,7 @@ def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
     arr = np.array(pil_image)
     crop_y = (arr.shape[0] - image_size) // 2
     crop_x = (arr.shape[1] - image_size) // 2
-    return Image.fromarray(arr[crop_y: crop_y + image_size, crop_x: crop_x + image_size])
+    return Image.fromarray(arr[crop_y : crop_y + image_size, crop_x : crop_x + image_size])
 
 
 def load_image_uint8(path: str | os.PathLike, image_size: int) -> np.ndarray:
@@ -71,8 +80,12 @@ def find_images(root: Path) -> tuple[list[tuple[str, int]], list[str], list[str]
     if classes:
         top = [f for f in images if "/" not in f]
         if top:
-            log.warning("data.root=%s: %d image(s) directly in the root are ignored because class "
-                        "subfolders exist (e.g. %s)", root, len(top), top[0])
+            log.warning(
+                "data.root=%s: %d image(s) directly in the root are ignored because class subfolders exist (e.g. %s)",
+                root,
+                len(top),
+                top[0],
+            )
         skipped += top
         index = {c: i for i, c in enumerate(classes)}
         entries = [(f, index[f.split("/", 1)[0]]) for f in images if "/" in f]
@@ -108,8 +121,16 @@ class ImageFolderDataset(Dataset):
     """Items of a scanned folder. ``uint8=False``: ``(x in [-1, 1], y)``; ``uint8=True``: uint8 image only
     (the form torch-fidelity reads). ``keys`` are relative paths, ``labels`` class indices."""
 
-    def __init__(self, root: str, entries: list[tuple[str, int]], labels: torch.Tensor, image_size: int,
-                 arrays: list[np.ndarray] | None = None, uint8: bool = False, hflip: bool = False):
+    def __init__(
+        self,
+        root: str,
+        entries: list[tuple[str, int]],
+        labels: torch.Tensor,
+        image_size: int,
+        arrays: list[np.ndarray] | None = None,
+        uint8: bool = False,
+        hflip: bool = False,
+    ):
         self.root, self.image_size, self.uint8, self.hflip = Path(root), image_size, uint8, hflip
         self.keys = [e[0] for e in entries]
         self.labels = labels
@@ -125,8 +146,9 @@ class ImageFolderDataset(Dataset):
         try:
             return torch.from_numpy(load_image_uint8(path, self.image_size))
         except Exception as exc:  # the file changed after the scan
-            raise DataPathError(f"data.root: {path} became unreadable after the scan ({exc}): "
-                                f"restore or remove it and rebuild") from exc
+            raise DataPathError(
+                f"data.root: {path} became unreadable after the scan ({exc}): restore or remove it and rebuild"
+            ) from exc
 
     def __getitem__(self, i: int):
         u8 = self.image_uint8(i)
@@ -140,8 +162,14 @@ class ImageFolderDataset(Dataset):
 
 def _reference(split: str, *, root, entries, labels, image_size, arrays) -> ImageFolderDataset:
     keep = select_split([e[0] for e in entries], split)
-    return ImageFolderDataset(root, [entries[i] for i in keep], labels[keep], image_size,
-                              None if arrays is None else [arrays[i] for i in keep], uint8=True)
+    return ImageFolderDataset(
+        root,
+        [entries[i] for i in keep],
+        labels[keep],
+        image_size,
+        None if arrays is None else [arrays[i] for i in keep],
+        uint8=True,
+    )
 
 
 def check_root(root: str | None, key: str = "data.root") -> Path:
@@ -162,35 +190,74 @@ def build_image_folder(spec: DataSpec) -> DataSource:
     entries, classes, skipped = find_images(root)
     if not entries:
         found = f"{len(skipped)} non-image file(s), e.g. {skipped[:3]}" if skipped else "nothing"
-        raise EmptyDataError(f"data.root={root} has no image ({'/'.join(IMAGE_EXTENSIONS)}), found {found}: "
-                             f"set data.root to a folder of images or class subfolders")
+        raise EmptyDataError(
+            f"data.root={root} has no image ({'/'.join(IMAGE_EXTENSIONS)}), found {found}: "
+            f"set data.root to a folder of images or class subfolders"
+        )
     good, bad, arrays = scan_images(root, entries, size, keep=len(entries) <= CACHE_MAX_IMAGES)
     if bad:
-        log.warning("data.root=%s: %d unreadable image(s) skipped: %s", root, len(bad),
-                    "; ".join(f"{p} ({why})" for p, why in bad))
+        log.warning(
+            "data.root=%s: %d unreadable image(s) skipped: %s",
+            root,
+            len(bad),
+            "; ".join(f"{p} ({why})" for p, why in bad),
+        )
     if not good:
-        raise EmptyDataError(f"data.root={root} has {len(bad)} image file(s) but none is readable "
-                             f"(e.g. {bad[0][0]}: {bad[0][1]}): set data.root to a folder of valid images")
+        raise EmptyDataError(
+            f"data.root={root} has {len(bad)} image file(s) but none is readable "
+            f"(e.g. {bad[0][0]}: {bad[0][1]}): set data.root to a folder of valid images"
+        )
     labels = torch.tensor([e[1] for e in good], dtype=torch.long)
     num_classes, labels = resolve_num_classes(spec, labels, inferred=max(1, len(classes)))
     good = [(key, int(y)) for (key, _), y in zip(good, labels)]
     keep = select_split([e[0] for e in good], spec.split)
     if not keep:
-        raise EmptyDataError(f"data.split={spec.split} of data.root={root} is empty ({len(good)} images "
-                             f"in all): set data.split=all")
+        raise EmptyDataError(
+            f"data.split={spec.split} of data.root={root} is empty ({len(good)} images in all): set data.split=all"
+        )
     ref = partial(_reference, root=str(root), entries=good, labels=labels, image_size=size, arrays=arrays)
-    train = ImageFolderDataset(str(root), [good[i] for i in keep], labels[keep], size,
-                               None if arrays is None else [arrays[i] for i in keep], hflip=spec.hflip)
-    preprocessing = {"crop": "DiT center_crop_arr (BOX halving, BICUBIC, centre crop)", "mode": "RGB",
-                     "scale": "u/127.5-1", "hflip": bool(spec.hflip), "split_rule": "sha1(relpath) % 5 == 0 -> test"}
+    train = ImageFolderDataset(
+        str(root),
+        [good[i] for i in keep],
+        labels[keep],
+        size,
+        None if arrays is None else [arrays[i] for i in keep],
+        hflip=spec.hflip,
+    )
+    preprocessing = {
+        "crop": "DiT center_crop_arr (BOX halving, BICUBIC, centre crop)",
+        "mode": "RGB",
+        "scale": "u/127.5-1",
+        "hflip": bool(spec.hflip),
+        "split_rule": "sha1(relpath) % 5 == 0 -> test",
+    }
     # Identity: every usable file's path, size and class (content hashes would mean re-reading the folder).
     files = [(k, (root / k).stat().st_size, y) for k, y in good]
     return DataSource(
-        name="image_folder", train=train, channels=3, image_size=size, num_classes=num_classes,
-        is_latent=False, split=spec.split, reference_fn=ref,
-        identity={"source": "image_folder", "files": files, "classes": classes, "image_size": size,
-                  "split": spec.split, "num_classes": num_classes, **preprocessing},
-        info={"root": str(root), "classes": classes, "n_all": len(good), "skipped_non_images": len(skipped),
-              "bad_file_list": [p for p, _ in bad], "preprocessing": preprocessing},
+        name="image_folder",
+        train=train,
+        channels=3,
+        image_size=size,
+        num_classes=num_classes,
+        is_latent=False,
+        split=spec.split,
+        reference_fn=ref,
+        identity={
+            "source": "image_folder",
+            "files": files,
+            "classes": classes,
+            "image_size": size,
+            "split": spec.split,
+            "num_classes": num_classes,
+            **preprocessing,
+        },
+        info={
+            "root": str(root),
+            "classes": classes,
+            "n_all": len(good),
+            "skipped_non_images": len(skipped),
+            "bad_file_list": [p for p, _ in bad],
+            "preprocessing": preprocessing,
+        },
         bad_files=[p for p, _ in bad],
     )

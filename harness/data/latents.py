@@ -15,6 +15,7 @@ Either way the stored latents are already ``(z - shift_factor) * scaling_factor`
 loaded from ``data.vae_path`` with ``local_files_only=True`` (as FPDM's sample.py divides by
 ``vae.config.scaling_factor``). Split: by a hash of each sample's key (source path or file name).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,13 +27,24 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from .registry import (DataConfigError, DataPathError, DataSource, DataSpec, EmptyDataError,
-                       pixels_to_uint8, register_dataset, resolve_num_classes, select_split)
+from .registry import (
+    DataConfigError,
+    DataPathError,
+    DataSource,
+    DataSpec,
+    EmptyDataError,
+    pixels_to_uint8,
+    register_dataset,
+    resolve_num_classes,
+    select_split,
+)
 
 LATENTS_FILE = "latents.npz"
 META_FILE = "latents_meta.json"
-VAE_HINT = ("download stabilityai/sd-vae-ft-mse (diffusers format) on a machine with network, "
-            "copy the folder here and set {key}=/path/to/sd-vae-ft-mse")
+VAE_HINT = (
+    "download stabilityai/sd-vae-ft-mse (diffusers format) on a machine with network, "
+    "copy the folder here and set {key}=/path/to/sd-vae-ft-mse"
+)
 DECODE_BATCH = 16  # bounds the VAE decoder's activation memory at 256x256
 
 
@@ -120,8 +132,9 @@ class FastDiTLatents(Dataset):
 
 
 def find_fastdit_dirs(root: Path, image_size: int | None) -> tuple[Path, Path] | None:
-    pairs = sorted((f, f.with_name(f.name[: -len("_features")] + "_labels"))
-                   for f in root.glob("*_features") if f.is_dir())
+    pairs = sorted(
+        (f, f.with_name(f.name[: -len("_features")] + "_labels")) for f in root.glob("*_features") if f.is_dir()
+    )
     pairs = [(f, l) for f, l in pairs if l.is_dir()]
     if not pairs:
         return None
@@ -129,8 +142,10 @@ def find_fastdit_dirs(root: Path, image_size: int | None) -> tuple[Path, Path] |
     if preferred:
         return preferred[0]
     if len(pairs) > 1:
-        raise DataConfigError(f"data.root={root} has several latent sets {[p[0].name for p in pairs]}: "
-                              f"set data.root to a folder with one, or data.image_size to pick imagenet<size>")
+        raise DataConfigError(
+            f"data.root={root} has several latent sets {[p[0].name for p in pairs]}: "
+            f"set data.root to a folder with one, or data.image_size to pick imagenet<size>"
+        )
     return pairs[0]
 
 
@@ -139,8 +154,10 @@ def _load_npz(root: Path):
         latents, labels = f["latents"], f["labels"]
         keys = [str(k) for k in f["keys"]] if "keys" in f.files else [str(i) for i in range(len(labels))]
     if latents.ndim != 4 or len(latents) != len(labels):
-        raise DataConfigError(f"data.root={root}/{LATENTS_FILE}: latents {latents.shape} and labels "
-                              f"{labels.shape} do not match (N, C, h, w) / (N,): re-run harness.data.encode")
+        raise DataConfigError(
+            f"data.root={root}/{LATENTS_FILE}: latents {latents.shape} and labels "
+            f"{labels.shape} do not match (N, C, h, w) / (N,): re-run harness.data.encode"
+        )
     return torch.from_numpy(latents).float(), torch.from_numpy(labels.astype(np.int64)), keys
 
 
@@ -150,8 +167,10 @@ def _load_fastdit(root: Path, dirs: tuple[Path, Path]):
     names = sorted(set(feats) & set(labs), key=lambda n: (len(n), n))  # 2.npy before 10.npy
     missing = sorted(set(feats) ^ set(labs))
     if missing:
-        raise DataConfigError(f"data.root={root}: {len(missing)} feature/label file(s) without a partner "
-                              f"(e.g. {missing[0]}): re-extract or remove them")
+        raise DataConfigError(
+            f"data.root={root}: {len(missing)} feature/label file(s) without a partner "
+            f"(e.g. {missing[0]}): re-extract or remove them"
+        )
     labels = torch.tensor([int(np.load(labs[n]).reshape(-1)[0]) for n in names], dtype=torch.long)
     return [feats[n] for n in names], [labs[n] for n in names], labels, names
 
@@ -180,25 +199,33 @@ def _subset(split: str, *, keys, make):
 @register_dataset("latents", extractor="inception-v3-compat")
 def build_latents(spec: DataSpec) -> DataSource:
     if spec.root is None:
-        raise DataPathError("data.root is not set: set data.root=/path/to/latents (written by python -m harness.data.encode)")
+        raise DataPathError(
+            "data.root is not set: set data.root=/path/to/latents (written by python -m harness.data.encode)"
+        )
     root = Path(spec.root).expanduser()
     if not root.is_dir():
-        raise DataPathError(f"data.root={spec.root} does not exist: set data.root=/path/to/latents "
-                            f"(make one with python -m harness.data.encode --images DIR --vae DIR --out DIR)")
+        raise DataPathError(
+            f"data.root={spec.root} does not exist: set data.root=/path/to/latents "
+            f"(make one with python -m harness.data.encode --images DIR --vae DIR --out DIR)"
+        )
     if spec.vae_path is not None and not Path(spec.vae_path).expanduser().is_dir():
         raise DataPathError(f"data.vae_path={spec.vae_path} does not exist: {VAE_HINT.format(key='data.vae_path')}")
     meta = read_meta(root)
     if spec.image_size is not None and meta.get("image_size") not in (None, spec.image_size):
-        raise DataConfigError(f"data.image_size={spec.image_size} but {root}/{META_FILE} says the latents were "
-                              f"encoded at {meta['image_size']}: set data.image_size={meta['image_size']}")
+        raise DataConfigError(
+            f"data.image_size={spec.image_size} but {root}/{META_FILE} says the latents were "
+            f"encoded at {meta['image_size']}: set data.image_size={meta['image_size']}"
+        )
     if (root / LATENTS_FILE).is_file():
         latents, labels, keys = _load_npz(root)
         layout, files = "npz", None
     else:
         dirs = find_fastdit_dirs(root, spec.image_size or meta.get("image_size") or 256)
         if dirs is None:
-            raise EmptyDataError(f"data.root={root} holds neither {LATENTS_FILE} nor <prefix>_features/ + "
-                                 f"<prefix>_labels/: set data.root to a folder written by harness.data.encode or fast-DiT")
+            raise EmptyDataError(
+                f"data.root={root} holds neither {LATENTS_FILE} nor <prefix>_features/ + "
+                f"<prefix>_labels/: set data.root to a folder written by harness.data.encode or fast-DiT"
+            )
         feature_files, label_files, labels, keys = _load_fastdit(root, dirs)
         latents, layout, files = None, "fast-dit", (feature_files, label_files)
     if len(labels) == 0:
@@ -215,7 +242,9 @@ def build_latents(spec: DataSpec) -> DataSource:
     latents_fn = partial(_subset, keys=keys, make=make)
     train = latents_fn(spec.split)
     if len(train) == 0:
-        raise EmptyDataError(f"data.split={spec.split} of data.root={root} is empty ({len(keys)} latents in all): set data.split=all")
+        raise EmptyDataError(
+            f"data.split={spec.split} of data.root={root} is empty ({len(keys)} latents in all): set data.split=all"
+        )
     x0 = train[0][0]
     if x0.ndim != 3 or x0.shape[-1] != x0.shape[-2]:
         raise DataConfigError(f"data.root={root}: latents must be square (C, h, h), got {tuple(x0.shape)}")
@@ -223,14 +252,33 @@ def build_latents(spec: DataSpec) -> DataSource:
     decoder = VaeDecoder(spec.vae_path or meta.get("vae_path"), scale, meta.get("shift_factor"))
     shape = list(x0.shape)
     return DataSource(
-        name="latents", train=train, channels=shape[0], image_size=shape[-1], num_classes=num_classes,
-        is_latent=True, split=spec.split,
+        name="latents",
+        train=train,
+        channels=shape[0],
+        image_size=shape[-1],
+        num_classes=num_classes,
+        is_latent=True,
+        split=spec.split,
         reference_fn=partial(_reference, meta=meta, latents_fn=latents_fn, decoder=decoder),
-        identity={"source": "latents", "layout": layout, "keys_sha": _keys_hash(keys, labels, latents), "shape": shape,
-                  "split": spec.split, "num_classes": num_classes, "scaling_factor": scale,
-                  "encoder": {k: meta.get(k) for k in ("vae_path", "image_size", "posterior", "flip", "source")}},
-        info={"root": str(root), "layout": layout, "latent_shape": shape, "n_all": len(keys),
-              "vae_path": decoder.vae_path, "latent_scale": scale, "meta": meta},
+        identity={
+            "source": "latents",
+            "layout": layout,
+            "keys_sha": _keys_hash(keys, labels, latents),
+            "shape": shape,
+            "split": spec.split,
+            "num_classes": num_classes,
+            "scaling_factor": scale,
+            "encoder": {k: meta.get(k) for k in ("vae_path", "image_size", "posterior", "flip", "source")},
+        },
+        info={
+            "root": str(root),
+            "layout": layout,
+            "latent_shape": shape,
+            "n_all": len(keys),
+            "vae_path": decoder.vae_path,
+            "latent_scale": scale,
+            "meta": meta,
+        },
         decode_fn=decoder,
     )
 

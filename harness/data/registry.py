@@ -11,14 +11,15 @@ the same preprocessing as training; CompVis/latent-diffusion#138 shows what mixi
 Nothing here downloads: a missing path raises a :class:`DataError` whose one-line message names the
 config key to set.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -83,7 +84,9 @@ class DataSpec:
             if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
                 raise DataConfigError(f"data.{key}={value!r} must be a positive integer or null")
         if self.latent_scale is not None and not float(self.latent_scale) > 0:
-            raise DataConfigError(f"data.latent_scale={self.latent_scale!r} must be > 0 or null (null: the VAE's scaling_factor)")
+            raise DataConfigError(
+                f"data.latent_scale={self.latent_scale!r} must be > 0 or null (null: the VAE's scaling_factor)"
+            )
 
     @classmethod
     def from_config(cls, cfg: Any) -> DataSpec:
@@ -152,7 +155,8 @@ def resolve_num_classes(spec: DataSpec, labels: torch.Tensor, inferred: int) -> 
     if spec.num_classes < inferred:
         raise DataConfigError(
             f"data.num_classes={spec.num_classes} but the data has {inferred} classes: "
-            f"set data.num_classes={inferred}, 1 (unconditional) or null (infer)")
+            f"set data.num_classes={inferred}, 1 (unconditional) or null (infer)"
+        )
     return spec.num_classes, labels
 
 
@@ -202,9 +206,15 @@ class DataSource:
     def describe(self) -> dict:
         """Provenance for the job record: name, size, split, shapes and preprocessing."""
         out = {
-            "name": self.name, "n": len(self.train), "split": self.split, "channels": self.channels,
-            "image_size": self.image_size, "num_classes": self.num_classes, "is_latent": self.is_latent,
-            "bad_files": len(self.bad_files), "fingerprint": self.fingerprint(),
+            "name": self.name,
+            "n": len(self.train),
+            "split": self.split,
+            "channels": self.channels,
+            "image_size": self.image_size,
+            "num_classes": self.num_classes,
+            "is_latent": self.is_latent,
+            "bad_files": len(self.bad_files),
+            "fingerprint": self.fingerprint(),
         }
         out.update(self.info)
         return out
@@ -222,14 +232,17 @@ NATURAL_IMAGES_EXTRACTOR = "inception-v3-compat"
 get_dataset_builder, list_datasets = DATASETS.get, DATASETS.list
 
 
-def register_dataset(name: str, *,
-                     extractor: str = NATURAL_IMAGES_EXTRACTOR) -> Callable[[DatasetBuilder], DatasetBuilder]:
+def register_dataset(
+    name: str, *, extractor: str = NATURAL_IMAGES_EXTRACTOR
+) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Decorator: register ``builder(spec: DataSpec) -> DataSource`` under ``name``; ``extractor`` is
     the default ``metrics.extractor`` for its samples (natural images: Inception)."""
+
     def deco(builder: DatasetBuilder) -> DatasetBuilder:
         DATASETS.register(name, builder)
         _DEFAULT_EXTRACTORS[name] = extractor
         return builder
+
     return deco
 
 

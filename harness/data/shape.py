@@ -11,6 +11,7 @@ validate ``model.patch_size``. The shape follows each source's own rules:
 - ``latents``: 4 channels at ``data.image_size / 8`` (the Stable Diffusion VAE's 8x downsampling,
   FPDM paper Sec. 4.1: 256x256 images -> 32x32x4 latents); ``data.num_classes``, else ImageNet's 1000.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -36,7 +37,9 @@ class InputShape:
 def _digits(d: Any, classes: bool) -> InputShape:
     size = d.get("upscale") or d.get("image_size") or 8
     if size not in (8, 16):
-        raise DataConfigError(f"data.image_size={size} is not a digits size: set data.upscale and data.image_size to 8 or 16")
+        raise DataConfigError(
+            f"data.image_size={size} is not a digits size: set data.upscale and data.image_size to 8 or 16"
+        )
     return InputShape(1, size, d.get("num_classes") or 10)
 
 
@@ -46,8 +49,10 @@ def _image_folder(d: Any, classes: bool) -> InputShape:
         return InputShape(3, size, d.get("num_classes") or 0)
     root = Path(str(d.get("root") or "")).expanduser()
     if not d.get("root") or not root.is_dir():
-        raise DataConfigError("data=image_folder without data on disk needs data.num_classes to know the class "
-                              "table: set data.num_classes=N (1 = unconditional) or data.root=/path/to/images")
+        raise DataConfigError(
+            "data=image_folder without data on disk needs data.num_classes to know the class "
+            "table: set data.num_classes=N (1 = unconditional) or data.root=/path/to/images"
+        )
     from .image_folder import find_images
 
     _, classes, _ = find_images(root)
@@ -57,16 +62,21 @@ def _image_folder(d: Any, classes: bool) -> InputShape:
 def _latents(d: Any, classes: bool) -> InputShape:
     size = d.get("image_size") or 256
     if size % LATENT_DOWNSAMPLE:
-        raise DataConfigError(f"data.image_size={size} is not a multiple of {LATENT_DOWNSAMPLE} (the VAE's "
-                              f"downsampling): set data.image_size to the pixel size the latents were encoded at")
+        raise DataConfigError(
+            f"data.image_size={size} is not a multiple of {LATENT_DOWNSAMPLE} (the VAE's "
+            f"downsampling): set data.image_size to the pixel size the latents were encoded at"
+        )
     classes, note = d.get("num_classes"), ""
     if not classes:
         classes, note = IMAGENET_CLASSES, "data.num_classes unset: ImageNet's 1000 classes assumed"
     return InputShape(LATENT_CHANNELS, size // LATENT_DOWNSAMPLE, classes, note)
 
 
-_SHAPES: dict[str, Callable[[Any, bool], InputShape]] = {"digits": _digits, "image_folder": _image_folder,
-                                                   "latents": _latents}
+_SHAPES: dict[str, Callable[[Any, bool], InputShape]] = {
+    "digits": _digits,
+    "image_folder": _image_folder,
+    "latents": _latents,
+}
 
 
 def register_input_shape(name: str, fn: Callable[[Any, bool], InputShape]) -> None:
@@ -80,6 +90,7 @@ def input_shape(data_cfg: Any, classes: bool = True) -> InputShape:
     try:
         fn = _SHAPES[data_cfg.name]
     except KeyError:
-        raise DataConfigError(f"data.name={data_cfg.name!r} has no shape rule: set data.name to one of "
-                              f"{', '.join(sorted(_SHAPES))}") from None
+        raise DataConfigError(
+            f"data.name={data_cfg.name!r} has no shape rule: set data.name to one of {', '.join(sorted(_SHAPES))}"
+        ) from None
     return fn(data_cfg, classes)

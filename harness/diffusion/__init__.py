@@ -26,7 +26,6 @@ from harness.diffusion.samplers import (
     sample_loop,
     spaced_timesteps,
 )
-from harness.diffusion.weighting import get_mse_weighting, list_mse_weightings, register_mse_weighting
 from harness.diffusion.spec import (
     DiffusionSpec,
     DiffusionTables,
@@ -34,6 +33,7 @@ from harness.diffusion.spec import (
     make_train_scheduler,
     predict_x0,
 )
+from harness.diffusion.weighting import get_mse_weighting, list_mse_weightings, register_mse_weighting
 
 __all__ = [
     "DiffusionSpec",

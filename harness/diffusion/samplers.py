@@ -28,8 +28,8 @@ so samples do not depend on batch size, sharding or device count.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
@@ -77,6 +77,7 @@ get_sampler, list_samplers = SAMPLERS.get, SAMPLERS.list
 
 def register_sampler(name: str):
     """Class decorator: registers one instance of the ``Sampler`` subclass under ``name``."""
+
     def deco(cls: type[Sampler]) -> type[Sampler]:
         inst = cls()
         inst.name = name
@@ -147,8 +148,14 @@ class DDIMSampler(Sampler):
 
     def step(self, sched, i, out, x, *, generators, eta):
         gens = generators if eta > 0 else None
-        return sched.scheduler.step(out, sched.step_timesteps[i], x, eta=eta, generator=gens,
-                                    use_clipped_model_output=sched.use_clipped_model_output).prev_sample
+        return sched.scheduler.step(
+            out,
+            sched.step_timesteps[i],
+            x,
+            eta=eta,
+            generator=gens,
+            use_clipped_model_output=sched.use_clipped_model_output,
+        ).prev_sample
 
 
 @register_sampler("dpmpp")

@@ -24,8 +24,16 @@ from harness.diffusion.weighting import (
     predict_x0,
 )
 
-__all__ = ["DiffusionSpec", "DiffusionTables", "diffusion_tables", "make_train_scheduler", "diffusion_spec", "expand_to", "predict_x0",
-           "PREDICTION_TYPES"]
+__all__ = [
+    "DiffusionSpec",
+    "DiffusionTables",
+    "diffusion_tables",
+    "make_train_scheduler",
+    "diffusion_spec",
+    "expand_to",
+    "predict_x0",
+    "PREDICTION_TYPES",
+]
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -117,11 +125,18 @@ def diffusion_spec(cfg) -> DiffusionSpec:
     """The spec of a resolved job config (``diffusion.*``, ``model.learn_sigma``, the effective
     ``sample.clip_mode``)."""
     d = cfg.diffusion
-    return DiffusionSpec(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.beta_schedule,
-                         beta_start=d.beta_start, beta_end=d.beta_end, prediction_type=d.prediction_type,
-                         zero_terminal_snr=d.zero_terminal_snr, learn_sigma=cfg.model.learn_sigma,
-                         timestep_spacing=d.timestep_spacing, clip_mode=effective_clip_mode(cfg),
-                         mse_weighting=d.mse_weighting)
+    return DiffusionSpec(
+        num_train_timesteps=d.num_train_timesteps,
+        beta_schedule=d.beta_schedule,
+        beta_start=d.beta_start,
+        beta_end=d.beta_end,
+        prediction_type=d.prediction_type,
+        zero_terminal_snr=d.zero_terminal_snr,
+        learn_sigma=cfg.model.learn_sigma,
+        timestep_spacing=d.timestep_spacing,
+        clip_mode=effective_clip_mode(cfg),
+        mse_weighting=d.mse_weighting,
+    )
 
 
 def effective_clip_mode(cfg) -> str:

@@ -13,7 +13,7 @@ applies it), so neither imports the other in a circle.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

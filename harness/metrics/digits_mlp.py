@@ -8,6 +8,7 @@ of the embedded sklearn digits, seconds on a CPU), standardised the same way, ca
 extractor, so FID/KID under it are torch-fidelity's. Reports show whether both rulers agree on each
 ordering (harness.metrics.rulers).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,14 @@ import torch_fidelity
 from filelock import FileLock
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from harness.metrics.extractors import (ExtractorSpec, FeatureExtractorDigitsCNN, WeightsInfo, default_cache_dir,
-                                        fit_digits_classifier, register_extractor)
+from harness.metrics.extractors import (
+    ExtractorSpec,
+    FeatureExtractorDigitsCNN,
+    WeightsInfo,
+    default_cache_dir,
+    fit_digits_classifier,
+    register_extractor,
+)
 from harness.runtime.io import atomic_write, sha256_file
 
 __all__ = ["DigitsMLP", "ensure_digits_mlp", "FeatureExtractorDigitsMLP"]
@@ -59,7 +66,11 @@ def ensure_digits_mlp(cache_dir: str | os.PathLike | None = None) -> tuple[Path,
     """Path of the cached digits-mlp safetensors (trained on first use) and its sidecar metadata."""
     from safetensors.torch import save
 
-    path = default_cache_dir(cache_dir) / "extractors" / f"digits-mlp-v{_RECIPE['version']}-seed{_RECIPE['seed']}.safetensors"
+    path = (
+        default_cache_dir(cache_dir)
+        / "extractors"
+        / f"digits-mlp-v{_RECIPE['version']}-seed{_RECIPE['seed']}.safetensors"
+    )
     meta_path = path.with_suffix(".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
@@ -70,8 +81,14 @@ def ensure_digits_mlp(cache_dir: str | os.PathLike | None = None) -> tuple[Path,
         model, acc, n_train = _train(**{k: v for k, v in _RECIPE.items() if k != "version"})
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         atomic_write(path, save(state, metadata={"recipe": json.dumps(_RECIPE)}))
-        meta = {"extractor": "digits-mlp", "heldout_accuracy": acc, "train_size": n_train, "sha256": sha256_file(path),
-                "torch": torch.__version__, **{f"recipe_{k}": v for k, v in _RECIPE.items()}}
+        meta = {
+            "extractor": "digits-mlp",
+            "heldout_accuracy": acc,
+            "train_size": n_train,
+            "sha256": sha256_file(path),
+            "torch": torch.__version__,
+            **{f"recipe_{k}": v for k, v in _RECIPE.items()},
+        }
         atomic_write(meta_path, json.dumps(meta, indent=1))
         return path, meta
 
@@ -92,14 +109,17 @@ class FeatureExtractorDigitsMLP(FeatureExtractorDigitsCNN):
 
 def _weights(weights=None, cache_dir=None) -> WeightsInfo:
     if weights is not None:
-        raise ValueError("metrics.weights applies to metrics.extractor only; digits-mlp always uses its cached "
-                         "network: leave metrics.second_extractor=auto or set it to null")
+        raise ValueError(
+            "metrics.weights applies to metrics.extractor only; digits-mlp always uses its cached "
+            "network: leave metrics.second_extractor=auto or set it to null"
+        )
     path, meta = ensure_digits_mlp(cache_dir)
     return WeightsInfo(str(path), meta["sha256"], True)
 
 
-register_extractor(ExtractorSpec("digits-mlp", "64", "logits", 1, "uint8; grey; area-resize to 8x8; /255; mlp",
-                                 _weights))
+register_extractor(
+    ExtractorSpec("digits-mlp", "64", "logits", 1, "uint8; grey; area-resize to 8x8; /255; mlp", _weights)
+)
 if "digits-mlp" not in FEATURE_EXTRACTORS_REGISTRY:
     torch_fidelity.register_feature_extractor("digits-mlp", FeatureExtractorDigitsMLP)
 

@@ -7,6 +7,7 @@ beside its record (`keep_beside_record`), so reports resample features, never im
 from the sweep directory alone. The stage also records the protocol's real-vs-real noise floor
 (noise_floor.py) and a bootstrap interval of the FID itself (bootstrap.py).
 """
+
 from __future__ import annotations
 
 import io
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.runtime.io import atomic_write
 from harness.metrics.bootstrap import bootstrap_fid_draws, debias, percentile_ci, ref_sqrt
 from harness.metrics.noise_floor import FLOOR_KEYS, cached_noise_floor
+from harness.runtime.io import atomic_write
 
 __all__ = ["FEATURES_DIR", "store_features", "ruler_evidence", "keep_beside_record", "second_ruler"]
 
@@ -47,8 +48,7 @@ def store_features(eval_dir: Path, ruler: str, keep: dict) -> str:
     return str(d / f"{ruler}.npy")
 
 
-def ruler_evidence(keep: dict, fid: float, *, resamples: int, seed: int, floor_splits: int,
-                   suffix: str = "") -> dict:
+def ruler_evidence(keep: dict, fid: float, *, resamples: int, seed: int, floor_splits: int, suffix: str = "") -> dict:
     """Noise floor and bootstrap interval of one ruler's FID, as flat record metrics."""
     ranges = keep["ranges"]
     n = min(b - a for a, b in ranges)

@@ -11,13 +11,14 @@ FID/KID/precision-recall and whose 10 logits feed the Inception Score. It is reg
 The trained weights are cached as safetensors (no pickle) with a JSON sidecar recording the
 held-out accuracy, seed, training size and SHA-256; builds are file-locked and atomic.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -31,9 +32,17 @@ from baselines.registry import Registry
 from harness.runtime.io import atomic_write, sha256_file
 
 __all__ = [
-    "ExtractorSpec", "WeightsInfo", "register_extractor", "get_extractor", "list_extractors",
-    "DigitsCNN", "FeatureExtractorDigitsCNN", "ensure_digits_cnn", "to_unit_8x8",
-    "default_cache_dir", "sha256_file",
+    "ExtractorSpec",
+    "WeightsInfo",
+    "register_extractor",
+    "get_extractor",
+    "list_extractors",
+    "DigitsCNN",
+    "FeatureExtractorDigitsCNN",
+    "ensure_digits_cnn",
+    "to_unit_8x8",
+    "default_cache_dir",
+    "sha256_file",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -52,18 +61,18 @@ def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 @dataclass(frozen=True)
 class WeightsInfo:
-    path: str          # handed to torch-fidelity as feature_extractor_weights_path
-    sha256: str        # part of the reference-statistics cache key
-    has_logits: bool   # False: no Inception Score with these weights
+    path: str  # handed to torch-fidelity as feature_extractor_weights_path
+    sha256: str  # part of the reference-statistics cache key
+    has_logits: bool  # False: no Inception Score with these weights
 
 
 @dataclass(frozen=True)
 class ExtractorSpec:
-    name: str                  # torch-fidelity registry name
-    feature_layer: str         # layer for FID / KID / precision-recall
-    logits_layer: str | None   # layer for the Inception Score, None if the network has no logits
-    in_channels: int           # inputs are expanded grey -> RGB when 3
-    preprocessing: str         # what the extractor does to uint8 inputs (part of the cache key)
+    name: str  # torch-fidelity registry name
+    feature_layer: str  # layer for FID / KID / precision-recall
+    logits_layer: str | None  # layer for the Inception Score, None if the network has no logits
+    in_channels: int  # inputs are expanded grey -> RGB when 3
+    preprocessing: str  # what the extractor does to uint8 inputs (part of the cache key)
     resolve_weights: Callable[..., WeightsInfo]  # (weights, cache_dir) -> WeightsInfo
     # Data sources whose images the network's features mean something for (None: any natural images).
     # A classifier trained on 8x8 grey digits says nothing about colour photographs.
@@ -114,9 +123,9 @@ class DigitsCNN(nn.Module):
         self.register_buffer("feat_std", torch.ones(self.feature_dim))
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, 8, 8) in [0, 1]
-        h = F.relu(self.conv1(x - 0.5))                       # (B, 8, 8, 8)
-        h = F.relu(self.conv2(h))                             # (B, 16, 4, 4)
-        return self.fc1(h.flatten(1))                         # (B, 64)
+        h = F.relu(self.conv1(x - 0.5))  # (B, 8, 8, 8)
+        h = F.relu(self.conv2(h))  # (B, 16, 4, 4)
+        return self.fc1(h.flatten(1))  # (B, 64)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = self.pre(x)
@@ -131,8 +140,9 @@ def _train_digits_cnn(seed: int, steps: int, lr: float, weight_decay: float) -> 
     return fit_digits_classifier(DigitsCNN, seed, steps, lr, weight_decay)
 
 
-def fit_digits_classifier(model_cls: type[nn.Module], seed: int, steps: int, lr: float,
-                          weight_decay: float) -> tuple[nn.Module, float, int]:
+def fit_digits_classifier(
+    model_cls: type[nn.Module], seed: int, steps: int, lr: float, weight_decay: float
+) -> tuple[nn.Module, float, int]:
     """Full-batch Adam on the digits train split, on CPU, in deterministic mode, then the feature
     standardisation (``feat_mean`` / ``feat_std`` of ``model.pre`` on the train split); returns
     (model, held-out accuracy, train size). Shared by the digits-cnn and digits-mlp rulers."""
@@ -184,9 +194,15 @@ def ensure_digits_cnn(cache_dir: str | os.PathLike | None = None) -> tuple[Path,
         model, acc, n_train = _train_digits_cnn(**{k: v for k, v in _DIGITS_RECIPE.items() if k != "version"})
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         atomic_write(path, save(state, metadata={"recipe": json.dumps(_DIGITS_RECIPE)}))
-        meta = {"extractor": "digits-cnn", "heldout_accuracy": acc, "train_size": n_train,
-                "split": "harness.data.digits train (stratified 80/20, random_state=0)", "sha256": sha256_file(path),
-                "torch": torch.__version__, **{f"recipe_{k}": v for k, v in _DIGITS_RECIPE.items()}}
+        meta = {
+            "extractor": "digits-cnn",
+            "heldout_accuracy": acc,
+            "train_size": n_train,
+            "split": "harness.data.digits train (stratified 80/20, random_state=0)",
+            "sha256": sha256_file(path),
+            "torch": torch.__version__,
+            **{f"recipe_{k}": v for k, v in _DIGITS_RECIPE.items()},
+        }
         atomic_write(meta_path, json.dumps(meta, indent=1))
         return path, meta
 
@@ -238,8 +254,10 @@ def _digits_weights(weights=None, cache_dir=None) -> WeightsInfo:
     if weights is not None:
         p = Path(weights)
         if not p.is_file():
-            raise FileNotFoundError(f"metrics.weights={str(p)!r} does not exist; leave it unset for digits-cnn "
-                                    "to train and cache the default extractor")
+            raise FileNotFoundError(
+                f"metrics.weights={str(p)!r} does not exist; leave it unset for digits-cnn "
+                "to train and cache the default extractor"
+            )
         return WeightsInfo(str(p), sha256_file(p), True)
     path, meta = ensure_digits_cnn(cache_dir)
     return WeightsInfo(str(path), meta["sha256"], True)
@@ -253,12 +271,28 @@ def _inception_weights(weights=None, cache_dir=None) -> WeightsInfo:
     return WeightsInfo(str(weights), sha, has_logits)
 
 
-register_extractor(ExtractorSpec(
-    "digits-cnn", "64", "logits", 1, "uint8; grey; area-resize to 8x8; /255", _digits_weights,
-    data_sources=("digits",), trained_on="scikit-learn's 8x8 grey digits"))
-register_extractor(ExtractorSpec(
-    "inception-v3-compat", "2048", "logits_unbiased", 3,
-    "uint8; grey->RGB; TF1 bilinear resize to 299x299; (x-128)/128", _inception_weights))
+register_extractor(
+    ExtractorSpec(
+        "digits-cnn",
+        "64",
+        "logits",
+        1,
+        "uint8; grey; area-resize to 8x8; /255",
+        _digits_weights,
+        data_sources=("digits",),
+        trained_on="scikit-learn's 8x8 grey digits",
+    )
+)
+register_extractor(
+    ExtractorSpec(
+        "inception-v3-compat",
+        "2048",
+        "logits_unbiased",
+        3,
+        "uint8; grey->RGB; TF1 bilinear resize to 299x299; (x-128)/128",
+        _inception_weights,
+    )
+)
 
 if "digits-cnn" not in FEATURE_EXTRACTORS_REGISTRY:
     torch_fidelity.register_feature_extractor("digits-cnn", FeatureExtractorDigitsCNN)

@@ -11,6 +11,7 @@ pytorch-fid (`calculate_frechet_distance`): a non-finite product gets an `eps` r
 covariances, and an imaginary part left by round-off is discarded (raised if it is not tiny).
 Style guide B5: torcheval#192, k-diffusion PR#78, pytorch-fid#117.
 """
+
 from __future__ import annotations
 
 import warnings

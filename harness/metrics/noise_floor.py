@@ -12,6 +12,7 @@ A difference between two settings smaller than these values is not resolved by t
 Computed once per (reference statistics, n, splits, seed) and cached as JSON beside the cached
 reference statistics (file-locked, atomic, like `fidelity.reference_stats`).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from harness.runtime.io import atomic_write
 from harness.metrics.fid_stats import features_to_stats, fid_from_stats
+from harness.runtime.io import atomic_write
 
 __all__ = ["noise_floor", "cached_noise_floor", "FLOOR_KEYS"]
 
@@ -46,13 +47,20 @@ def noise_floor(ref_features, n: int, *, splits: int = 5, seed: int = 0) -> dict
         rng = np.random.default_rng([seed, s])
         perm = rng.permutation(big_n)
         h = big_n // 2
-        halves.append(fid_from_stats(*features_to_stats(f[perm[:h]]), *features_to_stats(f[perm[h:2 * h]])))
+        halves.append(fid_from_stats(*features_to_stats(f[perm[:h]]), *features_to_stats(f[perm[h : 2 * h]])))
         idx = rng.choice(big_n, size=n, replace=n > big_n)  # more samples than references: with replacement
         subset.append(fid_from_stats(*features_to_stats(f[idx]), mu, sigma))
     (hm, hs), (sm, ss) = _mean_std(halves), _mean_std(subset)
-    return {"noise_floor_halves": hm, "noise_floor_halves_std": hs, "noise_floor_subset": sm,
-            "noise_floor_subset_std": ss, "noise_floor_n": int(n), "noise_floor_halves_n": int(big_n // 2),
-            "noise_floor_splits": int(splits), "noise_floor_seed": int(seed)}
+    return {
+        "noise_floor_halves": hm,
+        "noise_floor_halves_std": hs,
+        "noise_floor_subset": sm,
+        "noise_floor_subset_std": ss,
+        "noise_floor_n": int(n),
+        "noise_floor_halves_n": int(big_n // 2),
+        "noise_floor_splits": int(splits),
+        "noise_floor_seed": int(seed),
+    }
 
 
 def cached_noise_floor(ref_path: Path, ref_features, n: int, *, splits: int = 5, seed: int = 0) -> dict:

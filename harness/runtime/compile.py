@@ -8,6 +8,7 @@ random iteration counts would make graphs break or recompile. Inductor needs a C
 without one the option falls back to eager with one warning line instead of failing mid-run.
 ``benchmarks/bench_models.py --compile`` measures whether it pays (compile time reported apart).
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ gloo on CPU, NCCL on CUDA. The global batch is split across ranks (each rank tak
 slice of the same globally drawn batch), so 2 processes compute the same losses as 1 process at
 the same global batch, within float tolerance; rank 0 writes checkpoints, the others wait.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,19 +5,21 @@ place with ``os.replace``, so a reader (or a crash) never sees a half-written fi
 previous version survives a failure. The temporary file is created with ``open(..., "x")`` so the
 result gets the usual umask permissions (``tempfile.mkstemp`` would make it owner-only).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any
 
 Writer = Callable[[Any], None]
 
 
-def atomic_write(path: str | os.PathLike, data: Union[bytes, str, Writer], mode: str = "wb") -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes | str | Writer, mode: str = "wb") -> Path:
     """Write ``data`` (bytes, text, or a function called with the open file) to ``path`` atomically.
 
     ``mode`` ("wb" or "w") only matters for a writer function; bytes and text pick their own.

@@ -5,11 +5,12 @@
 The file is an ordinary ``.npz`` (``np.load`` reads it): each member is an ``.npy`` stream
 (``numpy.lib.format``) inside a zip64 archive.
 """
+
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 from numpy.lib import format as npy
@@ -17,8 +18,12 @@ from numpy.lib import format as npy
 from harness.runtime.io import atomic_write
 
 
-def write_npz_chunked(path: str | Path, chunked: dict[str, tuple[tuple, np.dtype, Iterable[np.ndarray]]],
-                      small: dict[str, np.ndarray] | None = None, compress: bool = True) -> Path:
+def write_npz_chunked(
+    path: str | Path,
+    chunked: dict[str, tuple[tuple, np.dtype, Iterable[np.ndarray]]],
+    small: dict[str, np.ndarray] | None = None,
+    compress: bool = True,
+) -> Path:
     """``chunked[name] = (shape, dtype, chunks)``: C-order row chunks whose concatenation along
     axis 0 has ``shape``; ``small`` arrays are written whole. Atomic (temp file, then rename)."""
 
@@ -27,8 +32,10 @@ def write_npz_chunked(path: str | Path, chunked: dict[str, tuple[tuple, np.dtype
         with zipfile.ZipFile(fh, "w", compression=mode, allowZip64=True) as zf:
             for name, (shape, dtype, chunks) in chunked.items():
                 with zf.open(f"{name}.npy", "w", force_zip64=True) as out:
-                    npy.write_array_header_2_0(out, {"descr": npy.dtype_to_descr(np.dtype(dtype)),
-                                                     "fortran_order": False, "shape": tuple(shape)})
+                    npy.write_array_header_2_0(
+                        out,
+                        {"descr": npy.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)},
+                    )
                     rows = 0
                     for chunk in chunks:
                         chunk = np.ascontiguousarray(chunk, dtype=dtype)

@@ -6,14 +6,16 @@ sampling settings trains each model once and a re-run sweep recomputes nothing. 
 it once (the second waits, then finds it complete). Completion is a ``complete.json`` marker
 written last and atomically, so a crashed stage is never mistaken for a finished one.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
@@ -53,8 +55,15 @@ class ArtifactCache:
         with FileLock(str(d) + ".lock", timeout=timeout):
             yield d
 
-    def run_stage(self, stage: str, key: str, compute: Callable[[Path], dict], *, lead: bool = True,
-                  agree: Callable[[bool], bool] = lambda need: need) -> tuple[dict | None, str, Path]:
+    def run_stage(
+        self,
+        stage: str,
+        key: str,
+        compute: Callable[[Path], dict],
+        *,
+        lead: bool = True,
+        agree: Callable[[bool], bool] = lambda need: need,
+    ) -> tuple[dict | None, str, Path]:
         """One stage through the cache: under the artifact's lock, ``compute(dir)`` unless the
         artifact is complete, mark it complete with what ``compute`` returned, read the marker back.
 
@@ -75,6 +84,7 @@ class ArtifactCache:
         if self.is_complete(stage, key):
             return "cached"
         return "partial" if self.dir(stage, key).exists() else "to run"
+
 
 # ------------------------------------------------------------------ the keys of one job's stages
 # Keys hash only what determines an artifact: the train key ignores sampling and metrics, so a

@@ -12,6 +12,7 @@ calibration depends on), so every job of a sweep and every rerun reuses it:
   evaluations per step, K = ``max_iters_per_step``), and the water-filling plan on those traces
   (``harness.compute.greedy``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,9 +62,19 @@ def _calibration_sampling(model, data, spec, cfg, steps: int, iters: int, tol: f
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sc.precision == "bf16")
     with torch.inference_mode(), autocast:
-        sample_loop(model_fn, (n, data.channels, data.image_size, data.image_size), labels.to(device), spec,
-                    sampler=sc.sampler, num_steps=steps, generator_per_image=gens, eta=sc.eta,
-                    cfg_scale=sc.cfg_scale, null_label=data.num_classes, device=device)
+        sample_loop(
+            model_fn,
+            (n, data.channels, data.image_size, data.image_size),
+            labels.to(device),
+            spec,
+            sampler=sc.sampler,
+            num_steps=steps,
+            generator_per_image=gens,
+            eta=sc.eta,
+            cfg_scale=sc.cfg_scale,
+            null_label=data.num_classes,
+            device=device,
+        )
     return {"per_image": per_image.cpu(), "traces": traces}
 
 
@@ -79,23 +90,37 @@ def calibrate(model, data, spec, cfg, plan: SamplingPlan, device) -> dict:
     target = target_iters(plan.block_passes, plan.steps, plan.n_explicit, cap)
 
     def mean_iters(tol: float) -> float:
-        return float(_calibration_sampling(model, data, spec, cfg, plan.steps, cap, tol, device)["per_image"]
-                     .double().mean())
+        return float(
+            _calibration_sampling(model, data, spec, cfg, plan.steps, cap, tol, device)["per_image"].double().mean()
+        )
 
-    cal = bisect_tolerance(mean_iters, target, tol_min=float(ac.tol_min), tol_max=float(ac.tol_max),
-                           max_evals=int(ac.max_evals), budget=plan.block_passes,
-                           explicit=plan.steps * plan.n_explicit)
-    return {"schedule": "adaptive", "tol": cal.tol, "mean_iters": cal.mean_iters, "target_iters": cal.target_iters,
-            "block_passes": cal.mean_iters + plan.steps * plan.n_explicit,
-            "history": [list(h) for h in cal.history], "max_iters_per_step": cap}
+    cal = bisect_tolerance(
+        mean_iters,
+        target,
+        tol_min=float(ac.tol_min),
+        tol_max=float(ac.tol_max),
+        max_evals=int(ac.max_evals),
+        budget=plan.block_passes,
+        explicit=plan.steps * plan.n_explicit,
+    )
+    return {
+        "schedule": "adaptive",
+        "tol": cal.tol,
+        "mean_iters": cal.mean_iters,
+        "target_iters": cal.target_iters,
+        "block_passes": cal.mean_iters + plan.steps * plan.n_explicit,
+        "history": [list(h) for h in cal.history],
+        "max_iters_per_step": cap,
+    }
 
 
 def apply_calibration(plan: SamplingPlan, result: dict) -> tuple[SamplingPlan, AdaptiveSetting | None]:
     """The plan the sample stage runs, and the adaptive setting (None for greedy)."""
     if result["schedule"] == "greedy":
         iters = tuple(int(k) for k in result["iters"])
-        return dataclasses.replace(plan, iters=iters, schedule="greedy",
-                                   block_passes_per_step=tuple(plan.n_explicit + k for k in iters)), None
+        return dataclasses.replace(
+            plan, iters=iters, schedule="greedy", block_passes_per_step=tuple(plan.n_explicit + k for k in iters)
+        ), None
     return plan, AdaptiveSetting(float(result["tol"]), int(result["max_iters_per_step"]))
 
 
@@ -104,8 +129,9 @@ def calibrated_plan(cfg, cache: ArtifactCache, train_key: str, model, data, spec
     schedules other than adaptive / greedy pass through untouched."""
     if cfg.model.name != "fpdm" or cfg.sample.schedule not in CALIBRATED:
         return plan, None, None, None
-    summary, status, _ = cache.run_stage("calibrate", calibration_key(cfg, train_key),
-                                         lambda d: calibrate(model, data, spec, cfg, plan, device))
+    summary, status, _ = cache.run_stage(
+        "calibrate", calibration_key(cfg, train_key), lambda d: calibrate(model, data, spec, cfg, plan, device)
+    )
     new_plan, adaptive = apply_calibration(plan, summary)
     return new_plan, adaptive, summary, status
 

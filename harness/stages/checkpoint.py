@@ -5,6 +5,7 @@ checkpoint intact; loaded with ``torch.load(weights_only=True)`` so a checkpoint
 code. A run always resumes from the newest checkpoint in its own directory, never from a path
 frozen into a submitted job (a requeued submitit job reuses its pickle: FAIR-Chem/fairchem PR #1055).
 """
+
 from __future__ import annotations
 
 import random

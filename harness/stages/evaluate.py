@@ -5,6 +5,7 @@ a FID computed from 1,000 digits samples with the digits CNN is labelled
 "FID-1k, digits-cnn, vs train split", never FID-50K. Reference statistics are computed once per
 (data set, split, extractor, preprocessing) and cached with their provenance.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,7 +29,6 @@ def _check_samples(images: np.ndarray, path: Path, n: int | None = None) -> None
 def evaluate_samples(samples_path: Path, data, cfg, work_dir: Path) -> dict:
     from harness.metrics import ReferenceSpec, compute_metrics
     from harness.metrics.choice import extractor_name
-
     from harness.metrics.fidelity import ImageChunks
     from harness.runtime.npz_stream import iter_npz_rows, npz_shape
 
@@ -38,8 +38,12 @@ def evaluate_samples(samples_path: Path, data, cfg, work_dir: Path) -> dict:
     images = ImageChunks(shape[0], lambda: iter_npz_rows(samples_path, "images", EVAL_CHUNK_IMAGES))
     mc = cfg.metrics
     split = mc.reference_split
-    reference = ReferenceSpec(name=data.name, split=split, fingerprint=f"{data.fingerprint()}:{split}",
-                              images_fn=lambda: data.reference_images(split))
+    reference = ReferenceSpec(
+        name=data.name,
+        split=split,
+        fingerprint=f"{data.fingerprint()}:{split}",
+        images_fn=lambda: data.reference_images(split),
+    )
     cache_dir = cfg.paths.extractor_cache or cfg.paths.cache_dir  # extractors/ and reference/ go below it
     weights = mc.weights
     if weights and mc.weights_sha256:
@@ -49,9 +53,18 @@ def evaluate_samples(samples_path: Path, data, cfg, work_dir: Path) -> dict:
     seed_ranges = cfg.sample.seed_ranges if cfg.sample.seed_ranges > 1 else None
     device = "cuda" if torch.cuda.is_available() and cfg.run.device != "cpu" else "cpu"
     keep: dict = {}
-    out = compute_metrics(images, reference, extractor=extractor_name(cfg), weights=weights,
-                          kid=mc.kid, prc=mc.prc, seed_ranges=seed_ranges, cache_dir=cache_dir, device=device,
-                          keep=keep)
+    out = compute_metrics(
+        images,
+        reference,
+        extractor=extractor_name(cfg),
+        weights=weights,
+        kid=mc.kid,
+        prc=mc.prc,
+        seed_ranges=seed_ranges,
+        cache_dir=cache_dir,
+        device=device,
+        keep=keep,
+    )
     out.pop("fid_values", None)
     _add_evidence(out, keep, images, reference, cfg, work_dir, seed_ranges, cache_dir, device)
     out["protocol"]["sampler"] = cfg.sample.sampler
@@ -60,8 +73,9 @@ def evaluate_samples(samples_path: Path, data, cfg, work_dir: Path) -> dict:
     return out
 
 
-def _add_evidence(out: dict, keep: dict, images, reference, cfg, work_dir: Path, seed_ranges, cache_dir,
-                  device) -> None:
+def _add_evidence(
+    out: dict, keep: dict, images, reference, cfg, work_dir: Path, seed_ranges, cache_dir, device
+) -> None:
     """Features kept for reports, the noise floor and bootstrap interval, under both rulers
     (harness.metrics.evidence)."""
     from harness.metrics import compute_metrics
@@ -72,14 +86,25 @@ def _add_evidence(out: dict, keep: dict, images, reference, cfg, work_dir: Path,
     first = extractor_name(cfg)
     kw = {"resamples": mc.bootstrap, "seed": mc.bootstrap_seed, "floor_splits": mc.noise_floor_splits}
     out["features"] = {first: store_features(work_dir, first, keep)}
-    out.update(ruler_evidence(keep, out["fid"], **kw), bootstrap_resamples=mc.bootstrap,
-               bootstrap_seed=mc.bootstrap_seed)
+    out.update(
+        ruler_evidence(keep, out["fid"], **kw), bootstrap_resamples=mc.bootstrap, bootstrap_seed=mc.bootstrap_seed
+    )
     second = second_ruler(first, mc.second_extractor)
     if second is None:
         return
     keep2: dict = {}
-    fid2 = compute_metrics(images, reference, extractor=second, kid=False, prc=False, isc=False,
-                           seed_ranges=seed_ranges, cache_dir=cache_dir, device=device, keep=keep2)["fid"]
+    fid2 = compute_metrics(
+        images,
+        reference,
+        extractor=second,
+        kid=False,
+        prc=False,
+        isc=False,
+        seed_ranges=seed_ranges,
+        cache_dir=cache_dir,
+        device=device,
+        keep=keep2,
+    )["fid"]
     out["features"][second] = store_features(work_dir, second, keep2)
     out.update(fid_second=fid2, **ruler_evidence(keep2, fid2, suffix="_second", **kw))
     out["protocol"]["second_extractor"] = second

@@ -5,6 +5,7 @@ so concurrent jobs that need the same checkpoint train it once and a re-run swee
 ``complete.json`` markers. The record of the job is written by the caller (``harness.run``),
 which also turns any exception into a ``failed`` record.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,7 +18,6 @@ from baselines.diffusers_dit import uses_pretrained_weights
 from harness.compute.plan import flop_match_inputs, sampling_plan
 from harness.diffusion.spec import diffusion_spec
 from harness.stages.cache import ArtifactCache, StageKeys, stage_keys
-
 
 TRAIN_CONFIG_NAME = "config.json"  # the resolved config, written beside the trained weights
 
@@ -47,16 +47,26 @@ def job_axes(cfg, plan=None) -> dict:
     """The flat, scalar axes a report groups by."""
     fpdm = cfg.model.name == "fpdm"
     axes = {
-        "model": cfg.model.name, "preset": cfg.model.preset, "data": cfg.data.name, "sampler": cfg.sample.sampler,
+        "model": cfg.model.name,
+        "preset": cfg.model.preset,
+        "data": cfg.data.name,
+        "sampler": cfg.sample.sampler,
         "budget_blocks": plan.block_passes if plan is not None else cfg.sample.budget,
         "steps": plan.steps if plan is not None else cfg.sample.steps,
         "iters_per_step": (plan.k_mean if plan is not None else cfg.sample.iters) if fpdm else None,
-        "schedule": cfg.sample.schedule if fpdm else None, "solver": cfg.solver.name if fpdm else None,
-        "tol": float(cfg.solver.tol) if fpdm else None, "reuse": bool(cfg.sample.reuse) if fpdm else None,
-        "pre_depth": cfg.model.pre_depth if fpdm else None, "post_depth": cfg.model.post_depth if fpdm else None,
-        "train_method": cfg.train.method if fpdm else None, "match": cfg.sample.match,
-        "cfg_scale": float(cfg.sample.cfg_scale), "seed": cfg.sample.seed, "train_seed": cfg.train.seed,
-        "prediction_type": cfg.diffusion.prediction_type, "sweep": cfg.get("sweep"),
+        "schedule": cfg.sample.schedule if fpdm else None,
+        "solver": cfg.solver.name if fpdm else None,
+        "tol": float(cfg.solver.tol) if fpdm else None,
+        "reuse": bool(cfg.sample.reuse) if fpdm else None,
+        "pre_depth": cfg.model.pre_depth if fpdm else None,
+        "post_depth": cfg.model.post_depth if fpdm else None,
+        "train_method": cfg.train.method if fpdm else None,
+        "match": cfg.sample.match,
+        "cfg_scale": float(cfg.sample.cfg_scale),
+        "seed": cfg.sample.seed,
+        "train_seed": cfg.train.seed,
+        "prediction_type": cfg.diffusion.prediction_type,
+        "sweep": cfg.get("sweep"),
     }
     from harness.stages.protocol import protocol_axes
 
@@ -87,8 +97,9 @@ def _build(cfg, data):
     # them from train.seed, not from whatever the global RNG holds after earlier jobs in this process.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        return build_model(cfg.model, cfg.train, image_size=data.image_size, channels=data.channels,
-                           num_classes=data.num_classes)
+        return build_model(
+            cfg.model, cfg.train, image_size=data.image_size, channels=data.channels, num_classes=data.num_classes
+        )
 
 
 def _store_train_config(cfg, data, train_dir: Path) -> None:
@@ -144,23 +155,28 @@ def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult
     return result
 
 
-def _sample_stage(cfg, cache: ArtifactCache, result: JobResult, model, data, spec, plan, device, info,
-                  progress: bool) -> Path:
+def _sample_stage(
+    cfg, cache: ArtifactCache, result: JobResult, model, data, spec, plan, device, info, progress: bool
+) -> Path:
     """Sample (every rank its share; cached under the sample key); rank 0 keeps the summary."""
     from harness.runtime.distributed import broadcast_flag
     from harness.stages.calibrate import calibrated_plan
     from harness.stages.sample import sample_model
 
     # sample.schedule=adaptive | greedy: decided on a calibration batch (its own cached stage)
-    plan, adaptive, calibration, status = calibrated_plan(cfg, cache, result.keys.train, model, data, spec, plan,
-                                                          device)
+    plan, adaptive, calibration, status = calibrated_plan(
+        cfg, cache, result.keys.train, model, data, spec, plan, device
+    )
     if calibration is not None:
         result.stage_status["calibrate"] = status
         result.metrics.update({f"calibration_{k}": v for k, v in calibration.items() if isinstance(v, (int, float))})
     summary, result.stage_status["sample"], sample_dir = cache.run_stage(
-        "sample", result.keys.sample,
+        "sample",
+        result.keys.sample,
         lambda d: sample_model(model, data, spec, cfg, plan, d, device, progress, info, adaptive),
-        lead=info.is_main, agree=lambda need: broadcast_flag(need, info))
+        lead=info.is_main,
+        agree=lambda need: broadcast_flag(need, info),
+    )
     if info.is_main:
         result.solver_trace = summary.pop("solver_trace", None)
         _add_scalars(result.metrics, summary)
@@ -171,11 +187,12 @@ def _sample_stage(cfg, cache: ArtifactCache, result: JobResult, model, data, spe
 def _evaluate_stage(cfg, cache: ArtifactCache, result: JobResult, data, sample_dir: Path) -> None:
     """Evaluate the samples (rank 0; cached under the eval key) and label the protocol."""
     from harness.compute.memory import peak_rss_bytes
-    from harness.stages.protocol import protocol_label
     from harness.stages.evaluate import evaluate_samples
+    from harness.stages.protocol import protocol_label
 
     metrics, result.stage_status["evaluate"], _ = cache.run_stage(
-        "eval", result.keys.eval, lambda d: evaluate_samples(sample_dir / "samples.npz", data, cfg, d))
+        "eval", result.keys.eval, lambda d: evaluate_samples(sample_dir / "samples.npz", data, cfg, d)
+    )
     result.protocol = metrics.pop("protocol", {})
     # The FID protocol (samples, extractor, reference) and the diffusion protocol travel together:
     # reports group tables by this label, so runs of different protocols never share a table.
@@ -190,8 +207,11 @@ def _evaluate_stage(cfg, cache: ArtifactCache, result: JobResult, data, sample_d
 def _plan_only(cfg, cache: ArtifactCache, result: JobResult) -> JobResult:
     """``run.plan=true``: what each stage would do (cached / partial / to run) and the plan's axes."""
     keys = result.keys
-    result.stage_status = {"train": cache.status("train", keys.train), "sample": cache.status("sample", keys.sample),
-                           "evaluate": cache.status("eval", keys.eval)}
+    result.stage_status = {
+        "train": cache.status("train", keys.train),
+        "sample": cache.status("sample", keys.sample),
+        "evaluate": cache.status("eval", keys.eval),
+    }
     if not uses_pretrained_weights(cfg.model):
         result.axes = job_axes(cfg, sampling_plan(cfg))
     return result
@@ -211,7 +231,8 @@ def _train_stage(cfg, cache: ArtifactCache, result: JobResult, model, data, spec
         return train_model(model, data, spec, cfg, train_dir, device, info, progress)
 
     summary, result.stage_status["train"], train_dir = cache.run_stage(
-        "train", key, train, lead=info.is_main, agree=lambda need: broadcast_flag(need, info))
+        "train", key, train, lead=info.is_main, agree=lambda need: broadcast_flag(need, info)
+    )
     # rank 0 marks the stage complete after train_model's last barrier, so the EMA weights are on
     # disk for every rank (each samples its share); only rank 0 reads the summary
     _load_weights(model, train_dir / "ema.safetensors")  # sampling uses the EMA weights
@@ -226,10 +247,12 @@ def plan_for_model(cfg, model, data, pretrained: bool = False):
     """The sampling plan of a built model. Both sides of a FLOP match are counted by
     harness.compute.flops (meta device, attention included), the path the sample stage records its
     FLOPs with; loaded pretrained weights give the depth."""
-    flops, dit_flops = flop_match_inputs(cfg, model, image_size=data.image_size, channels=data.channels,
-                                         num_classes=data.num_classes)
-    return sampling_plan(cfg, depth=getattr(model, "depth", None) if pretrained else None, flops=flops,
-                         dit_flops_per_forward=dit_flops)
+    flops, dit_flops = flop_match_inputs(
+        cfg, model, image_size=data.image_size, channels=data.channels, num_classes=data.num_classes
+    )
+    return sampling_plan(
+        cfg, depth=getattr(model, "depth", None) if pretrained else None, flops=flops, dit_flops_per_forward=dit_flops
+    )
 
 
 def _add_scalars(metrics: dict, summary: dict) -> None:
@@ -243,5 +266,7 @@ def resolved_config(cfg) -> dict:
 
 def train_config_blob(cfg, data) -> dict:
     """What the job stores as ``config.json`` in the train directory: enough to rebuild the model."""
-    return {"config": resolved_config(cfg),
-            "data": {"channels": data.channels, "image_size": data.image_size, "num_classes": data.num_classes}}
+    return {
+        "config": resolved_config(cfg),
+        "data": {"channels": data.channels, "image_size": data.image_size, "num_classes": data.num_classes},
+    }

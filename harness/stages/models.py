@@ -1,8 +1,10 @@
 """Model factory: builds DiT, FPDM or the diffusers DiT adapter from the resolved config, as a
 registry (one builder per ``model.name``)."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -33,8 +35,14 @@ def build_model(model_cfg: Any, train_cfg: Any, *, image_size: int, channels: in
 def _dit(model_cfg, train_cfg, *, image_size, channels, num_classes):
     from baselines.dit import build_dit
 
-    return build_dit(model_architecture(model_cfg), input_size=image_size, in_channels=channels, num_classes=num_classes,
-                     learn_sigma=model_cfg.learn_sigma, class_dropout=model_cfg.class_dropout)
+    return build_dit(
+        model_architecture(model_cfg),
+        input_size=image_size,
+        in_channels=channels,
+        num_classes=num_classes,
+        learn_sigma=model_cfg.learn_sigma,
+        class_dropout=model_cfg.class_dropout,
+    )
 
 
 @register_model("fpdm")
@@ -42,12 +50,19 @@ def _fpdm(model_cfg, train_cfg, *, image_size, channels, num_classes):
     from fpdm.model import build_fpdm
     from harness.compute.train_compute import implicit_train_spec
 
-
     spec = implicit_train_spec(train_cfg)
-    return build_fpdm(model_architecture(model_cfg), input_size=image_size, in_channels=channels, num_classes=num_classes,
-                      pre_depth=model_cfg.pre_depth, post_depth=model_cfg.post_depth,
-                      learn_sigma=model_cfg.learn_sigma, class_dropout=model_cfg.class_dropout,
-                      pre_post_timestep_conditioning=model_cfg.pre_post_timestep_conditioning, train_spec=spec)
+    return build_fpdm(
+        model_architecture(model_cfg),
+        input_size=image_size,
+        in_channels=channels,
+        num_classes=num_classes,
+        pre_depth=model_cfg.pre_depth,
+        post_depth=model_cfg.post_depth,
+        learn_sigma=model_cfg.learn_sigma,
+        class_dropout=model_cfg.class_dropout,
+        pre_post_timestep_conditioning=model_cfg.pre_post_timestep_conditioning,
+        train_spec=spec,
+    )
 
 
 @register_model("dit_diffusers")

@@ -6,6 +6,7 @@ A protocol is only a set of ordinary keys (``diffusion.*``, ``model.learn_sigma`
 names every key that no longer has the protocol's value, and the record never claims the paper's
 protocol for a run that left it (paper Sec. 4.1; docs/architecture.md).
 """
+
 from __future__ import annotations
 
 import functools
@@ -57,9 +58,12 @@ def effective_settings(cfg) -> dict[str, object]:
 
     d = cfg.diffusion
     return {
-        "prediction_type": d.prediction_type, "zero_terminal_snr": bool(d.zero_terminal_snr),
-        "timestep_spacing": d.timestep_spacing, "learn_sigma": bool(cfg.model.learn_sigma),
-        "mse_weighting": d.mse_weighting, "ema_warmup": bool(cfg.train.ema_warmup),
+        "prediction_type": d.prediction_type,
+        "zero_terminal_snr": bool(d.zero_terminal_snr),
+        "timestep_spacing": d.timestep_spacing,
+        "learn_sigma": bool(cfg.model.learn_sigma),
+        "mse_weighting": d.mse_weighting,
+        "ema_warmup": bool(cfg.train.ema_warmup),
         "clip_mode": effective_clip_mode(cfg),
     }
 
@@ -68,14 +72,21 @@ def protocol_label(cfg) -> str:
     """One line, e.g. ``protocol paper: v_prediction, zero-SNR, trailing, learned sigma (hybrid), p2,
     EMA warm-up, clip official`` plus ``; deviates: key=value, ...`` when keys were overridden."""
     s = effective_settings(cfg)
-    parts = [s["prediction_type"], "zero-SNR" if s["zero_terminal_snr"] else "no zero-SNR", s["timestep_spacing"],
-             "learned sigma (hybrid)" if s["learn_sigma"] else "fixed sigma", f"mse {s['mse_weighting']}",
-             "EMA warm-up" if s["ema_warmup"] else "EMA no warm-up", f"clip {s['clip_mode']}"]
+    parts = [
+        s["prediction_type"],
+        "zero-SNR" if s["zero_terminal_snr"] else "no zero-SNR",
+        s["timestep_spacing"],
+        "learned sigma (hybrid)" if s["learn_sigma"] else "fixed sigma",
+        f"mse {s['mse_weighting']}",
+        "EMA warm-up" if s["ema_warmup"] else "EMA no warm-up",
+        f"clip {s['clip_mode']}",
+    ]
     label = f"protocol {cfg.protocol}: {', '.join(parts)}"
     dev = protocol_deviations(cfg)
     if dev:
-        label += "; deviates: " + ", ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}"
-                                            for k, v in sorted(dev.items()))
+        label += "; deviates: " + ", ".join(
+            f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in sorted(dev.items())
+        )
     return label
 
 
@@ -89,8 +100,10 @@ def protocol_axes(cfg) -> dict[str, object]:
 
 def _scheduler_config(pretrained: Path) -> dict | None:
     """The diffusers scheduler config saved beside pretrained DiT weights (pipeline layout), if any."""
-    for cand in (pretrained / "scheduler" / "scheduler_config.json",
-                 pretrained.parent / "scheduler" / "scheduler_config.json"):
+    for cand in (
+        pretrained / "scheduler" / "scheduler_config.json",
+        pretrained.parent / "scheduler" / "scheduler_config.json",
+    ):
         if cand.is_file():
             return json.loads(cand.read_text())
     return None
@@ -107,17 +120,23 @@ def check_weights_carry_protocol(cfg) -> str | None:
     d = cfg.diffusion
     if sched is None:
         if cfg.protocol != "digits":
-            return (f"protocol={cfg.protocol} with model.pretrained_path={cfg.model.pretrained_path}: no "
-                    "scheduler/scheduler_config.json beside the weights, so their prediction type and zero-SNR "
-                    "training cannot be confirmed; use the pipeline folder that holds scheduler/ or protocol=digits "
-                    "with the diffusion.* keys the weights were trained with")
+            return (
+                f"protocol={cfg.protocol} with model.pretrained_path={cfg.model.pretrained_path}: no "
+                "scheduler/scheduler_config.json beside the weights, so their prediction type and zero-SNR "
+                "training cannot be confirmed; use the pipeline folder that holds scheduler/ or protocol=digits "
+                "with the diffusion.* keys the weights were trained with"
+            )
         return None
-    want = {"diffusion.prediction_type": sched.get("prediction_type", "epsilon"),
-            "diffusion.zero_terminal_snr": bool(sched.get("rescale_betas_zero_snr", False))}
+    want = {
+        "diffusion.prediction_type": sched.get("prediction_type", "epsilon"),
+        "diffusion.zero_terminal_snr": bool(sched.get("rescale_betas_zero_snr", False)),
+    }
     got = {"diffusion.prediction_type": d.prediction_type, "diffusion.zero_terminal_snr": bool(d.zero_terminal_snr)}
     for key in want:
         if want[key] != got[key]:
-            return (f"{key}={got[key]} (protocol={cfg.protocol}) but the weights in model.pretrained_path="
-                    f"{cfg.model.pretrained_path} were trained with {want[key]} (their scheduler config): set "
-                    f"{key}={want[key]} or train the model under this protocol (drop model.pretrained_path)")
+            return (
+                f"{key}={got[key]} (protocol={cfg.protocol}) but the weights in model.pretrained_path="
+                f"{cfg.model.pretrained_path} were trained with {want[key]} (their scheduler config): set "
+                f"{key}={want[key]} or train the model under this protocol (drop model.pretrained_path)"
+            )
     return None

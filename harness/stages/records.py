@@ -1,6 +1,7 @@
 """Job records: one JSON file per job (``record.json`` in the job's directory), written
 atomically, with status, axes, metrics (units in the key names), protocol, artifact keys, the
 resolved config and provenance. Reports are rebuilt from these files alone."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,19 @@ from harness.runtime.io import atomic_write_json
 
 SCHEMA = 1
 RECORD_NAME = "record.json"
-PACKAGES = ("torch", "torchvision", "diffusers", "torch-fidelity", "hydra-core", "submitit", "optuna", "numpy",
-            "pandas", "seaborn", "fpdm-bench")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "diffusers",
+    "torch-fidelity",
+    "hydra-core",
+    "submitit",
+    "optuna",
+    "numpy",
+    "pandas",
+    "seaborn",
+    "fpdm-bench",
+)
 
 
 def git_sha(root: str | Path | None = None) -> str | None:
@@ -29,8 +41,13 @@ def git_sha(root: str | Path | None = None) -> str | None:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         sha = out.stdout.strip()
         if out.returncode == 0 and sha:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
             return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
@@ -48,8 +65,13 @@ def package_versions() -> dict[str, str]:
 
 
 def hardware(device: torch.device | str | None = None) -> dict:
-    info = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "cuda_available": torch.cuda.is_available()}
+    info = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()
@@ -60,8 +82,13 @@ def hardware(device: torch.device | str | None = None) -> dict:
 
 
 def provenance(device=None) -> dict:
-    return {"git_sha": git_sha(), "packages": package_versions(), "hardware": hardware(device),
-            "python": platform.python_version(), "hostname": socket.gethostname()}
+    return {
+        "git_sha": git_sha(),
+        "packages": package_versions(),
+        "hardware": hardware(device),
+        "python": platform.python_version(),
+        "hostname": socket.gethostname(),
+    }
 
 
 def _clean(value: Any) -> Any:
@@ -77,14 +104,37 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def make_record(*, job_id: str, status: str, axes: dict, metrics: dict, protocol: dict | None = None,
-                keys: dict | None = None, artifacts: dict | None = None, config: dict | None = None,
-                overrides: list | None = None, solver_trace: dict | None = None, error: BaseException | None = None,
-                reason: str | None = None, device=None, extra: dict | None = None) -> dict:
+def make_record(
+    *,
+    job_id: str,
+    status: str,
+    axes: dict,
+    metrics: dict,
+    protocol: dict | None = None,
+    keys: dict | None = None,
+    artifacts: dict | None = None,
+    config: dict | None = None,
+    overrides: list | None = None,
+    solver_trace: dict | None = None,
+    error: BaseException | None = None,
+    reason: str | None = None,
+    device=None,
+    extra: dict | None = None,
+) -> dict:
     record = {
-        "schema": SCHEMA, "job_id": job_id, "status": status, "reason": reason, "traceback_tail": None,
-        "axes": axes, "metrics": metrics, "protocol": protocol or {}, "solver_trace": solver_trace,
-        "artifacts": artifacts or {}, "keys": keys or {}, "config": config or {}, "overrides": overrides or [],
+        "schema": SCHEMA,
+        "job_id": job_id,
+        "status": status,
+        "reason": reason,
+        "traceback_tail": None,
+        "axes": axes,
+        "metrics": metrics,
+        "protocol": protocol or {},
+        "solver_trace": solver_trace,
+        "artifacts": artifacts or {},
+        "keys": keys or {},
+        "config": config or {},
+        "overrides": overrides or [],
         "provenance": provenance(device),
     }
     if error is not None:

@@ -9,6 +9,7 @@ reallocation), optionally warm-started from the previous step (solution reuse, S
 stage records per step the evaluations spent and the residual before and after (delta_t of
 Fig. 6), the block passes actually spent, FLOPs and wall time.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,26 +70,43 @@ class _StepStats:
 
     def arrays(self) -> dict:
         """Host copies of every field (one transfer per field), as stored in a shard."""
-        out = {k: np.asarray(v.cpu().numpy() if torch.is_tensor(v) else v) for k, v in
-               ((f, getattr(self, f)) for f in self.FIELDS)}
+        out = {
+            k: np.asarray(v.cpu().numpy() if torch.is_tensor(v) else v)
+            for k, v in ((f, getattr(self, f)) for f in self.FIELDS)
+        }
         out["diverged"] = np.asarray(int(self.diverged))
         return out
 
     def to_dict(self, timesteps: list[int]) -> dict:
         a = self.arrays()
         c = np.maximum(a["count"], 1)
-        return {"timestep": timesteps, "iters": (a["nfe"] / c).tolist(), "residual_first": (a["res_first"] / c).tolist(),
-                "residual": (a["res_last"] / c).tolist(), "delta": (a["delta"] / c).tolist()}
+        return {
+            "timestep": timesteps,
+            "iters": (a["nfe"] / c).tolist(),
+            "residual_first": (a["res_first"] / c).tolist(),
+            "residual": (a["res_last"] / c).tolist(),
+            "delta": (a["delta"] / c).tolist(),
+        }
 
 
 def rank_ranges(ranges: list[tuple[int, int]], info: DistInfo) -> list[tuple[int, int]]:
     """This rank's contiguous run of shards: rank r of W takes shards [r*S/W, (r+1)*S/W)."""
     n = len(ranges)
-    return ranges[info.rank * n // info.world_size:(info.rank + 1) * n // info.world_size]
+    return ranges[info.rank * n // info.world_size : (info.rank + 1) * n // info.world_size]
 
 
-def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device: torch.device,
-                 progress: bool = True, info: DistInfo = DistInfo(), adaptive=None) -> dict:
+def sample_model(
+    model: nn.Module,
+    data,
+    spec,
+    cfg,
+    plan,
+    work_dir: Path,
+    device: torch.device,
+    progress: bool = True,
+    info: DistInfo = DistInfo(),
+    adaptive=None,
+) -> dict:
     """Sample ``cfg.sample.num_images`` images with ``plan``; returns the stage summary and writes
     ``samples.npz`` (uint8 images, labels) and ``grid.png`` into ``work_dir``.
 
@@ -109,8 +127,9 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sc.precision == "bf16")
     ranges = shard_ranges(sc.num_images, sc.batch_size)
     mine = rank_ranges(ranges, info)
-    bar = _progress_bar(sum(e - s for s, e in mine), f"sample {cfg.model.name} {plan.steps} steps",
-                        progress and info.is_main)
+    bar = _progress_bar(
+        sum(e - s for s, e in mine), f"sample {cfg.model.name} {plan.steps} steps", progress and info.is_main
+    )
     wall, sampled = 0.0, 0
     peaks: dict = {}
     for start, end in mine:
@@ -119,8 +138,17 @@ def sample_model(model: nn.Module, data, spec, cfg, plan, work_dir: Path, device
             if bar is not None:
                 bar.update(end - start)
             continue
-        wall += _sample_shard(model, data, spec, cfg, plan, shard, (start, end), device,
-                              ((implicit, solver, tol), adaptive, autocast, peaks))
+        wall += _sample_shard(
+            model,
+            data,
+            spec,
+            cfg,
+            plan,
+            shard,
+            (start, end),
+            device,
+            ((implicit, solver, tol), adaptive, autocast, peaks),
+        )
         sampled += end - start
         if bar is not None:
             bar.update(end - start)
@@ -147,13 +175,22 @@ def _sample_shard(model, data, spec, cfg, plan, shard: Path, span: tuple[int, in
     batch_timesteps: list[int] = []
     batch_stats = _StepStats(plan.steps, device)
     img_iters = torch.zeros(end - start, dtype=torch.long, device=device)  # evaluations per image
-    model_fn = _model_fn(model, plan, solving, cfg.sample.reuse, batch_timesteps, batch_stats,
-                         adaptive, img_iters)
+    model_fn = _model_fn(model, plan, solving, cfg.sample.reuse, batch_timesteps, batch_stats, adaptive, img_iters)
     t0 = time.perf_counter()
     with torch.inference_mode(), autocast, cuda_peak(device, peaks, "sample_cuda_peak_bytes"):
-        x0 = sample_loop(model_fn, (end - start, data.channels, data.image_size, data.image_size), labels.to(device),
-                         spec, sampler=cfg.sample.sampler, num_steps=plan.steps, generator_per_image=gens, eta=cfg.sample.eta,
-                         cfg_scale=cfg.sample.cfg_scale, null_label=data.num_classes, device=device)
+        x0 = sample_loop(
+            model_fn,
+            (end - start, data.channels, data.image_size, data.image_size),
+            labels.to(device),
+            spec,
+            sampler=cfg.sample.sampler,
+            num_steps=plan.steps,
+            generator_per_image=gens,
+            eta=cfg.sample.eta,
+            cfg_scale=cfg.sample.cfg_scale,
+            null_label=data.num_classes,
+            device=device,
+        )
         images = data.to_uint8_images(x0.float()).cpu().numpy()
     wall = time.perf_counter() - t0
     if not np.isfinite(x0.float().cpu().numpy()).all():
@@ -162,8 +199,16 @@ def _sample_shard(model, data, spec, cfg, plan, shard: Path, span: tuple[int, in
     return wall
 
 
-def _model_fn(model: nn.Module, plan, solving: tuple, reuse: bool, timesteps: list[int], stats: _StepStats,
-              adaptive=None, img_iters: torch.Tensor | None = None):
+def _model_fn(
+    model: nn.Module,
+    plan,
+    solving: tuple,
+    reuse: bool,
+    timesteps: list[int],
+    stats: _StepStats,
+    adaptive=None,
+    img_iters: torch.Tensor | None = None,
+):
     """``model_fn(x, t, y, step_index)`` for one batch's ``sample_loop``: FPDM runs the plan's iterations
     of the step (or, ``adaptive``, up to its cap at the calibrated tolerance), warm-started from the
     previous step when ``reuse`` (state reset per batch); its solve is added to ``stats`` and each
@@ -195,7 +240,9 @@ def _solver_of(model: nn.Module, cfg) -> tuple[bool, object | None, float]:
     from fpdm.solvers import make_solver
 
     if cfg.sample.reuse and not getattr(model, "supports_solution_reuse", False):
-        raise ValueError(f"sample.reuse=true needs a model that supports solution reuse; model={cfg.model.name} does not")
+        raise ValueError(
+            f"sample.reuse=true needs a model that supports solution reuse; model={cfg.model.name} does not"
+        )
     if not getattr(model, "is_implicit", False):
         return False, None, 0.0
     knobs = {k: v for k, v in dict(cfg.solver).items() if k not in ("name", "tol")}
@@ -210,15 +257,30 @@ def _progress_bar(total: int, desc: str, show: bool):
     return tqdm(total=total, desc=desc, unit="img")
 
 
-def _write_shard(shard: Path, images: np.ndarray, labels: torch.Tensor, timesteps: list[int], stats: _StepStats,
-                 img_iters: torch.Tensor) -> None:
+def _write_shard(
+    shard: Path,
+    images: np.ndarray,
+    labels: torch.Tensor,
+    timesteps: list[int],
+    stats: _StepStats,
+    img_iters: torch.Tensor,
+) -> None:
     """One shard's images, labels, timesteps, evaluations per image and per-step solver statistics,
     written atomically."""
     arrays = stats.arrays()
     np_stats = {f"stat_{k}": arrays[k] for k in _StepStats.FIELDS}
-    atomic_write(shard, lambda fh: np.savez(fh, images=images, labels=labels.numpy(), timesteps=np.asarray(timesteps),
-                                            iters_per_image=img_iters.cpu().numpy(), diverged=arrays["diverged"],
-                                            **np_stats))
+    atomic_write(
+        shard,
+        lambda fh: np.savez(
+            fh,
+            images=images,
+            labels=labels.numpy(),
+            timesteps=np.asarray(timesteps),
+            iters_per_image=img_iters.cpu().numpy(),
+            diverged=arrays["diverged"],
+            **np_stats,
+        ),
+    )
 
 
 def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall: float, sampled: int) -> dict:
@@ -235,8 +297,11 @@ def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall
             field += torch.from_numpy(s[f"stat_{k}"]) if torch.is_tensor(field) else s[f"stat_{k}"]
         steps.diverged += int(s["diverged"])
     image_shape = (len(labels), data.channels, data.image_size, data.image_size)
-    write_npz_chunked(work_dir / "samples.npz", {"images": (image_shape, np.uint8, (s["images"] for s in shards))},
-                      small={"labels": labels})
+    write_npz_chunked(
+        work_dir / "samples.npz",
+        {"images": (image_shape, np.uint8, (s["images"] for s in shards))},
+        small={"labels": labels},
+    )
     head = []
     for s in shards:  # the first 64 images for the grid
         if sum(map(len, head)) >= 64:
@@ -246,11 +311,15 @@ def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall
     guidance = 2 if cfg.sample.cfg_scale != 1.0 else 1
     summary = _cost_summary(model, data.image_size, plan, steps, implicit, guidance=guidance)
     iters_spent = summary.pop("_iters_spent")
-    summary.update({
-        "num_images": int(len(labels)), "steps": plan.steps, "plan_iters": list(plan.iters),
-        "time_per_image_s": wall / sampled if sampled else math.nan,
-        "solver_diverged_samples": int(steps.diverged),
-    })
+    summary.update(
+        {
+            "num_images": int(len(labels)),
+            "steps": plan.steps,
+            "plan_iters": list(plan.iters),
+            "time_per_image_s": wall / sampled if sampled else math.nan,
+            "solver_diverged_samples": int(steps.diverged),
+        }
+    )
     if implicit:
         summary["solver_trace"] = steps.to_dict(timesteps)
         summary["solver_iters_mean"] = float(np.mean(iters_spent)) if iters_spent else math.nan
@@ -273,8 +342,10 @@ def _cost_summary(model, image_size: int, plan, steps: _StepStats, implicit: boo
     breakdown = flop_breakdown(model, image_size)
     planned_flops = sampling_flops(breakdown, list(plan.iters) if implicit else None, plan.steps)
     if plan.flops_per_image is not None and plan.flops_per_image != planned_flops:
-        raise RuntimeError(f"the plan was matched on {plan.flops_per_image} FLOPs per image but the model "
-                           f"counts {planned_flops}: the plan and the model disagree")
+        raise RuntimeError(
+            f"the plan was matched on {plan.flops_per_image} FLOPs per image but the model "
+            f"counts {planned_flops}: the plan and the model disagree"
+        )
     iters_spent, passes, flops = None, plan.block_passes, planned_flops
     if implicit:
         c = np.maximum(steps.count, 1)
@@ -283,11 +354,17 @@ def _cost_summary(model, image_size: int, plan, steps: _StepStats, implicit: boo
             passes = plan.steps * model.num_explicit_blocks + sum(iters_spent)
             flops = breakdown.explicit_per_forward * plan.steps + breakdown.per_iteration * sum(iters_spent)
     return {
-        "_iters_spent": iters_spent, "guidance_forwards": guidance,
-        "block_passes_planned": plan.block_passes, "block_passes_per_image": passes * guidance,
-        "flops_planned": planned_flops, "flops_per_image": flops * guidance, "flops_per_forward": breakdown.per_forward,
-        "flops_block": breakdown.block, "flops_injection_per_iter": breakdown.injection_per_iteration,
-        "flops_per_iteration": breakdown.per_iteration, "flops_explicit_per_forward": breakdown.explicit_per_forward,
+        "_iters_spent": iters_spent,
+        "guidance_forwards": guidance,
+        "block_passes_planned": plan.block_passes,
+        "block_passes_per_image": passes * guidance,
+        "flops_planned": planned_flops,
+        "flops_per_image": flops * guidance,
+        "flops_per_forward": breakdown.per_forward,
+        "flops_block": breakdown.block,
+        "flops_injection_per_iter": breakdown.injection_per_iteration,
+        "flops_per_iteration": breakdown.per_iteration,
+        "flops_explicit_per_forward": breakdown.explicit_per_forward,
         "injection_to_block": breakdown.injection_to_block,
     }
 
@@ -304,8 +381,9 @@ def save_grid(images: np.ndarray, path: Path, scale: int = 4) -> None:
     grid = np.zeros((rows * (h + 1) + 1, cols * (w + 1) + 1, c), dtype=np.uint8)
     for k in range(n):
         r, q = divmod(k, cols)
-        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = images[k].transpose(1, 2, 0)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = images[k].transpose(
+            1, 2, 0
+        )
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     atomic_write(path, lambda fh: img.save(fh, format="PNG"))
-

@@ -2,6 +2,7 @@
 boundary (Slurm / submitit send SIGUSR1 or SIGUSR2 before a time limit; Ctrl-C and ``kill`` send
 SIGINT and SIGTERM). ``harness.stages.train`` polls ``_SignalCheckpoint`` once per step.
 """
+
 from __future__ import annotations
 
 import os
@@ -83,8 +84,12 @@ class _SignalCheckpoint:
         self.__exit__()
         prev = self.previous.get(signum)
         ending: BaseException | None = None
-        if signum in (signal.SIGINT, signal.SIGTERM) and prev in (None, signal.SIG_DFL, signal.SIG_IGN,
-                                                                 signal.default_int_handler):
+        if signum in (signal.SIGINT, signal.SIGTERM) and prev in (
+            None,
+            signal.SIG_DFL,
+            signal.SIG_IGN,
+            signal.default_int_handler,
+        ):
             ending = Interrupted(signum, step)  # local: nobody requeues, stop the whole process
         elif callable(prev):
             try:

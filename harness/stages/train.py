@@ -12,6 +12,7 @@ Compute is counted as it is spent: block passes per image per step are ``depth``
 forward-equivalents (backward and recompute included, harness/train_compute.py) from the counts
 the training mode reports after backward.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,14 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.runtime.compile import set_compiled
-from harness.stages.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
-from harness.runtime.distributed import DistInfo, all_reduce_mean_, all_reduce_values, barrier, broadcast_module_
-from harness.runtime.io import atomic_write, atomic_write_json
-from harness.stages.signals import Interrupted, Preempted, _SignalCheckpoint  # noqa: F401  (raised from here)
+from fpdm.model import SolveTrace
 from harness.compute.memory import cuda_peak, training_memory_breakdown
 from harness.compute.train_compute import BUDGET_UNITS, model_step_compute, step_generator
-from fpdm.model import SolveTrace
+from harness.runtime.compile import set_compiled
+from harness.runtime.distributed import DistInfo, all_reduce_mean_, all_reduce_values, barrier, broadcast_module_
+from harness.runtime.io import atomic_write, atomic_write_json
+from harness.stages.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
+from harness.stages.signals import Interrupted, Preempted, _SignalCheckpoint  # noqa: F401  (raised from here)
 
 
 class TrainingDiverged(RuntimeError):
@@ -48,7 +49,7 @@ def global_batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch
         epoch, offset = divmod(pos, n)
         perm = torch.randperm(n, generator=step_generator(seed, epoch, 7))
         take = min(n - offset, start + batch_size - pos)
-        out.append(perm[offset:offset + take])
+        out.append(perm[offset : offset + take])
         pos += take
     return torch.cat(out)
 
@@ -85,8 +86,13 @@ def make_optimizer(model: nn.Module, tc, device: torch.device) -> torch.optim.Op
     dozen small ops per parameter, which the profile at the digits shape showed as about a fifth
     of a training step. Numerically it is the same update up to float rounding."""
     fused = device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay,
-                             **({"fused": True} if fused else {"foreach": True}))
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=tc.lr,
+        betas=tuple(tc.betas),
+        weight_decay=tc.weight_decay,
+        **({"fused": True} if fused else {"foreach": True}),
+    )
 
 
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
@@ -97,13 +103,25 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def _budget_reached(budget, state: TrainState) -> bool:
-    spent = {"steps": state.step, "seconds": state.elapsed_s, "block_passes": state.block_passes,
-             "compute": state.compute}[budget.unit]
+    spent = {
+        "steps": state.step,
+        "seconds": state.elapsed_s,
+        "block_passes": state.block_passes,
+        "compute": state.compute,
+    }[budget.unit]
     return spent >= budget.value
 
 
-def train_model(model: nn.Module, data, spec, cfg, work_dir: Path, device: torch.device,
-                info: DistInfo = DistInfo(), progress: bool = True) -> dict:
+def train_model(
+    model: nn.Module,
+    data,
+    spec,
+    cfg,
+    work_dir: Path,
+    device: torch.device,
+    info: DistInfo = DistInfo(),
+    progress: bool = True,
+) -> dict:
     """Train ``model`` on ``data.train`` until ``cfg.train.budget`` is spent; write checkpoints to
     ``work_dir`` and, at the end, ``ema.safetensors``, ``model.safetensors`` and ``train_summary.json``.
     Returns the summary."""
@@ -163,10 +181,16 @@ class _Run:
     def save(self) -> None:
         """Checkpoint on rank 0; every rank waits for it."""
         if self.info.is_main:
-            save_checkpoint(self.work_dir, self.state.step, {
-                "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
-                "state": {**self.state.__dict__, "losses": list(self.state.losses[-100:])},
-            })
+            save_checkpoint(
+                self.work_dir,
+                self.state.step,
+                {
+                    "model": self.model.state_dict(),
+                    "ema": self.ema.state_dict(),
+                    "optimizer": self.opt.state_dict(),
+                    "state": {**self.state.__dict__, "losses": list(self.state.losses[-100:])},
+                },
+            )
         barrier(self.info)
 
 
@@ -214,8 +238,14 @@ def _step_batch(X, Y, spec, cfg, step: int, info: DistInfo, device: torch.device
     draws = step_generator(tc.seed, step, 2)
     local = tc.batch_size // info.world_size
     lo, hi = info.rank * local, (info.rank + 1) * local
-    return _Batch(X[idx][lo:hi].to(device), Y[idx][lo:hi].to(device), t[lo:hi].to(device),
-                  noise[lo:hi].to(device), drop[lo:hi].to(device), draws)
+    return _Batch(
+        X[idx][lo:hi].to(device),
+        Y[idx][lo:hi].to(device),
+        t[lo:hi].to(device),
+        noise[lo:hi].to(device),
+        drop[lo:hi].to(device),
+        draws,
+    )
 
 
 def _train_step(run: _Run, b: _Batch, spec) -> tuple[list[float], SolveTrace]:
@@ -227,8 +257,14 @@ def _train_step(run: _Run, b: _Batch, spec) -> tuple[list[float], SolveTrace]:
     trace = SolveTrace()
     autocast = torch.autocast(b.x0.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     with autocast:
-        loss, parts = training_loss(lambda a, t, y: model(a, t, y, drop_labels=b.drop, generator=b.draws, trace=trace),
-                                    b.x0, b.y, spec, t=b.t, noise=b.noise)
+        loss, parts = training_loss(
+            lambda a, t, y: model(a, t, y, drop_labels=b.drop, generator=b.draws, trace=trace),
+            b.x0,
+            b.y,
+            spec,
+            t=b.t,
+            noise=b.noise,
+        )
     # one host read per step for the divergence check and the log (not one per value)
     local_values = torch.stack([loss.detach(), parts["mse"], parts["vb"]]).float().tolist()
     if not math.isfinite(local_values[0]):
@@ -275,14 +311,24 @@ class _TrainLog:
         self.window_images += self.tc.batch_size
         if self.bar is not None:
             self.bar.update(1 if self.bar.total else 0)
-            self.bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{state.images / max(state.elapsed_s, 1e-9):.0f}",
-                                 passes=state.block_passes, refresh=False)
+            self.bar.set_postfix(
+                loss=f"{loss_value:.4f}",
+                img_s=f"{state.images / max(state.elapsed_s, 1e-9):.0f}",
+                passes=state.block_passes,
+                refresh=False,
+            )
         if info.is_main and (state.step % self.tc.log_every == 0 or _budget_reached(self.tc.budget, state)):
             now = time.perf_counter()
-            line = {"step": state.step, "loss": loss_value, "mse": mse_value, "vb": vb_value,
-                    "images_per_s": self.window_images / max(now - self.window_t, 1e-9),
-                    "block_passes": state.block_passes, "compute_fwd_equiv": state.compute,
-                    "elapsed_s": state.elapsed_s}
+            line = {
+                "step": state.step,
+                "loss": loss_value,
+                "mse": mse_value,
+                "vb": vb_value,
+                "images_per_s": self.window_images / max(now - self.window_t, 1e-9),
+                "block_passes": state.block_passes,
+                "compute_fwd_equiv": state.compute,
+                "elapsed_s": state.elapsed_s,
+            }
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(line) + "\n")
             self.window_t, self.window_images = now, 0
@@ -294,12 +340,15 @@ class _TrainLog:
 
 def _summary(state: TrainState, tc, info: DistInfo) -> dict:
     return {
-        "train_steps": state.step, "train_block_passes_per_image": state.block_passes,
+        "train_steps": state.step,
+        "train_block_passes_per_image": state.block_passes,
         "train_compute_fwd_equiv": state.compute,
-        "train_images": state.images, "train_time_s": state.elapsed_s,
+        "train_images": state.images,
+        "train_time_s": state.elapsed_s,
         "train_images_per_s": state.images / state.elapsed_s if state.elapsed_s else math.nan,
         "train_final_loss": float(sum(state.losses[-20:]) / max(len(state.losses[-20:]), 1)),
-        "train_budget_unit": tc.budget.unit, "train_budget_value": tc.budget.value,
+        "train_budget_unit": tc.budget.unit,
+        "train_budget_value": tc.budget.value,
         "train_world_size": info.world_size,
     }
 

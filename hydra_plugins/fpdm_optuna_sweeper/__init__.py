@@ -20,12 +20,13 @@ hydra.sweeper.direction=[minimize,minimize]`` with the task returning a pair. Ou
 ``<hydra.sweep.dir>/optuna/{trials.csv,best.yaml,study.json}``. Each job also gets the
 environment variables FPDM_OPTUNA_STUDY and FPDM_OPTUNA_TRIAL.
 """
+
 from hydra.core.config_store import ConfigStore
 
 from .config import OptunaSweeperConf
 from .objective import TrialFailure, objective_values
-from .search_space import SearchSpace, distribution_from_override, parse_search_space
 from .samplers import build_sampler, get_sampler, list_samplers, register_sampler
+from .search_space import SearchSpace, distribution_from_override, parse_search_space
 from .sweeper import AskTellSweeper
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "parse_search_space",
     "register_sampler",
 ]
-
 
 
 class OptunaSweeper(AskTellSweeper):

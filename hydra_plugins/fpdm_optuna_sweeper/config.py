@@ -4,6 +4,7 @@ Stored in Hydra's ConfigStore by ``__init__.py``; every field can be overridden 
 line as ``hydra.sweeper.<field>=...``. Semantics that differ from the released
 hydra-optuna-sweeper are spelled out per field.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

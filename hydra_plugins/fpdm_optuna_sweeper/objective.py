@@ -5,11 +5,13 @@ hydra#2237). Here a job that raised, returned None, a non-number, the wrong numb
 or a non-finite value yields a :class:`TrialFailure` carrying a one-line reason; the sweeper tells
 the trial as FAIL (no values) and goes on.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, List, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
@@ -43,9 +45,7 @@ def _as_float(value: Any, what: str) -> float:
     return value
 
 
-def objective_values(
-    result: Any, objective_key: Union[None, str, Sequence[str]], n_objectives: int
-) -> List[float]:
+def objective_values(result: Any, objective_key: None | str | Sequence[str], n_objectives: int) -> list[float]:
     """The finite objective values of one job result, or raise :class:`TrialFailure`."""
     if result is None:
         raise TrialFailure("the task returned None")
@@ -63,15 +63,13 @@ def objective_values(
     return [_as_float(v, n) for v, n in zip(raw, names)]
 
 
-def job_values(
-    job: JobReturn, objective_key: Union[None, str, Sequence[str]], n_objectives: int
-) -> List[float]:
+def job_values(job: JobReturn, objective_key: None | str | Sequence[str], n_objectives: int) -> list[float]:
     """Values of a finished Hydra job; a job that raised is a failure, not a crash.
 
     ``JobReturn.return_value`` re-raises the job's exception, so ``status`` is checked first.
     """
     if job.status != JobStatus.COMPLETED:
-        err: Optional[BaseException] = job._return_value
+        err: BaseException | None = job._return_value
         reason = f"{type(err).__name__}: {err}" if err is not None else "job did not complete"
         raise TrialFailure(f"the task raised {reason}".splitlines()[0])
     return objective_values(job._return_value, objective_key, n_objectives)

@@ -5,9 +5,11 @@ overrides, the sampler, directions, the study's storage and how many of its ``n_
 are already done (read without creating the journal, the database or the study), so a user sees
 before launching whether a rerun would top up an existing study or start a new one.
 """
+
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -24,20 +26,39 @@ def _distribution(dist: optuna.distributions.BaseDistribution) -> str:
     return f"{kind} [{dist.low}, {dist.high}]{extra}"
 
 
-def plan_lines(*, study_name: str, space: SearchSpace, custom: Optional[str], sampler: Any, seed: Optional[int],
-               directions: Sequence[str], n_trials: Optional[int], n_jobs: int, storage: Optional[str],
-               trials: Optional[List[FrozenTrial]]) -> List[str]:
+def plan_lines(
+    *,
+    study_name: str,
+    space: SearchSpace,
+    custom: str | None,
+    sampler: Any,
+    seed: int | None,
+    directions: Sequence[str],
+    n_trials: int | None,
+    n_jobs: int,
+    storage: str | None,
+    trials: list[FrozenTrial] | None,
+) -> list[str]:
     """The lines printed for the plan (pure: everything is passed in)."""
-    done = "in memory: a new study each run" if trials is None else (
-        f"{st.budget_used(trials)} trial(s) done of {n_trials if n_trials is not None else 'the whole grid'}"
-        + (", a rerun tops up the same study" if trials else ", a new study"))
+    done = (
+        "in memory: a new study each run"
+        if trials is None
+        else (
+            f"{st.budget_used(trials)} trial(s) done of {n_trials if n_trials is not None else 'the whole grid'}"
+            + (", a rerun tops up the same study" if trials else ", a new study")
+        )
+    )
     sampler_name = sampler if isinstance(sampler, str) else dict(sampler).get("name") or dict(sampler).get("_target_")
-    lines = [f"[plan] Optuna study {study_name!r}: {done}",
-             f"[plan]   storage: {storage or 'memory'}",
-             f"[plan]   sampler: {sampler_name} (seed {seed}), direction: {', '.join(directions)}, "
-             f"n_trials: {n_trials}, n_jobs: {n_jobs}"]
-    lines += [f"[plan]   param {space.keys.get(name, name)}: {_distribution(dist)}"
-              for name, dist in space.distributions.items()]
+    lines = [
+        f"[plan] Optuna study {study_name!r}: {done}",
+        f"[plan]   storage: {storage or 'memory'}",
+        f"[plan]   sampler: {sampler_name} (seed {seed}), direction: {', '.join(directions)}, "
+        f"n_trials: {n_trials}, n_jobs: {n_jobs}",
+    ]
+    lines += [
+        f"[plan]   param {space.keys.get(name, name)}: {_distribution(dist)}"
+        for name, dist in space.distributions.items()
+    ]
     if custom:
         lines.append(f"[plan]   custom search space: {custom}")
     lines += [f"[plan]   fixed: {override}" for override in space.fixed]

@@ -6,9 +6,11 @@ The sampler is built by the sweeper (not by Hydra's recursive instantiation) so 
 be offset by the number of trials already in the study: a resumed sweep with a fixed seed then
 does not re-propose its first points (a hydra-optuna-sweeper pain).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import optuna
 from hydra.utils import instantiate
@@ -25,22 +27,22 @@ register_sampler, list_samplers, get_sampler = SAMPLERS.register, SAMPLERS.list,
 
 
 @register_sampler("tpe")
-def _tpe(*, seed: Optional[int], space: SearchSpace, **kw: Any) -> optuna.samplers.BaseSampler:
+def _tpe(*, seed: int | None, space: SearchSpace, **kw: Any) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, **kw)
 
 
 @register_sampler("random")
-def _random(*, seed: Optional[int], space: SearchSpace, **kw: Any) -> optuna.samplers.BaseSampler:
+def _random(*, seed: int | None, space: SearchSpace, **kw: Any) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed, **kw)
 
 
 @register_sampler("nsgaii")
-def _nsgaii(*, seed: Optional[int], space: SearchSpace, **kw: Any) -> optuna.samplers.BaseSampler:
+def _nsgaii(*, seed: int | None, space: SearchSpace, **kw: Any) -> optuna.samplers.BaseSampler:
     return optuna.samplers.NSGAIISampler(seed=seed, **kw)
 
 
 @register_sampler("grid")
-def _grid(*, seed: Optional[int], space: SearchSpace, **kw: Any) -> optuna.samplers.BaseSampler:
+def _grid(*, seed: int | None, space: SearchSpace, **kw: Any) -> optuna.samplers.BaseSampler:
     # An explicit search_space is needed when a custom_search_space suggests the parameters.
     grid = kw.pop("search_space", None) or grid_of(space)
     if not grid:
@@ -51,7 +53,7 @@ def _grid(*, seed: Optional[int], space: SearchSpace, **kw: Any) -> optuna.sampl
     return optuna.samplers.GridSampler(search_space=dict(grid), seed=seed, **kw)
 
 
-def build_sampler(spec: Any, seed: Optional[int], space: SearchSpace) -> optuna.samplers.BaseSampler:
+def build_sampler(spec: Any, seed: int | None, space: SearchSpace) -> optuna.samplers.BaseSampler:
     """Sampler from a short name, ``{name: ..., **kwargs}`` or ``{_target_: ..., **kwargs}``."""
     if isinstance(spec, optuna.samplers.BaseSampler):
         return spec

@@ -15,12 +15,14 @@ Optuna's distributions:
 A value that is not a sweep is a fixed override applied to every trial. Conversions are a registry
 keyed by the sweep type, not an if/elif chain.
 """
+
 from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import (
@@ -39,7 +41,7 @@ from optuna.distributions import (
 from optuna.trial import BaseTrial
 
 _PRIMITIVE = (str, int, float, bool, type(None))
-_CONVERTERS: Dict[type, Callable[[Override], BaseDistribution]] = {}
+_CONVERTERS: dict[type, Callable[[Override], BaseDistribution]] = {}
 
 
 def register_sweep_type(sweep_type: type) -> Callable:
@@ -50,7 +52,7 @@ def register_sweep_type(sweep_type: type) -> Callable:
     return deco
 
 
-def _choices(override: Override) -> List[Any]:
+def _choices(override: Override) -> list[Any]:
     # Optuna stores categorical choices natively only for primitives; lists/dicts become their
     # override-grammar text, which turns back into the same value when passed as an override.
     return [
@@ -106,9 +108,9 @@ def distribution_from_override(override: Override) -> BaseDistribution:
 class SearchSpace:
     """Distributions by Optuna param name, the override key of each, and fixed overrides."""
 
-    distributions: Dict[str, BaseDistribution] = field(default_factory=dict)
-    keys: Dict[str, str] = field(default_factory=dict)  # param name -> override key (+x, a@b)
-    fixed: List[str] = field(default_factory=list)
+    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  # param name -> override key (+x, a@b)
+    fixed: list[str] = field(default_factory=list)
 
 
 def _param_name(override: Override) -> str:
@@ -116,15 +118,13 @@ def _param_name(override: Override) -> str:
     return override.get_key_element().lstrip("+~")
 
 
-def parse_search_space(
-    params: Optional[Mapping[str, Any]], arguments: Sequence[str] = ()
-) -> SearchSpace:
+def parse_search_space(params: Mapping[str, Any] | None, arguments: Sequence[str] = ()) -> SearchSpace:
     """Build the search space from ``hydra.sweeper.params`` then the command line (which wins)."""
     # Strings are grammar ("choice(a,b)"); YAML numbers/bools are fixed values.
     lines = [f"{k}={v if isinstance(v, str) else format_value(v)}" for k, v in (params or {}).items()]
     parser = OverridesParser.create()
     space = SearchSpace()
-    fixed: Dict[str, str] = {}
+    fixed: dict[str, str] = {}
     for override in parser.parse_overrides(lines + list(arguments)):
         name = _param_name(override)
         space.distributions.pop(name, None)
@@ -162,7 +162,7 @@ def format_override(key: str, value: Any) -> str:
     return f"{key}={format_value(value)}"
 
 
-_SUGGEST: Dict[type, Callable[[BaseTrial, str, Any], Any]] = {
+_SUGGEST: dict[type, Callable[[BaseTrial, str, Any], Any]] = {
     CategoricalDistribution: lambda t, n, d: t.suggest_categorical(n, d.choices),
     IntDistribution: lambda t, n, d: t.suggest_int(n, d.low, d.high, step=d.step, log=d.log),
     FloatDistribution: lambda t, n, d: t.suggest_float(n, d.low, d.high, step=d.step, log=d.log),
@@ -172,28 +172,26 @@ _SUGGEST: Dict[type, Callable[[BaseTrial, str, Any], Any]] = {
 def suggest_overrides(
     trial: BaseTrial,
     space: SearchSpace,
-    custom: Optional[Callable[[BaseTrial], Mapping[str, Any]]] = None,
-) -> List[str]:
+    custom: Callable[[BaseTrial], Mapping[str, Any]] | None = None,
+) -> list[str]:
     """Suggest every parameter of the space on ``trial`` and return the job's overrides."""
-    chosen: Dict[str, str] = {}
+    chosen: dict[str, str] = {}
     for name, dist in space.distributions.items():
         value = _SUGGEST[type(dist)](trial, name, dist)
         chosen[name] = format_override(space.keys[name], value)
     if custom is not None:
         extra = custom(trial)
         if not isinstance(extra, Mapping):
-            raise TypeError(
-                f"custom_search_space must return a dict of overrides, got {type(extra).__name__}"
-            )
+            raise TypeError(f"custom_search_space must return a dict of overrides, got {type(extra).__name__}")
         for key, value in extra.items():
             chosen[str(key).lstrip("+~")] = format_override(str(key), value)
     fixed = [o for o in space.fixed if o.split("=", 1)[0].lstrip("+~") not in chosen]
     return fixed + list(chosen.values())
 
 
-def grid_of(space: SearchSpace) -> Dict[str, List[Any]]:
+def grid_of(space: SearchSpace) -> dict[str, list[Any]]:
     """The grid of a discrete space (for GridSampler); continuous intervals have none."""
-    grid: Dict[str, List[Any]] = {}
+    grid: dict[str, list[Any]] = {}
     for name, dist in space.distributions.items():
         if isinstance(dist, CategoricalDistribution):
             grid[name] = list(dist.choices)

@@ -14,6 +14,7 @@ host, e.g. a Slurm job that was killed). A stale trial is marked FAIL with
 point is retried. Interrupted trials (and over-budget ones, see ``over_budget``) count neither
 towards ``n_trials`` nor towards the failure rate: a killed sweep loses no budget.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence, Union
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage
@@ -51,7 +53,7 @@ def storage_root(sweep_dir_template: str) -> Path:
     return Path(*parts) if parts else Path(".")
 
 
-def expand_spec(spec: Optional[str], study_name: str) -> Optional[str]:
+def expand_spec(spec: str | None, study_name: str) -> str | None:
     """``journal`` (the default) -> ``journal:optuna/<study_name>.journal``; ``memory``/None/"" -> None."""
     if spec is None or spec in ("", "memory"):
         return None
@@ -60,12 +62,12 @@ def expand_spec(spec: Optional[str], study_name: str) -> Optional[str]:
     return spec
 
 
-def journal_path(spec: str, root: Union[str, Path]) -> Path:
-    path = Path(spec[len(_JOURNAL):]).expanduser()
+def journal_path(spec: str, root: str | Path) -> Path:
+    path = Path(spec[len(_JOURNAL) :]).expanduser()
     return path if path.is_absolute() else Path(root) / path
 
 
-def resolve_storage(spec: Optional[str], root: Union[str, Path]) -> Union[None, str, BaseStorage]:
+def resolve_storage(spec: str | None, root: str | Path) -> None | str | BaseStorage:
     """``None`` | ``journal:PATH`` (relative to ``root``, see ``storage_root``) | RDB URL -> Optuna storage."""
     if spec is None or spec == "":
         return None
@@ -75,13 +77,10 @@ def resolve_storage(spec: Optional[str], root: Union[str, Path]) -> Union[None, 
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" in spec:
         return spec  # create_study builds the RDBStorage
-    raise ValueError(
-        f"hydra.sweeper.storage={spec!r}: expected 'journal:PATH' or an RDB URL like "
-        "'sqlite:///study.db'"
-    )
+    raise ValueError(f"hydra.sweeper.storage={spec!r}: expected 'journal:PATH' or an RDB URL like 'sqlite:///study.db'")
 
 
-def describe_storage(spec: Optional[str], root: Union[str, Path]) -> Optional[str]:
+def describe_storage(spec: str | None, root: str | Path) -> str | None:
     """The storage as written to study.json: journal paths made absolute, passwords hidden."""
     if not spec:
         return None
@@ -94,7 +93,7 @@ def describe_storage(spec: Optional[str], root: Union[str, Path]) -> Optional[st
     return head + sep + tail
 
 
-def peek_trials(spec: Optional[str], root: Union[str, Path], study_name: str) -> Optional[List[FrozenTrial]]:
+def peek_trials(spec: str | None, root: str | Path, study_name: str) -> list[FrozenTrial] | None:
     """The study's trials, read without creating anything (no journal file, no database, no study):
     [] when there is no such study yet, None for in-memory storage."""
     if not spec:
@@ -103,8 +102,8 @@ def peek_trials(spec: Optional[str], root: Union[str, Path], study_name: str) ->
         path = journal_path(spec, root)
         if not path.is_file():
             return []
-        storage: Union[str, BaseStorage] = JournalStorage(JournalFileBackend(str(path)))
-    elif spec.startswith("sqlite:///") and not Path(spec[len("sqlite:///"):]).is_file():
+        storage: str | BaseStorage = JournalStorage(JournalFileBackend(str(path)))
+    elif spec.startswith("sqlite:///") and not Path(spec[len("sqlite:///") :]).is_file():
         return []
     else:
         storage = spec
@@ -118,7 +117,7 @@ def owner_attrs() -> dict:
     return {HOST: socket.gethostname(), PID: os.getpid(), HEARTBEAT: time.time()}
 
 
-def fail_reason(trial: FrozenTrial) -> Optional[str]:
+def fail_reason(trial: FrozenTrial) -> str | None:
     return trial.user_attrs.get(FAIL_REASON)
 
 
@@ -143,7 +142,7 @@ def over_budget(trials: Sequence[FrozenTrial], number: int, n_trials: int) -> bo
     return len(ahead) >= n_trials
 
 
-def failures(trials: Iterable[FrozenTrial]) -> List[FrozenTrial]:
+def failures(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.FAIL and fail_reason(t) not in NOT_COUNTED]
 
 
@@ -157,7 +156,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def is_stale(trial: FrozenTrial, stale_after_s: float, now: Optional[float] = None) -> bool:
+def is_stale(trial: FrozenTrial, stale_after_s: float, now: float | None = None) -> bool:
     if trial.state != TrialState.RUNNING or HEARTBEAT not in trial.user_attrs:
         return False  # not ours: leave trials of other tools alone
     now = time.time() if now is None else now
@@ -170,7 +169,7 @@ def is_stale(trial: FrozenTrial, stale_after_s: float, now: Optional[float] = No
     return now - float(trial.user_attrs[HEARTBEAT]) > stale_after_s
 
 
-def safe_tell(study: optuna.Study, trial: Union[int, optuna.trial.Trial], **kw: Any) -> bool:
+def safe_tell(study: optuna.Study, trial: int | optuna.trial.Trial, **kw: Any) -> bool:
     """``study.tell`` that tolerates GridSampler calling ``study.stop()`` outside optimize().
 
     GridSampler.after_trial stops the study once the grid is covered, which raises a
@@ -187,7 +186,7 @@ def safe_tell(study: optuna.Study, trial: Union[int, optuna.trial.Trial], **kw: 
     return True
 
 
-def interrupt_and_requeue(study: optuna.Study, trial: Union[FrozenTrial, optuna.trial.Trial]) -> bool:
+def interrupt_and_requeue(study: optuna.Study, trial: FrozenTrial | optuna.trial.Trial) -> bool:
     """Mark a trial FAIL ("interrupted", not counted) and re-queue its params for a retry.
 
     Returns False when the trial was already finished (told by its owner, or recovered by another
@@ -206,7 +205,7 @@ def interrupt_and_requeue(study: optuna.Study, trial: Union[FrozenTrial, optuna.
     return True
 
 
-def recover_stale_trials(study: optuna.Study, stale_after_s: float) -> List[FrozenTrial]:
+def recover_stale_trials(study: optuna.Study, stale_after_s: float) -> list[FrozenTrial]:
     """Mark stale RUNNING trials FAIL ("interrupted") and re-queue their params."""
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

@@ -6,12 +6,14 @@ tell each result (COMPLETE with its values, or FAIL with a reason), rewrite the 
 with an error once failures exceed ``max_failure_rate * n_trials``. See ``storage.py`` for the
 resume and multi-process policy and ``objective.py`` for what counts as a failed trial.
 """
+
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import optuna
 from hydra.core.plugins import Plugins
@@ -36,7 +38,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _directions(direction: Any) -> List[str]:
+def _directions(direction: Any) -> list[str]:
     dirs = [direction] if isinstance(direction, str) else list(direction)
     bad = [d for d in dirs if str(d).lower() not in _DIRECTIONS]
     if not dirs or bad:
@@ -48,7 +50,7 @@ def _one_line(what: str, err: BaseException) -> str:
     return f"{what}: {type(err).__name__}: {err}".splitlines()[0]
 
 
-def _consecutive_runs(numbers: Sequence[int]) -> List[Tuple[int, int]]:
+def _consecutive_runs(numbers: Sequence[int]) -> list[tuple[int, int]]:
     """(start index, length) of runs of consecutive trial numbers.
 
     Launchers number jobs ``initial_job_idx + i``; a job's number is its trial number (so resumed
@@ -69,19 +71,19 @@ class AskTellSweeper(Sweeper):
     def __init__(
         self,
         sampler: Any = "tpe",
-        seed: Optional[int] = None,
+        seed: int | None = None,
         direction: Any = "minimize",
-        study_name: Optional[str] = None,
-        storage: Optional[str] = "journal",
-        n_trials: Optional[int] = None,
+        study_name: str | None = None,
+        storage: str | None = "journal",
+        n_trials: int | None = None,
         n_jobs: int = 1,
         max_failure_rate: float = 0.25,
-        params: Optional[Dict[str, Any]] = None,
-        custom_search_space: Optional[str] = None,
+        params: dict[str, Any] | None = None,
+        custom_search_space: str | None = None,
         objective_key: Any = None,
         stale_after_s: float = 600.0,
         export_trial_env: bool = True,
-        plan_key: Optional[str] = "run.plan",
+        plan_key: str | None = "run.plan",
     ) -> None:
         if n_jobs < 1:
             raise ValueError(f"hydra.sweeper.n_jobs={n_jobs}: must be >= 1")
@@ -97,8 +99,8 @@ class AskTellSweeper(Sweeper):
         self.custom_search_space, self.objective_key = custom_search_space, _plain(objective_key)
         self.stale_after_s, self.export_trial_env = float(stale_after_s), export_trial_env
         self.plan_key = plan_key
-        self.config: Optional[DictConfig] = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
         self.launcher = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -115,12 +117,12 @@ class AskTellSweeper(Sweeper):
         assert self.config is not None
         return self.study_name or str(self.config.hydra.job.name)
 
-    def _storage(self) -> Optional[str]:
+    def _storage(self) -> str | None:
         """The storage spec with the default ``journal`` expanded to the study's own file."""
         return st.expand_spec(self.storage_spec, self._study_name())
 
     # ---------------------------------------------------------------- study
-    def _open_study(self, space: Any) -> Tuple[optuna.Study, int]:
+    def _open_study(self, space: Any) -> tuple[optuna.Study, int]:
         name = self._study_name()
         study = optuna.create_study(
             study_name=name,
@@ -148,7 +150,7 @@ class AskTellSweeper(Sweeper):
             raise ValueError("hydra.sweeper.n_trials is not set: give the total number of trials")
         return self.n_trials
 
-    def _info(self, n_trials: int, study: optuna.Study) -> Dict[str, Any]:
+    def _info(self, n_trials: int, study: optuna.Study) -> dict[str, Any]:
         return {
             "storage": st.describe_storage(self._storage(), self.storage_root),
             "n_trials": n_trials,
@@ -165,7 +167,7 @@ class AskTellSweeper(Sweeper):
         if reason not in st.NOT_COUNTED:
             log.warning(f"Trial {trial.number} failed: {reason}")
 
-    def _job_overrides(self, study: optuna.Study, trial: optuna.trial.Trial, overrides: List[str]) -> List[str]:
+    def _job_overrides(self, study: optuna.Study, trial: optuna.trial.Trial, overrides: list[str]) -> list[str]:
         if not self.export_trial_env:
             return overrides
         env = "++hydra.job.env_set."
@@ -174,9 +176,9 @@ class AskTellSweeper(Sweeper):
             format_override(env + "FPDM_OPTUNA_TRIAL", str(trial.number)),
         ]
 
-    def _ask_batch(self, study, space, custom, n_trials: int) -> List[Tuple[Any, List[str]]]:
+    def _ask_batch(self, study, space, custom, n_trials: int) -> list[tuple[Any, list[str]]]:
         remaining = n_trials - st.budget_used(study.get_trials(deepcopy=False))
-        batch: List[Tuple[Any, List[str]]] = []
+        batch: list[tuple[Any, list[str]]] = []
         for _ in range(min(self.n_jobs, remaining)):
             trial = study.ask()
             for key, value in st.owner_attrs().items():
@@ -192,16 +194,16 @@ class AskTellSweeper(Sweeper):
             batch.append((trial, overrides))
         return batch
 
-    def _launch(self, batch: List[Tuple[Any, List[str]]]) -> List[Any]:
+    def _launch(self, batch: list[tuple[Any, list[str]]]) -> list[Any]:
         assert self.launcher is not None
         numbers = [t.number for t, _ in batch]
-        returns: List[Any] = []
+        returns: list[Any] = []
         for start, length in _consecutive_runs(numbers):
-            part = [ov for _, ov in batch[start:start + length]]
+            part = [ov for _, ov in batch[start : start + length]]
             returns.extend(self.launcher.launch(part, initial_job_idx=numbers[start]))
         return returns
 
-    def _launch_or_fail(self, study, batch) -> Optional[List[Any]]:
+    def _launch_or_fail(self, study, batch) -> list[Any] | None:
         """Launch a batch; if the launcher raises, fail (or re-queue) its trials, not the sweep.
 
         Overrides are not composed twice on the happy path (a compose costs about as much as a
@@ -262,19 +264,24 @@ class AskTellSweeper(Sweeper):
 
         spec = self._storage()
         name = self._study_name()
-        lines = plan_lines(study_name=name, space=space, custom=self.custom_search_space,
-                           sampler=self.sampler_spec, seed=self.seed, directions=self.directions,
-                           n_trials=self.n_trials, n_jobs=self.n_jobs,
-                           storage=st.describe_storage(spec, self.storage_root),
-                           trials=st.peek_trials(spec, self.storage_root, name))
+        lines = plan_lines(
+            study_name=name,
+            space=space,
+            custom=self.custom_search_space,
+            sampler=self.sampler_spec,
+            seed=self.seed,
+            directions=self.directions,
+            n_trials=self.n_trials,
+            n_jobs=self.n_jobs,
+            storage=st.describe_storage(spec, self.storage_root),
+            trials=st.peek_trials(spec, self.storage_root, name),
+        )
         print("\n".join(lines), flush=True)
 
-    def sweep(self, arguments: List[str]) -> List[FrozenTrial]:
+    def sweep(self, arguments: list[str]) -> list[FrozenTrial]:
         assert self.config is not None
         space = parse_search_space(self.params, arguments)
-        custom: Optional[Callable] = (
-            load_callable(self.custom_search_space) if self.custom_search_space else None
-        )
+        custom: Callable | None = load_callable(self.custom_search_space) if self.custom_search_space else None
         if not space.distributions and custom is None:
             raise ValueError(
                 "The Optuna sweeper has no search space: set hydra.sweeper.params, "

@@ -5,6 +5,7 @@ only in the primary config: a user whose own primary config builds on ours (``--
 ``--config-name`` with ``defaults: [config]``) would otherwise lose the presets (docs/extending.md).
 Hydra discovers it in the ``hydra_plugins`` namespace package, like the Optuna sweeper.
 """
+
 from __future__ import annotations
 
 from hydra.core.config_search_path import ConfigSearchPath

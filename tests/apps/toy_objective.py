@@ -5,6 +5,7 @@ Objective: (x - 0.3)^2 + 0.01 * y (+ 0.1 if opt == "sgd"); with ``multi`` the pa
 is killed. Each job writes ``trial.json`` in its run dir (trial number from the sweeper's
 FPDM_OPTUNA_TRIAL, the params it saw) so tests can check trial -> run dir links.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,7 @@ from omegaconf import DictConfig
 def objective(cfg: DictConfig):
     out = Path(HydraConfig.get().runtime.output_dir)
     trial = int(os.environ.get("FPDM_OPTUNA_TRIAL", "-1"))
-    record = {"trial": trial, "study": os.environ.get("FPDM_OPTUNA_STUDY"),
-              "x": cfg.x, "y": cfg.y, "opt": cfg.opt}
+    record = {"trial": trial, "study": os.environ.get("FPDM_OPTUNA_STUDY"), "x": cfg.x, "y": cfg.y, "opt": cfg.opt}
     (out / "trial.json").write_text(json.dumps(record))
     if cfg.sleep_flag and Path(cfg.sleep_flag).exists() and trial == cfg.sleep_on_trial:
         (Path(cfg.sleep_flag).parent / "sleeping").write_text(str(os.getpid()))
