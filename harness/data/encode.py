@@ -55,42 +55,26 @@ def encode_folder(
     if batch_size < 1:
         raise DataError(f"--batch-size={batch_size} must be >= 1")
     model = load_vae(vae, key="--vae")  # first: a wrong --vae fails before a long folder scan
-    try:  # the image_folder source reports bad files; its errors name our flag, not data.root
-        source = build_dataset({"name": "image_folder", "root": images, "image_size": image_size, "split": "all"})
-    except DataError as exc:
-        raise type(exc)(str(exc).replace("data.root", "--images")) from exc
+    source = _image_source(images, image_size)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
-    dtype = next(model.parameters()).dtype
     scale = float(model.config.scaling_factor)
     shift = float(getattr(model.config, "shift_factor", None) or 0.0)
     generator = torch.Generator(device=device).manual_seed(seed) if posterior == "sample" else None
-
-    from tqdm.auto import tqdm
-
-    chunks: list[np.ndarray] = []
-    loader = DataLoader(source.train, batch_size=batch_size, shuffle=False, num_workers=0)
-    with torch.no_grad():
-        for x, _ in tqdm(loader, desc="encode", unit="batch", disable=not progress):
-            views = [x, x.flip(-1)] if flip else [x]
-            for v in views:
-                dist = model.encode(v.to(device, dtype)).latent_dist
-                z = dist.sample(generator=generator) if posterior == "sample" else dist.mode()
-                chunks.append(((z - shift) * scale).float().cpu().numpy())
+    latents = _encode(
+        model,
+        source.train,
+        scale=scale,
+        shift=shift,
+        batch_size=batch_size,
+        flip=flip,
+        generator=generator,
+        device=device,
+        progress=progress,
+    )
     n = len(source.train)
-    if flip:  # interleave to [img0, img0 mirrored, img1, ...]: each copy sits beside its source
-        chunks = [np.stack([a, b], axis=1).reshape(-1, *a.shape[1:]) for a, b in zip(chunks[::2], chunks[1::2])]
-    latents = np.concatenate(chunks)
-    reps = 2 if flip else 1
-    labels = np.repeat(source.train.labels.numpy().astype(np.int64), reps)
-    keys = np.repeat(np.array(source.train.keys, dtype=np.str_), reps)
-    flipped = np.tile(np.array([False, True][:reps]), n)
-
     out_dir = Path(out).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez(buf, latents=latents.astype(np.float32), labels=labels, keys=keys, flipped=flipped)
-    atomic_write(out_dir / LATENTS_FILE, buf.getvalue())
+    _write_latents(out_dir, latents, source.train, flip)
     meta = {
         "format": 1,
         "vae_path": str(Path(vae).expanduser().resolve()),
@@ -113,6 +97,47 @@ def encode_folder(
     atomic_write(out_dir / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     log.info("wrote %d latents %s to %s", len(latents), tuple(latents.shape[1:]), out_dir)
     return meta
+
+
+def _image_source(images: str, image_size: int):
+    """The ``image_folder`` source of ``--images`` (all splits), its errors naming ``--images``."""
+    try:  # the image_folder source reports bad files; its errors name our flag, not data.root
+        return build_dataset({"name": "image_folder", "root": images, "image_size": image_size, "split": "all"})
+    except DataError as exc:
+        raise type(exc)(str(exc).replace("data.root", "--images")) from exc
+
+
+def _encode(
+    model, dataset, *, scale: float, shift: float, batch_size: int, flip: bool, generator, device, progress: bool
+) -> np.ndarray:
+    """Stored latents ``(z - shift) * scale`` of every image (and, with ``flip``, its mirror right after it)."""
+    from tqdm.auto import tqdm
+
+    dtype = next(model.parameters()).dtype
+    chunks: list[np.ndarray] = []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    with torch.no_grad():
+        for x, _ in tqdm(loader, desc="encode", unit="batch", disable=not progress):
+            views = [x, x.flip(-1)] if flip else [x]
+            for v in views:
+                dist = model.encode(v.to(device, dtype)).latent_dist
+                z = dist.sample(generator=generator) if generator is not None else dist.mode()
+                chunks.append(((z - shift) * scale).float().cpu().numpy())
+    if flip:  # interleave to [img0, img0 mirrored, img1, ...]: each copy sits beside its source
+        chunks = [np.stack([a, b], axis=1).reshape(-1, *a.shape[1:]) for a, b in zip(chunks[::2], chunks[1::2])]
+    return np.concatenate(chunks)
+
+
+def _write_latents(out_dir: Path, latents: np.ndarray, dataset, flip: bool) -> None:
+    """Write ``latents.npz`` (latents, labels, keys, flipped) atomically into ``out_dir``."""
+    reps = 2 if flip else 1
+    labels = np.repeat(dataset.labels.numpy().astype(np.int64), reps)
+    keys = np.repeat(np.array(dataset.keys, dtype=np.str_), reps)
+    flipped = np.tile(np.array([False, True][:reps]), len(dataset))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, latents=latents.astype(np.float32), labels=labels, keys=keys, flipped=flipped)
+    atomic_write(out_dir / LATENTS_FILE, buf.getvalue())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -183,10 +183,8 @@ def check_root(root: str | None, key: str = "data.root") -> Path:
     return path
 
 
-@register_dataset("image_folder", extractor="inception-v3-compat")
-def build_image_folder(spec: DataSpec) -> DataSource:
-    root = check_root(spec.root)
-    size = spec.image_size or DEFAULT_IMAGE_SIZE
+def _readable_images(root: Path, size: int):
+    """``(good, bad, arrays, classes, skipped)`` of ``root``; raises if it holds no readable image."""
     entries, classes, skipped = find_images(root)
     if not entries:
         found = f"{len(skipped)} non-image file(s), e.g. {skipped[:3]}" if skipped else "nothing"
@@ -207,6 +205,14 @@ def build_image_folder(spec: DataSpec) -> DataSource:
             f"data.root={root} has {len(bad)} image file(s) but none is readable "
             f"(e.g. {bad[0][0]}: {bad[0][1]}): set data.root to a folder of valid images"
         )
+    return good, bad, arrays, classes, skipped
+
+
+@register_dataset("image_folder", extractor="inception-v3-compat")
+def build_image_folder(spec: DataSpec) -> DataSource:
+    root = check_root(spec.root)
+    size = spec.image_size or DEFAULT_IMAGE_SIZE
+    good, bad, arrays, classes, skipped = _readable_images(root, size)
     labels = torch.tensor([e[1] for e in good], dtype=torch.long)
     num_classes, labels = resolve_num_classes(spec, labels, inferred=max(1, len(classes)))
     good = [(key, int(y)) for (key, _), y in zip(good, labels)]

@@ -196,8 +196,8 @@ def _subset(split: str, *, keys, make):
     return make(select_split(keys, split))
 
 
-@register_dataset("latents", extractor="inception-v3-compat")
-def build_latents(spec: DataSpec) -> DataSource:
+def _open_root(spec: DataSpec) -> tuple[Path, dict]:
+    """``data.root`` and its encoder meta, after checking the root, ``data.vae_path`` and ``data.image_size``."""
     if spec.root is None:
         raise DataPathError(
             "data.root is not set: set data.root=/path/to/latents (written by python -m harness.data.encode)"
@@ -216,6 +216,11 @@ def build_latents(spec: DataSpec) -> DataSource:
             f"data.image_size={spec.image_size} but {root}/{META_FILE} says the latents were "
             f"encoded at {meta['image_size']}: set data.image_size={meta['image_size']}"
         )
+    return root, meta
+
+
+def _load(root: Path, spec: DataSpec, meta: dict):
+    """``(latents, labels, keys, layout, files)`` from ``latents.npz`` or a fast-DiT feature/label folder pair."""
     if (root / LATENTS_FILE).is_file():
         latents, labels, keys = _load_npz(root)
         layout, files = "npz", None
@@ -228,6 +233,13 @@ def build_latents(spec: DataSpec) -> DataSource:
             )
         feature_files, label_files, labels, keys = _load_fastdit(root, dirs)
         latents, layout, files = None, "fast-dit", (feature_files, label_files)
+    return latents, labels, keys, layout, files
+
+
+@register_dataset("latents", extractor="inception-v3-compat")
+def build_latents(spec: DataSpec) -> DataSource:
+    root, meta = _open_root(spec)
+    latents, labels, keys, layout, files = _load(root, spec, meta)
     if len(labels) == 0:
         raise EmptyDataError(f"data.root={root} holds 0 latents: re-run python -m harness.data.encode")
     # Flipped copies share their source key, so both land in the same split.

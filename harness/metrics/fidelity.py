@@ -321,8 +321,14 @@ def compute_metrics(
     out.update(
         fid_std=float(np.std(fids, ddof=1)) if len(fids) > 1 else None, fid_min=float(min(fids)), fid_values=fids
     )
+    out["protocol"] = _protocol(ranges, per, extractor=extractor, reference=reference, ref=ref, winfo=winfo, spec=spec)
+    return out
+
+
+def _protocol(ranges, per, *, extractor: str, reference: ReferenceSpec, ref: ReferenceStats, winfo, spec) -> dict:
+    """The ``protocol`` block of ``compute_metrics``: what was measured, against which reference, and how."""
     n = min(b - a for a, b in ranges)
-    out["protocol"] = {
+    return {
         "num_samples": n,
         "num_ranges": len(ranges),
         "extractor": extractor,
@@ -337,7 +343,6 @@ def compute_metrics(
         "label": fid_label(n, extractor, reference.label)
         + (f", mean of {len(ranges)} seed ranges" if len(ranges) > 1 else ""),
     }
-    return out
 
 
 class SeedRangeFID(NamedTuple):
