@@ -9,6 +9,11 @@ this model's count as ``diffusers layout``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
+
 from pathlib import Path
 
 import torch
@@ -90,13 +95,13 @@ def _transformer_folder(path: Path) -> Path:
     )
 
 
-def uses_pretrained_weights(model_cfg) -> bool:
+def uses_pretrained_weights(model_cfg: Any) -> bool:
     """True for ``model=dit_diffusers`` with ``model.pretrained_path``: the weights are loaded, so
     there is nothing to train and the depth is known only once they are (one check for every caller)."""
     return model_cfg.name == "dit_diffusers" and bool(model_cfg.pretrained_path)
 
 
-def build_diffusers_dit(model_cfg, *, image_size: int, channels: int, num_classes: int) -> DiffusersDiT:
+def build_diffusers_dit(model_cfg: Any, *, image_size: int, channels: int, num_classes: int) -> DiffusersDiT:
     from diffusers import DiTTransformer2DModel
 
     if model_cfg.pretrained_path:

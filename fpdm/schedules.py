@@ -186,13 +186,17 @@ def _official_round(total: int, weights: Sequence[Fraction | int]) -> list[int]:
 
 # ------------------------------------------------------------------ schedules
 @register_schedule("constant")
-def constant(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) -> list[int]:
+def constant(
+    total_iters: int, num_steps: int, *, ratio: tuple[float, float] = PAPER_RATIO, values: Sequence[float] | None = None
+) -> list[int]:
     """Same count at every step (k or k+1; the extra iterations go to the earliest steps)."""
     return _largest_remainder(total_iters, [Fraction(1)] * num_steps, late_first=False)
 
 
 @register_schedule("increasing")
-def increasing(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) -> list[int]:
+def increasing(
+    total_iters: int, num_steps: int, *, ratio: tuple[float, float] = PAPER_RATIO, values: Sequence[float] | None = None
+) -> list[int]:
     """Linear weights ratio[0] -> ratio[1] along sampling order: fewest iterations at the
     noisiest step, most at the cleanest (paper Sec. 5.2 reading)."""
     lo, hi = ratio
@@ -200,14 +204,18 @@ def increasing(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=No
 
 
 @register_schedule("decreasing")
-def decreasing(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) -> list[int]:
+def decreasing(
+    total_iters: int, num_steps: int, *, ratio: tuple[float, float] = PAPER_RATIO, values: Sequence[float] | None = None
+) -> list[int]:
     """Linear weights ratio[1] -> ratio[0] along sampling order: most iterations first."""
     lo, hi = ratio
     return _largest_remainder(total_iters, _linear(hi, lo, num_steps), late_first=False)
 
 
 @register_schedule("cosine")
-def cosine(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) -> list[int]:
+def cosine(
+    total_iters: int, num_steps: int, *, ratio: tuple[float, float] = PAPER_RATIO, values: Sequence[float] | None = None
+) -> list[int]:
     """Cosine-eased weights from ratio[0] (noisiest step) to ratio[1] (cleanest step)."""
     lo, hi = ratio
     if num_steps == 1:
@@ -219,7 +227,9 @@ def cosine(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) 
 
 
 @register_schedule("list")
-def explicit(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) -> list[int]:
+def explicit(
+    total_iters: int, num_steps: int, *, ratio: tuple[float, float] = PAPER_RATIO, values: Sequence[float] | None = None
+) -> list[int]:
     """Explicit per-step counts in sampling order, validated against the budget."""
     if values is None:
         raise ValueError("schedule 'list' needs values: one iteration count per sampling step")
@@ -237,7 +247,9 @@ def explicit(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None
 
 
 @register_schedule("official_increasing")
-def official_increasing(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) -> list[int]:
+def official_increasing(
+    total_iters: int, num_steps: int, *, ratio: tuple[float, float] = PAPER_RATIO, values: Sequence[float] | None = None
+) -> list[int]:
     """The official LinearController(type="increasing") as the sampler consumes it.
 
     The controller builds linspace(lo, hi) and ``get()`` reads it from the last index down,
@@ -251,7 +263,9 @@ def official_increasing(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, 
 
 # ------------------------------------------------------------------ beyond the paper
 @register_schedule("adaptive")
-def adaptive(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) -> list[int]:
+def adaptive(
+    total_iters: int, num_steps: int, *, ratio: tuple[float, float] = PAPER_RATIO, values: Sequence[float] | None = None
+) -> list[int]:
     """Nominal plan of ``sample.schedule=adaptive``: the constant split, which fixes the step count
     and the budget. At run time each sample stops at a calibrated tolerance instead
     (harness/compute/adaptive.py), spending this budget on average."""
@@ -259,7 +273,9 @@ def adaptive(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None
 
 
 @register_schedule("greedy")
-def greedy(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) -> list[int]:
+def greedy(
+    total_iters: int, num_steps: int, *, ratio: tuple[float, float] = PAPER_RATIO, values: Sequence[float] | None = None
+) -> list[int]:
     """Nominal plan of ``sample.schedule=greedy``: the constant split. The job replaces it by the
     water-filling allocation on a calibration run's residual traces (harness/compute/greedy.py),
     with the same steps and the same total."""
@@ -282,7 +298,9 @@ def knot_density(knots: Sequence[float], num_steps: int) -> list[Fraction]:
 
 
 @register_schedule("density")
-def density(total_iters: int, num_steps: int, *, ratio=PAPER_RATIO, values=None) -> list[int]:
+def density(
+    total_iters: int, num_steps: int, *, ratio: tuple[float, float] = PAPER_RATIO, values: Sequence[float] | None = None
+) -> list[int]:
     """The searched family (``sweep=schedule_search``): ``values`` are the knot heights (> 0) of a
     piecewise-linear density (``knot_density``); step i gets ``1 + (total - S) * w_i / sum(w)``,
     apportioned by largest remainder, so every member sums exactly to the budget with >= 1 per step."""

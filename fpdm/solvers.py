@@ -289,13 +289,13 @@ def _drive(f: Fn, z0: Tensor, update: Callable[[Tensor, Tensor, int], Tensor], *
 
 # ----------------------------------------------------------------------------- solvers
 @register_solver("picard")
-def picard(f: Fn, z0: Tensor, *, max_iter: int, tol: float = 0.0):
+def picard(f: Fn, z0: Tensor, *, max_iter: int, tol: float = 0.0) -> tuple[Tensor, SolverStats]:
     """Plain fixed point iteration z <- f(z): FPDM's solver (Algorithm 1)."""
     return _drive(f, z0, lambda z, fz, k: fz, max_iter=max_iter, tol=tol)
 
 
 @register_solver("relaxed")
-def relaxed(f: Fn, z0: Tensor, *, max_iter: int, tol: float = 0.0, beta: float = 0.5):
+def relaxed(f: Fn, z0: Tensor, *, max_iter: int, tol: float = 0.0, beta: float = 0.5) -> tuple[Tensor, SolverStats]:
     """Damped iteration z <- (1 - beta) z + beta f(z); beta < 1 tames oscillating maps."""
     return _drive(f, z0, lambda z, fz, k: torch.lerp(z, fz.to(z.dtype), beta), max_iter=max_iter, tol=tol)
 
@@ -357,7 +357,9 @@ class _Anderson:
 
 
 @register_solver("anderson")
-def anderson(f: Fn, z0: Tensor, *, max_iter: int, tol: float = 0.0, m: int = 5, lam: float = 1e-4, beta: float = 1.0):
+def anderson(
+    f: Fn, z0: Tensor, *, max_iter: int, tol: float = 0.0, m: int = 5, lam: float = 1e-4, beta: float = 1.0
+) -> tuple[Tensor, SolverStats]:
     """Anderson acceleration (window ``m``, relative Tikhonov ``lam``, mixing ``beta``)."""
     return _drive(f, z0, _Anderson(m, lam, beta), max_iter=max_iter, tol=tol)
 
@@ -413,6 +415,6 @@ class _Broyden:
 
 
 @register_solver("broyden")
-def broyden(f: Fn, z0: Tensor, *, max_iter: int, tol: float = 0.0, memory: int = 16):
+def broyden(f: Fn, z0: Tensor, *, max_iter: int, tol: float = 0.0, memory: int = 16) -> tuple[Tensor, SolverStats]:
     """Limited-memory good Broyden on the per-sample residual (memory = stored rank-1 pairs)."""
     return _drive(f, z0, _Broyden(memory), max_iter=max_iter, tol=tol)

@@ -90,10 +90,10 @@ _PLANNERS: Registry[Planner] = Registry("training-cost planner", key="train.meth
 get_training_mode, list_training_modes = TRAINING_MODES.get, TRAINING_MODES.list
 
 
-def register_training_mode(name: str, planner: Planner):
+def register_training_mode(name: str, planner: Planner) -> Callable[[Mode], Mode]:
     """Register a mode with its cost planner (see ``planned_counts``)."""
 
-    def deco(fn):
+    def deco(fn: Mode) -> Mode:
         TRAINING_MODES.register(name, fn)
         _PLANNERS.register(name, planner)
         return fn
@@ -101,7 +101,9 @@ def register_training_mode(name: str, planner: Planner):
     return deco
 
 
-def planned_counts(name: str, spec: ImplicitTrainSpec, generator=None) -> FixedPointCounts | None:
+def planned_counts(
+    name: str, spec: ImplicitTrainSpec, generator: torch.Generator | None = None
+) -> FixedPointCounts | None:
     """The counts mode ``name`` will make with this generator, or None if only running tells."""
     get_training_mode(name)
     return _PLANNERS.get(name)(spec, generator)
@@ -159,31 +161,39 @@ def _plan_implicit(spec, generator) -> FixedPointCounts | None:
 
 
 @register_training_mode("sjfb", _plan_sjfb)
-def sjfb(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, FixedPointCounts]:
+def sjfb(
+    f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, FixedPointCounts]:
     return _no_grad_then_grad(f, z0, *_draw(spec, generator))
 
 
 @register_training_mode("jfb", _plan_jfb)
-def jfb(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, FixedPointCounts]:
+def jfb(
+    f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, FixedPointCounts]:
     return _no_grad_then_grad(f, z0, spec.no_grad_max, 1)
 
 
 @register_training_mode("multistep_jfb", _plan_multistep)
 def multistep_jfb(
-    f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None
+    f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, FixedPointCounts]:
     return _no_grad_then_grad(f, z0, spec.no_grad_max, spec.with_grad_max)
 
 
 @register_training_mode("full", _plan_full)
-def full(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, FixedPointCounts]:
+def full(
+    f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, FixedPointCounts]:
     n, m = _draw(spec, generator)
     counts = FixedPointCounts()
     return _iterate(_Counted(f, counts), z0.detach(), n + m), counts
 
 
 @register_training_mode("implicit", _plan_implicit)
-def implicit(f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator=None) -> tuple[torch.Tensor, FixedPointCounts]:
+def implicit(
+    f: Fn, z0: torch.Tensor, spec: ImplicitTrainSpec, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, FixedPointCounts]:
     from fpdm.solvers import get_solver
 
     solver = get_solver(spec.implicit_solver)

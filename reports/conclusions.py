@@ -8,6 +8,11 @@ agreement between rulers is Kendall's tau over the FIDs of every compared settin
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reports.collect import SweepData
+
 import html
 from dataclasses import dataclass
 
@@ -24,7 +29,7 @@ class Significance:
     floors: list[tuple[str, dict]]  # protocol label -> noise floor values
 
 
-def build_significance(data) -> Significance:
+def build_significance(data: SweepData) -> Significance:
     ok = data.jobs[data.jobs["status"] == "ok"].copy()
     ok.attrs = dict(data.jobs.attrs)
     ev = job_evidence(data)

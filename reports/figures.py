@@ -83,7 +83,7 @@ FIGURES: Registry[FigureSpec] = Registry("figure", sort=False)  # report order
 
 def register_figure(
     name: str, required: tuple[str, ...] | list[str] = (), *, title: str, caption: str = "", per_protocol: bool = True
-):
+) -> Callable[[Callable], Callable]:
     def deco(fn):
         FIGURES.register(name, FigureSpec(name, title, caption, tuple(required), fn, per_protocol))
         return fn

@@ -68,11 +68,11 @@ def register_table(
     vary: tuple[str, ...] | list[str] = (),
     metric: str = "fid",
     per_protocol: bool = True,
-):
+) -> Callable[[Callable[[pd.DataFrame], pd.DataFrame]], Callable[[pd.DataFrame], pd.DataFrame]]:
     """Decorator: register ``fn(ok_rows_of_one_protocol) -> table`` under ``name`` (with
     ``per_protocol=False``: ``fn(all_ok_rows)``, for tables without FID)."""
 
-    def deco(fn: Callable[[pd.DataFrame], pd.DataFrame]):
+    def deco(fn: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[pd.DataFrame], pd.DataFrame]:
         TABLES.register(
             name, TableSpec(name, title, paper, tuple(required_axes), tuple(vary), fn, metric, per_protocol)
         )

@@ -13,6 +13,11 @@ buckets to the memory estimate. A bad config prints one ``error:`` line and exit
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 import json
 import sys
 
@@ -59,7 +64,7 @@ def _architecture(cfg, model) -> dict:
     return arch
 
 
-def inspect_config(cfg) -> dict:
+def inspect_config(cfg: DictConfig) -> dict:
     from harness.compute.flops import flop_breakdown, sampling_flops
     from harness.compute.memory_estimate import (
         assumptions_from_config,

@@ -14,6 +14,11 @@ Every failure is a ``LoadError`` with one line naming the path and the fix.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,7 +196,7 @@ def data_shape(source: TrainedSource) -> dict:
     return {"channels": d.channels, "image_size": d.image_size, "num_classes": d.num_classes}
 
 
-def build_trained(source: TrainedSource, device: str = "cpu"):
+def build_trained(source: TrainedSource, device: str = "cpu") -> nn.Module:
     """The model of ``source`` with its EMA weights, in eval mode on ``device``."""
     import torch
     from safetensors.torch import load_file

@@ -15,6 +15,11 @@ model and its training are fixed by the checkpoint.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 import difflib
 import json
 import sys
@@ -69,7 +74,7 @@ def _unknown_key(cfg, key: str) -> str:
     return f"{key} is not a setting of this config; {hint}valid {parent} keys: {', '.join(known)}"
 
 
-def apply_overrides(cfg, overrides: list[str]):
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """Hydra-style ``key=value`` (values parsed as YAML) on the typed config; one line per error."""
     from harness.config.schema import SOLVER_CONFIGS
 
@@ -130,7 +135,7 @@ def _claim(out_dir: Path, settings: dict) -> None:
     atomic_write_json(path, settings)
 
 
-def sample_trained(source: TrainedSource, cfg, out_dir: Path) -> dict:
+def sample_trained(source: TrainedSource, cfg: DictConfig, out_dir: Path) -> dict:
     """Run the sample stage of ``harness.run`` on the trained model of ``source``; -> its summary."""
     import torch
 

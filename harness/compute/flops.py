@@ -34,6 +34,11 @@ Records, ``sample.match=flops`` (both sides), ``harness.inspect`` and the report
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from baselines.presets import Preset
+
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -152,7 +157,9 @@ def sampling_flops(breakdown: FlopBreakdown, iters_per_step: Sequence[int] | Non
     return breakdown.explicit_per_forward * steps + breakdown.per_iteration * sum(iters_per_step)
 
 
-def dit_flops_per_forward(preset, *, image_size: int, channels: int, num_classes: int, learn_sigma: bool = True) -> int:
+def dit_flops_per_forward(
+    preset: str | Preset, *, image_size: int, channels: int, num_classes: int, learn_sigma: bool = True
+) -> int:
     """FLOPs of one forward of the DiT of ``preset`` (a name or a resolved ``Preset``): the reference side of ``sample.match=flops``,
     built on the meta device and counted by the same path as the FPDM side."""
     from baselines.dit import build_dit

@@ -12,6 +12,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 import contextlib
 import resource
 import sys
@@ -79,7 +84,7 @@ def peak_rss_bytes() -> int:
 
 
 @contextlib.contextmanager
-def cuda_peak(device: torch.device | str, out: dict, key: str):
+def cuda_peak(device: torch.device | str, out: dict, key: str) -> Iterator[None]:
     """Record the peak CUDA memory allocated inside the block as ``out[key]`` (no-op off CUDA)."""
     dev = torch.device(device)
     if dev.type != "cuda":

@@ -23,6 +23,13 @@ saves the same tensors, so the saved bytes are measured at m=1 and m=2 and extra
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from fpdm.training_modes import ImplicitTrainSpec
+
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
@@ -89,7 +96,7 @@ _WITH_GRAD: dict[str, Callable] = {
 }
 
 
-def with_grad_iterations(spec) -> tuple[float, int]:
+def with_grad_iterations(spec: ImplicitTrainSpec) -> tuple[float, int]:
     """(E[m], max m): iterations of the fixed point layer that backward differentiates through."""
     try:
         return _WITH_GRAD[spec.method](spec)
@@ -231,7 +238,7 @@ def paper_scale_estimate(
     return result
 
 
-def assumptions_from_config(cfg, ddp: bool = False) -> MemoryAssumptions:
+def assumptions_from_config(cfg: DictConfig, ddp: bool = False) -> MemoryAssumptions:
     return replace(
         MemoryAssumptions(),
         batch_size=int(cfg.train.batch_size),

@@ -25,6 +25,14 @@ Policies (decided here, tested in tests/test_budget.py):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+    from torch import nn
+
+    from harness.compute.flops import FlopBreakdown
+
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -366,7 +374,7 @@ def plan_from_sample_config(
 
 
 # ------------------------------------------------------------------ from a resolved config
-def explicit_blocks(cfg) -> int:
+def explicit_blocks(cfg: DictConfig) -> int:
     """Explicit blocks per forward: DiT's depth, or FPDM's pre + post."""
     if cfg.model.name == "fpdm":
         return cfg.model.pre_depth + cfg.model.post_depth
@@ -381,13 +389,16 @@ def _arch(cfg):
     return resolve_preset(cfg.model.preset, **{k: cfg.model.get(k) for k in ARCHITECTURE_KNOBS})
 
 
-def default_iters(cfg) -> int:
+def default_iters(cfg: DictConfig) -> int:
     """FPDM's DiT-equivalent iterations per step: depth - pre - post (paper Sec. 4.2)."""
     return _arch(cfg).depth - cfg.model.pre_depth - cfg.model.post_depth
 
 
 def sampling_plan(
-    cfg, depth: int | None = None, flops=None, dit_flops_per_forward: float | None = None
+    cfg: DictConfig,
+    depth: int | None = None,
+    flops: FlopBreakdown | None = None,
+    dit_flops_per_forward: float | None = None,
 ) -> SamplingPlan:
     """The per-image sampling plan. ``depth`` overrides the preset depth (loaded weights);
     ``flops`` (a FlopBreakdown of the FPDM model) and ``dit_flops_per_forward`` enable
@@ -463,7 +474,9 @@ def _flop_matched_plan(cfg, n: int, steps, iters, values, flops, dit_flops: int)
     )
 
 
-def flop_match_inputs(cfg, model, *, image_size: int, channels: int, num_classes: int) -> tuple:
+def flop_match_inputs(
+    cfg: DictConfig, model: nn.Module, *, image_size: int, channels: int, num_classes: int
+) -> tuple[FlopBreakdown | None, int | None]:
     """``(FPDM FlopBreakdown, DiT FLOPs per forward)`` for ``sample.match=flops``, both counted by
     ``harness.compute.flops`` on the meta device; ``(None, None)`` when the job is not FLOP-matched."""
     from harness.compute.flops import dit_flops_per_forward, flop_breakdown

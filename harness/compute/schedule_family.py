@@ -11,11 +11,16 @@ redundancy and a fixed knot would bias the search's starting points.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
+
 KNOTS = 4  # knot heights searched; a family with more knots than steps is refused (sample.knots)
 HEIGHT_RANGE = (0.05, 1.0)
 
 
-def search_space(trial) -> dict:
+def search_space(trial: Any) -> dict[str, list[float]]:
     """``hydra.sweeper.custom_search_space``: the knot heights as one ``sample.knots`` override."""
     lo, hi = HEIGHT_RANGE
     heights = [round(trial.suggest_float(f"knot{j}", lo, hi), 3) for j in range(KNOTS)]

@@ -26,6 +26,14 @@ so a budget the run would miss by more than ``train.budget.tolerance`` is refuse
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+    from torch import nn
+
+    from fpdm.model import SolveTrace
+
 from collections.abc import Callable, Iterator
 
 import torch
@@ -43,7 +51,7 @@ def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 97 + stream) % (2**63 - 1))
 
 
-def implicit_train_spec(train_cfg) -> ImplicitTrainSpec:
+def implicit_train_spec(train_cfg: DictConfig) -> ImplicitTrainSpec:
     """The ``train.*`` settings of the fixed point layer's training mode."""
     return ImplicitTrainSpec(
         method=train_cfg.method,
@@ -65,7 +73,7 @@ def step_compute(explicit_blocks: int, checkpointing: bool, counts: FixedPointCo
     return cost
 
 
-def model_step_compute(model, trace) -> int:
+def model_step_compute(model: nn.Module, trace: SolveTrace) -> int:
     """The step ``model`` just ran, from the ``trace`` its forward filled (call after
     ``loss.backward()``: adjoint VJPs run there and are added to ``trace.counts``)."""
     counts = getattr(trace, "counts", None)
@@ -113,7 +121,7 @@ def _replay(cost_at: Callable[[int], int | None], value: float) -> Iterator[tupl
     yield s, before, spent
 
 
-def check_compute_budget(cfg) -> str | None:
+def check_compute_budget(cfg: DictConfig) -> str | None:
     """None if a ``train.budget.unit=compute`` run lands within ``train.budget.tolerance`` of
     ``train.budget.value``; else one line saying how close it gets and what to change."""
     value, tol = float(cfg.train.budget.value), float(cfg.train.budget.tolerance)

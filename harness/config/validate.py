@@ -9,6 +9,11 @@ key and the fix.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 import functools
 import os
 from collections.abc import Callable
@@ -24,7 +29,7 @@ class ConfigError(ValueError):
     pass
 
 
-def check(fn: Callable | None = None, *, disk: bool = False):
+def check(fn: Callable | None = None, *, disk: bool = False) -> Callable:
     """Register a check; ``disk=True`` marks one that needs files (data, weights, output folders),
     which ``validate_config(cfg, disk=False)`` skips: inspect counts a model without its data."""
 
@@ -442,7 +447,7 @@ def _paths(cfg) -> None:
         )
 
 
-def validate_config(cfg, disk: bool = True) -> None:
+def validate_config(cfg: DictConfig, disk: bool = True) -> None:
     """Run every registered check; raise the first ``ConfigError``. ``disk=False`` skips the
     checks that need files on this machine (``harness.inspect``: nothing is read or written)."""
     for fn in _CHECKS:

@@ -101,7 +101,9 @@ def _try_load(path: Path, image_size: int) -> np.ndarray | str:
         return f"{type(exc).__name__}: {exc}"
 
 
-def scan_images(root: Path, entries: list[tuple[str, int]], image_size: int, keep: bool):
+def scan_images(
+    root: Path, entries: list[tuple[str, int]], image_size: int, keep: bool
+) -> tuple[list[tuple[str, int]], list[tuple[str, str]], np.ndarray | None]:
     """Decode every image once. Returns ``(good entries, bad [(relpath, reason)], arrays or None)``."""
     workers = max(1, min(8, os.cpu_count() or 1))  # PIL decodes outside the GIL
     with ThreadPoolExecutor(workers) as pool:

@@ -18,6 +18,11 @@ loaded from ``data.vae_path`` with ``local_files_only=True`` (as FPDM's sample.p
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
+
 import json
 import threading
 from functools import partial
@@ -51,7 +56,7 @@ DECODE_BATCH = 16  # bounds the VAE decoder's activation memory at 256x256
 # ----------------------------------------------------------------------------------------------
 # VAE
 # ----------------------------------------------------------------------------------------------
-def load_vae(vae_path: str | None, key: str = "data.vae_path"):
+def load_vae(vae_path: str | None, key: str = "data.vae_path") -> AutoencoderKL:
     """``AutoencoderKL`` from a local folder, eval mode, on CPU; never downloads."""
     if vae_path is None or str(vae_path) == "":
         raise DataPathError(f"{key} is not set (needed to encode/decode latents): {VAE_HINT.format(key=key)}")

@@ -75,7 +75,7 @@ SAMPLERS: Registry[Sampler] = Registry("sampler", key="sample.sampler")
 get_sampler, list_samplers = SAMPLERS.get, SAMPLERS.list
 
 
-def register_sampler(name: str):
+def register_sampler(name: str) -> Callable[[type[Sampler]], type[Sampler]]:
     """Class decorator: registers one instance of the ``Sampler`` subclass under ``name``."""
 
     def deco(cls: type[Sampler]) -> type[Sampler]:
@@ -179,12 +179,16 @@ class DPMSolverPPSampler(Sampler):
         return sched.scheduler.step(out, sched.step_timesteps[i], x).prev_sample
 
 
-def make_sample_scheduler(spec: DiffusionSpec, sampler: str, num_steps: int, device=None) -> SampleSchedule:
+def make_sample_scheduler(
+    spec: DiffusionSpec, sampler: str, num_steps: int, device: torch.device | str | None = None
+) -> SampleSchedule:
     """The configured diffusers scheduler for `sampler` with `num_steps` steps (see SampleSchedule)."""
     return get_sampler(sampler).make_schedule(spec, num_steps, torch.device(device or "cpu"))
 
 
-def per_image_generators(base_seed: int, start: int, count: int, device="cpu") -> list[torch.Generator]:
+def per_image_generators(
+    base_seed: int, start: int, count: int, device: torch.device | str = "cpu"
+) -> list[torch.Generator]:
     """Generators for images start .. start+count-1; image i is seeded with base_seed + i."""
     return [torch.Generator(device=device).manual_seed(int(base_seed) + start + k) for k in range(count)]
 

@@ -10,6 +10,11 @@ which diffusers exposes only one scalar timestep at a time, is tabulated from it
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 import functools
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -121,7 +126,7 @@ class DiffusionSpec:
         return asdict(self)
 
 
-def diffusion_spec(cfg) -> DiffusionSpec:
+def diffusion_spec(cfg: DictConfig) -> DiffusionSpec:
     """The spec of a resolved job config (``diffusion.*``, ``model.learn_sigma``, the effective
     ``sample.clip_mode``)."""
     d = cfg.diffusion
@@ -139,7 +144,7 @@ def diffusion_spec(cfg) -> DiffusionSpec:
     )
 
 
-def effective_clip_mode(cfg) -> str:
+def effective_clip_mode(cfg: DictConfig) -> str:
     """``sample.clip_mode``, except that latents are never clipped (SD-VAE latents exceed [-1, 1];
     DiT and FPDM sample latents with clip_denoised=False). The protocol label shows the result."""
     return "none" if cfg.data.name == "latents" else cfg.sample.clip_mode

@@ -50,14 +50,14 @@ class RefSqrt:
     trace: float
 
 
-def ref_sqrt(mu, sigma) -> RefSqrt:
+def ref_sqrt(mu: np.ndarray, sigma: np.ndarray) -> RefSqrt:
     s = np.asarray(sigma, np.float64)
     w, v = np.linalg.eigh((s + s.T) / 2)
     root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     return RefSqrt(np.asarray(mu, np.float64), root, float(np.trace(s)))
 
 
-def batched_fid(features, idx: np.ndarray, ref: RefSqrt) -> np.ndarray:
+def batched_fid(features: np.ndarray, idx: np.ndarray, ref: RefSqrt) -> np.ndarray:
     """FID of `features[idx[b]]` against `ref` for every row b of the (B, n) index matrix -> (B,).
 
     With Z = X R, R S R is the covariance of Z's rows, so each resample needs the eigenvalues of
@@ -86,7 +86,7 @@ def batched_fid(features, idx: np.ndarray, ref: RefSqrt) -> np.ndarray:
     return out
 
 
-def fid_exact(features, ref: RefSqrt, start: int = 0, end: int | None = None) -> float:
+def fid_exact(features: np.ndarray, ref: RefSqrt, start: int = 0, end: int | None = None) -> float:
     """FID of one range of images, through the same eigen path (no resampling)."""
     end = len(features) if end is None else end
     return float(batched_fid(features, np.arange(start, end)[None, :], ref)[0])
@@ -101,22 +101,24 @@ def bootstrap_indices(ranges: Sequence[tuple[int, int]], resamples: int, seed: i
     return [rng.integers(a, b, size=(resamples, b - a)) for a, b in ranges]
 
 
-def bootstrap_fid_draws(features, ref: RefSqrt, ranges, resamples: int, seed: int) -> np.ndarray:
+def bootstrap_fid_draws(
+    features: np.ndarray, ref: RefSqrt, ranges: Sequence[tuple[int, int]], resamples: int, seed: int
+) -> np.ndarray:
     """(resamples,) draws of the mean-over-seed-ranges FID."""
     mats = bootstrap_indices(ranges, resamples, seed)
     return np.mean([batched_fid(features, m, ref) for m in mats], axis=0)
 
 
-def fid_per_range(features, ref: RefSqrt, ranges) -> np.ndarray:
+def fid_per_range(features: np.ndarray, ref: RefSqrt, ranges: Sequence[tuple[int, int]]) -> np.ndarray:
     return np.array([fid_exact(features, ref, a, b) for a, b in ranges])
 
 
-def percentile_ci(draws, level: float = 0.95) -> tuple[float, float]:
+def percentile_ci(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     lo, hi = np.percentile(np.asarray(draws, np.float64), [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
 
 
-def t_interval(values, level: float = 0.95) -> tuple[float, float] | None:
+def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
     """Student-t interval of the mean of a few values (seed ranges, training seeds); None for < 2."""
     from scipy import stats
 
@@ -153,12 +155,12 @@ def debias(draws: np.ndarray, point: float) -> np.ndarray:
 
 
 def paired_difference(
-    base,
-    treat,
+    base: np.ndarray,
+    treat: np.ndarray,
     ref_base: RefSqrt,
     ref_treat: RefSqrt | None = None,
     *,
-    ranges,
+    ranges: Sequence[tuple[int, int]],
     resamples: int,
     seed: int,
     level: float = 0.95,

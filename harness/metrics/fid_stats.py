@@ -14,6 +14,11 @@ Style guide B5: torcheval#192, k-diffusion PR#78, pytorch-fid#117.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 import warnings
 
 import numpy as np
@@ -22,7 +27,7 @@ from scipy import linalg
 __all__ = ["features_to_stats", "fid_from_stats"]
 
 
-def features_to_stats(features) -> tuple[np.ndarray, np.ndarray]:
+def features_to_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) features (torch or numpy) -> (mu (D,), sigma (D, D)), both float64.
 
     The cast to float64 happens before the mean and covariance so that 50k x 2048 sums do not
@@ -46,7 +51,15 @@ def _is_pd(s: np.ndarray) -> bool:
         return False
 
 
-def fid_from_stats(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6, imag_tol: float = 1e-3) -> float:
+def fid_from_stats(
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    *,
+    eps: float = 1e-6,
+    imag_tol: float = 1e-3,
+) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), computed in float64."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))

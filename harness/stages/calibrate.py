@@ -15,6 +15,15 @@ calibration depends on), so every job of a sweep and every rerun reuses it:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+    from torch import nn
+
+    from harness.data import DataSource
+    from harness.diffusion.spec import DiffusionSpec
+
 import dataclasses
 
 import torch
@@ -29,7 +38,7 @@ CALIBRATED = ("adaptive", "greedy")
 _NOT_CALIBRATION = ("num_images", "batch_size", "seed", "seed_ranges", "compile", "flops_tolerance")
 
 
-def calibration_key(cfg, train_key: str) -> str:
+def calibration_key(cfg: DictConfig, train_key: str) -> str:
     sample = {k: v for k, v in _plain(cfg.sample).items() if k not in _NOT_CALIBRATION}
     return config_hash("calibrate", train_key, sample, _plain(cfg.solver), _plain(cfg.diffusion))
 
@@ -78,7 +87,9 @@ def _calibration_sampling(model, data, spec, cfg, steps: int, iters: int, tol: f
     return {"per_image": per_image.cpu(), "traces": traces}
 
 
-def calibrate(model, data, spec, cfg, plan: SamplingPlan, device) -> dict:
+def calibrate(
+    model: nn.Module, data: DataSource, spec: DiffusionSpec, cfg: DictConfig, plan: SamplingPlan, device: torch.device
+) -> dict:
     """The stage's work: the tolerance (adaptive) or the greedy plan, with what it was decided on."""
     ac = cfg.sample.adaptive
     cap = int(ac.max_iters_per_step)
@@ -124,7 +135,16 @@ def apply_calibration(plan: SamplingPlan, result: dict) -> tuple[SamplingPlan, A
     return plan, AdaptiveSetting(float(result["tol"]), int(result["max_iters_per_step"]))
 
 
-def calibrated_plan(cfg, cache: ArtifactCache, train_key: str, model, data, spec, plan: SamplingPlan, device):
+def calibrated_plan(
+    cfg: DictConfig,
+    cache: ArtifactCache,
+    train_key: str,
+    model: nn.Module,
+    data: DataSource,
+    spec: DiffusionSpec,
+    plan: SamplingPlan,
+    device: torch.device,
+) -> tuple[SamplingPlan, AdaptiveSetting | None, dict | None, str | None]:
     """``(plan, adaptive setting or None, calibration summary or None, status)`` for the sample stage;
     schedules other than adaptive / greedy pass through untouched."""
     if cfg.model.name != "fpdm" or cfg.sample.schedule not in CALIBRATED:
@@ -136,7 +156,7 @@ def calibrated_plan(cfg, cache: ArtifactCache, train_key: str, model, data, spec
     return new_plan, adaptive, summary, status
 
 
-def cached_calibration(cfg, train_key: str) -> dict | None:
+def cached_calibration(cfg: DictConfig, train_key: str) -> dict | None:
     """The cached calibration of this config, if a run made it (``harness.inspect`` prints it)."""
     cache = ArtifactCache(cfg.paths.cache_dir)
     key = calibration_key(cfg, train_key)

@@ -8,6 +8,13 @@ a FID computed from 1,000 digits samples with the digits CNN is labelled
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from harness.data import DataSource
+
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +33,7 @@ def _check_samples(images: np.ndarray, path: Path, n: int | None = None) -> None
         raise ValueError(f"{path}: need at least 2 samples to score, got {n}; raise sample.num_images")
 
 
-def evaluate_samples(samples_path: Path, data, cfg, work_dir: Path) -> dict:
+def evaluate_samples(samples_path: Path, data: DataSource, cfg: DictConfig, work_dir: Path) -> dict:
     from harness.metrics import ReferenceSpec, compute_metrics
     from harness.metrics.choice import extractor_name
     from harness.metrics.fidelity import ImageChunks

@@ -8,6 +8,15 @@ which also turns any exception into a ``failed`` record.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+    from torch import nn
+
+    from harness.compute.plan import SamplingPlan
+    from harness.data import DataSource
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +52,7 @@ class JobResult:
     is_main: bool = True  # False on the other ranks of a data-parallel job: rank 0 writes the record
 
 
-def job_axes(cfg, plan=None) -> dict:
+def job_axes(cfg: DictConfig, plan: SamplingPlan | None = None) -> dict:
     """The flat, scalar axes a report groups by."""
     fpdm = cfg.model.name == "fpdm"
     axes = {
@@ -78,7 +87,7 @@ def job_axes(cfg, plan=None) -> dict:
     return axes
 
 
-def architecture_axes(cfg) -> dict:
+def architecture_axes(cfg: DictConfig) -> dict | None:
     """The resolved architecture (preset + ``model.depth`` ... ``model.mlp_ratio``) as axes, so a
     depth / width ablation groups like any other sweep; None where loaded weights decide it."""
     from baselines.presets import ARCHITECTURE_KNOBS
@@ -117,7 +126,7 @@ def _load_weights(model, path: Path) -> None:
     model.load_state_dict(load_file(str(path)))
 
 
-def run_job(cfg, *, progress: bool = True, plan_only: bool = False) -> JobResult:
+def run_job(cfg: DictConfig, *, progress: bool = True, plan_only: bool = False) -> JobResult:
     """Run (or, with ``plan_only``, only inspect) the stages of one job."""
     from harness.compute.params import params_by_part
     from harness.data import build_dataset
@@ -243,7 +252,7 @@ def _train_stage(cfg, cache: ArtifactCache, result: JobResult, model, data, spec
     result.artifacts["checkpoint"] = str(train_dir / "ema.safetensors")
 
 
-def plan_for_model(cfg, model, data, pretrained: bool = False):
+def plan_for_model(cfg: DictConfig, model: nn.Module, data: DataSource, pretrained: bool = False) -> SamplingPlan:
     """The sampling plan of a built model. Both sides of a FLOP match are counted by
     harness.compute.flops (meta device, attention included), the path the sample stage records its
     FLOPs with; loaded pretrained weights give the depth."""
@@ -260,11 +269,11 @@ def _add_scalars(metrics: dict, summary: dict) -> None:
     metrics.update({k: v for k, v in summary.items() if not isinstance(v, (dict, list, str))})
 
 
-def resolved_config(cfg) -> dict:
+def resolved_config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def train_config_blob(cfg, data) -> dict:
+def train_config_blob(cfg: DictConfig, data: DataSource) -> dict:
     """What the job stores as ``config.json`` in the train directory: enough to rebuild the model."""
     return {
         "config": resolved_config(cfg),

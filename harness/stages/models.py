@@ -3,6 +3,11 @@ registry (one builder per ``model.name``)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from baselines.presets import Preset
+
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +19,7 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry("model", key="model", sort
 register_model, list_models = MODELS.register, MODELS.list
 
 
-def model_architecture(model_cfg: Any):
+def model_architecture(model_cfg: Any) -> Preset:
     """The resolved architecture (a ``baselines.presets.Preset``): ``model.preset`` with the
     knobs ``model.depth``, ``model.hidden_size``, ``model.num_heads``, ``model.patch_size`` and
     ``model.mlp_ratio`` applied where they are not null. For FPDM ``depth`` is the DiT-equivalent

@@ -9,6 +9,11 @@ protocol for a run that left it (paper Sec. 4.1; docs/architecture.md).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 import functools
 import json
 from pathlib import Path
@@ -42,7 +47,7 @@ def protocol_settings(name: str) -> dict[str, object]:
     return flat
 
 
-def protocol_deviations(cfg) -> dict[str, object]:
+def protocol_deviations(cfg: DictConfig) -> dict[str, object]:
     """Keys whose value differs from the named protocol's, with the value the job runs."""
     out = {}
     for key, want in protocol_settings(str(cfg.protocol)).items():
@@ -52,7 +57,7 @@ def protocol_deviations(cfg) -> dict[str, object]:
     return out
 
 
-def effective_settings(cfg) -> dict[str, object]:
+def effective_settings(cfg: DictConfig) -> dict[str, object]:
     """What the job really runs (latents are never clipped, whatever sample.clip_mode says)."""
     from harness.diffusion.spec import effective_clip_mode
 
@@ -68,7 +73,7 @@ def effective_settings(cfg) -> dict[str, object]:
     }
 
 
-def protocol_label(cfg) -> str:
+def protocol_label(cfg: DictConfig) -> str:
     """One line, e.g. ``protocol paper: v_prediction, zero-SNR, trailing, learned sigma (hybrid), p2,
     EMA warm-up, clip official`` plus ``; deviates: key=value, ...`` when keys were overridden."""
     s = effective_settings(cfg)
@@ -90,7 +95,7 @@ def protocol_label(cfg) -> str:
     return label
 
 
-def protocol_axes(cfg) -> dict[str, object]:
+def protocol_axes(cfg: DictConfig) -> dict[str, object]:
     """Flat axes for records and reports: the protocol name (``*`` when it was deviated from) and
     the settings that define it."""
     s = effective_settings(cfg)
@@ -109,7 +114,7 @@ def _scheduler_config(pretrained: Path) -> dict | None:
     return None
 
 
-def check_weights_carry_protocol(cfg) -> str | None:
+def check_weights_carry_protocol(cfg: DictConfig) -> str | None:
     """Pretrained weights were trained under one diffusion process; sampling them under another
     (e.g. the released epsilon-prediction DiT under ``protocol=paper``'s v-prediction and zero SNR)
     gives noise. Returns a one-line error naming the key and the fix, or None."""

@@ -81,7 +81,7 @@ def hardware(device: torch.device | str | None = None) -> dict:
     return info
 
 
-def provenance(device=None) -> dict:
+def provenance(device: torch.device | str | None = None) -> dict:
     return {
         "git_sha": git_sha(),
         "packages": package_versions(),
@@ -118,7 +118,7 @@ def make_record(
     solver_trace: dict | None = None,
     error: BaseException | None = None,
     reason: str | None = None,
-    device=None,
+    device: torch.device | str | None = None,
     extra: dict | None = None,
 ) -> dict:
     record = {

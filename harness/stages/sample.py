@@ -12,6 +12,16 @@ Fig. 6), the block passes actually spent, FLOPs and wall time.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from harness.compute.adaptive import AdaptiveSetting
+    from harness.compute.plan import SamplingPlan
+    from harness.data import DataSource
+    from harness.diffusion.spec import DiffusionSpec
+
 import math
 import time
 from pathlib import Path
@@ -97,15 +107,15 @@ def rank_ranges(ranges: list[tuple[int, int]], info: DistInfo) -> list[tuple[int
 
 def sample_model(
     model: nn.Module,
-    data,
-    spec,
-    cfg,
-    plan,
+    data: DataSource,
+    spec: DiffusionSpec,
+    cfg: DictConfig,
+    plan: SamplingPlan,
     work_dir: Path,
     device: torch.device,
     progress: bool = True,
     info: DistInfo = DistInfo(),
-    adaptive=None,
+    adaptive: AdaptiveSetting | None = None,
 ) -> dict:
     """Sample ``cfg.sample.num_images`` images with ``plan``; returns the stage summary and writes
     ``samples.npz`` (uint8 images, labels) and ``grid.png`` into ``work_dir``.

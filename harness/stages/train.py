@@ -15,6 +15,14 @@ the training mode reports after backward.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from harness.data import DataSource
+    from harness.diffusion.spec import DiffusionSpec
+
 import copy
 import json
 import math
@@ -81,7 +89,7 @@ def ema_decay_at(decay: float, step: int, warmup: bool = True) -> float:
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
-def make_optimizer(model: nn.Module, tc, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, tc: DictConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW with the fused kernel (CPU and CUDA): one kernel over all parameters instead of a
     dozen small ops per parameter, which the profile at the digits shape showed as about a fifth
     of a training step. Numerically it is the same update up to float rounding."""
@@ -114,9 +122,9 @@ def _budget_reached(budget, state: TrainState) -> bool:
 
 def train_model(
     model: nn.Module,
-    data,
-    spec,
-    cfg,
+    data: DataSource,
+    spec: DiffusionSpec,
+    cfg: DictConfig,
     work_dir: Path,
     device: torch.device,
     info: DistInfo = DistInfo(),
