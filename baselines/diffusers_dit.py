@@ -9,18 +9,17 @@ this model's count as ``diffusers layout``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from typing import Any
-
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from baselines.contract import DiffusionBackbone, ForwardTrace
 from baselines.presets import ARCHITECTURE_KNOBS, resolve_preset
+
+if TYPE_CHECKING:
+    from typing import Any
 
 PARAM_COUNT_NOTE = "diffusers layout: each block repeats the timestep+class embedding"
 

@@ -8,19 +8,18 @@ agreement between rulers is Kendall's tau over the FIDs of every compared settin
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from reports.collect import SweepData
-
 import html
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from reports.significance import COMPARISONS, ComparisonResult, compare, job_evidence
 from reports.tables import protocol_groups, value_label
+
+if TYPE_CHECKING:
+    from reports.collect import SweepData
 
 
 @dataclass

@@ -13,17 +13,16 @@ buckets to the memory estimate. A bad config prints one ``error:`` line and exit
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import torch
 
 from harness.config.validate import ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def _build_meta_model(cfg, shape):

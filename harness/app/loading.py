@@ -14,21 +14,19 @@ Every failure is a ``LoadError`` with one line naming the path and the fix.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from torch import nn
-
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from harness.stages.cache import COMPLETE
 from harness.stages.job import TRAIN_CONFIG_NAME
 from harness.stages.records import RECORD_NAME
+
+if TYPE_CHECKING:
+    from torch import nn
 
 EMA_NAME = "ema.safetensors"
 

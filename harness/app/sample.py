@@ -15,20 +15,19 @@ model and its training are fixed by the checkpoint.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
 import difflib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
 from harness.app.loading import LoadError, TrainedSource
 from harness.config.validate import ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 USAGE = (
     "usage: python -m harness.sample RECORD_OR_DIR [sample.KEY=VALUE ...] [solver=NAME] [solver.KEY=VALUE ...] "

@@ -34,19 +34,18 @@ Records, ``sample.match=flops`` (both sides), ``harness.inspect`` and the report
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from baselines.presets import Preset
-
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.func import functional_call
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
+
+if TYPE_CHECKING:
+    from baselines.presets import Preset
 
 # Hashed into sample cache keys: a change of counting convention re-plans FLOP-matched samples
 # and refreshes the FLOP figures cached with a sample stage.

@@ -23,20 +23,19 @@ saves the same tensors, so the saved bytes are measured at m=1 and m=2 and extra
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
-    from fpdm.training_modes import ImplicitTrainSpec
-
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from harness.compute.autocast_model import AutocastModel
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from fpdm.training_modes import ImplicitTrainSpec
 
 PAPER_TRAIN_MEMORY_GB = {"dit": 25.2, "fpdm": 10.2}  # FPDM paper Table 1, batch 64
 

@@ -25,22 +25,21 @@ Policies (decided here, tested in tests/test_budget.py):
 
 from __future__ import annotations
 
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
+
+from baselines.diffusers_dit import uses_pretrained_weights
+from baselines.presets import ARCHITECTURE_KNOBS, resolve_preset
+from fpdm.schedules import PAPER_RATIO, get_schedule
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
     from torch import nn
 
     from harness.compute.flops import FlopBreakdown
-
-import math
-import operator
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-
-from baselines.diffusers_dit import uses_pretrained_weights
-from baselines.presets import ARCHITECTURE_KNOBS, resolve_preset
-from fpdm.schedules import PAPER_RATIO, get_schedule
 
 __all__ = [
     "BudgetError",

@@ -26,19 +26,18 @@ so a budget the run would miss by more than ``train.budget.tolerance`` is refuse
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
+
+import torch
+
+from fpdm.training_modes import FixedPointCounts, ImplicitTrainSpec, planned_counts
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
     from torch import nn
 
     from fpdm.model import SolveTrace
-
-from collections.abc import Callable, Iterator
-
-import torch
-
-from fpdm.training_modes import FixedPointCounts, ImplicitTrainSpec, planned_counts
 
 FORWARD, BACKWARD, RECOMPUTE, VJP = 1, 2, 1, 2
 BUDGET_UNITS = ("steps", "seconds", "block_passes", "compute")

@@ -9,17 +9,16 @@ key and the fix.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
 import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from baselines.diffusers_dit import uses_pretrained_weights
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 _CHECKS: list[Callable] = []
 _DISK_CHECKS: set[Callable] = set()  # checks that read files (skipped by ``harness.inspect``)

@@ -18,15 +18,11 @@ loaded from ``data.vae_path`` with ``local_files_only=True`` (as FPDM's sample.p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from diffusers import AutoencoderKL
-
 import json
 import threading
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,6 +39,9 @@ from .registry import (
     resolve_num_classes,
     select_split,
 )
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 LATENTS_FILE = "latents.npz"
 META_FILE = "latents_meta.json"

@@ -10,14 +10,9 @@ which diffusers exposes only one scalar timestep at a time, is tabulated from it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
 import functools
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from diffusers import DDPMScheduler
@@ -28,6 +23,9 @@ from harness.diffusion.weighting import (
     list_mse_weightings,
     predict_x0,
 )
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 __all__ = [
     "DiffusionSpec",

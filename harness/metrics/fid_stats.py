@@ -14,15 +14,14 @@ Style guide B5: torcheval#192, k-diffusion PR#78, pytorch-fid#117.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
-
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import linalg
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["features_to_stats", "fid_from_stats"]
 

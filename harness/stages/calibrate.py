@@ -15,16 +15,8 @@ calibration depends on), so every job of a sweep and every rerun reuses it:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-    from torch import nn
-
-    from harness.data import DataSource
-    from harness.diffusion.spec import DiffusionSpec
-
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +24,13 @@ from harness.compute.adaptive import AdaptiveSetting, bisect_tolerance, target_i
 from harness.compute.greedy import greedy_allocation
 from harness.compute.plan import SamplingPlan
 from harness.stages.cache import ArtifactCache, _plain, config_hash
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+    from torch import nn
+
+    from harness.data import DataSource
+    from harness.diffusion.spec import DiffusionSpec
 
 CALIBRATED = ("adaptive", "greedy")
 # sample keys that do not change what the calibration batch computes

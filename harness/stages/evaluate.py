@@ -8,17 +8,16 @@ a FID computed from 1,000 digits samples with the digits CNN is labelled
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from harness.data import DataSource
-
-from pathlib import Path
-
-import numpy as np
-import torch
 
 EVAL_CHUNK_IMAGES = 1000  # images read and extracted at a time (196 MB at 256x256x3 uint8)
 

@@ -8,17 +8,9 @@ which also turns any exception into a ``failed`` record.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-    from torch import nn
-
-    from harness.compute.plan import SamplingPlan
-    from harness.data import DataSource
-
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import OmegaConf
@@ -27,6 +19,13 @@ from baselines.diffusers_dit import uses_pretrained_weights
 from harness.compute.plan import flop_match_inputs, sampling_plan
 from harness.diffusion.spec import diffusion_spec
 from harness.stages.cache import ArtifactCache, StageKeys, stage_keys
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+    from torch import nn
+
+    from harness.compute.plan import SamplingPlan
+    from harness.data import DataSource
 
 TRAIN_CONFIG_NAME = "config.json"  # the resolved config, written beside the trained weights
 

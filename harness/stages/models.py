@@ -3,17 +3,15 @@ registry (one builder per ``model.name``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from baselines.presets import Preset
-
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from baselines.registry import Registry
+
+if TYPE_CHECKING:
+    from baselines.presets import Preset
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model", key="model", sort=False)
 register_model, list_models = MODELS.register, MODELS.list

@@ -9,16 +9,15 @@ protocol for a run that left it (paper Sec. 4.1; docs/architecture.md).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
 import functools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 PROTOCOL_DIR = Path(__file__).resolve().parents[1] / "config" / "protocol"  # the YAML group files
 

@@ -12,19 +12,10 @@ Fig. 6), the block passes actually spent, FLOPs and wall time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
-    from harness.compute.adaptive import AdaptiveSetting
-    from harness.compute.plan import SamplingPlan
-    from harness.data import DataSource
-    from harness.diffusion.spec import DiffusionSpec
-
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,6 +27,14 @@ from harness.runtime.compile import set_compiled
 from harness.runtime.distributed import DistInfo, all_reduce_values, barrier
 from harness.runtime.io import atomic_write
 from harness.runtime.npz_stream import write_npz_chunked
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from harness.compute.adaptive import AdaptiveSetting
+    from harness.compute.plan import SamplingPlan
+    from harness.data import DataSource
+    from harness.diffusion.spec import DiffusionSpec
 
 SHARD_PREFIX = "shard-"
 

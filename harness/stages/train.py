@@ -15,21 +15,13 @@ the training mode reports after backward.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
-    from harness.data import DataSource
-    from harness.diffusion.spec import DiffusionSpec
-
 import copy
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -42,6 +34,12 @@ from harness.runtime.distributed import DistInfo, all_reduce_mean_, all_reduce_v
 from harness.runtime.io import atomic_write, atomic_write_json
 from harness.stages.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
 from harness.stages.signals import Interrupted, Preempted, _SignalCheckpoint  # noqa: F401  (raised from here)
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from harness.data import DataSource
+    from harness.diffusion.spec import DiffusionSpec
 
 
 class TrainingDiverged(RuntimeError):
