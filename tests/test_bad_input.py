@@ -159,6 +159,11 @@ BAD = [
         ["model=dit", "train.budget.unit=compute", "train.budget.value=100"],
         "90 forward-equivalents per image after 5 steps and 108 after 6 (+8.0%); set train.budget.value=90 or 108",
     ),
+    # the same budget on a 4-deep DiT (model.depth overrides the preset): 12 per step, not 18
+    (
+        ["model=dit", "model.depth=4", "train.budget.unit=compute", "train.budget.value=100"],
+        "96 forward-equivalents per image after 8 steps and 108 after 9",
+    ),
     (
         ["train.budget.unit=compute", "train.budget.value=100", "train.method=implicit"],
         "may be overshot by up to 27 forward-equivalents",

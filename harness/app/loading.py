@@ -14,13 +14,13 @@ Every failure is a ``LoadError`` with one line naming the path and the fix.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.runtime.io import read_json
 from harness.stages.cache import COMPLETE
 from harness.stages.job import TRAIN_CONFIG_NAME
 from harness.stages.records import RECORD_NAME
@@ -57,7 +57,7 @@ class TrainedSource:
 
 def _read_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except (OSError, ValueError) as exc:
         raise LoadError(
             f"{what} {path} is unreadable or not JSON ({type(exc).__name__}); pass another record or job directory"

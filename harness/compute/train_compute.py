@@ -88,12 +88,12 @@ def _worst_counts(spec: ImplicitTrainSpec) -> FixedPointCounts:
 
 def _step_costs(cfg) -> tuple[Callable[[int], int | None], int, str]:
     """(cost of step s or None when only running tells, worst-case step cost, description)."""
-    from baselines.presets import get_preset
+    from harness.compute.plan import explicit_blocks
 
     m, t = cfg.model, cfg.train
     ckpt = bool(m.grad_checkpointing)
     if m.name != "fpdm":
-        depth = get_preset(m.preset).depth
+        depth = explicit_blocks(cfg)  # the resolved depth: model.depth overrides the preset's
         cost = step_compute(depth, ckpt)
         per_block = cost // depth
         return (lambda s: cost), cost, f"model={m.name} ({cost} per step: {per_block} x {depth} blocks)"
