@@ -100,12 +100,20 @@ def uses_pretrained_weights(model_cfg: Any) -> bool:
     return model_cfg.name == "dit_diffusers" and bool(model_cfg.pretrained_path)
 
 
-def build_diffusers_dit(model_cfg: Any, *, image_size: int, channels: int, num_classes: int) -> DiffusersDiT:
+def build_diffusers_dit(
+    model_cfg: Any, *, image_size: int, channels: int, num_classes: int, load_weights: bool = True
+) -> DiffusersDiT:
+    """The adapter for ``model_cfg``: released weights from ``model.pretrained_path`` (with
+    ``load_weights=False`` only their ``config.json``, for shape-only accounting), else a fresh
+    transformer of the resolved preset."""
     from diffusers import DiTTransformer2DModel
 
     if model_cfg.pretrained_path:
         folder = _transformer_folder(Path(model_cfg.pretrained_path).expanduser())
-        transformer = DiTTransformer2DModel.from_pretrained(str(folder), local_files_only=True)
+        if load_weights:
+            transformer = DiTTransformer2DModel.from_pretrained(str(folder), local_files_only=True)
+        else:
+            transformer = DiTTransformer2DModel.from_config(DiTTransformer2DModel.load_config(str(folder)))
         learn_sigma = (transformer.config.out_channels or channels) == 2 * transformer.config.in_channels
         return DiffusersDiT(transformer, learn_sigma)
     p = resolve_preset(model_cfg.preset, **{k: getattr(model_cfg, k, None) for k in ARCHITECTURE_KNOBS})

@@ -161,3 +161,31 @@ def test_the_command_line_no_longer_crashes_on_the_default_fpdm():
     )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "total_max" in proc.stdout and "assumptions:" in proc.stdout
+
+
+def test_released_diffusers_weights_are_counted_from_their_config_alone(tmp_path):
+    """``model.pretrained_path`` with a saved diffusers DiT: inspect builds the architecture from
+    its ``config.json`` (meta device, no weight file read) and counts exactly its parameters."""
+    from diffusers import DiTTransformer2DModel
+
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+        norm_type="ada_norm_zero",
+    )
+    folder = tmp_path / "dit"
+    transformer.save_pretrained(folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.write_bytes(b"not a weight file")  # reading it would fail: only the config may be read
+    expected = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
+    _, info = inspect_argv(
+        ["model=dit_diffusers", f"model.pretrained_path={folder}", "data=latents", "data.image_size=64"]
+    )
+    assert info["params"]["total"] == expected
+    assert info["model"]["architecture"]["depth"] == 2 and info["model"]["image_size"] == 8

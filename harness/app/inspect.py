@@ -32,16 +32,15 @@ def _build_meta_model(cfg, shape):
 
     with torch.device("meta"):
         if cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path:
-            from pathlib import Path
+            from baselines.diffusers_dit import build_diffusers_dit
 
-            from diffusers import DiTTransformer2DModel
-
-            from baselines.diffusers_dit import DiffusersDiT, _transformer_folder
-
-            folder = _transformer_folder(Path(cfg.model.pretrained_path).expanduser())
-            transformer = DiTTransformer2DModel.from_config(DiTTransformer2DModel.load_config(str(folder)))
-            out = transformer.config.out_channels or transformer.config.in_channels
-            return DiffusersDiT(transformer, learn_sigma=out == 2 * transformer.config.in_channels)
+            return build_diffusers_dit(
+                cfg.model,
+                image_size=shape.image_size,
+                channels=shape.channels,
+                num_classes=shape.num_classes,
+                load_weights=False,
+            )
         return build_model(
             cfg.model, cfg.train, image_size=shape.image_size, channels=shape.channels, num_classes=shape.num_classes
         )
