@@ -140,3 +140,16 @@ def test_the_record_names_the_trial_and_holds_its_knots(tmp_path, hydra_app, fas
     assert record["keys"]["sample"] == stage_keys(cfg).sample
     cfg.sample.knots = [0.1, 0.2, 0.7, 1.0]
     assert record["keys"]["sample"] != stage_keys(cfg).sample
+
+
+def test_inspect_prints_the_plan_of_the_searched_knots(tmp_path, monkeypatch):
+    from harness.app.inspect import inspect_argv
+
+    monkeypatch.chdir(tmp_path)
+    write_study(tmp_path / "multirun", _trials())  # the default sweep root: multirun/${now:...}
+    cfg, info = inspect_argv(["sweep=schedule_compare", "sample.schedule=density", "sample.budget=120"])
+    assert list(cfg.sample.knots) == BEST_RAN
+    knots = f"sample.knots=[{','.join(map(str, BEST_RAN))}]"
+    _, by_hand = inspect_argv(["sweep=schedule_compare", "sample.schedule=density", "sample.budget=120", knots])
+    assert info["plan"] == by_hand["plan"]
+    assert info["plan"] != inspect_argv(["sweep=schedule_compare", "sample.budget=120"])[1]["plan"]  # not constant
