@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reports.searched import search_columns
+
 META_COLUMNS = ("job_id", "sweep", "status", "reason", "record_dir", "overrides")
 PROTOCOL_FIELDS = ("label", "num_samples", "extractor", "reference", "sampler")
 KEY_FIELDS = ("train", "sample", "eval")
@@ -142,6 +144,7 @@ def _row_from_record(rec: dict, sweep: str, rel_dir: str) -> tuple[dict, dict, d
             "config_hash": config_hash(rec.get("config")),
         }
     )
+    row.update(search_columns(rec))  # the study trial of a searched schedule (reports.searched)
     art = rec.get("artifacts") or {}
     grid = art.get("grid") if isinstance(art, dict) else None
     # The grid path is stored relative to the record's directory; re-root it on the sweep directory.

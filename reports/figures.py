@@ -28,6 +28,7 @@ from matplotlib.ticker import MaxNLocator
 
 from baselines.registry import Registry
 from reports.collect import SweepData, setting_axes
+from reports.searched import schedule_label
 from reports.tables import (
     TIME_METRICS,
     TRAIN_MEMORY_TOTALS,
@@ -348,7 +349,8 @@ def residual_per_timestep(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     ("schedule",),
     title="Schedule shapes: iterations per step vs timestep",
     caption="Mean fixed point evaluations per image at each sampling step, as spent (adaptive: "
-    "the per-sample tolerance; greedy: the water-filling plan; density: a searched member). "
+    "the per-sample tolerance; greedy: the water-filling plan; density: a searched member, named "
+    "with the study trial it came from and that trial's objective). "
     "One panel per budget.",
     per_protocol=False,
 )
@@ -357,6 +359,8 @@ def schedule_shapes(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     tr = data.traces[data.traces["job_id"].isin(set(rows["job_id"]))]
     if tr.empty or rows["schedule"].nunique() < 2:
         return None
+    # the density member is named with the study trial it came from (reports.searched)
+    rows = rows.assign(schedule=schedule_label(rows))
     tr = _numeric(tr.merge(rows[["job_id", "schedule", "budget_blocks"]], on="job_id", how="left"), "iters")
     x = "timestep" if tr["timestep"].notna().all() else "step"
     budgets = sorted(tr["budget_blocks"].dropna().unique())

@@ -26,6 +26,7 @@ import pandas as pd
 
 from harness.metrics.bootstrap import bootstrap_fid_draws, debias, fid_per_range, percentile_ci, ref_sqrt, t_interval
 from reports.collect import SweepData, setting_axes
+from reports.searched import schedule_label
 from reports.tables import CONTEXT_AXES, aggregate_seeds, present, row_keys, sort_frame, value_label, varies
 
 DEFAULT_COMPARE = {"model": "dit", "schedule": "constant", "reuse": False, "solver": "picard", "depth": [1, 1]}
@@ -70,7 +71,7 @@ COMPARISONS = [
         "schedule_vs_constant",
         "Iteration schedules vs constant (paper Table 5)",
         "schedule",
-        _col("schedule"),
+        schedule_label,  # a searched member reads "density (trial N: value)" (reports.searched)
         str,
         ("schedule",),
     ),

@@ -207,20 +207,29 @@ def _text(info: dict) -> str:
 
 
 def _compose(argv: list[str]):
+    """The job config, with ``sample.search.study`` resolved into ``sample.knots`` as the run does
+    (harness/app/searched.py; the study's root comes from the hydra config, which is then dropped)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
 
     import harness.config  # noqa: F401  (fills the ConfigStore)
     from harness.app.precheck import one_line
+    from harness.app.searched import apply_searched_knots, sweep_root
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="harness.config", version_base="1.3"):
-            return compose(config_name="config", overrides=argv)
+            cfg = compose(config_name="config", overrides=argv, return_hydra_config=True)
     except Exception as exc:  # noqa: BLE001 - Hydra raises several types; one line names the key
         raise ConfigError(one_line(exc)) from None
     finally:
         GlobalHydra.instance().clear()
+    root = sweep_root(cfg.hydra)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    apply_searched_knots(cfg, root)
+    return cfg
 
 
 def inspect_argv(argv: list[str]) -> dict:

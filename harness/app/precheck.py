@@ -185,12 +185,15 @@ def precheck(
             jobs = expand_sweep(overrides, params)
         else:
             jobs = [plain]
-        cfgs = []
+        from harness.app.searched import apply_searched_knots, sweep_root
+
+        cfgs, root = [], sweep_root(base.hydra)
         for job in jobs:
             try:
                 cfg = compose(config_name=config_name, overrides=list(job))
             except Exception as exc:
                 raise ConfigError(one_line(exc)) from None
+            apply_searched_knots(cfg, root)  # sample.search.study: the best trial's knots, as the task will
             validate_config(cfg)
             cfgs.append(cfg)
         from harness.config.sweep_checks import check_comparisons

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -50,6 +50,7 @@ def task(cfg: DictConfig) -> float | tuple:
         dict(job_id=job_dir.name, overrides=list(hc.overrides.task), config=resolved_config(cfg)),
     )
     try:
+        _apply_search(cfg, hc, job)
         validate_config(cfg)
         result = run_job(cfg, progress=cfg.run.progress, plan_only=cfg.run.plan)
     except KeyboardInterrupt:
@@ -78,10 +79,26 @@ class _Job:
     multirun: bool
     objective_names: list
     common: dict  # job_id, overrides, resolved config
+    extra: dict = field(default_factory=dict)  # more top-level record fields (``search``)
 
     @property
     def nan(self) -> float | tuple:
         return _objective({}, self.objective_names)
+
+
+def _apply_search(cfg: DictConfig, hc, job: _Job) -> None:
+    """``sample.search.study``: the best trial's knots into ``sample.knots`` before the cache keys are
+    computed, the recorded config updated and the trial named in the record (harness/app/searched.py)."""
+    from harness.app.searched import apply_searched_knots, sweep_root
+    from harness.stages.job import resolved_config
+
+    found = apply_searched_knots(cfg, sweep_root(hc))
+    if found is not None:
+        job.common["config"] = resolved_config(cfg)
+        job.extra["search"] = found.as_record()
+        log.info(
+            "sample.knots=%s from trial %d of study %s (value %g)", found.knots, found.trial, found.study, found.value
+        )
 
 
 def _record_failure(cfg: DictConfig, job: _Job, exc: BaseException) -> float | tuple:
@@ -93,7 +110,9 @@ def _record_failure(cfg: DictConfig, job: _Job, exc: BaseException) -> float | t
         axes = job_axes(cfg)
     except Exception:
         axes = {}
-    record = write_record(job.dir, make_record(status="failed", axes=axes, metrics={}, error=exc, **job.common))
+    record = write_record(
+        job.dir, make_record(status="failed", axes=axes, metrics={}, error=exc, extra=job.extra, **job.common)
+    )
     if not job.multirun:
         if cfg.run.debug:
             raise exc
@@ -121,7 +140,7 @@ def _record_result(cfg: DictConfig, job: _Job, result) -> float | tuple:
         keys=result.keys.as_dict(),
         artifacts=result.artifacts,
         solver_trace=result.solver_trace,
-        extra={"stages": result.stage_status},
+        extra={"stages": result.stage_status, **job.extra},
         **job.common,
     )
     path = write_record(job.dir, record)

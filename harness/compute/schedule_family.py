@@ -20,8 +20,18 @@ KNOTS = 4  # knot heights searched; a family with more knots than steps is refus
 HEIGHT_RANGE = (0.05, 1.0)
 
 
+KNOT_PARAMS = tuple(f"knot{j}" for j in range(KNOTS))  # the Optuna param name of each knot height
+
+
+def knots_from_params(params: dict[str, float]) -> list[float]:
+    """The ``sample.knots`` a trial with these Optuna params ran (the search space rounds each height
+    to 3 decimals before it becomes the override): the inverse used to carry a study's best member
+    into ``sweep=schedule_compare`` (harness/app/searched.py). KeyError when a knot is missing."""
+    return [round(float(params[name]), 3) for name in KNOT_PARAMS]
+
+
 def search_space(trial: Any) -> dict[str, list[float]]:
     """``hydra.sweeper.custom_search_space``: the knot heights as one ``sample.knots`` override."""
     lo, hi = HEIGHT_RANGE
-    heights = [round(trial.suggest_float(f"knot{j}", lo, hi), 3) for j in range(KNOTS)]
-    return {"sample.knots": heights}
+    params = {name: trial.suggest_float(name, lo, hi) for name in KNOT_PARAMS}
+    return {"sample.knots": knots_from_params(params)}

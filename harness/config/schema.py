@@ -119,6 +119,18 @@ class AdaptiveConfig:
 
 
 @dataclass
+class SearchConfig:
+    """``sample.schedule=density`` without ``sample.knots``: the knots of the best COMPLETE trial of
+    an Optuna study of ``sweep=schedule_search`` (harness/app/searched.py), so ``sweep=schedule_compare``
+    compares the searched member with no hand copying. Explicit ``sample.knots`` win over the study."""
+
+    study: Optional[str] = None  # the study name (hydra.sweeper.study_name of sweep=schedule_search); null: off
+    # as hydra.sweeper.storage: journal (= optuna/<study>.journal under the fixed part of
+    # hydra.sweep.dir, where the sweeper stores it) | journal:PATH | an RDB URL
+    storage: str = "journal"
+
+
+@dataclass
 class SampleConfig:
     sampler: str = "ddim"  # ddpm | ddim | dpmpp
     # With a budget (block passes per image): DiT runs budget/depth steps; FPDM plans from
@@ -134,6 +146,7 @@ class SampleConfig:
     schedule_values: Optional[List[int]] = None  # schedule=list: the per-step iterations, in sampling order
     ratio: List[float] = field(default_factory=lambda: [0.5, 1.5])  # span of linear schedules
     knots: Optional[List[float]] = None  # schedule=density: knot heights, noisiest step first (sweep=schedule_search)
+    search: SearchConfig = field(default_factory=SearchConfig)  # schedule=density, knots null: the best trial's knots
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)  # schedule=adaptive | greedy
     match: str = "blocks"  # blocks | flops: what a budget matches between models
     flops_tolerance: float = 0.01  # match=flops: largest accepted shortfall below DiT's FLOPs (relative)

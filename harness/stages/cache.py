@@ -94,7 +94,8 @@ class ArtifactCache:
 # speed knobs (torch.compile changes results only by float rounding) do not split the cache
 _TRAIN_RUNTIME_KEYS = ("resume", "log_every", "ckpt_every", "compile")
 _TRAIN_BUDGET_CHECK_KEYS = ("tolerance",)  # only decide whether a budget is accepted
-_SAMPLE_RUNTIME_KEYS = ("batch_size", "flops_tolerance", "compile")
+# search: where density knots came from (harness/app/searched.py); the knots it resolved are keyed
+_SAMPLE_RUNTIME_KEYS = ("batch_size", "flops_tolerance", "compile", "search")
 
 
 def _plain(node) -> dict:

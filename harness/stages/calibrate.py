@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 CALIBRATED = ("adaptive", "greedy")
 # sample keys that do not change what the calibration batch computes
-_NOT_CALIBRATION = ("num_images", "batch_size", "seed", "seed_ranges", "compile", "flops_tolerance")
+_NOT_CALIBRATION = ("num_images", "batch_size", "seed", "seed_ranges", "compile", "flops_tolerance", "search")
 
 
 def calibration_key(cfg: DictConfig, train_key: str) -> str:

@@ -93,24 +93,33 @@ def describe_storage(spec: str | None, root: str | Path) -> str | None:
     return head + sep + tail
 
 
-def peek_trials(spec: str | None, root: str | Path, study_name: str) -> list[FrozenTrial] | None:
-    """The study's trials, read without creating anything (no journal file, no database, no study):
-    [] when there is no such study yet, None for in-memory storage."""
+def open_existing_study(spec: str | None, root: str | Path, study_name: str) -> optuna.Study | None:
+    """The stored study, opened with ``optuna.load_study`` without creating anything (no journal
+    file, no database, no study): None when there is no such study yet, or for in-memory storage."""
     if not spec:
         return None
     if spec.startswith(_JOURNAL):
         path = journal_path(spec, root)
         if not path.is_file():
-            return []
+            return None
         storage: str | BaseStorage = JournalStorage(JournalFileBackend(str(path)))
     elif spec.startswith("sqlite:///") and not Path(spec[len("sqlite:///") :]).is_file():
-        return []
+        return None
     else:
         storage = spec
     try:
-        return optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+        return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:  # no study of that name in the storage yet
-        return []
+        return None
+
+
+def peek_trials(spec: str | None, root: str | Path, study_name: str) -> list[FrozenTrial] | None:
+    """The study's trials, read without creating anything: [] when there is no such study yet,
+    None for in-memory storage."""
+    if not spec:
+        return None
+    study = open_existing_study(spec, root, study_name)
+    return study.get_trials(deepcopy=False) if study is not None else []
 
 
 def owner_attrs() -> dict:
