@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import shutil
 import subprocess
@@ -134,3 +135,71 @@ def test_each_task_sampled_its_own_shards_and_only_rank0_wrote_the_record(runs):
         assert outcome == "success", ret
         results[task] = ret.return_value
     assert results[0] == pytest.approx(_record(two)["metrics"]["fid"]) and math.isnan(results[1])
+
+
+# --------------------------------------------------------------------------- rank detection
+
+_SLURM_TASK = {  # what Slurm sets for task 1 of a 2-task srun step (checked on the real cluster below)
+    "SLURM_JOB_ID": "123",
+    "SLURM_NTASKS": "2",
+    "SLURM_PROCID": "1",
+    "SLURM_LOCALID": "1",
+    "SLURM_NODEID": "0",
+    "SLURM_JOB_NUM_NODES": "1",
+    "SLURM_JOB_NODELIST": "localhost",
+    "SLURM_STEP_ID": "0",
+    "SLURM_STEP_NUM_TASKS": "2",
+}
+
+
+@pytest.mark.parametrize("submitit", [True, False], ids=["submitit", "plain"])
+@pytest.mark.parametrize("where", ["srun step", "batch script"])
+def test_ranks_come_from_the_slurm_step_not_the_allocation(where, submitit, monkeypatch):
+    """A task of a 2-task srun step is rank 1 of 2, whether submitit started the step or a user's
+    ``srun -n 2 python -m harness.run`` did (that one used to run as 2 separate 1-rank jobs). The
+    batch script of the same allocation (or an salloc shell) sees ``SLURM_NTASKS=2`` and
+    ``SLURM_PROCID=0`` but no step: it is one process, and taking it for rank 0 of 2 would hang in
+    ``init_process_group`` waiting for a rank 1. Needs no Slurm: the variables are set as Slurm sets
+    them."""
+    from harness.runtime.distributed import DistInfo, _from_submitit
+
+    for k in [k for k in os.environ if k.startswith(("SLURM_", "SUBMITIT_"))] + ["MASTER_ADDR", "MASTER_PORT"]:
+        monkeypatch.delenv(k, raising=False)
+    env = dict(_SLURM_TASK, **({"SUBMITIT_EXECUTOR": "slurm"} if submitit else {}))
+    if where == "batch script":
+        env.update(SLURM_PROCID="0", SLURM_LOCALID="0")
+        del env["SLURM_STEP_ID"], env["SLURM_STEP_NUM_TASKS"]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert _from_submitit() == (DistInfo(1, 2, 1) if where == "srun step" else None)
+    if where == "srun step":  # rank 0 listens on the job's first host, at a port of this job's id
+        assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("localhost", str(29500 + 123))
+
+
+_PROBE = (
+    "import torch; from harness.runtime.distributed import setup_distributed as s; "
+    "i = s(torch.device('cpu')); print('RANK', i.rank, i.world_size, flush=True)"
+)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(180)
+def test_batch_script_is_one_process_and_srun_tasks_are_ranks(slurm, tmp_path, offline_env):
+    """On the cluster, without submitit: in a 2-task allocation the batch script itself is world
+    size 1, and the 2 tasks of a plain ``srun`` in it join one gloo group as ranks 0 and 1 (they
+    used to run as two separate 1-rank jobs)."""
+    env = {k: v for k, v in offline_env.items() if not k.startswith(("SLURM_", "SUBMITIT_", "MASTER_"))}
+    out = tmp_path / "probe.out"
+    py = f'timeout 60 {sys.executable} -c "{_PROBE}"'
+    proc = subprocess.run(
+        ["sbatch", "--wait", "-n", "2", "-c", "1", "-o", str(out), "--wrap", f"{py} && srun {py}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    log = out.read_text() if out.exists() else ""
+    assert proc.returncode == 0, (proc.stdout, proc.stderr, log[-2000:])
+    lines = [line for line in log.splitlines() if line.startswith("RANK")]
+    assert lines[0] == "RANK 0 1"  # the batch script, alone
+    assert sorted(lines[1:]) == ["RANK 0 2", "RANK 1 2"]  # the srun step's two tasks
