@@ -1,4 +1,5 @@
-"""Distributed data parallel set-up from torchrun's variables or submitit's JobEnvironment.
+"""Distributed data parallel set-up from torchrun's variables, submitit's JobEnvironment or the
+variables of a Slurm ``srun`` step.
 
 gloo on CPU, NCCL on CUDA. The global batch is split across ranks (each rank takes a contiguous
 slice of the same globally drawn batch), so 2 processes compute the same losses as 1 process at
@@ -30,15 +31,22 @@ class DistInfo:
 
 
 def _from_submitit() -> DistInfo | None:
-    if "SUBMITIT_EXECUTOR" not in os.environ and "SLURM_JOB_ID" not in os.environ:
+    """Ranks of a submitit job, or of a plain ``srun -n N python -m harness.run`` step."""
+    executor = os.environ.get("SUBMITIT_EXECUTOR")
+    if executor is None and "SLURM_JOB_ID" not in os.environ:
         return None
     try:
         import submitit
+        from submitit.slurm.slurm import SlurmJobEnvironment
 
-        env = submitit.JobEnvironment()
+        # submitit.JobEnvironment() picks its environment by SUBMITIT_EXECUTOR, which only
+        # submitit's own sbatch script sets: under a plain srun it raised and each of the N tasks
+        # ran the whole job as world size 1 (every image sampled N times, N racing records).
+        # Slurm's variables are the same either way, so read them as submitit's Slurm plugin does.
+        env = SlurmJobEnvironment() if executor in (None, "slurm") else submitit.JobEnvironment()
     except Exception:
         return None
-    if env.num_tasks <= 1:
+    if env.num_tasks <= 1 or _alone_in_slurm_allocation():
         return None
     os.environ.setdefault("MASTER_ADDR", env.hostnames[0] if env.hostnames else "127.0.0.1")
     # SLURM_JOB_ID is unique per array element (env.job_id "A_i" shares A across the array), so two
@@ -46,6 +54,17 @@ def _from_submitit() -> DistInfo | None:
     job = os.environ.get("SLURM_JOB_ID") or env.job_id.split("_")[0]
     os.environ.setdefault("MASTER_PORT", str(29500 + int(job) % 2000 if job.isdigit() else 29500))
     return DistInfo(env.global_rank, env.num_tasks, env.local_rank)
+
+
+def _alone_in_slurm_allocation() -> bool:
+    """True for a process of a Slurm job that is not a task of an ``srun`` step: the batch script
+    itself or an ``salloc`` shell. Slurm gives it the allocation's ``SLURM_NTASKS`` (and
+    ``SLURM_PROCID=0``), which submitit reports as the task count, yet no other rank will ever
+    start: joining a process group of that size would wait forever. submitit's own tasks (and
+    ``srun -n N python -m harness.run``) run inside a step, which sets ``SLURM_STEP_NUM_TASKS``."""
+    if os.environ.get("SUBMITIT_EXECUTOR", "slurm") != "slurm" or "SLURM_JOB_ID" not in os.environ:
+        return False  # submitit's local executor sets its own task variables
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) <= 1
 
 
 def setup_distributed(device: torch.device) -> DistInfo:

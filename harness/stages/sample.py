@@ -156,7 +156,7 @@ def sample_model(
             shard,
             (start, end),
             device,
-            ((implicit, solver, tol), adaptive, autocast, peaks),
+            ((implicit, solver, tol), adaptive, autocast, peaks, info.rank),
         )
         sampled += end - start
         if bar is not None:
@@ -169,17 +169,17 @@ def sample_model(
         if not info.is_main:
             return {}
     summary = _finish(model, data, cfg, plan, work_dir, ranges, implicit, wall, int(sampled))
-    summary.update(peaks)
+    summary.update(peaks, sample_world_size=info.world_size)
     return summary
 
 
 def _sample_shard(model, data, spec, cfg, plan, shard: Path, span: tuple[int, int], device, how: tuple) -> float:
     """Sample images ``[start, end)`` of ``span`` into ``shard``; returns the seconds spent sampling.
-    ``how`` = (solving, adaptive, autocast, peaks) as ``sample_model`` prepared them."""
+    ``how`` = (solving, adaptive, autocast, peaks, rank) as ``sample_model`` prepared them."""
     from harness.diffusion import sample_loop
 
     start, end = span
-    solving, adaptive, autocast, peaks = how
+    solving, adaptive, autocast, peaks, rank = how
     labels, gens = image_labels(cfg.sample.seed, start, end, data.num_classes)
     batch_timesteps: list[int] = []
     batch_stats = _StepStats(plan.steps, device)
@@ -204,7 +204,7 @@ def _sample_shard(model, data, spec, cfg, plan, shard: Path, span: tuple[int, in
     wall = time.perf_counter() - t0
     if not np.isfinite(x0.float().cpu().numpy()).all():
         raise FloatingPointError(f"sampling produced non-finite values in images {start}..{end - 1}")
-    _write_shard(shard, images, labels, batch_timesteps, batch_stats, img_iters)
+    _write_shard(shard, images, labels, batch_timesteps, batch_stats, img_iters, rank)
     return wall
 
 
@@ -273,9 +273,11 @@ def _write_shard(
     timesteps: list[int],
     stats: _StepStats,
     img_iters: torch.Tensor,
+    rank: int = 0,
 ) -> None:
     """One shard's images, labels, timesteps, evaluations per image and per-step solver statistics,
-    written atomically."""
+    and the rank that sampled it (which process of a data-parallel job drew these images), written
+    atomically."""
     arrays = stats.arrays()
     np_stats = {f"stat_{k}": arrays[k] for k in _StepStats.FIELDS}
     atomic_write(
@@ -287,6 +289,7 @@ def _write_shard(
             timesteps=np.asarray(timesteps),
             iters_per_image=img_iters.cpu().numpy(),
             diverged=arrays["diverged"],
+            rank=np.asarray(rank),
             **np_stats,
         ),
     )
