@@ -154,9 +154,10 @@ def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame:
     metrics = _numeric_metrics(df)
     if df.empty:
         return pd.DataFrame(columns=[*keys, *metrics, *[f"{m} std" for m in metrics], "n"])
-    work = df[keys + metrics].copy()
-    for m in metrics:
-        work[m] = pd.to_numeric(work[m], errors="coerce").astype("float64")
+    # all metric columns converted at once: one by one, a wide frame fragments into a block per
+    # column and every later insert warns (PerformanceWarning) in the user's console
+    numeric = df[metrics].apply(pd.to_numeric, errors="coerce").astype("float64")
+    work = pd.concat([df[keys], numeric], axis=1)
     if not keys:
         work["_all"] = 0
         keys_g = ["_all"]

@@ -442,3 +442,27 @@ def test_fid_axes_carry_the_protocol_label(built):
         assert fig.axes[0].get_ylabel() == label and fig.axes[0].get_xlabel() == xlabel, name
         # and in the written file (matplotlib keeps each text as a comment beside its glyph paths)
         assert f"<!-- {label} -->" in (built["out1"] / "figures" / f"{name}.svg").read_text()
+
+
+def test_seed_aggregation_of_a_wide_frame_prints_no_pandas_performance_warnings():
+    """A real jobs frame holds over 100 metric columns; converting them one by one split it into a
+    block per column, and every later insert warned (a dozen PerformanceWarnings in the main job's
+    console). The metrics are converted in one step, and the result is unchanged."""
+    import warnings
+
+    from reports.tables import aggregate_seeds, best_per_cell
+
+    n_metrics = 150
+    df = pd.DataFrame({"model": ["dit", "dit", "fpdm", "fpdm"], "seed": [0, 1, 0, 1]})
+    warnings.simplefilter("ignore", pd.errors.PerformanceWarning)  # building it fragments it, on purpose
+    for j in range(n_metrics):  # as reports.collect types them: one column at a time
+        df[f"m{j:03d}"] = pd.Series([j, j + 1.0, 2 * j, 2 * j + 1.0], dtype="float64")
+    df["fid"] = pd.Series([3.0, 5.0, 1.0, 2.0], dtype="float64")
+    df.attrs.update(axes=["model", "seed"], metrics=[*(f"m{j:03d}" for j in range(n_metrics)), "fid"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.PerformanceWarning)
+        agg = aggregate_seeds(df)
+        best = best_per_cell(df, ["model"])
+    assert agg.set_index("model")["fid"].to_dict() == {"dit": 4.0, "fpdm": 1.5}
+    assert agg.set_index("model")["m010 std"].round(6).to_dict() == {"dit": 0.707107, "fpdm": 0.707107}
+    assert list(agg["n"]) == [2, 2] and set(best["model"]) == {"dit", "fpdm"}
