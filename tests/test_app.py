@@ -57,6 +57,19 @@ def compose_cfg():
     GlobalHydra.instance().clear()
 
 
+def test_main_job_runs_two_points_at_a_time_dit_and_fpdm_first(compose_cfg):
+    """The main job's launcher is hydra/launcher=parallel (two worker processes) and `model` varies
+    fastest, so its first two points train DiT and FPDM side by side; a command-line launcher wins."""
+    cfg = compose_cfg(["sweep=budget_schedules"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.fpdm_parallel_launcher.launcher.ParallelLauncher"
+    assert launcher.n_jobs == 2 and int(launcher.batch_size) == 1
+    jobs = expand_sweep([], OmegaConf.to_container(cfg.hydra.sweeper.params))
+    models = [dict(o.split("=", 1) for o in job)["model"] for job in jobs]
+    assert len(jobs) == 30 and models[:2] == ["dit", "fpdm"] and models[2:4] == ["dit", "fpdm"]
+    assert "joblib" not in compose_cfg(["sweep=budget_schedules", "hydra/launcher=basic"]).hydra.launcher._target_
+
+
 def _image_folder(root: Path) -> Path:
     from PIL import Image
 

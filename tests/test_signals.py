@@ -117,3 +117,53 @@ def test_a_handler_installed_before_training_keeps_the_slurm_requeue_path(monkey
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+def test_a_parallel_sweep_stops_with_every_training_checkpointed(how, tmp_path, fast_overrides, offline_env):
+    """hydra/launcher=parallel: Ctrl-C (SIGINT to the process group) or `kill` of the parent
+    (SIGTERM to it alone) checkpoints BOTH jobs in training (joblib would SIGKILL the workers if an
+    exception crossed the pool), exits 128 + signal with one line and leaves no record, so the same
+    command resumes both."""
+    args = [
+        *fast_overrides,
+        "run.stages=[train]",
+        f"train.budget.value={STEPS * 20}",
+        "train.batch_size=8",
+        "train.ckpt_every=100000",
+        "train.log_every=1",
+        "train.seed=0,1",
+        "hydra/launcher=parallel",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.run", "-m", *args],
+        cwd=tmp_path,
+        env=offline_env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    t0 = time.monotonic()
+    while sum(len(_logged_steps(d)) >= 3 for d in _train_dirs(tmp_path)) < 2:  # both trainings run
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() - t0 < 180, "the two trainings did not start"
+        time.sleep(0.05)
+    signum = signal.SIGINT if how == "ctrl-c" else signal.SIGTERM
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signum)  # the terminal signals the whole foreground group
+    else:
+        proc.send_signal(signum)  # the parent alone: it passes the signal on to its workers
+    out, _ = proc.communicate(timeout=120)
+
+    assert proc.returncode == 128 + signum, out[-3000:]
+    assert f"interrupted: {signal.Signals(signum).name}" in out and "Traceback" not in out, out[-3000:]
+    dirs = _train_dirs(tmp_path)
+    assert len(dirs) == 2
+    stopped = {}
+    for d in dirs:
+        (ckpt,) = d.glob("ckpt-*.pt")  # each one checkpointed at its step boundary
+        stopped[d] = int(ckpt.stem.split("-")[1])
+        assert 3 <= stopped[d] < STEPS * 20 and _logged_steps(d)[-1] == stopped[d]
+        assert not (d / "complete.json").exists()
+    assert not list((tmp_path / "sweep").glob("*/record.json"))  # (resuming: the sequential test above)

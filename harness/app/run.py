@@ -49,6 +49,9 @@ def task(cfg: DictConfig) -> float | tuple:
         list(cfg.run.objective),
         dict(job_id=job_dir.name, overrides=list(hc.overrides.task), config=resolved_config(cfg)),
     )
+    stopped = _parallel_worker_stopped()
+    if stopped is not None:
+        return stopped
     try:
         _apply_search(cfg, hc, job)
         validate_config(cfg)
@@ -57,6 +60,8 @@ def task(cfg: DictConfig) -> float | tuple:
         raise
     except BaseException as exc:  # a failed job is a record, not a crashed sweep
         if isinstance(exc, SystemExit) and (exc.code in (None, 0) or _interrupted(exc)):
+            if _interrupted(exc) and _in_parallel_worker():
+                return _parallel_worker_stopped(exc.signum)
             raise  # requeued, or stopped by SIGINT/SIGTERM after its checkpoint: no record, rerun resumes
         return _record_failure(cfg, job, exc)
     if not result.is_main:  # another rank of a data-parallel job: rank 0 writes the record
@@ -151,6 +156,27 @@ def _record_result(cfg: DictConfig, job: _Job, result) -> float | tuple:
         if not finite:
             _exit_failed(reason, path)
     return objective if finite else job.nan
+
+
+def _in_parallel_worker() -> bool:
+    from harness.stages.signals import in_parallel_worker
+
+    return in_parallel_worker()
+
+
+def _parallel_worker_stopped(signum: int | None = None):
+    """In a worker of hydra/launcher=parallel (harness/stages/signals.py says why): Ctrl-C / kill
+    are recorded, not raised; once one arrived (or ``signum``, a job that just checkpointed) every
+    job returns ``InterruptedJob`` at once and the parent's launcher stops the sweep. None otherwise."""
+    from harness.stages import signals
+
+    if not signals.in_parallel_worker():
+        return None
+    signals.record_stop_signals()
+    if signum is not None:
+        signals.note_signal(signum)
+    received = signals.received_signal()
+    return None if received is None else signals.InterruptedJob(received)
 
 
 def _interrupted(exc: BaseException) -> bool:

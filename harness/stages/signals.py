@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from harness.runtime.distributed import DistInfo, all_reduce_values
@@ -25,6 +27,9 @@ class Preempted(SystemExit):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self):  # crosses a process pool (hydra/launcher=parallel) intact
+        return Preempted, (self.message,)
+
 
 class Interrupted(SystemExit):
     """SIGINT / SIGTERM on a local run or sweep (no submitit handler to requeue): raised after the
@@ -33,11 +38,86 @@ class Interrupted(SystemExit):
 
     def __init__(self, signum: int, step: int | None = None):
         super().__init__(128 + signum)
-        where = f"checkpointed at step {step}" if step is not None else "checkpointed"
+        self.signum, self.step = signum, step
+        where = f"checkpointed at step {step}" if step is not None else "jobs in training checkpointed"
         self.message = f"{signal.Signals(signum).name}: {where}; rerun the same command to resume"
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self):  # crosses a process pool (hydra/launcher=parallel) intact
+        return Interrupted, (self.signum, self.step)
+
+
+# --------------------------------------------------------------------------- parallel sweeps
+# With hydra/launcher=parallel the jobs run in worker processes. An exception crossing the pool
+# makes joblib kill every other worker at once (SIGKILL), possibly before its own checkpoint, so a
+# worker never raises for an interruption: it records the signal, its job in training checkpoints
+# and *returns* ``InterruptedJob``, every later job in it returns at once, and the launcher in the
+# parent (which records the signal instead of raising KeyboardInterrupt) raises ``Interrupted``
+# once the pool is done. Same outcome as the sequential launcher: checkpoints, no record, 128 + signal.
+PARALLEL_WORKER_ENV = "FPDM_PARALLEL_WORKER"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []
+
+
+@dataclass(frozen=True)
+class InterruptedJob:
+    """What a parallel worker's job returns instead of raising ``Interrupted``."""
+
+    signum: int
+
+
+def in_parallel_worker() -> bool:
+    return os.environ.get(PARALLEL_WORKER_ENV) == "1"
+
+
+def received_signal() -> int | None:
+    """The last SIGINT / SIGTERM this process recorded (parallel workers and their parent)."""
+    return _received[-1] if _received else None
+
+
+def note_signal(signum: int) -> None:
+    _received.append(int(signum))
+
+
+def _record_signal(signum, frame) -> None:
+    note_signal(signum)
+
+
+def _forward_to_children(signum, frame) -> None:
+    """The parent's handler: record, and pass the signal on to the workers (a `kill` of the parent
+    alone must stop them too; Ctrl-C already reached them through the process group)."""
+    note_signal(signum)
+    for pid in _child_pids():
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+
+
+def _child_pids() -> list[int]:
+    pids: list[int] = []
+    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):  # Linux; elsewhere none
+        try:
+            pids += [int(p) for p in children.read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def record_stop_signals(parent: bool = False) -> dict[int, Any]:
+    """Record SIGINT / SIGTERM instead of raising (a parallel worker between jobs, or the parent
+    during a parallel launch, which also forwards them to its workers); returns the previous handlers."""
+    handler = _forward_to_children if parent else _record_signal
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+
+
+def restore_handlers(previous: dict[int, Any]) -> None:
+    for sig, prev in previous.items():
+        signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
 
 
 def _preempt_signals() -> tuple[str, ...]:
@@ -89,6 +169,7 @@ class _SignalCheckpoint:
             signal.SIG_DFL,
             signal.SIG_IGN,
             signal.default_int_handler,
+            _record_signal,  # a parallel worker: stop too (harness.app.run returns InterruptedJob)
         ):
             ending = Interrupted(signum, step)  # local: nobody requeues, stop the whole process
         elif callable(prev):

@@ -1,0 +1,1 @@
+"""``hydra/launcher=parallel``: hydra-joblib-launcher with the project's Ctrl-C / kill semantics."""
