@@ -8,7 +8,7 @@ Two shapes (docs/architecture.md):
   5 + 5 iterations in training, k=10 in the eval forward. Matmuls dominate here.
 
     python benchmarks/bench_models.py [--shape digits|s2|both] [--threads 2] [--repeats 5]
-        [--official PATH] [--compile] [--profile]
+        [--official PATH] [--compile] [--profile] [--device cpu|cuda]
 
 ``--official PATH`` imports the official code (its ``models.py`` and ``diffusion/``) from PATH at
 run time (it needs ``timm`` and ``jaxtyping`` importable) and times it in the same process,
@@ -16,7 +16,11 @@ interleaved with ours, so every ratio compares runs made under the same machine 
 repeat runs every configuration once (round robin); figures are medians. The matmul peak is
 measured in the same run (a 2048^3 matmul, fp32 and bf16) and each train step is shown as a
 fraction of it (3 x forward FLOPs x batch / time). ``--compile`` adds our models with
-``torch.compile`` (compile time excluded from the medians and printed apart).
+``torch.compile`` (compile time excluded from the medians and printed apart). ``--profile`` then
+profiles a few train steps of every configuration (torch.profiler, self CPU time) and prints its
+top operators with their share, and the share of the step spent in matrix products: the step
+could be at best that share of its time if everything else were free, which bounds what fusing
+the rest can gain.
 """
 
 from __future__ import annotations
@@ -245,6 +249,38 @@ def run_shape(shape: str, args, device) -> None:
             c.times["eval"].append(_timed(c.eval_forward, device))
     peak = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     _report(shape, s, cases, peak, args)
+    if args.profile:
+        for c in cases:
+            _print_profile(shape, c, device)
+
+
+# aten operators that are matrix products (forward and the products of their backward); the fused
+# attention kernels (their names contain "scaled_dot_product") are counted apart
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+
+
+def _print_profile(shape: str, c: Case, device, steps: int = 5, top: int = 8) -> None:
+    """Top operators of ``steps`` train steps by self time, and the matrix-product share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            c.train_step()
+        _sync(device)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    attention = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
+    print(
+        f"\n-- profile {shape} {c.model} {c.label}: {steps} train steps, self CPU time {total / 1e3 / steps:.1f} ms/step"
+    )
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+        print(f"   {100 * e.self_cpu_time_total / total:5.1f}%  {e.count // steps:>5}/step  {e.key}")
+    print(
+        f"   matrix products: {100 * matmul / total:.0f}% of the step, fused attention {100 * attention / total:.0f}%, "
+        f"everything else {100 * (total - matmul - attention) / total:.0f}%"
+    )
 
 
 def _report(shape: str, s: dict, cases: list[Case], peak: dict, args) -> None:
@@ -284,6 +320,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--official", metavar="PATH", help="a checkout of the official FPDM code, timed alongside")
     ap.add_argument("--compile", action="store_true", help="also time our models under torch.compile")
+    ap.add_argument("--profile", action="store_true", help="print each configuration's top operators")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     if args.official:
