@@ -95,9 +95,26 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)
 
 
+# CPU, bf16/fp16 (autocast): up to this many tokens the written-out softmax(q k^T / sqrt(d)) v is
+# faster than the fused CPU kernel, which took 46-50% of a bf16 train step at the digits shape.
+# Train step, 2 threads, interleaved A/B (benchmarks/bench_models.py shapes): 16 tokens, width 128,
+# batch 128: 0.50x the fused kernel's time; 16 tokens, width 64: 0.83x; 256 tokens (S/2): 0.87x.
+# fp32 keeps the fused kernel (0.91-1.00x there, not worth moving every fp32 result by a rounding).
+SHORT_SEQUENCE_TOKENS = 256
+
+
+def default_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``scaled_dot_product_attention``, except in low precision on CPU for short sequences, where
+    the same computation written out avoids the fused kernel's cost (same math, rounding aside)."""
+    if q.device.type != "cpu" or q.dtype == torch.float32 or q.shape[-2] > SHORT_SEQUENCE_TOKENS:
+        return F.scaled_dot_product_attention(q, k, v)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return scores.softmax(dim=-1) @ v
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention through ``attention`` (default ``scaled_dot_product_attention``,
-    fused kernels on CUDA). The function is a constructor argument, so a caller that wants another
+    """Multi-head self-attention through ``attention`` (default ``default_attention``: the fused
+    ``scaled_dot_product_attention``; written out for short low-precision sequences on CPU). The function is a constructor argument, so a caller that wants another
     kernel (or to count or record calls) passes one instead of patching this module."""
 
     def __init__(self, dim: int, num_heads: int, attention: AttentionFn | None = None):
@@ -105,7 +122,7 @@ class Attention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.attention = attention or F.scaled_dot_product_attention
+        self.attention = attention or default_attention
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 

@@ -64,6 +64,45 @@ def test_compiled_and_eager_give_the_same_outputs():
     assert not torch.equal(compiled, torch.zeros_like(compiled))
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(inductor_unavailable(torch.device("cpu")) is not None, reason="inductor cannot compile on this CPU")
+def test_compiled_training_step_matches_eager_across_batch_sizes():
+    """train.compile: loss and gradients of an S-JFB step equal eager within tolerance, and a batch
+    of another size (the sampler compacts converged rows) runs compiled too, without a new graph
+    per size (dynamic shapes; static ones hit dynamo's recompile limit and fell back to eager)."""
+    import torch._dynamo
+
+    torch.set_num_threads(1)
+    model = _randomised(
+        build_fpdm("tiny", input_size=8, in_channels=1, num_classes=10, pre_depth=1, post_depth=1)
+    ).train()
+
+    def grads(batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        g = torch.Generator().manual_seed(batch)
+        x, t, y = (
+            torch.randn(batch, 1, 8, 8, generator=g),
+            torch.randint(0, 1000, (batch,), generator=g),
+            torch.arange(batch) % 10,
+        )
+        model.zero_grad(set_to_none=True)
+        loss = model(x, t, y, generator=torch.Generator().manual_seed(1)).square().mean()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    eager = {b: grads(b) for b in (8, 5, 3)}
+    torch._dynamo.reset()
+    assert set_compiled(model, True, "train.compile")
+    compiled = {8: grads(8), 5: grads(5)}  # the explicit blocks turn dynamic at their first new size
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compiled[3] = grads(3)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # no graph per batch size
+    set_compiled(model, False, "train.compile")
+    for b in eager:
+        torch.testing.assert_close(compiled[b][0], eager[b][0], rtol=1e-4, atol=1e-6)
+        for ge, gc in zip(eager[b][1], compiled[b][1]):
+            torch.testing.assert_close(gc, ge, rtol=1e-3, atol=1e-5)
+
+
 def test_compile_without_a_compiler_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler")
     monkeypatch.setattr("shutil.which", lambda name: None)

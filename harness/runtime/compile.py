@@ -53,5 +53,9 @@ def set_compiled(model: nn.Module, enabled: bool, key: str, device: torch.device
     if fixed_point is not None and hasattr(fixed_point, "step"):
         fixed_point.__dict__.pop("step", None)  # back to the class method
         if enabled:
-            fixed_point.step = torch.compile(fixed_point.step)
+            # dynamic from the first call: the step sees many batch sizes (train and sampling
+            # batches, and adaptive sampling compacts the batch as samples converge), on top of one
+            # graph per grad mode (S-JFB's no-grad and with-grad iterations, inference); static
+            # first graphs used up dynamo's recompile limit (8) in benchmarks/bench_models.py
+            fixed_point.step = torch.compile(fixed_point.step, dynamic=True)
     return enabled
