@@ -365,6 +365,7 @@ def schedule_shapes(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     x = "timestep" if tr["timestep"].notna().all() else "step"
     budgets = sorted(tr["budget_blocks"].dropna().unique())
     fig, axes = new_figure(max(len(budgets), 1), width=5.2 * max(len(budgets), 1))
+    order = sorted(tr["schedule"].dropna().unique())  # the same colour per schedule in every panel
     for ax, budget in zip(axes, budgets):
         sub = tr[tr["budget_blocks"] == budget]
         sns.lineplot(
@@ -375,7 +376,7 @@ def schedule_shapes(data: SweepData, rows: pd.DataFrame) -> Figure | None:
             errorbar=None,
             marker="o",
             ax=ax,
-            hue_order=sorted(sub["schedule"].unique()),
+            hue_order=order,
         )
         ax.set(
             title=f"budget {mtext(budget)} blocks",
@@ -384,6 +385,12 @@ def schedule_shapes(data: SweepData, rows: pd.DataFrame) -> Figure | None:
         )
         if x == "timestep":
             ax.invert_xaxis()
+    # one legend, beside the last panel: inside, it covered the lines of eight schedules
+    for ax in axes[:-1]:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if axes[-1].get_legend() is not None:
+        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return fig
 
 

@@ -54,9 +54,9 @@ def _schedule_sweep(root):
     return root
 
 
-def _series(ax) -> dict[str, tuple[list, list]]:
-    """legend label -> (x, y) of the line drawn in that label's colour."""
-    legend = ax.get_legend()
+def _series(ax, legend) -> dict[str, tuple[list, list]]:
+    """legend label -> (x, y) of the line drawn in that label's colour on ``ax`` (one legend
+    serves every panel: the same schedule has the same colour in each)."""
     out = {}
     for text, handle in zip(legend.get_texts(), legend.legend_handles):
         (line,) = [ln for ln in ax.get_lines() if ln.get_color() == handle.get_color() and len(ln.get_xdata())]
@@ -70,10 +70,12 @@ def test_schedule_shapes_draw_each_plan_against_timestep_and_name_the_trial(tmp_
     assert fig is not None
     axes = [ax for ax in fig.axes if ax.get_lines()]
     assert [ax.get_title() for ax in axes] == ["budget 60 blocks", "budget 120 blocks"]
+    legends = [ax.get_legend() for ax in axes]
+    assert legends[0] is None and legends[-1] is not None  # one legend, beside the last panel
     for ax, (budget, plans) in zip(axes, PLANS.items()):
         assert ax.get_xlabel().startswith("timestep") and ax.get_ylabel() == "iterations per step"
         assert ax.xaxis_inverted()  # sampling runs from the noisiest timestep, drawn left
-        series = _series(ax)
+        series = _series(ax, legends[-1])
         assert sorted(series) == sorted(["constant", "increasing", DENSITY])  # one line each, DiT has none
         for schedule, iters in plans.items():
             x, y = series[DENSITY if schedule == "density" else schedule]
