@@ -334,6 +334,13 @@ def main() -> None:
                 "it needs timm and jaxtyping installed"
             )
     torch.set_num_threads(args.threads)
+    if args.compile:
+        # every configuration (fp32/bf16 autocast, train/eval, batch size) of one process shares the
+        # blocks' code objects; past dynamo's default limit of 8 graphs the later configurations
+        # would silently run eager and the compiled rows would time eager code
+        import torch._dynamo as dynamo
+
+        dynamo.config.recompile_limit = 64
     device = torch.device(args.device)
     print(
         f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} repeats={args.repeats} "
