@@ -241,3 +241,22 @@ def test_digits_cnn_training_is_deterministic(tmp_path):
     a = ensure_digits_cnn(tmp_path / "a")[1]
     b = ensure_digits_cnn(tmp_path / "b")[1]
     assert a["sha256"] == b["sha256"] and a["heldout_accuracy"] == b["heldout_accuracy"]
+
+
+def test_read_only_sample_arrays_reach_the_extractor_without_a_warning():
+    """Streamed / memory-mapped samples are read-only numpy arrays; torch.from_numpy on one printed
+    a UserWarning in every sweep's console. Checked in a fresh process: torch warns once per process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from harness.metrics.fidelity import _as_uint8_tensor\n"
+        "a = np.arange(96, dtype=np.uint8).reshape(2, 3, 4, 4); a.setflags(write=False)\n"
+        "t = _as_uint8_tensor(a, 'samples')\n"
+        "assert t.tolist() == a.tolist()\n"
+        "w = np.arange(96, dtype=np.uint8).reshape(2, 3, 4, 4)\n"
+        "assert _as_uint8_tensor(w, 'samples').data_ptr() == w.ctypes.data  # writable: no copy\n"
+    )
+    out = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

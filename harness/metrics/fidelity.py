@@ -60,7 +60,9 @@ _REF_FORMAT = 1  # bump when the cached reference layout changes
 
 
 def _as_uint8_tensor(images, what: str) -> torch.Tensor:
-    x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
+    # np.require copies only what must be copied: a read-only array (memory-mapped or streamed
+    # shards of samples.npz) made torch.from_numpy warn in the user's console
+    x = images if torch.is_tensor(images) else torch.from_numpy(np.require(images, requirements=["C", "W"]))
     if x.dtype != torch.uint8 or x.dim() != 4:
         raise ValueError(f"{what}: expected uint8 (N, C, H, W) images, got {x.dtype} {tuple(x.shape)}")
     return x
