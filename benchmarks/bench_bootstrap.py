@@ -1,5 +1,6 @@
 """Time per bootstrap resample of FID (harness.metrics.bootstrap) for 64-d (digits) and 2048-d
-(Inception) features: `python benchmarks/bench_bootstrap.py [--threads N]`."""
+(Inception) features: `python benchmarks/bench_bootstrap.py [--cases DxNxRESAMPLES,...]` (the
+BLAS threads come from the environment, e.g. `OMP_NUM_THREADS=2`)."""
 
 from __future__ import annotations
 
