@@ -114,5 +114,41 @@ def test_rank_ranges_cover_every_shard_once():
         assert got == ranges
 
 
+def _failing_worker(rank: int, world: int, port: int, out: Path) -> None:
+    """Rank 1 fails on its first shard (as a full disk would); every rank writes what it raised."""
+    import harness.stages.sample as sample_stage
+
+    if rank == 1:
+
+        def no_space(*args, **kwargs):
+            raise OSError("No space left on device (rank 1, test)")
+
+        sample_stage._sample_shard = no_space
+    try:
+        _worker(rank, world, port, out)
+    except Exception as exc:
+        (out / f"error-rank{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
+        raise SystemExit(3) from None
+
+
+def test_a_failed_rank_stops_every_rank_with_its_cause(tmp_path):
+    """A rank that fails must not leave the others waiting at the barrier until the process group
+    times out (30 minutes for gloo): every rank raises at once, naming the failed rank's cause, so
+    rank 0's failed record says what went wrong."""
+    procs = launch_ranks(HERE, 2, tmp_path, "fail")
+    try:
+        logs = [p.communicate(timeout=120)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("a rank waited for the failed one")
+    assert [p.returncode for p in procs] == [3, 3], "\n".join(log[-2000:] for log in logs)
+    for rank in (0, 1):
+        err = (tmp_path / f"error-rank{rank}.txt").read_text()
+        assert err.startswith("RuntimeError: 1 of 2 ranks failed: rank 1: OSError: No space left on device"), err
+    assert not list(tmp_path.glob("summary-rank*.json"))
+
+
 if __name__ == "__main__":
-    _worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+    run = _failing_worker if sys.argv[5:] == ["fail"] else _worker
+    run(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))

@@ -115,9 +115,11 @@ def _record_failure(cfg: DictConfig, job: _Job, exc: BaseException) -> float | t
         axes = job_axes(cfg)
     except Exception:
         axes = {}
-    record = write_record(
-        job.dir, make_record(status="failed", axes=axes, metrics={}, error=exc, extra=job.extra, **job.common)
-    )
+    record = job.dir / "record.json"
+    if not _other_rank():  # a data-parallel job's record is rank 0's (it names every failed rank)
+        record = write_record(
+            job.dir, make_record(status="failed", axes=axes, metrics={}, error=exc, extra=job.extra, **job.common)
+        )
     if not job.multirun:
         if cfg.run.debug:
             raise exc
@@ -177,6 +179,13 @@ def _parallel_worker_stopped(signum: int | None = None):
         signals.note_signal(signum)
     received = signals.received_signal()
     return None if received is None else signals.InterruptedJob(received)
+
+
+def _other_rank() -> bool:
+    """A rank other than 0 of an initialised process group."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
 
 
 def _interrupted(exc: BaseException) -> bool:

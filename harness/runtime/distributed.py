@@ -113,6 +113,23 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def raise_if_any_rank_failed(error: Exception | None, info: DistInfo) -> None:
+    """A collective that every rank reaches, failed or not: when any rank failed, every rank raises
+    one error naming each failed rank and its cause. (A failed rank that simply left would keep the
+    others waiting in the next collective until the process group times out, and rank 0's record
+    would then blame the time-out.) One process: ``error`` itself is raised."""
+    if not info.enabled:
+        if error is not None:
+            raise error
+        return
+    mine = None if error is None else f"rank {info.rank}: {type(error).__name__}: {error}"
+    messages: list[str | None] = [None] * info.world_size
+    dist.all_gather_object(messages, mine)
+    failed = [m for m in messages if m]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {info.world_size} ranks failed: " + "; ".join(failed)) from error
+
+
 def all_reduce_mean_(tensors: list[torch.Tensor], info: DistInfo) -> None:
     if not info.enabled:
         return

@@ -24,7 +24,7 @@ from torch import nn
 from harness.compute.flops import flop_breakdown, sampling_flops
 from harness.compute.memory import cuda_peak
 from harness.runtime.compile import set_compiled
-from harness.runtime.distributed import DistInfo, all_reduce_values, barrier
+from harness.runtime.distributed import DistInfo, all_reduce_values, barrier, raise_if_any_rank_failed
 from harness.runtime.io import atomic_write
 from harness.runtime.npz_stream import write_npz_chunked
 
@@ -139,30 +139,22 @@ def sample_model(
     bar = _progress_bar(
         sum(e - s for s, e in mine), f"sample {cfg.model.name} {plan.steps} steps", progress and info.is_main
     )
-    wall, sampled = 0.0, 0
+    wall, sampled, error = 0.0, 0, None
     peaks: dict = {}
-    for start, end in mine:
-        shard = shards_dir / f"{SHARD_PREFIX}{start:07d}-{end:07d}.npz"
-        if shard.exists():
+    try:
+        for start, end in mine:
+            shard = shards_dir / f"{SHARD_PREFIX}{start:07d}-{end:07d}.npz"
+            if not shard.exists():
+                how = ((implicit, solver, tol), adaptive, autocast, peaks, info.rank)
+                wall += _sample_shard(model, data, spec, cfg, plan, shard, (start, end), device, how)
+                sampled += end - start
             if bar is not None:
                 bar.update(end - start)
-            continue
-        wall += _sample_shard(
-            model,
-            data,
-            spec,
-            cfg,
-            plan,
-            shard,
-            (start, end),
-            device,
-            ((implicit, solver, tol), adaptive, autocast, peaks, info.rank),
-        )
-        sampled += end - start
-        if bar is not None:
-            bar.update(end - start)
+    except Exception as exc:  # every rank learns of it below, instead of waiting at the barrier
+        error = exc
     if bar is not None:
         bar.close()
+    raise_if_any_rank_failed(error, info)
     if info.enabled:  # device-seconds and images over all ranks: time per image stays per device
         wall, sampled = all_reduce_values([wall, float(sampled)], info, op="sum")
         barrier(info)  # every shard is on disk before rank 0 merges
