@@ -106,7 +106,7 @@ SHORT_SEQUENCE_TOKENS = 256
 def default_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``scaled_dot_product_attention``, except in low precision on CPU for short sequences, where
     the same computation written out avoids the fused kernel's cost (same math, rounding aside)."""
-    if q.device.type != "cpu" or q.dtype == torch.float32 or q.shape[-2] > SHORT_SEQUENCE_TOKENS:
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or q.shape[-2] > SHORT_SEQUENCE_TOKENS:
         return F.scaled_dot_product_attention(q, k, v)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     return scores.softmax(dim=-1) @ v

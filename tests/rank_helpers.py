@@ -38,6 +38,19 @@ def launch_ranks(script: Path, world: int, out: Path, *args) -> list[subprocess.
     ]
 
 
+def wait_ranks(procs: list[subprocess.Popen], timeout: float, hung: str) -> tuple[list[int], list[str]]:
+    """Each rank's exit code and output; kills every rank and fails with ``hung`` past ``timeout``."""
+    import pytest
+
+    try:
+        logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(hung)
+    return [p.returncode for p in procs], logs
+
+
 @contextlib.contextmanager
 def rank_config(rank: int, world: int, port: int, overrides: list[str]):
     """The app's config for ``overrides``, as rank ``rank`` of ``world`` (torchrun's variables when

@@ -10,13 +10,12 @@ tests/test_ddp.py.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from rank_helpers import launch_ranks, rank_config, write_rank_summary
+from rank_helpers import launch_ranks, rank_config, wait_ranks, write_rank_summary
 
 HERE = Path(__file__).resolve()
 OVERRIDES = [
@@ -66,13 +65,8 @@ def runs(tmp_path_factory):
     procs = launch_ranks(HERE, 2, two)
     (base / "w1").mkdir()
     _worker(0, 1, 0, base / "w1")  # the reference: one process
-    try:
-        logs = [p.communicate(timeout=300)[0] for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail("a sampling rank hung")
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    codes, logs = wait_ranks(procs, 300, "a sampling rank hung")
+    assert codes == [0, 0], "\n".join(log[-2000:] for log in logs)
     return base / "w1", two
 
 
@@ -136,13 +130,8 @@ def test_a_failed_rank_stops_every_rank_with_its_cause(tmp_path):
     times out (30 minutes for gloo): every rank raises at once, naming the failed rank's cause, so
     rank 0's failed record says what went wrong."""
     procs = launch_ranks(HERE, 2, tmp_path, "fail")
-    try:
-        logs = [p.communicate(timeout=120)[0] for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail("a rank waited for the failed one")
-    assert [p.returncode for p in procs] == [3, 3], "\n".join(log[-2000:] for log in logs)
+    codes, logs = wait_ranks(procs, 120, "a rank waited for the failed one")
+    assert codes == [3, 3], "\n".join(log[-2000:] for log in logs)
     for rank in (0, 1):
         err = (tmp_path / f"error-rank{rank}.txt").read_text()
         assert err.startswith("RuntimeError: 1 of 2 ranks failed: rank 1: OSError: No space left on device"), err

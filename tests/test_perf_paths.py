@@ -68,8 +68,8 @@ def test_compiled_and_eager_give_the_same_outputs():
 @pytest.mark.skipif(inductor_unavailable(torch.device("cpu")) is not None, reason="inductor cannot compile on this CPU")
 def test_compiled_training_step_matches_eager_across_batch_sizes():
     """train.compile: loss and gradients of an S-JFB step equal eager within tolerance, and a batch
-    of another size (the sampler compacts converged rows) runs compiled too, without a new graph
-    per size (dynamic shapes; static ones hit dynamo's recompile limit and fell back to eager)."""
+    of another size (the sampler compacts converged rows) runs compiled too, and once the graphs
+    are dynamic a further size adds no graph."""
     import torch._dynamo
 
     torch.set_num_threads(1)

@@ -32,32 +32,46 @@ def _logged_steps(train_dir: Path) -> list[int]:
     return [json.loads(ln)["step"] for ln in log.read_text().splitlines()] if log.is_file() else []
 
 
-def test_sigterm_stops_a_local_sweep_after_a_checkpoint_and_a_rerun_resumes(
-    tmp_path, fast_overrides, offline_env, hydra_app
-):
-    args = [
+def _train_args(fast_overrides: list[str], steps: int, *extra: str) -> list[str]:
+    """A 2-point sweep (train.seed=0,1) that only trains, logs every step and never checkpoints by
+    itself: any checkpoint on disk was written for the signal."""
+    return [
         *fast_overrides,
         "run.stages=[train]",
-        f"train.budget.value={STEPS}",
+        f"train.budget.value={steps}",
         "train.batch_size=8",
         "train.ckpt_every=100000",
         "train.log_every=1",
         "train.seed=0,1",
+        *extra,
     ]
+
+
+def _start_when_training(args: list[str], cwd: Path, env: dict, trainings: int, timeout: float) -> subprocess.Popen:
+    """``python -m harness.run -m ARGS`` in its own session, returned once ``trainings`` jobs have
+    logged 3 steps each."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.run", "-m", *args],
-        cwd=tmp_path,
-        env=offline_env,
+        cwd=cwd,
+        env=env,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     t0 = time.monotonic()
-    while not any(len(_logged_steps(d)) >= 3 for d in _train_dirs(tmp_path)):  # training has started
+    while sum(len(_logged_steps(d)) >= 3 for d in _train_dirs(cwd)) < trainings:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.monotonic() - t0 < 120, "training did not start"
+        assert time.monotonic() - t0 < timeout, f"{trainings} training(s) did not start"
         time.sleep(0.05)
+    return proc
+
+
+def test_sigterm_stops_a_local_sweep_after_a_checkpoint_and_a_rerun_resumes(
+    tmp_path, fast_overrides, offline_env, hydra_app
+):
+    args = _train_args(fast_overrides, STEPS)
+    proc = _start_when_training(args, tmp_path, offline_env, trainings=1, timeout=120)
     proc.send_signal(signal.SIGTERM)  # `kill <pid>` of the sweep
     out, _ = proc.communicate(timeout=60)
 
@@ -125,30 +139,8 @@ def test_a_parallel_sweep_stops_with_every_training_checkpointed(how, tmp_path, 
     (SIGTERM to it alone) checkpoints BOTH jobs in training (joblib would SIGKILL the workers if an
     exception crossed the pool), exits 128 + signal with one line and leaves no record, so the same
     command resumes both."""
-    args = [
-        *fast_overrides,
-        "run.stages=[train]",
-        f"train.budget.value={STEPS * 20}",
-        "train.batch_size=8",
-        "train.ckpt_every=100000",
-        "train.log_every=1",
-        "train.seed=0,1",
-        "hydra/launcher=parallel",
-    ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.run", "-m", *args],
-        cwd=tmp_path,
-        env=offline_env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    t0 = time.monotonic()
-    while sum(len(_logged_steps(d)) >= 3 for d in _train_dirs(tmp_path)) < 2:  # both trainings run
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.monotonic() - t0 < 180, "the two trainings did not start"
-        time.sleep(0.05)
+    args = _train_args(fast_overrides, STEPS * 20, "hydra/launcher=parallel")
+    proc = _start_when_training(args, tmp_path, offline_env, trainings=2, timeout=180)
     signum = signal.SIGINT if how == "ctrl-c" else signal.SIGTERM
     if how == "ctrl-c":
         os.killpg(proc.pid, signum)  # the terminal signals the whole foreground group

@@ -60,8 +60,9 @@ def task(cfg: DictConfig) -> float | tuple:
         raise
     except BaseException as exc:  # a failed job is a record, not a crashed sweep
         if isinstance(exc, SystemExit) and (exc.code in (None, 0) or _interrupted(exc)):
-            if _interrupted(exc) and _in_parallel_worker():
-                return _parallel_worker_stopped(exc.signum)
+            stopped = _parallel_worker_stopped(exc.signum) if _interrupted(exc) else None
+            if stopped is not None:
+                return stopped
             raise  # requeued, or stopped by SIGINT/SIGTERM after its checkpoint: no record, rerun resumes
         return _record_failure(cfg, job, exc)
     if not result.is_main:  # another rank of a data-parallel job: rank 0 writes the record
@@ -115,7 +116,9 @@ def _record_failure(cfg: DictConfig, job: _Job, exc: BaseException) -> float | t
         axes = job_axes(cfg)
     except Exception:
         axes = {}
-    record = job.dir / "record.json"
+    from harness.stages.records import RECORD_NAME
+
+    record = job.dir / RECORD_NAME
     if not _other_rank():  # a data-parallel job's record is rank 0's (it names every failed rank)
         record = write_record(
             job.dir, make_record(status="failed", axes=axes, metrics={}, error=exc, extra=job.extra, **job.common)
@@ -158,12 +161,6 @@ def _record_result(cfg: DictConfig, job: _Job, result) -> float | tuple:
         if not finite:
             _exit_failed(reason, path)
     return objective if finite else job.nan
-
-
-def _in_parallel_worker() -> bool:
-    from harness.stages.signals import in_parallel_worker
-
-    return in_parallel_worker()
 
 
 def _parallel_worker_stopped(signum: int | None = None):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 
 from harness.stages import signals
@@ -33,7 +33,11 @@ class ParallelLauncher(JoblibLauncher):
                 os.environ.pop(signals.PARALLEL_WORKER_ENV, None)
             else:
                 os.environ[signals.PARALLEL_WORKER_ENV] = before
-        stopped = [r._return_value for r in runs if isinstance(r._return_value, signals.InterruptedJob)]
+        stopped = [
+            r.return_value
+            for r in runs
+            if r.status == JobStatus.COMPLETED and isinstance(r.return_value, signals.InterruptedJob)
+        ]
         signum = signals.received_signal() or (stopped[0].signum if stopped else None)
         if signum is not None:
             raise signals.Interrupted(signum)
