@@ -138,8 +138,9 @@ def test_a_parallel_sweep_stops_with_every_training_checkpointed(how, tmp_path, 
     """hydra/launcher=parallel: Ctrl-C (SIGINT to the process group) or `kill` of the parent
     (SIGTERM to it alone) checkpoints BOTH jobs in training (joblib would SIGKILL the workers if an
     exception crossed the pool), exits 128 + signal with one line and leaves no record, so the same
-    command resumes both."""
-    args = _train_args(fast_overrides, STEPS * 20, "hydra/launcher=parallel")
+    command resumes both. Their progress bars keep to lines of their own: one worker draws one line
+    down (tqdm's cursor-up escape), where both used to overwrite the cursor's line."""
+    args = _train_args(fast_overrides, STEPS * 20, "hydra/launcher=parallel", "run.progress=true")
     proc = _start_when_training(args, tmp_path, offline_env, trainings=2, timeout=180)
     signum = signal.SIGINT if how == "ctrl-c" else signal.SIGTERM
     if how == "ctrl-c":
@@ -150,6 +151,7 @@ def test_a_parallel_sweep_stops_with_every_training_checkpointed(how, tmp_path, 
 
     assert proc.returncode == 128 + signum, out[-3000:]
     assert f"interrupted: {signal.Signals(signum).name}" in out and "Traceback" not in out, out[-3000:]
+    assert "\x1b[A" in out, out[-3000:]  # a bar drawn at position 1
     dirs = _train_dirs(tmp_path)
     assert len(dirs) == 2
     stopped = {}

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from harness.runtime.io import atomic_write
+from harness.runtime.progress import progress_bar
 
 from .latents import LATENTS_FILE, META_FILE, load_vae
 from .registry import DataError, build_dataset
@@ -111,13 +112,11 @@ def _encode(
     model, dataset, *, scale: float, shift: float, batch_size: int, flip: bool, generator, device, progress: bool
 ) -> np.ndarray:
     """Stored latents ``(z - shift) * scale`` of every image (and, with ``flip``, its mirror right after it)."""
-    from tqdm.auto import tqdm
-
     dtype = next(model.parameters()).dtype
     chunks: list[np.ndarray] = []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     with torch.no_grad():
-        for x, _ in tqdm(loader, desc="encode", unit="batch", disable=not progress):
+        for x, _ in progress_bar(iterable=loader, desc="encode", unit="batch", disable=not progress):
             views = [x, x.flip(-1)] if flip else [x]
             for v in views:
                 dist = model.encode(v.to(device, dtype)).latent_dist

@@ -37,6 +37,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from baselines.registry import Registry
 from harness.diffusion.spec import DiffusionSpec, make_train_scheduler
+from harness.runtime.progress import progress_bar
 
 SampleModelFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", int], torch.Tensor]
 
@@ -240,9 +241,7 @@ def sample_loop(
     x = noise.to(device) if noise is not None else randn_tensor(tuple(shape), generator=generators, device=device)
     steps = range(len(sched.model_timesteps))
     if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc=f"{sampler} x{num_steps}")
+        steps = progress_bar(iterable=steps, desc=f"{sampler} x{num_steps}")
     for i in steps:
         t = int(sched.model_timesteps[i])
         x_in = torch.cat([x, x]) if guided else x

@@ -27,6 +27,7 @@ from harness.runtime.compile import set_compiled
 from harness.runtime.distributed import DistInfo, all_reduce_values, barrier, raise_if_any_rank_failed
 from harness.runtime.io import atomic_write
 from harness.runtime.npz_stream import write_npz_chunked
+from harness.runtime.progress import progress_bar
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -253,9 +254,7 @@ def _solver_of(model: nn.Module, cfg) -> tuple[bool, object | None, float]:
 def _progress_bar(total: int, desc: str, show: bool):
     if not show:
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img")
+    return progress_bar(total=total, desc=desc, unit="img")
 
 
 def _write_shard(

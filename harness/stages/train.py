@@ -32,6 +32,7 @@ from harness.compute.train_compute import BUDGET_UNITS, model_step_compute, step
 from harness.runtime.compile import set_compiled
 from harness.runtime.distributed import DistInfo, all_reduce_mean_, all_reduce_values, barrier, broadcast_module_
 from harness.runtime.io import atomic_write, atomic_write_json
+from harness.runtime.progress import progress_bar
 from harness.stages.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
 from harness.stages.signals import Interrupted, Preempted, _SignalCheckpoint  # noqa: F401  (raised from here)
 
@@ -304,10 +305,8 @@ class _TrainLog:
         self.path, self.tc = path, tc
         self.bar = None
         if show_bar:
-            from tqdm.auto import tqdm
-
             total = tc.budget.value if tc.budget.unit == "steps" else None
-            self.bar = tqdm(total=total, initial=state.step if total else 0, desc=desc, unit="step")
+            self.bar = progress_bar(total=total, initial=state.step if total else 0, desc=desc, unit="step")
         self.window_t, self.window_images = time.perf_counter(), 0
 
     def step(self, state: TrainState, values: list[float], info: DistInfo) -> None:
