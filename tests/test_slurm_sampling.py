@@ -173,13 +173,29 @@ def test_ranks_come_from_the_slurm_step_not_the_allocation(where, submitit, monk
         monkeypatch.setenv(k, v)
     assert _from_submitit() == (DistInfo(1, 2, 1) if where == "srun step" else None)
     if where == "srun step":  # rank 0 listens on the job's first host, at a port of this job's id
-        assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("localhost", str(29500 + 123))
+        assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("localhost", str(29500 + 123 * 50))
+
+
+def test_steps_and_jobs_get_ports_of_their_own():
+    """Rank 0's port depends on the job and the step: two multi-task steps of one allocation running
+    at once, and the steps of jobs with neighbouring ids, never share a port (they all used to take
+    29500 + job id, and the second step failed with "address already in use")."""
+    from harness.runtime.distributed import PORT_BASE, PORT_SPAN, STEPS_PER_JOB, master_port
+
+    ports = {
+        (job, step): master_port(str(job), str(step)) for job in range(1000, 1100) for step in range(STEPS_PER_JOB)
+    }
+    assert len(set(ports.values())) == len(ports)
+    assert all(PORT_BASE <= p < PORT_BASE + PORT_SPAN <= 65535 for p in ports.values())
+    assert master_port("123", "0") == master_port("123", "0") != master_port("123", "1")
+    assert master_port("", "batch") == PORT_BASE  # not an srun step of a numbered job: the default
 
 
 _PROBE = (
     "import torch; from harness.runtime.distributed import setup_distributed as s; "
     "i = s(torch.device('cpu')); print('RANK', i.rank, i.world_size, flush=True)"
 )
+_HOLD = _PROBE.replace("flush=True)", "flush=True); import time; time.sleep(4)")  # both steps live at once
 
 
 @pytest.mark.slurm
@@ -203,3 +219,24 @@ def test_batch_script_is_one_process_and_srun_tasks_are_ranks(slurm, tmp_path, o
     lines = [line for line in log.splitlines() if line.startswith("RANK")]
     assert lines[0] == "RANK 0 1"  # the batch script, alone
     assert sorted(lines[1:]) == ["RANK 0 2", "RANK 1 2"]  # the srun step's two tasks
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(180)
+def test_two_multi_task_steps_at_once_in_one_allocation(slurm, tmp_path, offline_env):
+    """Two 2-task ``srun`` steps started together inside one allocation each form their own gloo
+    group: their rank 0s listen on different ports (they used to derive the same one)."""
+    env = {k: v for k, v in offline_env.items() if not k.startswith(("SLURM_", "SUBMITIT_", "MASTER_"))}
+    out = tmp_path / "probe.out"
+    py = f'timeout 60 {sys.executable} -c "{_HOLD}"'
+    step = f"srun --overlap -n 2 {py}"
+    proc = subprocess.run(
+        ["sbatch", "--wait", "-n", "2", "-c", "1", "-o", str(out), "--wrap", f"{step} & {step} & wait %1 && wait %2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    log = out.read_text() if out.exists() else ""
+    assert proc.returncode == 0, (proc.stdout, proc.stderr, log[-2000:])
+    assert sorted(line for line in log.splitlines() if line.startswith("RANK")) == ["RANK 0 2"] * 2 + ["RANK 1 2"] * 2

@@ -49,11 +49,24 @@ def _from_submitit() -> DistInfo | None:
     if env.num_tasks <= 1 or _alone_in_slurm_allocation():
         return None
     os.environ.setdefault("MASTER_ADDR", env.hostnames[0] if env.hostnames else "127.0.0.1")
-    # SLURM_JOB_ID is unique per array element (env.job_id "A_i" shares A across the array), so two
-    # DDP elements of one array on the same node never pick the same port; a requeue keeps it.
     job = os.environ.get("SLURM_JOB_ID") or env.job_id.split("_")[0]
-    os.environ.setdefault("MASTER_PORT", str(29500 + int(job) % 2000 if job.isdigit() else 29500))
+    os.environ.setdefault("MASTER_PORT", str(master_port(job, os.environ.get("SLURM_STEP_ID", "0"))))
     return DistInfo(env.global_rank, env.num_tasks, env.local_rank)
+
+
+PORT_BASE, PORT_SPAN, STEPS_PER_JOB = 29500, 20000, 50
+
+
+def master_port(job_id: str, step_id: str) -> int:
+    """Rank 0's port for one ``srun`` step: a function of the job and the step, so the ranks of a
+    step agree on it without talking. SLURM_JOB_ID is unique per array element (submitit's "A_i"
+    shares A across the array) and a requeue keeps it; the step id separates multi-task steps that
+    run at the same time in one allocation (``srun ... &`` twice), which used to take one port and
+    fail with "address already in use". Each job gets a block of ``STEPS_PER_JOB`` ports, so the
+    steps of jobs with ids close together do not collide either."""
+    job = int(job_id) if job_id.isdigit() else 0
+    step = int(step_id) if step_id.isdigit() else 0
+    return PORT_BASE + (job * STEPS_PER_JOB + step % STEPS_PER_JOB) % PORT_SPAN
 
 
 def _alone_in_slurm_allocation() -> bool:
