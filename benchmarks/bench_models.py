@@ -21,6 +21,11 @@ profiles a few train steps of every configuration (torch.profiler, self CPU time
 top operators with their share, and the share of the step spent in matrix products: the step
 could be at best that share of its time if everything else were free, which bounds what fusing
 the rest can gain.
+
+``floor/ref`` is the train step's time at 100% of this run's matmul peak for its precision (every
+FLOP a matrix product at peak, nothing else costing anything) over the reference's time: no code
+can go below it on this machine. The targets of docs/performance.md are printed last, each with
+the best measured ratio and that floor, so a target below the floor shows as out of reach here.
 """
 
 from __future__ import annotations
@@ -293,24 +298,51 @@ def _report(shape: str, s: dict, cases: list[Case], peak: dict, args) -> None:
     ref_side = "official" if args.official else "ours"
     head = (
         f"{'model':<6}{'side':<14}{'prec':<6}{'train s':>9}{'eval s':>9}{'train/ref':>10}{'eval/ref':>10}"
-        f"{'% peak':>8}{'s/pass':>9}{'compile s':>10}"
+        f"{'% peak':>8}{'floor/ref':>10}{'s/pass':>9}{'compile s':>10}"
     )
     print(head + f"   (ref = {ref_side} fp32)")
     print("-" * len(head))
     for c in cases:
         m = med[(c.side, c.model, c.precision)]
         ref = med[(ref_side, c.model, "fp32")]
-        frac = (3 * c.flops_fwd * s["batch"] / m["train"] / 1e9 / peak[c.precision]) if c.flops_fwd else float("nan")
+        floor = _floor_s(c, s, peak)
         per_pass = m["eval"] / c.passes if c.passes else float("nan")
         print(
             f"{c.model:<6}{c.side:<14}{c.precision:<6}{m['train']:>9.3f}{m['eval']:>9.3f}"
-            f"{m['train'] / ref['train']:>10.2f}{m['eval'] / ref['eval']:>10.2f}{100 * frac:>7.0f}%"
-            f"{per_pass:>9.4f}{c.compile_s:>10.1f}"
+            f"{m['train'] / ref['train']:>10.2f}{m['eval'] / ref['eval']:>10.2f}{100 * floor / m['train']:>7.0f}%"
+            f"{floor / ref['train']:>10.2f}{per_pass:>9.4f}{c.compile_s:>10.1f}"
         )
     for prec in ("fp32", "bf16"):
         d, f = med[("ours", "dit", prec)], med[("ours", "fpdm", prec)]
         ratio = (f["eval"] / (2 + s["eval_iters"])) / (d["eval"] / s["depth"])
         print(f"ours {prec}: FPDM / DiT wall time per block pass in the eval forward: {ratio:.2f}x")
+    if args.official:
+        _report_targets(shape, s, cases, med, peak)
+
+
+# docs/performance.md, "Targets": the train step of our DiT, as a ratio to the official fp32 step
+TARGETS = {("digits", "fp32"): 0.60, ("digits", "bf16"): 0.40, ("s2", "bf16"): 0.35}
+
+
+def _floor_s(c: Case, s: dict, peak: dict) -> float:
+    """Seconds of the train step at 100% of the measured matmul peak of its precision."""
+    return 3 * c.flops_fwd * s["batch"] / 1e9 / peak[c.precision] if c.flops_fwd else float("nan")
+
+
+def _report_targets(shape: str, s: dict, cases: list[Case], med: dict, peak: dict) -> None:
+    ref = med[("official", "dit", "fp32")]["train"]
+    for (target_shape, prec), target in TARGETS.items():
+        if target_shape != shape:
+            continue
+        ours = [c for c in cases if c.model == "dit" and c.precision == prec and c.side != "official"]
+        best = min(ours, key=lambda c: med[(c.side, c.model, c.precision)]["train"])
+        ratio = med[(best.side, "dit", prec)]["train"] / ref
+        floor = _floor_s(best, s, peak) / ref
+        verdict = "met" if ratio <= target else "below the floor: out of reach here" if floor > target else "not met"
+        print(
+            f"target {shape} DiT {prec} train step <= {target:.2f}x official fp32: best {ratio:.2f}x ({best.side}), "
+            f"floor {floor:.2f}x at 100% of the {prec} matmul peak, so {floor / target:.0%} of the peak needed -> {verdict}"
+        )
 
 
 def main() -> None:

@@ -198,17 +198,13 @@ _PROBE = (
 _HOLD = _PROBE.replace("flush=True)", "flush=True); import time; time.sleep(4)")  # both steps live at once
 
 
-@pytest.mark.slurm
-@pytest.mark.timeout(180)
-def test_batch_script_is_one_process_and_srun_tasks_are_ranks(slurm, tmp_path, offline_env):
-    """On the cluster, without submitit: in a 2-task allocation the batch script itself is world
-    size 1, and the 2 tasks of a plain ``srun`` in it join one gloo group as ranks 0 and 1 (they
-    used to run as two separate 1-rank jobs)."""
+def _probe_ranks(tmp_path: Path, offline_env: dict, script: str) -> list[str]:
+    """The ``RANK rank world`` lines printed by one 2-task allocation running the shell
+    line ``script``, in the order printed; fails if the job failed."""
     env = {k: v for k, v in offline_env.items() if not k.startswith(("SLURM_", "SUBMITIT_", "MASTER_"))}
     out = tmp_path / "probe.out"
-    py = f'timeout 60 {sys.executable} -c "{_PROBE}"'
     proc = subprocess.run(
-        ["sbatch", "--wait", "-n", "2", "-c", "1", "-o", str(out), "--wrap", f"{py} && srun {py}"],
+        ["sbatch", "--wait", "-n", "2", "-c", "1", "-o", str(out), "--wrap", script],
         env=env,
         capture_output=True,
         text=True,
@@ -216,7 +212,17 @@ def test_batch_script_is_one_process_and_srun_tasks_are_ranks(slurm, tmp_path, o
     )
     log = out.read_text() if out.exists() else ""
     assert proc.returncode == 0, (proc.stdout, proc.stderr, log[-2000:])
-    lines = [line for line in log.splitlines() if line.startswith("RANK")]
+    return [line for line in log.splitlines() if line.startswith("RANK")]
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(180)
+def test_batch_script_is_one_process_and_srun_tasks_are_ranks(slurm, tmp_path, offline_env):
+    """On the cluster, without submitit: in a 2-task allocation the batch script itself is world
+    size 1, and the 2 tasks of a plain ``srun`` in it join one gloo group as ranks 0 and 1 (they
+    used to run as two separate 1-rank jobs)."""
+    py = f'timeout 60 {sys.executable} -c "{_PROBE}"'
+    lines = _probe_ranks(tmp_path, offline_env, f"{py} && srun {py}")
     assert lines[0] == "RANK 0 1"  # the batch script, alone
     assert sorted(lines[1:]) == ["RANK 0 2", "RANK 1 2"]  # the srun step's two tasks
 
@@ -226,17 +232,6 @@ def test_batch_script_is_one_process_and_srun_tasks_are_ranks(slurm, tmp_path, o
 def test_two_multi_task_steps_at_once_in_one_allocation(slurm, tmp_path, offline_env):
     """Two 2-task ``srun`` steps started together inside one allocation each form their own gloo
     group: their rank 0s listen on different ports (they used to derive the same one)."""
-    env = {k: v for k, v in offline_env.items() if not k.startswith(("SLURM_", "SUBMITIT_", "MASTER_"))}
-    out = tmp_path / "probe.out"
-    py = f'timeout 60 {sys.executable} -c "{_HOLD}"'
-    step = f"srun --overlap -n 2 {py}"
-    proc = subprocess.run(
-        ["sbatch", "--wait", "-n", "2", "-c", "1", "-o", str(out), "--wrap", f"{step} & {step} & wait %1 && wait %2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
-    log = out.read_text() if out.exists() else ""
-    assert proc.returncode == 0, (proc.stdout, proc.stderr, log[-2000:])
-    assert sorted(line for line in log.splitlines() if line.startswith("RANK")) == ["RANK 0 2"] * 2 + ["RANK 1 2"] * 2
+    step = f'srun --overlap -n 2 timeout 60 {sys.executable} -c "{_HOLD}"'
+    lines = _probe_ranks(tmp_path, offline_env, f"{step} & {step} & wait %1 && wait %2")
+    assert sorted(lines) == ["RANK 0 2"] * 2 + ["RANK 1 2"] * 2
