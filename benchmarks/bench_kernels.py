@@ -5,7 +5,8 @@ What bounds a step on this machine (docs/performance.md, "The targets, and where
   each linear of a DiT block, in GFLOP/s and as a fraction of the 2048^3 matmul peak measured in
   the same run, fp32 and bf16;
 - the elementwise operations around them (GELU in its tanh form, as the DiT blocks use it, and its
-  backward; tanh, sigmoid, erf-GELU, an add, a cast), in G elements per second.
+  backward; ``baselines.layers.gelu_tanh`` as sampling runs it; tanh, sigmoid, erf-GELU, an add, a
+  cast), in G elements per second.
 
     python benchmarks/bench_kernels.py [--shape digits|s2|both] [--threads 2] [--repeats 20]
 
@@ -22,6 +23,8 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+
+from baselines.layers import gelu_tanh
 
 SHAPES = {"digits": (128 * 16, 128), "s2": (8 * 256, 384)}  # name -> (tokens in a train batch, width)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -67,6 +70,7 @@ def elementwise(tokens: int, width: int, dtype: torch.dtype, repeats: int) -> li
     other = torch.float32 if dtype != torch.float32 else torch.bfloat16
     ops = {
         "gelu tanh": lambda: F.gelu(x, approximate="tanh"),
+        "gelu tanh, no grad": lambda: gelu_tanh(x),  # baselines.layers: x * sigmoid(2u) on CPU fp32
         "gelu tanh backward": lambda: torch.ops.aten.gelu_backward(g, x, approximate="tanh"),
         "gelu erf": lambda: F.gelu(x),
         "tanh": lambda: torch.tanh(x),

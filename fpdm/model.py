@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.contract import AttentionFn, ForwardTrace
-from baselines.layers import DiTBlock, FinalLayer, PatchDenoiser, dit_initialize, run_block
+from baselines.layers import DiTBlock, FinalLayer, PatchDenoiser, dit_initialize, gelu_tanh, run_block
 from baselines.presets import Preset, resolve_preset
 from fpdm.reuse import WarmStart
 from fpdm.training_modes import FixedPointCounts, ImplicitTrainSpec, get_training_mode
@@ -58,7 +58,7 @@ class InjectionMLP(nn.Module):
         self.fc2 = nn.Linear(2 * hidden_size, hidden_size)
 
     def forward(self, z: torch.Tensor, x_inj: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(torch.cat([z, x_inj], dim=-1)), approximate="tanh"))
+        return self.fc2(gelu_tanh(self.fc1(torch.cat([z, x_inj], dim=-1))))
 
     def injection_term(self, x_inj: torch.Tensor) -> torch.Tensor:
         """``x_inj @ W1[:, D:]^T + b1``: the half of fc1 that does not change between iterations.
@@ -71,7 +71,7 @@ class InjectionMLP(nn.Module):
     def mix(self, z: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
         """forward(z, x_inj) given ``term = injection_term(x_inj)``."""
         d = z.shape[-1]
-        return self.fc2(F.gelu(F.linear(z, self.fc1.weight[:, :d]) + term, approximate="tanh"))
+        return self.fc2(gelu_tanh(F.linear(z, self.fc1.weight[:, :d]) + term))
 
 
 class FixedPointLayer(nn.Module):

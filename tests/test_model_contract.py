@@ -5,6 +5,7 @@ arguments, and misspelt keywords refused."""
 from __future__ import annotations
 
 import inspect
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -217,3 +218,31 @@ def test_default_attention_is_scaled_dot_product_attention(tokens, dtype):
     q64, k64, v64 = (t.detach().double() for t in (q, k, v))
     expected = torch.softmax(q64 @ k64.transpose(-2, -1) / 4.0, dim=-1) @ v64
     torch.testing.assert_close(out.double(), expected, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad"])
+def test_gelu_tanh_is_gelus_tanh_form_on_every_path(dtype, grad):
+    """``gelu_tanh`` (written out as x * sigmoid(2u) where no gradient flows, on CPU in fp32/fp64)
+    equals 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) computed in float64, over a range that
+    covers the sigmoid's saturation, leaves its input untouched, and has ATen's gradient; bf16 and
+    the gradient path are ATen's kernel, bit for bit."""
+    from baselines.layers import gelu_tanh
+
+    x = torch.cat([torch.linspace(-12, 12, 4001), torch.tensor([-60.0, 60.0, 0.0])]).to(dtype)
+    x64 = x.double()
+    expected = 0.5 * x64 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3)))
+    before = x.clone()
+    if grad:
+        x.requires_grad_()
+    with torch.set_grad_enabled(grad):
+        out = gelu_tanh(x)
+    assert torch.equal(x.detach(), before)
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=2e-6, rtol=2e-6)
+    torch.testing.assert_close(out.detach().double(), expected, **tol)
+    if grad or dtype == torch.bfloat16:
+        assert torch.equal(out, F.gelu(x, approximate="tanh"))
+    if grad:
+        (g,) = torch.autograd.grad(out.sum(), x)
+        (ref,) = torch.autograd.grad(F.gelu(x, approximate="tanh").sum(), x)
+        assert torch.equal(g, ref)

@@ -129,11 +129,14 @@ def run_job(cfg: DictConfig, *, progress: bool = True, plan_only: bool = False) 
     """Run (or, with ``plan_only``, only inspect) the stages of one job."""
     from harness.compute.params import params_by_part
     from harness.data import build_dataset
+    from harness.runtime.allocator import reuse_freed_memory
     from harness.runtime.distributed import setup_distributed
 
     device = resolve_device(cfg.run.device)
     if cfg.run.threads:
         torch.set_num_threads(int(cfg.run.threads))
+    if cfg.run.reuse_freed_memory:
+        reuse_freed_memory()
     keys = stage_keys(cfg)
     cache = ArtifactCache(cfg.paths.cache_dir)
     result = JobResult(keys=keys, axes=job_axes(cfg))
