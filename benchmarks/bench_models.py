@@ -8,7 +8,7 @@ Two shapes (docs/architecture.md):
   5 + 5 iterations in training, k=10 in the eval forward. Matmuls dominate here.
 
     python benchmarks/bench_models.py [--shape digits|s2|both] [--threads 2] [--repeats 5]
-        [--official PATH] [--compile] [--profile] [--device cpu|cuda]
+        [--official PATH] [--compile] [--profile] [--device cpu|cuda] [--system-malloc]
 
 ``--official PATH`` imports the official code (its ``models.py`` and ``diffusion/``) from PATH at
 run time (it needs ``timm`` and ``jaxtyping`` importable) and times it in the same process,
@@ -20,7 +20,9 @@ fraction of it (3 x forward FLOPs x batch / time). ``--compile`` adds our models
 profiles a few train steps of every configuration (torch.profiler, self CPU time) and prints its
 top operators with their share, and the share of the step spent in matrix products: the step
 could be at best that share of its time if everything else were free, which bounds what fusing
-the rest can gain.
+the rest can gain. The process reuses freed memory as every job of the harness does
+(``run.reuse_freed_memory``; the official code in the same process gets it too); ``--system-malloc``
+keeps glibc's defaults.
 
 ``floor/ref`` is the train step's time at 100% of this run's matmul peak for its precision (every
 FLOP a matrix product at peak, nothing else costing anything) over the reference's time: no code
@@ -45,6 +47,7 @@ from fpdm.training_modes import ImplicitTrainSpec
 from harness.compute.flops import count_flops
 from harness.diffusion import training_loss
 from harness.diffusion.spec import DiffusionSpec
+from harness.runtime.allocator import reuse_freed_memory
 from harness.runtime.compile import set_compiled
 
 SHAPES = {  # name -> geometry, batches, depths, iterations
@@ -354,7 +357,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time our models under torch.compile")
     ap.add_argument("--profile", action="store_true", help="print each configuration's top operators")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--system-malloc", action="store_true", help="keep glibc's allocator defaults")
     args = ap.parse_args()
+    malloc = "glibc defaults" if args.system_malloc else "reused" if reuse_freed_memory() else "not tunable here"
     if args.official:
         try:
             sys.path.insert(0, args.official)
@@ -376,7 +381,7 @@ def main() -> None:
     device = torch.device(args.device)
     print(
         f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} repeats={args.repeats} "
-        f"(medians of round-robin repeats)"
+        f"(medians of round-robin repeats); freed memory: {malloc}"
     )
     for shape in ("digits", "s2") if args.shape == "both" else (args.shape,):
         run_shape(shape, args, device)
