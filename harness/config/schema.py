@@ -207,7 +207,7 @@ class RunConfig:
     threads: Optional[int] = None  # torch intra-op threads; None: torch's default
     # keep freed CPU memory for the next tensor instead of returning it to the OS (glibc; the
     # process keeps its peak heap): sampling 1.3-1.5x faster at the main job's shape
-    # (harness/runtime/allocator.py, docs/performance.md "The allocator")
+    # (harness/runtime/allocator.py, docs/performance.md "The allocator, and GELU outside training")
     reuse_freed_memory: bool = True
     plan: bool = False  # list the job and its cache status, run nothing
     progress: bool = True
