@@ -3,7 +3,7 @@
 PyTorch's CPU tensors come from the C library's ``malloc``. With glibc's defaults, a freed
 multi-megabyte temporary is soon returned to the OS (``munmap`` above the dynamic mmap threshold,
 heap trimming above twice that), so the next temporary of that size starts on fresh pages and pays
-one page fault per 4 KiB on its first write. A sampling step at the main job's shape (500 images x
+one page fault per 4 KiB on its first write. A sampling step at the main job's shape (250 images x
 16 tokens x width 256 in the MLP) allocates many such temporaries; there the faults were a quarter
 of DiT's and a third of FPDM's sampling time (docs/performance.md, "The allocator, and GELU outside training"). Fixing both
 thresholds (which also turns off glibc's dynamic adjustment) keeps freed memory in the heap for the
