@@ -156,7 +156,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = self.attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, D/H)
+        # unbind, not qkv[0], qkv[1], qkv[2]: its backward stacks the three gradients in one op,
+        # where each index's backward fills a zero tensor the size of qkv and the three are summed
+        out = self.attention(*qkv.unbind(0))  # (B, H, N, D/H)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
