@@ -124,8 +124,9 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     On CPU in fp32/fp64, where no gradient flows through it (sampling, S-JFB's no-grad iterations,
     Sec. 3.4), it is computed as the same function ``x * sigmoid(x (K0 + K1 x^2))`` in place: this
     PyTorch's vectorised ``tanh`` (and so ATen's GELU-tanh) runs at about 0.6 G elements/s per core
-    where ``sigmoid`` runs at about 3.8 (benchmarks/bench_kernels.py), so the written-out form takes
-    0.5-0.75x the time, and GELU was 22% of an FPDM sampling step at the main job's shape. The values
+    where ``sigmoid`` runs at about 3.8, so the written-out form takes 0.46-0.75x the time
+    (benchmarks/bench_kernels.py, "gelu tanh, no grad"), and GELU was 22% of an FPDM sampling step
+    at the main job's shape. The values
     agree with ATen's to float rounding (max error against float64 5e-7 vs ATen's 4e-7). Training
     forwards keep ATen's kernel, whose backward is faster than the written-out one's; bf16/fp16
     keep it for its fp32 internals, and CUDA for its single fused kernel."""
@@ -141,8 +142,9 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 class Attention(nn.Module):
     """Multi-head self-attention through ``attention`` (default ``default_attention``: the fused
-    ``scaled_dot_product_attention``; written out for short low-precision sequences on CPU). The function is a constructor argument, so a caller that wants another
-    kernel (or to count or record calls) passes one instead of patching this module."""
+    ``scaled_dot_product_attention``; written out for short low-precision sequences on CPU). The
+    function is a constructor argument, so a caller that wants another kernel (or to count or
+    record calls) passes one instead of patching this module."""
 
     def __init__(self, dim: int, num_heads: int, attention: AttentionFn | None = None):
         super().__init__()

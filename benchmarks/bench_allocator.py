@@ -3,7 +3,8 @@
 Each repeat runs, in a fresh process per setting (the setting is process-wide and cannot be undone),
 the main job's sample stage for DiT and FPDM (``python -m harness.run`` defaults: digits, tiny
 preset, budget 60 blocks, untrained weights, which time the same) and prints the wall time per block
-pass and the minor page faults per image; settings alternate so both see the same machine load.
+pass, the minor page faults per image and the process's peak resident memory; settings alternate
+so both see the same machine load.
 
     python benchmarks/bench_allocator.py [--repeats 3] [--threads 1] [--images 500]
 """
@@ -51,6 +52,7 @@ def child(mode: str, threads: int, images: int) -> None:
             "us_per_pass": 1e6 * s["time_per_image_s"] / s["block_passes_per_image"],
             "faults": faults / images,
         }
+    out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(json.dumps(out))
 
 
@@ -93,7 +95,8 @@ def main() -> None:
         print(f"{model:<6}{a:>16.1f}{b:>15.1f}{b / a:>14.2f}{fa:>19.0f}{fb:>8.0f}")
     for mode in MODES:
         ratio = med(mode, "fpdm", "us_per_pass") / med(mode, "dit", "us_per_pass")
-        print(f"{mode}: FPDM / DiT wall time per block pass: {ratio:.2f}x")
+        rss = statistics.median(r["max_rss_mb"] for r in runs[mode])
+        print(f"{mode}: FPDM / DiT wall time per block pass: {ratio:.2f}x; peak resident memory {rss:.0f} MB")
 
 
 if __name__ == "__main__":

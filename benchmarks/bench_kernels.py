@@ -23,11 +23,17 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from bench_models import SHAPES, matmul_peak  # benchmarks/ is on sys.path when run as a script
 
 from baselines.layers import gelu_tanh
 
-SHAPES = {"digits": (128 * 16, 128), "s2": (8 * 256, 384)}  # name -> (tokens in a train batch, width)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def tokens_and_width(shape: str) -> tuple[int, int]:
+    """Tokens in a train batch and the model width of one of bench_models.py's shapes."""
+    s = SHAPES[shape]
+    return s["batch"] * (s["input_size"] // s["patch_size"]) ** 2, s["hidden_size"]
 
 
 def _median_s(fn: Callable[[], object], repeats: int) -> float:
@@ -39,12 +45,6 @@ def _median_s(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def matmul_peak(dtype: torch.dtype, repeats: int) -> float:
-    """GFLOP/s of a 2048^3 product (the peak bench_models.py also measures)."""
-    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-    return 2 * 2048**3 / _median_s(lambda: a @ b, max(repeats // 2, 3)) / 1e9
 
 
 def linear_products(tokens: int, width: int, dtype: torch.dtype, repeats: int) -> list[tuple[str, list[float]]]:
@@ -89,13 +89,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"threads={torch.get_num_threads()} torch={torch.__version__} cpu={torch.backends.cpu.get_cpu_capability()}")
-    peak = {p: matmul_peak(dt, args.repeats) for p, dt in DTYPES.items()}
+    peak = {p: matmul_peak(dt, torch.device("cpu")) for p, dt in DTYPES.items()}
     print(
         f"matmul peak (2048^3): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
         f"({peak['bf16'] / peak['fp32']:.1f}x)"
     )
     for shape in ("digits", "s2") if args.shape == "both" else (args.shape,):
-        tokens, width = SHAPES[shape]
+        tokens, width = tokens_and_width(shape)
         for prec, dtype in DTYPES.items():
             print(f"\n== {shape} {prec}: linear products, GFLOP/s (fraction of the {prec} peak)")
             print(f"{'linear':<22}{'x @ W^T':>16}{'g @ W':>16}{'g^T @ x':>16}")

@@ -193,21 +193,25 @@ def app(tmp_path, fast_overrides, offline_env):
     env = {k: v for k, v in offline_env.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
 
     def start(*overrides: str) -> subprocess.Popen:
-        cmd = [
-            sys.executable,
-            "-m",
-            "harness.run",
-            "-m",
-            "hydra/launcher=slurm_cpu",
-            "hydra.launcher.cpus_per_task=1",
-            f"hydra.launcher.submitit_folder={tmp_path / 'submitit' / '%j'}",
-            *fast_overrides,
-            "train.batch_size=16",
-            *overrides,
-        ]
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return start_slurm_sweep(tmp_path, env, *fast_overrides, "train.batch_size=16", *overrides)
 
     return start
+
+
+def start_slurm_sweep(root: Path, env: dict, *overrides: str) -> subprocess.Popen:
+    """``python -m harness.run -m`` through ``slurm_cpu`` (1 CPU a task), submitit's folder under
+    ``root``, output piped."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.run",
+        "-m",
+        "hydra/launcher=slurm_cpu",
+        "hydra.launcher.cpus_per_task=1",
+        f"hydra.launcher.submitit_folder={root / 'submitit' / '%j'}",
+        *overrides,
+    ]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _job_ids(tmp: Path) -> list[str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_slurm import _finish, _job_ids, _slurm_unavailable
+from test_slurm import _finish, _job_ids, _slurm_unavailable, start_slurm_sweep
 
 NUM_IMAGES, SHARD = 12, 4
 POINT = [
@@ -47,19 +47,7 @@ def slurm():
 
 def _submit(root: Path, overrides_for, env: dict, tasks: int) -> subprocess.Popen:
     """The point as one Slurm job of ``tasks`` tasks (1 CPU each), every output under ``root``."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "harness.run",
-        "-m",
-        "hydra/launcher=slurm_cpu",
-        "hydra.launcher.cpus_per_task=1",
-        f"hydra.launcher.tasks_per_node={tasks}",
-        f"hydra.launcher.submitit_folder={root / 'submitit' / '%j'}",
-        *overrides_for(root),
-        *POINT,
-    ]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_slurm_sweep(root, env, f"hydra.launcher.tasks_per_node={tasks}", *overrides_for(root), *POINT)
 
 
 @pytest.fixture(scope="module")
