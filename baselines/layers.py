@@ -95,18 +95,24 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)
 
 
-# CPU, bf16/fp16 (autocast): up to this many tokens the written-out softmax(q k^T / sqrt(d)) v is
-# faster than the fused CPU kernel, which took 46-50% of a bf16 train step at the digits shape.
-# Train step, 2 threads, interleaved A/B (benchmarks/bench_models.py shapes): 16 tokens, width 128,
-# batch 128: 0.50x the fused kernel's time; 16 tokens, width 64: 0.83x; 256 tokens (S/2): 0.87x.
-# fp32 keeps the fused kernel (0.91-1.00x there, not worth moving every fp32 result by a rounding).
-SHORT_SEQUENCE_TOKENS = 256
+# On CPU, up to this many tokens per dtype the written-out softmax(q k^T / sqrt(d)) v is faster than
+# the fused CPU kernel, whose per-call cost dominates at few tokens (at the digits shape it took
+# 46-50% of a bf16 train step). Time written out / fused, 2 threads:
+# - bf16 train step, interleaved A/B (benchmarks/bench_models.py shapes): 16 tokens, width 128,
+#   batch 128: 0.50x; width 64: 0.83x; 256 tokens (S/2): 0.87x.
+# - fp32, attention alone in a block's layout (benchmarks/bench_kernels.py, "attention"), forward +
+#   backward / no grad: 16 tokens 0.61-0.63x / 0.38-0.48x, 64 tokens 0.83x / 0.70x, 256 tokens
+#   0.90-1.12x / 1.19-1.25x (head widths 32 and 64); a digits fp32 train step (16 tokens, width
+#   128): 0.89x (FPDM) and 0.93x (DiT), its eval forward 0.88-0.91x (interleaved A/B).
+# float64 keeps the fused kernel (exactness checks use it).
+WRITTEN_OUT_MAX_TOKENS = {torch.bfloat16: 256, torch.float16: 256, torch.float32: 64}
 
 
 def default_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``scaled_dot_product_attention``, except in low precision on CPU for short sequences, where
-    the same computation written out avoids the fused kernel's cost (same math, rounding aside)."""
-    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or q.shape[-2] > SHORT_SEQUENCE_TOKENS:
+    """``scaled_dot_product_attention``, except on CPU for short sequences (``WRITTEN_OUT_MAX_TOKENS``
+    per dtype), where the same computation written out avoids the fused kernel's per-call cost
+    (same math, rounding aside)."""
+    if q.device.type != "cpu" or q.shape[-2] > WRITTEN_OUT_MAX_TOKENS.get(q.dtype, -1):
         return F.scaled_dot_product_attention(q, k, v)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     return scores.softmax(dim=-1) @ v
@@ -142,7 +148,7 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 class Attention(nn.Module):
     """Multi-head self-attention through ``attention`` (default ``default_attention``: the fused
-    ``scaled_dot_product_attention``; written out for short low-precision sequences on CPU). The
+    ``scaled_dot_product_attention``; written out for short sequences on CPU). The
     function is a constructor argument, so a caller that wants another kernel (or to count or
     record calls) passes one instead of patching this module."""
 

@@ -6,7 +6,11 @@ What bounds a step on this machine (docs/performance.md, "The targets, and where
   the same run, fp32 and bf16;
 - the elementwise operations around them (GELU in its tanh form, as the DiT blocks use it, and its
   backward; ``baselines.layers.gelu_tanh`` as sampling runs it; tanh, sigmoid, erf-GELU, an add, a
-  cast), in G elements per second.
+  cast), in G elements per second;
+- attention at the shape's heads and head width, in the layout a block feeds it (views of one qkv
+  projection), fused ``scaled_dot_product_attention`` against the written-out softmax(q k^T) v,
+  with gradients and without, over a range of tokens per image at the same tokens per batch: the
+  evidence for ``baselines.layers.WRITTEN_OUT_MAX_TOKENS``.
 
     python benchmarks/bench_kernels.py [--shape digits|s2|both] [--threads 2] [--repeats 20]
 
@@ -25,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from bench_models import SHAPES, matmul_peak  # benchmarks/ is on sys.path when run as a script
 
-from baselines.layers import gelu_tanh
+from baselines.layers import WRITTEN_OUT_MAX_TOKENS, gelu_tanh
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -81,6 +85,46 @@ def elementwise(tokens: int, width: int, dtype: torch.dtype, repeats: int) -> li
     return [(name, x.numel() / _median_s(fn, repeats) / 1e9) for name, fn in ops.items()]
 
 
+def _written_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+
+
+def _attention_call(fn, qkv_out: torch.Tensor, heads: int, grad_out: torch.Tensor, grad: bool) -> None:
+    """One attention as a block calls it: q, k, v are views of one projection's output."""
+    images, tokens, _ = qkv_out.shape
+    with torch.set_grad_enabled(grad):
+        qkv = qkv_out.view(images, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        out = fn(*qkv.unbind(0)).transpose(1, 2).reshape(grad_out.shape)
+        if grad:
+            out.backward(grad_out)
+
+
+def attention_ratios(
+    batch_tokens: int, heads: int, head_width: int, dtype: torch.dtype, repeats: int
+) -> list[tuple[int, float, float, float]]:
+    """(tokens per image, fused ms with grad, written-out / fused with grad, same without grad) at
+    16, 64 and 256 tokens per image with ``batch_tokens`` tokens in the batch."""
+    rows = []
+    for tokens in (16, 64, 256):
+        images = max(1, batch_tokens // tokens)
+        qkv_out = torch.randn(images, tokens, 3 * heads * head_width, dtype=dtype, requires_grad=True)
+        grad_out = torch.ones(images, tokens, heads * head_width, dtype=dtype)
+        times = {
+            (name, grad): _median_s(partial(_attention_call, fn, qkv_out, heads, grad_out, grad), repeats)
+            for name, fn in (("fused", F.scaled_dot_product_attention), ("written", _written_out))
+            for grad in (True, False)
+        }
+        rows.append(
+            (
+                tokens,
+                times["fused", True] * 1e3,
+                times["written", True] / times["fused", True],
+                times["written", False] / times["fused", False],
+            )
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=("digits", "s2", "both"), default="both")
@@ -105,6 +149,14 @@ def main() -> None:
             print(f"-- {shape} {prec}: elementwise on {tokens} x {4 * width}, G elements/s")
             for name, rate in elementwise(tokens, width, dtype, args.repeats):
                 print(f"   {name:<22}{rate:>7.2f}")
+            heads = SHAPES[shape]["num_heads"]
+            print(
+                f"-- {shape} {prec}: attention, {heads} heads of width {width // heads}, {tokens} tokens per batch; "
+                f"written out up to {WRITTEN_OUT_MAX_TOKENS.get(dtype)} tokens (time written out / fused)"
+            )
+            print(f"   {'tokens/image':<14}{'fused fwd+bwd ms':>18}{'with grad':>11}{'no grad':>9}")
+            for n, fused_ms, with_grad, no_grad in attention_ratios(tokens, heads, width // heads, dtype, args.repeats):
+                print(f"   {n:<14}{fused_ms:>18.1f}{with_grad:>11.2f}{no_grad:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from baselines.contract import DiffusionBackbone, ForwardTrace
 from baselines.dit import build_dit
-from baselines.layers import SHORT_SEQUENCE_TOKENS, default_attention
+from baselines.layers import WRITTEN_OUT_MAX_TOKENS, default_attention
 from baselines.presets import get_preset
 from fpdm.model import SolveTrace, build_fpdm
 from fpdm.solvers import get_solver
@@ -194,26 +194,26 @@ def test_the_attention_function_parameter_is_honoured(name):
         assert not torch.allclose(mixed(x, t, y, **kw), ref)
 
 
-@pytest.mark.parametrize("tokens", [16, SHORT_SEQUENCE_TOKENS, SHORT_SEQUENCE_TOKENS + 1])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_default_attention_is_scaled_dot_product_attention(tokens, dtype):
-    """The written-out path (short low-precision sequences on CPU) computes softmax(q k^T / sqrt(d)) v
-    as the fused kernel does, values and gradients, on both sides of the switch; fp32 is the fused
-    kernel itself, bit for bit."""
+@pytest.mark.parametrize("side", ["at", "above"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_default_attention_is_scaled_dot_product_attention(side, dtype):
+    """The written-out path (short sequences on CPU, ``WRITTEN_OUT_MAX_TOKENS`` per dtype) computes
+    softmax(q k^T / sqrt(d)) v as the fused kernel does, values and gradients, on both sides of the
+    switch; above it (and always in float64) it is the fused kernel itself, bit for bit."""
+    tokens = WRITTEN_OUT_MAX_TOKENS.get(dtype, 16) + (side == "above")
     g = torch.Generator().manual_seed(tokens)
     q, k, v = (torch.randn(2, 4, tokens, 16, generator=g).to(dtype).requires_grad_() for _ in range(3))
     out = default_attention(q, k, v)
     ref = F.scaled_dot_product_attention(q, k, v)
-    if dtype == torch.float32:
-        assert torch.equal(out, ref)
-    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-4)
+    fused = side == "above" or dtype not in WRITTEN_OUT_MAX_TOKENS
+    assert torch.equal(out, ref) == fused  # the written-out path really runs at the threshold
+    low = dtype == torch.bfloat16
+    tol = dict(atol=2e-2, rtol=2e-2) if low else dict(atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out.float(), ref.float(), **tol)
     grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
     refs = torch.autograd.grad(ref.float().square().sum(), (q, k, v))
     for a, b in zip(grads, refs):
-        torch.testing.assert_close(
-            a.float(), b.float(), **(dict(atol=5e-2, rtol=5e-2) if dtype != torch.float32 else {})
-        )
+        torch.testing.assert_close(a.float(), b.float(), **(dict(atol=5e-2, rtol=5e-2) if low else tol))
     # the textbook formula, computed independently in float64
     q64, k64, v64 = (t.detach().double() for t in (q, k, v))
     expected = torch.softmax(q64 @ k64.transpose(-2, -1) / 4.0, dim=-1) @ v64
