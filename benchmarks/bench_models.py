@@ -8,7 +8,7 @@ Two shapes (docs/architecture.md):
   5 + 5 iterations in training, k=10 in the eval forward. Matmuls dominate here.
 
     python benchmarks/bench_models.py [--shape digits|s2|both] [--threads 2] [--repeats 5]
-        [--official PATH] [--compile] [--profile] [--device cpu|cuda] [--system-malloc]
+        [--official PATH] [--compile] [--profile] [--device cpu|cuda] [--system-malloc] [--no-tf32]
 
 ``--official PATH`` imports the official code (its ``models.py`` and ``diffusion/``) from PATH at
 run time (it needs ``timm`` and ``jaxtyping`` importable) and times it in the same process,
@@ -22,7 +22,9 @@ top operators with their share, and the share of the step spent in matrix produc
 could be at best that share of its time if everything else were free, which bounds what fusing
 the rest can gain. The process reuses freed memory as every job of the harness does
 (``run.reuse_freed_memory``; the official code in the same process gets it too); ``--system-malloc``
-keeps glibc's defaults.
+keeps glibc's defaults. On CUDA, train steps run their fp32 products in TF32, as both codes'
+training scripts do (``train.tf32``), and the fp32 peak is measured the same way; eval forwards stay
+in full fp32, as both sampling scripts do. ``--no-tf32`` times the train steps in full fp32.
 
 ``floor/ref`` is the train step's time at 100% of this run's matmul peak for its precision (every
 FLOP a matrix product at peak, nothing else costing anything) over the reference's time: no code
@@ -49,6 +51,7 @@ from harness.diffusion import training_loss
 from harness.diffusion.spec import DiffusionSpec
 from harness.runtime.allocator import reuse_freed_memory
 from harness.runtime.compile import set_compiled
+from harness.runtime.matmul_precision import tf32_matmuls
 
 SHAPES = {  # name -> geometry, batches, depths, iterations
     "digits": dict(
@@ -229,12 +232,14 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn: Callable[[], None], device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
+def _timed(fn: Callable[[], None], device, tf32: bool = False) -> float:
+    """Seconds of one call; on CUDA its fp32 products in TF32 when ``tf32`` (no effect on CPU)."""
+    with tf32_matmuls(tf32, device):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - t0
 
 
 def run_shape(shape: str, args, device) -> None:
@@ -247,19 +252,22 @@ def run_shape(shape: str, args, device) -> None:
             cases.append(_ours(s, name, prec, device, compiled=False))
             if args.compile:
                 cases.append(_ours(s, name, prec, device, compiled=True))
+    # train steps as both codes' training scripts run them: TF32 on CUDA (train.tf32's default)
+    tf32 = not args.no_tf32
     for c in cases:  # warm-up (and compilation) outside the timed repeats
-        t_first = _timed(c.train_step, device) + _timed(c.eval_forward, device)
-        t_second = _timed(c.train_step, device) + _timed(c.eval_forward, device)
+        t_first = _timed(c.train_step, device, tf32) + _timed(c.eval_forward, device)
+        t_second = _timed(c.train_step, device, tf32) + _timed(c.eval_forward, device)
         c.compile_s = max(t_first - t_second, 0.0) if c.side == "ours+compile" else 0.0
     for _ in range(args.repeats):  # round robin: every configuration sees the same load
         for c in cases:
-            c.times["train"].append(_timed(c.train_step, device))
+            c.times["train"].append(_timed(c.train_step, device, tf32))
             c.times["eval"].append(_timed(c.eval_forward, device))
-    peak = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
+    with tf32_matmuls(tf32, device):  # the peak an fp32 train step can reach
+        peak = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     _report(shape, s, cases, peak, args)
     if args.profile:
         for c in cases:
-            _print_profile(shape, c, device)
+            _print_profile(shape, c, device, tf32)
 
 
 # aten operators that are matrix products (forward and the products of their backward); the fused
@@ -267,12 +275,12 @@ def run_shape(shape: str, args, device) -> None:
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 
 
-def _print_profile(shape: str, c: Case, device, steps: int = 5, top: int = 8) -> None:
+def _print_profile(shape: str, c: Case, device, tf32: bool, steps: int = 5, top: int = 8) -> None:
     """Top operators of ``steps`` train steps by self time, and the matrix-product share."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities) as prof, tf32_matmuls(tf32, device):
         for _ in range(steps):
             c.train_step()
         _sync(device)
@@ -358,6 +366,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print each configuration's top operators")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--system-malloc", action="store_true", help="keep glibc's allocator defaults")
+    ap.add_argument("--no-tf32", action="store_true", help="CUDA: train steps in full fp32 (default: TF32)")
     args = ap.parse_args()
     malloc = "glibc defaults" if args.system_malloc else "reused" if reuse_freed_memory() else "not tunable here"
     if args.official:
@@ -382,6 +391,7 @@ def main() -> None:
     print(
         f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} repeats={args.repeats} "
         f"(medians of round-robin repeats); freed memory: {malloc}"
+        + ("; fp32 train steps in TF32, as both trainings run" if device.type == "cuda" and not args.no_tf32 else "")
     )
     for shape in ("digits", "s2") if args.shape == "both" else (args.shape,):
         run_shape(shape, args, device)

@@ -99,6 +99,9 @@ class TrainConfig:
     ema_warmup: bool = True  # false: official EMA (starts at the init weights, plain decay every step)
     grad_clip: Optional[float] = None
     precision: str = "fp32"  # fp32 | bf16 (autocast)
+    tf32: bool = (
+        True  # CUDA: fp32 matrix products in TF32, as the official training (harness/runtime/matmul_precision.py)
+    )
     compile: bool = False  # torch.compile the blocks and the fixed point step (harness/runtime/compile.py)
     ckpt_every: int = 500  # steps between checkpoints (also on SIGUSR1/SIGTERM)
     log_every: int = 50
@@ -161,6 +164,7 @@ class SampleConfig:
     seed: int = 0  # image i uses seed + i
     seed_ranges: int = 1  # > 1: FID mean and std over disjoint seed ranges
     precision: str = "fp32"  # fp32 | bf16
+    tf32: bool = False  # CUDA: fp32 matrix products in TF32 (the official sampling keeps full fp32)
     compile: bool = False  # torch.compile the blocks and the fixed point step (harness/runtime/compile.py)
 
 

@@ -96,6 +96,18 @@ _TRAIN_RUNTIME_KEYS = ("resume", "log_every", "ckpt_every", "compile")
 _TRAIN_BUDGET_CHECK_KEYS = ("tolerance",)  # only decide whether a budget is accepted
 # search: where density knots came from (harness/app/searched.py); the knots it resolved are keyed
 _SAMPLE_RUNTIME_KEYS = ("batch_size", "flops_tolerance", "compile", "search")
+# keys that split the cache only when set away from their default, so that the keys of runs made
+# before the knob existed stay valid: TF32 changes nothing on CPU, and a CUDA training made before
+# it (in full fp32) differs from a TF32 one by the rounding of its products, as compile's does
+_KEYED_WHEN_CHANGED = {"train": {"tf32": True}, "sample": {"tf32": False}}
+
+
+def drop_default_knobs(stage: str, part: dict) -> dict:
+    """``part`` (a stage's config as a dict) without the ``_KEYED_WHEN_CHANGED`` knobs at their default."""
+    for k, default in _KEYED_WHEN_CHANGED[stage].items():
+        if part.get(k, default) == default:
+            part.pop(k, None)
+    return part
 
 
 def _plain(node) -> dict:
@@ -150,7 +162,7 @@ def _model_identity(cfg) -> dict:
 
 def stage_keys(cfg: DictConfig) -> StageKeys:
     model = _model_identity(cfg)
-    train = {k: v for k, v in _plain(cfg.train).items() if k not in _TRAIN_RUNTIME_KEYS}
+    train = drop_default_knobs("train", {k: v for k, v in _plain(cfg.train).items() if k not in _TRAIN_RUNTIME_KEYS})
     train["budget"] = {k: v for k, v in train["budget"].items() if k not in _TRAIN_BUDGET_CHECK_KEYS}
     if cfg.model.name != "fpdm":  # FPDM-only knobs must not split the DiT cache
         for k in ("method", "iters", "implicit_solver", "implicit_tol"):
@@ -158,7 +170,9 @@ def stage_keys(cfg: DictConfig) -> StageKeys:
         for k in ("pre_depth", "post_depth", "pre_post_timestep_conditioning"):
             model.pop(k, None)
     train_key = config_hash("train", model, _plain(cfg.data), _plain(cfg.diffusion), train)
-    sample = {k: v for k, v in _plain(cfg.sample).items() if k not in _SAMPLE_RUNTIME_KEYS}
+    sample = drop_default_knobs(
+        "sample", {k: v for k, v in _plain(cfg.sample).items() if k not in _SAMPLE_RUNTIME_KEYS}
+    )
     solver = _plain(cfg.solver) if cfg.model.name == "fpdm" else None
     if cfg.model.name != "fpdm":
         for k in ("iters", "schedule", "schedule_values", "ratio", "reuse", "match"):

@@ -23,7 +23,8 @@ import torch
 from harness.compute.adaptive import AdaptiveSetting, bisect_tolerance, target_iters
 from harness.compute.greedy import greedy_allocation
 from harness.compute.plan import SamplingPlan
-from harness.stages.cache import ArtifactCache, _plain, config_hash
+from harness.runtime.matmul_precision import tf32_matmuls
+from harness.stages.cache import ArtifactCache, _plain, config_hash, drop_default_knobs
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -38,7 +39,7 @@ _NOT_CALIBRATION = ("num_images", "batch_size", "seed", "seed_ranges", "compile"
 
 
 def calibration_key(cfg: DictConfig, train_key: str) -> str:
-    sample = {k: v for k, v in _plain(cfg.sample).items() if k not in _NOT_CALIBRATION}
+    sample = drop_default_knobs("sample", {k: v for k, v in _plain(cfg.sample).items() if k not in _NOT_CALIBRATION})
     return config_hash("calibrate", train_key, sample, _plain(cfg.solver), _plain(cfg.diffusion))
 
 
@@ -89,7 +90,13 @@ def _calibration_sampling(model, data, spec, cfg, steps: int, iters: int, tol: f
 def calibrate(
     model: nn.Module, data: DataSource, spec: DiffusionSpec, cfg: DictConfig, plan: SamplingPlan, device: torch.device
 ) -> dict:
-    """The stage's work: the tolerance (adaptive) or the greedy plan, with what it was decided on."""
+    """The stage's work: the tolerance (adaptive) or the greedy plan, with what it was decided on.
+    It samples as the sample stage will, so under the same ``sample.tf32``."""
+    with tf32_matmuls(getattr(cfg.sample, "tf32", False), device):
+        return _calibrate(model, data, spec, cfg, plan, device)
+
+
+def _calibrate(model, data, spec, cfg, plan: SamplingPlan, device: torch.device) -> dict:
     ac = cfg.sample.adaptive
     cap = int(ac.max_iters_per_step)
     total = plan.total_iters  # the budget's fixed point share: budget - steps * n_explicit

@@ -75,7 +75,8 @@ def hardware(device: torch.device | str | None = None) -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()
-        info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+        # whether fp32 products ran in TF32 is a per-stage setting: the train and sample summaries
+        # record it ("train_tf32_matmul", "sample_tf32_matmul", harness/runtime/matmul_precision.py)
     if device is not None:
         info["device"] = str(device)
     return info

@@ -26,6 +26,7 @@ from harness.compute.memory import cuda_peak
 from harness.runtime.compile import set_compiled
 from harness.runtime.distributed import DistInfo, all_reduce_values, barrier, raise_if_any_rank_failed
 from harness.runtime.io import atomic_write
+from harness.runtime.matmul_precision import tf32_matmuls
 from harness.runtime.npz_stream import write_npz_chunked
 from harness.runtime.progress import progress_bar
 
@@ -126,7 +127,15 @@ def sample_model(
 
     ``adaptive`` (``harness.compute.adaptive.AdaptiveSetting``, ``sample.schedule=adaptive``): every
     step runs up to ``max_iters_per_step`` evaluations and each sample stops at the calibrated
-    tolerance (the solver compacts the batch), instead of the plan's fixed iterations."""
+    tolerance (the solver compacts the batch), instead of the plan's fixed iterations.
+
+    fp32 CUDA products run in TF32 when ``sample.tf32`` (the official sampling keeps full fp32)."""
+    with tf32_matmuls(getattr(cfg.sample, "tf32", False), device) as tf32:
+        summary = _sample(model, data, spec, cfg, plan, work_dir, device, progress, info, adaptive)
+    return {**summary, "sample_tf32_matmul": tf32} if summary else summary
+
+
+def _sample(model, data, spec, cfg, plan, work_dir, device, progress, info: DistInfo, adaptive) -> dict:
     sc = cfg.sample
     work_dir = Path(work_dir)
     shards_dir = work_dir / "shards"

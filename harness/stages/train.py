@@ -32,6 +32,7 @@ from harness.compute.train_compute import BUDGET_UNITS, model_step_compute, step
 from harness.runtime.compile import set_compiled
 from harness.runtime.distributed import DistInfo, all_reduce_mean_, all_reduce_values, barrier, broadcast_module_
 from harness.runtime.io import atomic_write, atomic_write_json
+from harness.runtime.matmul_precision import tf32_matmuls
 from harness.runtime.progress import progress_bar
 from harness.stages.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
 from harness.stages.signals import Interrupted, Preempted, _SignalCheckpoint  # noqa: F401  (raised from here)
@@ -131,9 +132,14 @@ def train_model(
 ) -> dict:
     """Train ``model`` on ``data.train`` until ``cfg.train.budget`` is spent; write checkpoints to
     ``work_dir`` and, at the end, ``ema.safetensors``, ``model.safetensors`` and ``train_summary.json``.
-    Returns the summary."""
+    Returns the summary. fp32 CUDA products run in TF32 when ``train.tf32`` (as the official training)."""
+    _check_train_config(cfg.train, info)
+    with tf32_matmuls(getattr(cfg.train, "tf32", True), device) as tf32:
+        return _train(model, data, spec, cfg, work_dir, device, info, progress, tf32)
+
+
+def _train(model, data, spec, cfg, work_dir, device, info: DistInfo, progress: bool, tf32: bool) -> dict:
     tc = cfg.train
-    _check_train_config(tc, info)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     X, Y = _load_dataset_tensors(data.train)
@@ -155,7 +161,7 @@ def train_model(
                 run.save()
     log.close()
     run.save()
-    summary = {**_summary(run.state, tc, info), **peaks}
+    summary = {**_summary(run.state, tc, info), **peaks, "train_tf32_matmul": tf32}
     set_compiled(run.model, False, "train.compile")  # saved-tensor hooks measure the eager graph
     local = tc.batch_size // info.world_size
     last_draws = step_generator(tc.seed, max(run.state.step - 1, 0), 2)

@@ -1,0 +1,52 @@
+"""TensorFloat-32 for the fp32 matrix products of one stage, on CUDA.
+
+The official FPDM training script (like DiT's) turns TF32 on for CUDA matrix products
+(``torch.backends.cuda.matmul.allow_tf32 = True``) and its sampling script leaves them in full fp32.
+``train.tf32`` (default true) and ``sample.tf32`` (default false) do the same per stage, so an fp32
+run here does the arithmetic the official code does: on an Ampere or later GPU a TF32 product runs
+several times faster than a full-fp32 one, with a 10-bit mantissa in the product's inputs. The
+setting is restored when the stage ends, so the stages of one process do not leak it into each
+other (or into the evaluation, which stays in full fp32). On CPU it changes nothing: fp32 products
+there have no TF32 path, and the flag is left untouched.
+
+The flag is set through ``torch.backends.cuda.matmul.allow_tf32``, the switch the official code
+flips, which exists in every supported PyTorch and keeps every reader consistent. (PyTorch 2.9
+added ``torch.backends.cuda.matmul.fp32_precision``; setting that one to "tf32" alone makes later
+reads of ``allow_tf32`` and of ``torch.get_float32_matmul_precision()`` raise, reads that other
+libraries make, whereas ``allow_tf32`` updates both.) The current state is read through the newer
+API where it exists, which never raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+_MATMUL = torch.backends.cuda.matmul
+
+
+def cuda_tf32_enabled() -> bool:
+    """Whether fp32 CUDA matrix products use TF32 now."""
+    if hasattr(_MATMUL, "fp32_precision"):
+        value = _MATMUL.fp32_precision
+        if value == "none":  # inherits the process-wide setting
+            return getattr(torch.backends, "fp32_precision", "ieee") == "tf32"
+        return value == "tf32"
+    return bool(_MATMUL.allow_tf32)
+
+
+@contextmanager
+def tf32_matmuls(enabled: bool, device: torch.device) -> Iterator[bool]:
+    """Inside, fp32 matrix products on ``device`` use TF32 iff ``enabled`` and ``device`` is CUDA;
+    yields whether they do (what a stage records). The previous setting is restored on exit."""
+    if device.type != "cuda":
+        yield False
+        return
+    before = cuda_tf32_enabled()
+    _MATMUL.allow_tf32 = bool(enabled)
+    try:
+        yield bool(enabled)
+    finally:
+        _MATMUL.allow_tf32 = before
