@@ -117,7 +117,7 @@ def test_cpu_stages_record_that_no_product_ran_in_tf32(tmp_path):
     assert seen_train == seen_sample == {False}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu  # skipped with the reason without CUDA (tests/conftest.py)
 @pytest.mark.parametrize("train_tf32", [True, False])
 def test_cuda_stages_run_under_their_own_setting(tmp_path, train_tf32):
     train, seen_train, sample, seen_sample = _tiny_run(CUDA, tmp_path, **{"train.tf32": train_tf32})
