@@ -8,6 +8,8 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
+from harness.runtime.matmul_precision import OFFICIAL_TF32
+
 
 @dataclass
 class ModelConfig:
@@ -164,7 +166,7 @@ class SampleConfig:
     seed: int = 0  # image i uses seed + i
     seed_ranges: int = 1  # > 1: FID mean and std over disjoint seed ranges
     precision: str = "fp32"  # fp32 | bf16
-    tf32: bool = False  # CUDA: fp32 matrix products in TF32 (the official sampling keeps full fp32)
+    tf32: bool = OFFICIAL_TF32["sample"]  # CUDA: fp32 products in TF32 (off: the official sampling keeps full fp32)
     compile: bool = False  # torch.compile the blocks and the fixed point step (harness/runtime/compile.py)
 
 

@@ -21,10 +21,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
 _MATMUL = torch.backends.cuda.matmul
+
+# each stage's default: what the official scripts do (train.py turns TF32 on, sample.py does not);
+# the schema's ``train.tf32`` / ``sample.tf32`` defaults and the cache keys read them from here
+OFFICIAL_TF32 = {"train": True, "sample": False}
+
+
+def stage_tf32(stage_cfg: Any, stage: str) -> bool:
+    """``stage_cfg.tf32`` (``cfg.train`` or ``cfg.sample``), or the stage's default for a config
+    written before the key existed."""
+    return bool(getattr(stage_cfg, "tf32", OFFICIAL_TF32[stage]))
 
 
 def cuda_tf32_enabled() -> bool:

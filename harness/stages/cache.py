@@ -21,6 +21,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from harness.runtime.io import atomic_write_json, read_json
+from harness.runtime.matmul_precision import OFFICIAL_TF32
 
 COMPLETE = "complete.json"
 
@@ -99,7 +100,7 @@ _SAMPLE_RUNTIME_KEYS = ("batch_size", "flops_tolerance", "compile", "search")
 # keys that split the cache only when set away from their default, so that the keys of runs made
 # before the knob existed stay valid: TF32 changes nothing on CPU, and a CUDA training made before
 # it (in full fp32) differs from a TF32 one by the rounding of its products, as compile's does
-_KEYED_WHEN_CHANGED = {"train": {"tf32": True}, "sample": {"tf32": False}}
+_KEYED_WHEN_CHANGED = {stage: {"tf32": default} for stage, default in OFFICIAL_TF32.items()}
 
 
 def drop_default_knobs(stage: str, part: dict) -> dict:

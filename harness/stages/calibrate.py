@@ -23,7 +23,7 @@ import torch
 from harness.compute.adaptive import AdaptiveSetting, bisect_tolerance, target_iters
 from harness.compute.greedy import greedy_allocation
 from harness.compute.plan import SamplingPlan
-from harness.runtime.matmul_precision import tf32_matmuls
+from harness.runtime.matmul_precision import stage_tf32, tf32_matmuls
 from harness.stages.cache import ArtifactCache, _plain, config_hash, drop_default_knobs
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def calibrate(
 ) -> dict:
     """The stage's work: the tolerance (adaptive) or the greedy plan, with what it was decided on.
     It samples as the sample stage will, so under the same ``sample.tf32``."""
-    with tf32_matmuls(getattr(cfg.sample, "tf32", False), device):
+    with tf32_matmuls(stage_tf32(cfg.sample, "sample"), device):
         return _calibrate(model, data, spec, cfg, plan, device)
 
 

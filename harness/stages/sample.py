@@ -26,7 +26,7 @@ from harness.compute.memory import cuda_peak
 from harness.runtime.compile import set_compiled
 from harness.runtime.distributed import DistInfo, all_reduce_values, barrier, raise_if_any_rank_failed
 from harness.runtime.io import atomic_write
-from harness.runtime.matmul_precision import tf32_matmuls
+from harness.runtime.matmul_precision import stage_tf32, tf32_matmuls
 from harness.runtime.npz_stream import write_npz_chunked
 from harness.runtime.progress import progress_bar
 
@@ -130,7 +130,7 @@ def sample_model(
     tolerance (the solver compacts the batch), instead of the plan's fixed iterations.
 
     fp32 CUDA products run in TF32 when ``sample.tf32`` (the official sampling keeps full fp32)."""
-    with tf32_matmuls(getattr(cfg.sample, "tf32", False), device) as tf32:
+    with tf32_matmuls(stage_tf32(cfg.sample, "sample"), device) as tf32:
         summary = _sample(model, data, spec, cfg, plan, work_dir, device, progress, info, adaptive)
     return {**summary, "sample_tf32_matmul": tf32} if summary else summary
 

@@ -32,7 +32,7 @@ from harness.compute.train_compute import BUDGET_UNITS, model_step_compute, step
 from harness.runtime.compile import set_compiled
 from harness.runtime.distributed import DistInfo, all_reduce_mean_, all_reduce_values, barrier, broadcast_module_
 from harness.runtime.io import atomic_write, atomic_write_json
-from harness.runtime.matmul_precision import tf32_matmuls
+from harness.runtime.matmul_precision import stage_tf32, tf32_matmuls
 from harness.runtime.progress import progress_bar
 from harness.stages.checkpoint import latest_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
 from harness.stages.signals import Interrupted, Preempted, _SignalCheckpoint  # noqa: F401  (raised from here)
@@ -134,7 +134,7 @@ def train_model(
     ``work_dir`` and, at the end, ``ema.safetensors``, ``model.safetensors`` and ``train_summary.json``.
     Returns the summary. fp32 CUDA products run in TF32 when ``train.tf32`` (as the official training)."""
     _check_train_config(cfg.train, info)
-    with tf32_matmuls(getattr(cfg.train, "tf32", True), device) as tf32:
+    with tf32_matmuls(stage_tf32(cfg.train, "train"), device) as tf32:
         return _train(model, data, spec, cfg, work_dir, device, info, progress, tf32)
 
 
