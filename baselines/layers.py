@@ -103,7 +103,8 @@ class LabelEmbedder(nn.Module):
 # - fp32, attention alone in a block's layout (benchmarks/bench_kernels.py, "attention"), forward +
 #   backward / no grad: 16 tokens 0.61-0.63x / 0.38-0.48x, 64 tokens 0.83x / 0.70x, 256 tokens
 #   0.90-1.12x / 1.19-1.25x (head widths 32 and 64); a digits fp32 train step (16 tokens, width
-#   128): 0.89x (FPDM) and 0.93x (DiT), its eval forward 0.88-0.91x (interleaved A/B).
+#   128): 0.89x (FPDM) and 0.93x (DiT), its eval forward 0.88-0.91x (interleaved A/B, a one-off
+#   script; docs/performance.md).
 # float64 keeps the fused kernel (exactness checks use it).
 WRITTEN_OUT_MAX_TOKENS = {torch.bfloat16: 256, torch.float16: 256, torch.float32: 64}
 
