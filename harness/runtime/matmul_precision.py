@@ -3,8 +3,8 @@
 The official FPDM training script (like DiT's) turns TF32 on for CUDA matrix products
 (``torch.backends.cuda.matmul.allow_tf32 = True``) and its sampling script leaves them in full fp32.
 ``train.tf32`` (default true) and ``sample.tf32`` (default false) do the same per stage, so an fp32
-run here does the arithmetic the official code does: on an Ampere or later GPU a TF32 product runs
-several times faster than a full-fp32 one, with a 10-bit mantissa in the product's inputs. The
+run here does the arithmetic the official code does (on Ampere and later GPUs TF32 products run on
+the tensor cores, with a 10-bit mantissa in their inputs; no GPU figure was measured here). The
 setting is restored when the stage ends, so the stages of one process do not leak it into each
 other (or into the evaluation, which stays in full fp32). On CPU it changes nothing: fp32 products
 there have no TF32 path, and the flag is left untouched.
