@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from bench_models import SHAPES, matmul_peak  # benchmarks/ is on sys.path when run as a script
 
-from baselines.layers import WRITTEN_OUT_MAX_TOKENS, gelu_tanh
+from baselines.layers import WRITTEN_OUT_MAX_TOKENS, gelu_tanh, written_out_attention
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -85,10 +85,6 @@ def elementwise(tokens: int, width: int, dtype: torch.dtype, repeats: int) -> li
     return [(name, x.numel() / _median_s(fn, repeats) / 1e9) for name, fn in ops.items()]
 
 
-def _written_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-
-
 def _attention_call(fn, qkv_out: torch.Tensor, heads: int, grad_out: torch.Tensor, grad: bool) -> None:
     """One attention as a block calls it: q, k, v are views of one projection's output."""
     images, tokens, _ = qkv_out.shape
@@ -111,7 +107,7 @@ def attention_ratios(
         grad_out = torch.ones(images, tokens, heads * head_width, dtype=dtype)
         times = {
             (name, grad): _median_s(partial(_attention_call, fn, qkv_out, heads, grad_out, grad), repeats)
-            for name, fn in (("fused", F.scaled_dot_product_attention), ("written", _written_out))
+            for name, fn in (("fused", F.scaled_dot_product_attention), ("written", written_out_attention))
             for grad in (True, False)
         }
         rows.append(

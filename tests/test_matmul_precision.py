@@ -111,10 +111,30 @@ def _tiny_run(device: torch.device, tmp_path, **overrides):
     return train, seen_in_training, sample, hook.seen
 
 
-def test_cpu_stages_record_that_no_product_ran_in_tf32(tmp_path):
-    train, seen_train, sample, seen_sample = _tiny_run(CPU, tmp_path)
-    assert train["train_tf32_matmul"] is False and sample["sample_tf32_matmul"] is False
-    assert seen_train == seen_sample == {False}
+def test_each_stage_asks_for_its_own_setting_and_cpu_stages_leave_the_flag_alone(tmp_path, monkeypatch):
+    """Each stage passes its own key (not the other stage's, not the default) with its device; on
+    CPU the process's flag, here left on by an outer setting, stays as it was throughout."""
+    from harness.stages import sample as sample_stage
+    from harness.stages import train as train_stage
+
+    asked = []
+
+    def spy(module):
+        real = module.tf32_matmuls
+
+        def recording(enabled, device):
+            asked.append((module.__name__.rsplit(".", 1)[-1], enabled, device.type))
+            return real(enabled, device)
+
+        monkeypatch.setattr(module, "tf32_matmuls", recording)
+
+    spy(train_stage)
+    spy(sample_stage)
+    with tf32_matmuls(True, CUDA):  # a process that had TF32 on before the job
+        train, seen_train, sample, seen_sample = _tiny_run(CPU, tmp_path, **{"train.tf32": False, "sample.tf32": True})
+    assert asked == [("train", False, "cpu"), ("sample", True, "cpu")]
+    assert train["train_tf32_matmul"] is False and sample["sample_tf32_matmul"] is False  # nothing ran in TF32
+    assert seen_train == seen_sample == {True}  # the CPU stages did not touch the CUDA flag
 
 
 @pytest.mark.gpu  # skipped with the reason without CUDA (tests/conftest.py)

@@ -101,9 +101,7 @@ class TrainConfig:
     ema_warmup: bool = True  # false: official EMA (starts at the init weights, plain decay every step)
     grad_clip: Optional[float] = None
     precision: str = "fp32"  # fp32 | bf16 (autocast)
-    tf32: bool = (
-        True  # CUDA: fp32 matrix products in TF32, as the official training (harness/runtime/matmul_precision.py)
-    )
+    tf32: bool = OFFICIAL_TF32["train"]  # CUDA: fp32 products in TF32, as the official training
     compile: bool = False  # torch.compile the blocks and the fixed point step (harness/runtime/compile.py)
     ckpt_every: int = 500  # steps between checkpoints (also on SIGUSR1/SIGTERM)
     log_every: int = 50
