@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from harness.config.keys import check_appended_overrides
 from harness.config.validate import ConfigError
 
 if TYPE_CHECKING:
@@ -225,6 +226,7 @@ def _compose(argv: list[str]):
         raise ConfigError(one_line(exc)) from None
     finally:
         GlobalHydra.instance().clear()
+    check_appended_overrides(argv, str(cfg.solver.name))  # `+sample.budgt=60` is a typo, not a new key
     root = sweep_root(cfg.hydra)
     with open_dict(cfg):
         del cfg["hydra"]
@@ -245,6 +247,9 @@ def inspect_argv(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: python -m harness.inspect [KEY=VALUE ...]\n\n{__doc__.strip()}")
+        return 0
     debug = any(a in ("run.debug=true", "run.debug=True") for a in argv)
     try:
         cfg, info = inspect_argv(argv)

@@ -17,6 +17,7 @@ from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from harness.config.keys import UnknownKeyError, check_appended_overrides, section_keys, unknown_key_message
 from harness.config.targets import check_user_targets_import
 from harness.config.validate import ConfigError, check_output_dir, validate_config
 
@@ -86,8 +87,9 @@ def one_line(exc: BaseException) -> str:
         missing = re.search(r"Could not find '([^']+)'", text)
         name = missing.group(1) if missing else group
         first = f"{name} does not exist; valid {group} options: {', '.join(options)}"
-    if first.startswith("Key '") and "not in" in first:
-        first += " (unknown key: check the spelling, `python -m harness.run --cfg job` lists the keys)"
+    if re.search(r"Key '[^']+' not in", first) and key:  # a misspelt key: name the nearest valid one
+        known = section_keys(key.rpartition(".")[0])
+        first = unknown_key_message(key, known) if known else first + " (unknown key: check the spelling)"
     return re.sub(r"\s+", " ", first)
 
 
@@ -174,6 +176,10 @@ def precheck(
             base = compose(config_name=config_name, overrides=plain, return_hydra_config=True)
         except Exception as exc:
             raise ConfigError(one_line(exc)) from None
+        try:
+            check_appended_overrides(overrides, str(OmegaConf.select(base, "solver.name") or "picard"))
+        except UnknownKeyError as exc:
+            raise ConfigError(str(exc)) from None
         check_user_targets_import(base)  # any target the user names; see harness.config.targets
         sweeper_target = str(OmegaConf.select(base, "hydra.sweeper._target_") or "")
         if multirun and "BasicSweeper" in sweeper_target:

@@ -15,7 +15,6 @@ model and its training are fixed by the checkpoint.
 
 from __future__ import annotations
 
-import difflib
 import json
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 from omegaconf import OmegaConf
 
 from harness.app.loading import LoadError, TrainedSource
+from harness.config.keys import unknown_key_message
 from harness.config.validate import ConfigError
 
 if TYPE_CHECKING:
@@ -38,13 +38,17 @@ SETTABLE = ("sample.", "solver.", "run.device", "run.threads", "run.progress", "
 SETTINGS_NAME = "settings.json"
 
 
+class HelpRequested(Exception):
+    """``-h`` / ``--help``: print the usage and the module's description, exit 0."""
+
+
 def parse_argv(argv: list[str]) -> tuple[str, list[str], str | None]:
     """(record or directory, overrides, output directory or None)."""
     path, overrides, out = None, [], None
     it = iter(argv)
     for arg in it:
         if arg in ("-h", "--help"):
-            raise ConfigError(USAGE)
+            raise HelpRequested
         if arg == "--out":
             out = next(it, None)
             if out is None:
@@ -65,12 +69,9 @@ def parse_argv(argv: list[str]) -> tuple[str, list[str], str | None]:
 
 
 def _unknown_key(cfg, key: str) -> str:
-    parent, _, leaf = key.rpartition(".")
+    parent = key.rpartition(".")[0]
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    known = list(node.keys()) if OmegaConf.is_dict(node) else []
-    close = difflib.get_close_matches(leaf, known, n=1)
-    hint = f"did you mean {parent}.{close[0]}? " if close else ""
-    return f"{key} is not a setting of this config; {hint}valid {parent} keys: {', '.join(known)}"
+    return unknown_key_message(key, list(node.keys()) if OmegaConf.is_dict(node) else [])
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -79,6 +80,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 
     cfg = cfg.copy()
     for ov in overrides:
+        ov = ov[1:] if ov.startswith("+") and not ov.startswith("++") else ov  # an appended key is checked too
         key, value = ov.split("=", 1)
         if key == "solver":
             if value not in SOLVER_CONFIGS:
@@ -170,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         validate_config(cfg)
         out_dir = _output_dir(source, cfg, out)
         summary = sample_trained(source, cfg, out_dir)
+    except HelpRequested:
+        print(f"{USAGE}\n\n{__doc__.strip()}")
+        return 0
     except (ConfigError, LoadError) as exc:
         if debug:
             raise
