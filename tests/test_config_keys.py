@@ -56,3 +56,9 @@ def test_every_command_answers_help(main, capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m harness.") and not out.startswith("error")
+
+
+def test_the_official_optuna_sweeper_name_points_to_ours(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"hydra/sweeper/optuna does not exist.*hydra/sweeper=fpdm_optuna"):
+        precheck(["-m", "hydra/sweeper=optuna"])

@@ -64,7 +64,7 @@ def sweep_inproc(toy, sweep_dir: Path, *overrides: str):
         return hydra_.multirun(
             config_name="toy",
             task_function=toy.objective,
-            overrides=["hydra/sweeper=optuna", f"hydra.sweep.dir={sweep_dir}", *overrides],
+            overrides=["hydra/sweeper=fpdm_optuna", f"hydra.sweep.dir={sweep_dir}", *overrides],
             with_log_configuration=False,
         )
     finally:
@@ -81,7 +81,7 @@ def sweep_cli(sweep_dir: Path, *overrides: str, wait: bool = True):
         run_app,
         str(APP),
         "-m",
-        "hydra/sweeper=optuna",
+        "hydra/sweeper=fpdm_optuna",
         f"hydra.sweep.dir={sweep_dir}",
         *overrides,
     ]

@@ -49,6 +49,15 @@ _INFO_FLAGS = {
 }
 
 
+# Group options whose name the project does not take, with where to go instead (one clause each).
+RENAMED_OPTIONS = {
+    "hydra/sweeper/optuna": (
+        " (fpdm-bench's Optuna sweeper is hydra/sweeper=fpdm_optuna: its n_trials is the study's total, so a "
+        "rerun tops the study up, where the official hydra-optuna-sweeper's adds n_trials more)"
+    ),
+}
+
+
 def split_argv(argv: list[str]) -> tuple[bool, list[str], bool]:
     """(multirun?, overrides, informational?) from a Hydra command line."""
     multirun, info, overrides = False, False, []
@@ -87,6 +96,7 @@ def one_line(exc: BaseException) -> str:
         missing = re.search(r"Could not find '([^']+)'", text)
         name = missing.group(1) if missing else group
         first = f"{name} does not exist; valid {group} options: {', '.join(options)}"
+        first += RENAMED_OPTIONS.get(name, "")
     if re.search(r"Key '[^']+' not in", first) and key:  # a misspelt key: name the nearest valid one
         known = section_keys(key.rpartition(".")[0])
         first = unknown_key_message(key, known) if known else first + " (unknown key: check the spelling)"

@@ -2,7 +2,7 @@
 
     python -m harness.run                                   # one job on the embedded default
     python -m harness.run -m sweep=budget_schedules         # the main job: a sweep + its report
-    python -m harness.run -m sweep=tune                     # Optuna (hydra/sweeper=optuna)
+    python -m harness.run -m sweep=tune                     # Optuna (hydra/sweeper=fpdm_optuna)
     python -m harness.run -m sweep=depth hydra/launcher=submitit_slurm
 
 The task returns the objective (``run.objective``, FID by default; a tuple for several) so that

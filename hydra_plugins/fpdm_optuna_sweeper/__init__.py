@@ -1,12 +1,15 @@
-"""fpdm-bench's Hydra sweeper on Optuna >= 4 (ask/tell), selected with ``hydra/sweeper=optuna``.
+"""fpdm-bench's Hydra sweeper on Optuna >= 4 (ask/tell), selected with ``hydra/sweeper=fpdm_optuna``.
 
 The released hydra-optuna-sweeper (1.3.x on PyPI) pins optuna<3 (hydra#2162, #3007); this plugin
 replaces it. Hydra only instantiates sweepers from the ``hydra_plugins`` namespace package, so the
-class lives here and the config is stored under group ``hydra/sweeper``, name ``optuna``.
+class lives here and the config is stored under group ``hydra/sweeper``, name ``fpdm_optuna``: not
+``optuna``, the official plugin's name, whose ``n_trials`` adds that many trials to a resumed study
+where ours tops the study up to ``n_trials`` in all (``hydra/sweeper=optuna`` is refused with a
+pointer here, harness.app.precheck, unless the official plugin is installed).
 
 Usage (fields in ``config.py``)::
 
-    python -m harness.run -m hydra/sweeper=optuna hydra.sweeper.n_trials=40 \
+    python -m harness.run -m hydra/sweeper=fpdm_optuna hydra.sweeper.n_trials=40 \
         "+hydra.sweeper.params.lr='tag(log, interval(1e-4, 1e-1))'" "model=choice(dit,fpdm)"
 
 The study is kept in ``<root>/optuna/<study_name>.journal`` (``<root>``: the fixed part of
@@ -54,5 +57,5 @@ class OptunaSweeper(AskTellSweeper):
 
 
 ConfigStore.instance().store(
-    group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="fpdm_optuna_sweeper"
+    group="hydra/sweeper", name="fpdm_optuna", node=OptunaSweeperConf, provider="fpdm_optuna_sweeper"
 )

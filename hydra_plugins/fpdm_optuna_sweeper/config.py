@@ -1,4 +1,4 @@
-"""Structured config of the Optuna sweeper (``hydra/sweeper=optuna``).
+"""Structured config of the Optuna sweeper (``hydra/sweeper=fpdm_optuna``).
 
 Stored in Hydra's ConfigStore by ``__init__.py``; every field can be overridden from the command
 line as ``hydra.sweeper.<field>=...``. Semantics that differ from the released

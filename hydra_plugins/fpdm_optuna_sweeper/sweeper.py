@@ -1,4 +1,4 @@
-"""Hydra sweeper on Optuna >= 4 with ask/tell (``-m hydra/sweeper=optuna``).
+"""Hydra sweeper on Optuna >= 4 with ask/tell (``-m hydra/sweeper=fpdm_optuna``).
 
 Loop: recover interrupted trials -> while the study holds fewer than ``n_trials`` counting trials:
 ask up to ``n_jobs`` trials, turn each into Hydra overrides, launch them in one launcher call,
