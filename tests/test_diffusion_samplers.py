@@ -27,6 +27,10 @@ CASES = [
     ("ddpm", dict(ZSNR)),
     ("dpmpp", dict(prediction_type="epsilon")),
     ("dpmpp", dict(ZSNR)),
+    ("euler", dict(prediction_type="epsilon")),
+    ("euler", dict(ZSNR)),
+    ("unipc", dict(prediction_type="epsilon")),
+    ("unipc", dict(ZSNR)),
 ]
 
 
@@ -47,7 +51,9 @@ def test_point_oracle_recovers_the_data_point(sampler, kw):
     torch.testing.assert_close(x, mu.expand(3, *SHAPE), atol=2e-3, rtol=0)
 
 
-@pytest.mark.parametrize("sampler,steps,tol", [("ddim", 100, 0.02), ("dpmpp", 20, 0.02)])
+@pytest.mark.parametrize(
+    "sampler,steps,tol", [("ddim", 100, 0.02), ("dpmpp", 20, 0.02), ("euler", 100, 0.02), ("unipc", 20, 0.02)]
+)
 @pytest.mark.parametrize("kw", [dict(prediction_type="epsilon"), dict(ZSNR)])
 def test_deterministic_samplers_follow_the_probability_flow_ode(sampler, steps, tol, kw):
     spec = DiffusionSpec(**kw, learn_sigma=False)

@@ -1,7 +1,10 @@
-"""Sampling loops on diffusers schedulers: DDPM (ancestral), DDIM (eta), DPM-Solver++.
+"""Sampling loops on diffusers schedulers: DDPM (ancestral), DDIM (eta), DPM-Solver++, Euler, UniPC.
 
-Paper-facts 4.5: DDPM and DDIM (eta = 0) are the paper's samplers; DPM-Solver++ (Lu et al. 2022,
-2nd-order multistep) is a modern reference. S sampling steps are placed by the scheduler's
+docs/paper-notes.md §4.5: DDPM and DDIM (eta = 0) are the paper's samplers; DPM-Solver++ (Lu et al.
+2022, 2nd-order multistep), Euler (Karras et al. 2022, Algorithm 1's first-order step on the
+probability-flow ODE) and UniPC (Zhao et al. 2023, predictor-corrector multistep) are modern
+references. Each evaluates the model once per sampling step, so a block budget means the same for
+all of them. S sampling steps are placed by the scheduler's
 `set_timesteps` with `spec.timestep_spacing`; the model always receives the *original* timestep
 indices in [0, T), as IDDPM respacing does.
 
@@ -32,7 +35,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 from diffusers.utils.torch_utils import randn_tensor
 
 from baselines.registry import Registry
@@ -70,6 +79,14 @@ class Sampler:
 
     def step(self, sched: SampleSchedule, i: int, out: torch.Tensor, x: torch.Tensor, *, generators, eta: float):
         raise NotImplementedError
+
+    def initial_sample(self, sched: SampleSchedule, noise: torch.Tensor) -> torch.Tensor:
+        """The state the loop starts from, given unit Gaussian noise (a sigma-space sampler scales it)."""
+        return noise
+
+    def model_input(self, sched: SampleSchedule, i: int, x: torch.Tensor) -> torch.Tensor:
+        """What the model sees at step ``i`` (a sigma-space sampler maps its state back to x_t)."""
+        return x
 
 
 SAMPLERS: Registry[Sampler] = Registry("sampler", key="sample.sampler")
@@ -180,6 +197,51 @@ class DPMSolverPPSampler(Sampler):
         return sched.scheduler.step(out, sched.step_timesteps[i], x).prev_sample
 
 
+@register_sampler("euler")
+class EulerSampler(Sampler):
+    """Euler on the probability-flow ODE in sigma space (diffusers' EulerDiscreteScheduler, Karras
+    et al. 2022), at the same integer timesteps as DDPM and DDIM (``spec.timestep_spacing``): its
+    own ``linspace`` interpolates sigmas at fractional timesteps the model never sees. The state is
+    x_t / sqrt(alpha_bar_t); ``model_input`` hands the model x_t. x_0 is not clipped (diffusers'
+    Euler has no clipping)."""
+
+    def make_schedule(self, spec, num_steps, device):
+        ts = spaced_timesteps(spec, num_steps)
+        s = EulerDiscreteScheduler(**spec.scheduler_kwargs())
+        s.set_timesteps(timesteps=[int(t) for t in ts], device=device)
+        return SampleSchedule(s, ts, s.timesteps)
+
+    def initial_sample(self, sched, noise):
+        return noise * sched.scheduler.init_noise_sigma
+
+    def model_input(self, sched, i, x):
+        return sched.scheduler.scale_model_input(x, sched.step_timesteps[i])
+
+    def step(self, sched, i, out, x, *, generators, eta):
+        return sched.scheduler.step(out, sched.step_timesteps[i], x).prev_sample
+
+
+@register_sampler("unipc")
+class UniPCSampler(Sampler):
+    """UniPC (Zhao et al. 2023), 2nd-order predictor-corrector on data predictions (bh2, the
+    diffusers default); like DPM-Solver++ it places its own timesteps (``spec.timestep_spacing``)
+    and ends at sigma = 0, and clips x_0 through thresholding at ``clip_sample_range``."""
+
+    def make_schedule(self, spec, num_steps, device):
+        _check_steps(spec, num_steps)
+        s = UniPCMultistepScheduler(
+            **spec.scheduler_kwargs(),
+            solver_order=2,
+            thresholding=spec.clip_sample,
+            sample_max_value=spec.clip_sample_range,
+        )
+        s.set_timesteps(num_steps, device=device)
+        return SampleSchedule(s, s.timesteps.clone(), s.timesteps)
+
+    def step(self, sched, i, out, x, *, generators, eta):
+        return sched.scheduler.step(out, sched.step_timesteps[i], x).prev_sample
+
+
 def make_sample_scheduler(
     spec: DiffusionSpec, sampler: str, num_steps: int, device: torch.device | str | None = None
 ) -> SampleSchedule:
@@ -239,12 +301,14 @@ def sample_loop(
     y_in = _labels_in(y, guided, null_label, device)
     sched = impl.make_schedule(spec, num_steps, device)
     x = noise.to(device) if noise is not None else randn_tensor(tuple(shape), generator=generators, device=device)
+    x = impl.initial_sample(sched, x)
     steps = range(len(sched.model_timesteps))
     if progress:
         steps = progress_bar(iterable=steps, desc=f"{sampler} x{num_steps}")
     for i in steps:
         t = int(sched.model_timesteps[i])
-        x_in = torch.cat([x, x]) if guided else x
+        x_model = impl.model_input(sched, i, x)
+        x_in = torch.cat([x_model, x_model]) if guided else x_model
         t_batch = torch.full((x_in.shape[0],), t, device=device, dtype=torch.long)
         out = _checked(model_fn(x_in, t_batch, y_in, i).to(x.dtype), x_in, spec)
         if guided:
