@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import dataclass
 
 from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from harness.config.keys import UnknownKeyError, check_appended_overrides, section_keys, unknown_key_message
 from harness.config.targets import check_user_targets_import
@@ -168,16 +169,33 @@ def _init_search_path(argv: list[str], calling_file: str | None, config_module: 
     Hydra.create_main_hydra2(task_name="run", config_search_path=search_path)
 
 
+@dataclass(frozen=True)
+class CheckedCommand:
+    """A command line whose every job composed and passed the checks: the jobs' overrides (as the
+    user typed them, one list per job) and their configs, in Hydra's launch order."""
+
+    multirun: bool
+    jobs: list[list[str]]
+    configs: list[DictConfig]
+    basic_sweeper: bool  # the jobs are the whole sweep (an Optuna sweep samples its own)
+
+    @property
+    def plan_only(self) -> bool:
+        """``run.plan=true`` on jobs that are all known here: planned without calling Hydra."""
+        return bool(self.configs) and bool(self.configs[0].run.plan) and (self.basic_sweeper or not self.multirun)
+
+
 def precheck(
     argv: list[str], config_module: str = "harness.config", config_name: str = "config", calling_file: str | None = None
-) -> None:
-    """Raise ``ConfigError`` (one line) if any job of this command line is invalid.
+) -> CheckedCommand | None:
+    """Raise ``ConfigError`` (one line) if any job of this command line is invalid; else the jobs
+    (None for an informational command such as ``--cfg job``).
 
     ``calling_file``: the file of the ``@hydra.main`` app (``harness/run.py``), whose directory
     anchors a relative ``--config-path`` as in Hydra; None composes from ``config_module``."""
     multirun, overrides, info = split_argv(argv)
     if info:
-        return
+        return None
     config_name = _flag(argv, ("--config-name", "-cn")) or config_name
     _init_search_path(argv, calling_file, config_module)
     try:
@@ -191,8 +209,8 @@ def precheck(
         except UnknownKeyError as exc:
             raise ConfigError(str(exc)) from None
         check_user_targets_import(base)  # any target the user names; see harness.config.targets
-        sweeper_target = str(OmegaConf.select(base, "hydra.sweeper._target_") or "")
-        if multirun and "BasicSweeper" in sweeper_target:
+        basic = "BasicSweeper" in str(OmegaConf.select(base, "hydra.sweeper._target_") or "")
+        if multirun and basic:
             params = (
                 OmegaConf.to_container(base.hydra.sweeper.params, resolve=False)
                 if base.hydra.sweeper.get("params")
@@ -221,6 +239,7 @@ def precheck(
         check_output_dir(_static_prefix(str(out_dir)), out_key)
     finally:
         GlobalHydra.instance().clear()
+    return CheckedCommand(multirun, [list(j) for j in jobs], cfgs, basic)
 
 
 def _static_prefix(path: str) -> str:
@@ -238,11 +257,11 @@ def _is_sweep(override: str) -> bool:
     return "," in value or bool(re.match(r"^(range|choice|interval|glob|tag)\(", value))
 
 
-def run_precheck_or_exit(argv: list[str] | None = None, calling_file: str | None = None) -> None:
+def run_precheck_or_exit(argv: list[str] | None = None, calling_file: str | None = None) -> CheckedCommand | None:
     argv = sys.argv[1:] if argv is None else argv
     debug = any(a in ("run.debug=true", "run.debug=True") for a in argv)
     try:
-        precheck(argv, calling_file=calling_file)
+        return precheck(argv, calling_file=calling_file)
     except ConfigError as exc:
         if debug:
             raise

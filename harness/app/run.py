@@ -3,7 +3,7 @@
     python -m harness.run                                   # one job on the embedded default
     python -m harness.run -m sweep=budget_schedules         # the main job: a sweep + its report
     python -m harness.run -m sweep=tune                     # Optuna (hydra/sweeper=fpdm_optuna)
-    python -m harness.run -m sweep=depth hydra/launcher=submitit_slurm
+    python -m harness.run -m sweep=depth hydra/launcher=slurm_cpu run.plan=true   # the plan only
 
 The task returns the objective (``run.objective``, FID by default; a tuple for several) so that
 sweepers consume it. Any exception inside a job becomes a ``failed`` record with its reason and
@@ -41,6 +41,8 @@ def task(cfg: DictConfig) -> float | tuple:
 
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN:  # the folder is a hash of the overrides: keep them readable beside it
+        _write_name(job_dir, hc.job.override_dirname)
     if cfg.get("sweep") is None and hc.runtime.choices.get("sweep"):  # a user's sweep/*.yaml (--config-dir)
         cfg.sweep = hc.runtime.choices["sweep"]
     job = _Job(
@@ -178,6 +180,18 @@ def _parallel_worker_stopped(signum: int | None = None):
     return None if received is None else signals.InterruptedJob(received)
 
 
+NAME_FILE = "name"
+
+
+def _write_name(job_dir: Path, override_dirname: str) -> None:
+    """``<job dir>/name``: the job's overrides as Hydra's ``override_dirname`` (``job-<hash>`` alone
+    says nothing to a reader of the sweep folder)."""
+    from harness.runtime.io import atomic_write_text
+
+    job_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(job_dir / NAME_FILE, (override_dirname or "(the defaults)") + "\n")
+
+
 def _other_rank() -> bool:
     """A rank other than 0 of an initialised process group."""
     import torch.distributed as dist
@@ -236,7 +250,12 @@ def _hydra_main(cfg: DictConfig):
 def main() -> None:
     from harness.app.precheck import run_precheck_or_exit
 
-    run_precheck_or_exit(sys.argv[1:], calling_file=__file__)
+    checked = run_precheck_or_exit(sys.argv[1:], calling_file=__file__)
+    if checked is not None and checked.plan_only:  # a plan never reaches a launcher (harness/app/plan.py)
+        from harness.app.plan import plan_lines
+
+        print("\n".join(plan_lines(checked.jobs, checked.configs)))
+        return
     try:
         _hydra_main()
     except KeyboardInterrupt:  # Ctrl-C outside training (sampling, evaluation): cached stages rerun
