@@ -5,6 +5,11 @@ download ever) as a baseline in the same harness.
 Parameter counts differ from the reference DiT: diffusers gives each block its own copy of the
 timestep + class embedding (749,826,464 parameters at XL/2 vs 674,834,720, measured with diffusers' ``DiTTransformer2DModel``), so reports label
 this model's count as ``diffusers layout``.
+
+It runs diffusers' DiT as diffusers defines it: timestep frequencies ``10000 ** (-i / 127)`` and the
+MLP's LayerNorm eps from ``norm_eps`` (default 1e-5), where the official DiT code has ``-i / 128`` and
+1e-6. baselines/diffusers_weights.py converts our DiT's weights both ways and sets DiT's two
+(docs/extending.md, "DiT weights to and from diffusers").
 """
 
 from __future__ import annotations
