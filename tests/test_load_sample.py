@@ -97,3 +97,29 @@ def test_sample_cli_refuses_an_output_dir_of_other_settings(trained, tmp_path, c
     assert main([*base, "sample.seed=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds samples of another model or other settings" in err[0]
+
+
+def test_a_job_and_its_cache_moved_elsewhere_still_load_and_sample(trained, tmp_path, monkeypatch, capsys):
+    """Records name the cache by absolute path (fast_overrides): after copying the job and the
+    cache to another root, the old cache is gone; the new root given on the command line finds it."""
+    import shutil
+
+    from harness.app.loading import LoadError
+    from harness.app.sample import main
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(trained["run"], moved / "job")
+    shutil.copytree(trained["root"] / "cache", moved / "cache")
+    record = json.loads((moved / "job" / "record.json").read_text())
+    record["artifacts"]["checkpoint"] = "/gone/cache/train/x/ema.safetensors"  # as on the cluster it came from
+    record["config"]["paths"]["cache_dir"] = "/gone/cache"
+    (moved / "job" / "record.json").write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LoadError, match=r"give its new root \(harness.sample \.\.\. paths.cache_dir=DIR"):
+        load(moved / "job")
+    model, _ = load(moved / "job", cache_dir=moved / "cache")
+    reference, _ = load(trained["run"])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    args = ["sample.num_images=4", "sample.budget=20", "sample.steps=5", "run.progress=false", "run.threads=1"]
+    assert main([str(moved / "job"), *args, f"paths.cache_dir={moved / 'cache'}", f"out={tmp_path / 's'}"]) == 0
+    assert (tmp_path / "s" / "samples.npz").is_file()

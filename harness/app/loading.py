@@ -98,7 +98,7 @@ def _find(path_text: str, near: Path) -> Path | None:
     return None
 
 
-def _from_record(record_path: Path) -> TrainedSource:
+def _from_record(record_path: Path, cache_dir: str | Path | None = None) -> TrainedSource:
     rec = _read_json(record_path, "record")
     if not isinstance(rec, dict):
         raise LoadError(f"record {record_path} is not a job record (a JSON object is expected)")
@@ -119,14 +119,17 @@ def _from_record(record_path: Path) -> TrainedSource:
     candidates = [(rec.get("artifacts") or {}).get("checkpoint")]
     if train_key:
         candidates.append(str(Path(cfg.paths.cache_dir) / "train" / train_key / EMA_NAME))
+    if train_key and cache_dir is not None:  # the cache moved with (or apart from) the sweep: the caller's root wins
+        candidates.insert(0, str(Path(cache_dir).expanduser().resolve() / "train" / train_key / EMA_NAME))
     for text in filter(None, candidates):
         found = _find(text, record_path.parent)
         if found is not None and found.is_file():
             return TrainedSource(cfg, found.parent, record_path, _data_shape(found.parent))
-    expected = candidates[-1] or "an artifacts.checkpoint entry"
+    expected = candidates[0 if cache_dir is not None else -1] or "an artifacts.checkpoint entry"
     raise LoadError(
         f"record {record_path} has no checkpoint on disk (expected {expected}): the cache was moved "
-        "or cleaned; set the record's paths.cache_dir or rerun the job to retrain"
+        "or cleaned; give its new root (harness.sample ... paths.cache_dir=DIR, or "
+        "harness.models.load(path, cache_dir=DIR)) or rerun the job to retrain"
     )
 
 
@@ -150,8 +153,12 @@ def _from_train_dir(train_dir: Path) -> TrainedSource:
     return TrainedSource(schema_config(stored.get("config") or {}, path), train_dir, None, stored.get("data"))
 
 
-def resolve_source(path: str | Path) -> TrainedSource:
-    """Find the trained model a record, job directory or train cache directory points to."""
+def resolve_source(path: str | Path, cache_dir: str | Path | None = None) -> TrainedSource:
+    """Find the trained model a record, job directory or train cache directory points to.
+
+    ``cache_dir``: the artifact cache's root where it is now (a sweep folder and its cache copied
+    off a cluster); a record's checkpoint is looked up there first, by its train key. Without it, a
+    relative path is found from the current directory or any ancestor of the record."""
     p = Path(path).expanduser()
     if not p.exists():
         raise LoadError(
@@ -161,9 +168,9 @@ def resolve_source(path: str | Path) -> TrainedSource:
     if p.is_file():
         if p.name == EMA_NAME:
             return _from_train_dir(p.parent)
-        return _from_record(p)
+        return _from_record(p, cache_dir)
     if (p / RECORD_NAME).is_file():
-        return _from_record(p / RECORD_NAME)
+        return _from_record(p / RECORD_NAME, cache_dir)
     if (p / EMA_NAME).is_file():
         return _from_train_dir(p)
     if any(p.glob("ckpt-*.pt")):
@@ -217,8 +224,9 @@ def build_trained(source: TrainedSource, device: str = "cpu") -> nn.Module:
     return model.to(device).eval()
 
 
-def load(record_or_dir: str | Path, device: str = "cpu") -> LoadedModel:
+def load(record_or_dir: str | Path, device: str = "cpu", cache_dir: str | Path | None = None) -> LoadedModel:
     """The trained EMA model (eval mode) and its resolved config, from a job record, a job
-    directory or a train cache directory. Raises ``LoadError`` (one line) otherwise."""
-    source = resolve_source(record_or_dir)
+    directory or a train cache directory (``cache_dir``: the cache's root, if it moved). Raises
+    ``LoadError`` (one line) otherwise."""
+    source = resolve_source(record_or_dir, cache_dir)
     return LoadedModel(build_trained(source, device), source.config)

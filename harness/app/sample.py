@@ -31,10 +31,10 @@ if TYPE_CHECKING:
 
 USAGE = (
     "usage: python -m harness.sample RECORD_OR_DIR [sample.KEY=VALUE ...] [solver=NAME] [solver.KEY=VALUE ...] "
-    "[run.device=...] [out=DIR | --out DIR]"
+    "[run.device=...] [paths.cache_dir=DIR] [out=DIR | --out DIR]"
 )
 # what sampling reads; everything else is fixed by the trained checkpoint
-SETTABLE = ("sample.", "solver.", "run.device", "run.threads", "run.progress", "run.debug")
+SETTABLE = ("sample.", "solver.", "run.device", "run.threads", "run.progress", "run.debug", "paths.cache_dir")
 SETTINGS_NAME = "settings.json"
 
 
@@ -90,7 +90,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         if not key.startswith(SETTABLE):
             raise ConfigError(
                 f"{key} is fixed by the trained checkpoint; only sample.*, solver, solver.* and "
-                "run.device / run.threads / run.progress can be set when sampling a trained job"
+                "run.device / run.threads / run.progress / paths.cache_dir can be set when sampling a trained job"
             )
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             raise ConfigError(_unknown_key(cfg, key))
@@ -100,6 +100,12 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
             raise ConfigError(f"{key}={value}: {first}") from None
     return cfg
+
+
+def _cache_dir(overrides: list[str]) -> str | None:
+    """``paths.cache_dir=DIR`` on the command line: where the trained job's cache is now."""
+    values = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == "paths.cache_dir"]
+    return values[-1] if values else None
 
 
 def _output_dir(source: TrainedSource, cfg, out: str | None) -> Path:
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = any(a in ("run.debug=true", "run.debug=True") for a in argv)
     try:
         path, overrides, out = parse_argv(argv)
-        source = resolve_source(path)
+        source = resolve_source(path, _cache_dir(overrides))
         cfg = apply_overrides(source.config, overrides)
         validate_config(cfg)
         out_dir = _output_dir(source, cfg, out)
