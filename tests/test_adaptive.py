@@ -14,7 +14,7 @@ import torch
 
 from fpdm.schedules import get_schedule
 from fpdm.solvers import get_solver, with_rows
-from harness.compute.adaptive import bisect_tolerance, passes_summary, target_iters
+from harness.compute.adaptive import bisect_tolerance, calibration_cost, passes_summary, target_iters
 from harness.compute.greedy import greedy_allocation, nonincreasing_fit
 from harness.compute.plan import BudgetError
 
@@ -149,6 +149,8 @@ def test_search_space_members_are_valid_plans():
 # ----------------------------------------------------------------------------- calibration math
 def test_target_iters_names_the_key_and_fix():
     assert target_iters(40, 5, 2, 8) == 30
+    # guidance: both forwards of an image summed, against 2 x (60 - 20 steps x 2 explicit) = 40
+    assert target_iters(60, 20, 2, 8, guidance=2) == 40
     with pytest.raises(BudgetError, match="sample.budget=14 is below one pass per step"):
         target_iters(14, 5, 2, 8)
     with pytest.raises(BudgetError, match="sample.adaptive.max_iters_per_step=4"):
@@ -169,51 +171,157 @@ def test_bisection_meets_the_target_within_one_and_names_a_stall():
 
     with pytest.raises(BudgetError, match="never converges that far.*sample.budget"):
         bisect_tolerance(stalled, 25, tol_min=1e-6, tol_max=10.0, budget=35, explicit=10)
+    # guided, both forwards stalling alike: passes count both (explicit 20, 2 x 10 iterations = 40
+    # at the loose end), the fix names sample.budget per forward: 40 / 2 = 20, as unguided (10 + 10)
+    with pytest.raises(BudgetError, match=r"sample.budget=35 \(70 per image.*lower sample.budget to <= 20 "):
+        bisect_tolerance(lambda t: 2 * stalled(t), 50, tol_min=1e-6, tol_max=10.0, budget=35, explicit=20, guidance=2)
 
 
 def test_passes_summary_histogram():
     s = passes_summary([3, 3, 5, 9], explicit_passes=10)
     assert s["block_passes_per_image_mean"] == 15 and s["block_passes_per_image_max"] == 19
     assert s["_passes_histogram"] == {"passes": [13, 15, 19], "images": [2, 1, 1]}
+    assert "block_passes_over_budget" not in s
+    # mean 15: one pass over a budget of 14 is within the calibration's tolerance, 15 - 13 = 2 is not
+    assert passes_summary([3, 3, 5, 9], 10, budget_passes=14)["block_passes_over_budget"] is False
+    over = passes_summary([3, 3, 5, 9], 10, budget_passes=13)
+    assert over["block_passes_over_budget"] is True and over["block_passes_budget"] == 13
+
+
+def test_calibration_cost_counts_every_sampling():
+    from harness.compute.flops import FlopBreakdown
+
+    fb = FlopBreakdown(per_forward=0, explicit_per_forward=100, block=0, per_iteration=10, injection_per_iteration=0)
+    # two samplings of 6 forwards each (2 explicit blocks per forward), 30 and 25 evaluations:
+    # passes 2 * 6 * 2 + 55 = 79; FLOPs 12 forwards * 100 + 55 evaluations * 10 = 1750
+    assert calibration_cost([30, 25], 6, 2, fb) == {"evaluations": 2, "block_passes_total": 79, "flops_total": 1750}
 
 
 # ----------------------------------------------------------------------------- on a tiny trained model
+# tiny FPDM: 1 pre + 1 post explicit block (n_explicit = 2); fast overrides: 5 steps, 32 evaluated
+# images; the calibration batch is 16 images, up to 8 evaluations per step
+N_EXPLICIT, CAL_IMAGES, EVAL_IMAGES, CAP = 2, 16, 32, 8
+CFG = ["sample.cfg_scale=1.5", "sample.budget=60"]
+RUNS = {
+    "adaptive-30": ["sample.schedule=adaptive", "sample.budget=30"],
+    "adaptive-40": ["sample.schedule=adaptive", "sample.budget=40"],
+    # the same calibration (num_images is not part of it), reused from the cache by a 16-image job
+    "adaptive-40-rerun": ["sample.schedule=adaptive", "sample.budget=40", "sample.num_images=16"],
+    "adaptive-cfg": ["sample.schedule=adaptive", "sample.steps=10", *CFG],
+    "constant-cfg": ["sample.schedule=constant", "sample.steps=10", *CFG],
+    "adaptive-cfg-20": ["sample.schedule=adaptive", "sample.steps=20", *CFG],  # one iteration per step
+    "greedy-40": ["sample.schedule=greedy", "sample.budget=40"],
+}
+
+
 @pytest.fixture(scope="module")
 def calibrated_runs(hydra_app, fast_overrides_for, tmp_path_factory):
-    """One tiny model (trained once through the app) calibrated at two budgets, then sampled."""
+    """One tiny model (trained once through the app), then every run of ``RUNS`` on it; a run that
+    fails leaves its record (status failed, the reason) for the test that reads it."""
     root = tmp_path_factory.mktemp("adaptive")
     out = {}
-    for budget in (30, 40):
-        over = [
+    for name, over in RUNS.items():
+        overrides = [
             *fast_overrides_for(root),
             "run.stages=[train,sample]",
-            "sample.schedule=adaptive",
-            f"sample.budget={budget}",
-            "sample.adaptive.calibration_images=16",
-            f"hydra.run.dir={root / str(budget)}",
+            f"sample.adaptive.calibration_images={CAL_IMAGES}",
+            *over,
+            f"hydra.run.dir={root / name}",
         ]
-        hydra_app(over)
-        out[budget] = json.loads((root / str(budget) / "record.json").read_text())
+        try:
+            hydra_app(overrides)
+        except SystemExit:  # a failed single run exits non-zero after writing its record
+            pass
+        out[name] = json.loads((root / name / "record.json").read_text())
     return out
 
 
 def test_calibrated_tolerance_meets_the_budget_and_orders_with_it(calibrated_runs):
     tols = {}
-    for budget, rec in calibrated_runs.items():
+    for budget in (30, 40):
+        rec = calibrated_runs[f"adaptive-{budget}"]
         m = rec["metrics"]
         assert rec["status"] == "ok" and rec["stages"]["calibrate"] == "ran"
         assert budget - 1 <= m["calibration_block_passes"] <= budget  # within one pass, never above
-        # the evaluated images (other seeds) spend about the budget too; the cap bounds every image
-        assert abs(m["block_passes_per_image_mean"] - budget) <= 2.0
-        assert m["block_passes_per_image_max"] <= 5 * (2 + 8)
+        # the evaluated images (other seeds) are checked against the same budget and recorded
+        assert m["block_passes_budget"] == budget
+        assert m["block_passes_over_budget"] == (m["block_passes_per_image_mean"] > budget + 1)
+        assert abs(m["block_passes_per_image_mean"] - budget) <= 1.0
+        assert m["block_passes_per_image_mean"] <= m["block_passes_per_image_max"] <= 5 * (N_EXPLICIT + CAP)
         hist = rec["solver_trace"]["passes_per_image"]
-        assert sum(hist["images"]) == 32
-        assert sum(p * n for p, n in zip(hist["passes"], hist["images"])) / 32 == pytest.approx(
+        assert sum(hist["images"]) == EVAL_IMAGES
+        assert max(hist["passes"]) == m["block_passes_per_image_max"]
+        assert sum(p * n for p, n in zip(hist["passes"], hist["images"])) / EVAL_IMAGES == pytest.approx(
             m["block_passes_per_image_mean"]
         )
         assert m["flops_per_image"] < m["flops_planned"] or m["block_passes_per_image_mean"] == budget
         tols[budget] = m["calibration_tol"]
     assert tols[40] < tols[30]  # more compute: a tighter tolerance
+
+
+def test_guided_adaptive_spends_what_the_constant_schedule_spends(calibrated_runs):
+    """cfg_scale=1.5 at budget 60: each image runs a conditional and an unconditional forward, so
+    the constant schedule records 2 x 60 = 120 block passes per image; adaptive calibrates to the
+    same 120 (both halves of an image summed) and its evaluated images spend it within one pass."""
+    const = calibrated_runs["constant-cfg"]["metrics"]
+    assert const["block_passes_per_image"] == 2 * 60
+    for name in ("adaptive-cfg", "adaptive-cfg-20"):
+        rec = calibrated_runs[name]
+        assert rec["status"] == "ok", rec["reason"]
+        m = rec["metrics"]
+        assert abs(m["block_passes_per_image_mean"] - const["block_passes_per_image"]) <= 1.0
+        assert 119 <= m["calibration_block_passes"] <= 120
+        assert m["block_passes_per_image"] == pytest.approx(m["block_passes_per_image_mean"])
+        assert (
+            m["calibration_guidance_forwards"] == 2 and m["block_passes_budget"] == const["block_passes_budget"] == 120
+        )
+        assert not m["block_passes_over_budget"]
+    # 20 steps at budget 60: 3 passes per forward and step = 2 explicit + 1 evaluation, the least a
+    # step runs, so the loosest tolerance spends it exactly, on every image: 20 * 3 * 2 = 120
+    m = calibrated_runs["adaptive-cfg-20"]["metrics"]
+    assert m["calibration_tol"] == 1e3 and m["calibration_evaluations"] == 1
+    assert m["calibration_block_passes"] == 120 and m["block_passes_per_image_max"] == 120
+
+
+def _forwards(m: dict, steps: int) -> int:
+    """Model forwards of all calibration samplings: samplings x images x steps x guidance."""
+    return m["calibration_evaluations"] * CAL_IMAGES * steps * m["calibration_guidance_forwards"]
+
+
+@pytest.mark.parametrize(("name", "steps"), [("adaptive-40", 5), ("adaptive-cfg", 10), ("greedy-40", 5)])
+def test_the_calibration_is_charged_in_full(calibrated_runs, name, steps):
+    rec = calibrated_runs[name]
+    m = rec["metrics"]
+    assert rec["stages"]["calibrate"] == "ran" and m["calibration_cached"] is False
+    forwards = _forwards(m, steps)
+    assert m["calibration_evaluations"] >= 1 and m["calibration_time_s"] > 0
+    iters = m["calibration_block_passes_total"] - N_EXPLICIT * forwards  # fixed point evaluations
+    assert forwards <= iters <= forwards * (CAP + 1)  # 1..cap per forward and step (greedy: cap + 1)
+    # FLOPs: every forward's explicit part plus one iteration per evaluation (the sample stage's figures)
+    assert m["calibration_flops_total"] == m["flops_explicit_per_forward"] * forwards + m["flops_per_iteration"] * iters
+    for total, per_image in (("block_passes_total", "block_passes"), ("flops_total", "flops"), ("time_s", "time_s")):
+        assert m[f"calibration_{per_image}_per_evaluated_image"] == pytest.approx(m[f"calibration_{total}"] / 32)
+
+
+def test_a_cached_calibration_reports_what_it_cost_and_says_so(calibrated_runs):
+    first, again = calibrated_runs["adaptive-40"], calibrated_runs["adaptive-40-rerun"]
+    assert again["stages"]["calibrate"] == "cached" and again["metrics"]["calibration_cached"] is True
+    m, m0 = again["metrics"], first["metrics"]
+    for k in ("evaluations", "block_passes_total", "flops_total", "time_s", "tol"):
+        assert m[f"calibration_{k}"] == m0[f"calibration_{k}"]
+    # charged to this job's 16 images
+    assert m["calibration_flops_per_evaluated_image"] == pytest.approx(m0["calibration_flops_total"] / 16)
+
+
+def test_greedy_charges_its_trace_sampling_and_spends_the_budget(calibrated_runs):
+    """One calibration sampling of 16 images x 5 steps, each step the explicit blocks and cap + 1 = 9
+    evaluations (tol 0: none stops early): 16 * 5 * (2 + 9) = 880 block passes; the evaluated images
+    then run the greedy plan, 40 passes each."""
+    m = calibrated_runs["greedy-40"]["metrics"]
+    assert m["calibration_evaluations"] == 1 and m["calibration_block_passes_total"] == 880
+    assert m["calibration_block_passes_per_evaluated_image"] == 880 / 32
+    assert m["block_passes_per_image_mean"] == m["block_passes_per_image_max"] == m["block_passes_budget"] == 40
+    assert m["block_passes_over_budget"] is False
 
 
 # ----------------------------------------------------------------------------- schedule_search resume

@@ -133,6 +133,9 @@ def _key_by_plan(cfg, sample: dict) -> None:
     from harness.compute.plan import BudgetError, sampling_plan
 
     if cfg.sample.schedule in ("adaptive", "greedy"):
+        from harness.compute.adaptive import CALIBRATION_VERSION
+
+        sample["calibration"] = CALIBRATION_VERSION  # what the calibration decides: recalibrated, resampled
         return  # decided by a calibration run, not by the nominal plan: keyed by the settings
     try:
         planned = sampling_plan(cfg)

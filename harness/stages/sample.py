@@ -320,7 +320,9 @@ def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall
             break
         head.append(s["images"])
     save_grid(np.concatenate(head)[:64] if head else np.zeros((0, *image_shape[1:]), np.uint8), work_dir / "grid.png")
-    guidance = 2 if cfg.sample.cfg_scale != 1.0 else 1
+    from harness.compute.adaptive import guidance_forwards, passes_summary
+
+    guidance = guidance_forwards(cfg.sample.cfg_scale)
     summary = _cost_summary(model, data.image_size, plan, steps, implicit, guidance=guidance)
     iters_spent = summary.pop("_iters_spent")
     summary.update(
@@ -337,11 +339,11 @@ def _finish(model, data, cfg, plan, work_dir: Path, ranges, implicit: bool, wall
         summary["solver_iters_mean"] = float(np.mean(iters_spent)) if iters_spent else math.nan
         summary["solver_nfe_per_image"] = float(np.sum(iters_spent))
         summary["solver_final_residual"] = float(np.mean(summary["solver_trace"]["residual"]))
-        from harness.compute.adaptive import passes_summary
-
         if all("iters_per_image" in s.files for s in shards):  # shards of older runs lack it
             per_image = np.concatenate([s["iters_per_image"] for s in shards])
-            spent = passes_summary(per_image, plan.steps * model.num_explicit_blocks * guidance)
+            # against the plan's budget counted as spent: both forwards of guidance (120 at budget 60)
+            explicit = plan.steps * model.num_explicit_blocks * guidance
+            spent = passes_summary(per_image, explicit, budget_passes=plan.block_passes * guidance)
             summary["solver_trace"]["passes_per_image"] = spent.pop("_passes_histogram", None)
             summary.update(spent)
     return summary
