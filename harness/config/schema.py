@@ -207,6 +207,9 @@ class PathsConfig:
 
 @dataclass
 class RunConfig:
+    # modules imported before the config is checked, in every command and job: a user's package
+    # registers its samplers, schedules, solvers or extractors there (harness/config/user_code.py)
+    imports: List[str] = field(default_factory=list)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: Optional[int] = None  # torch intra-op threads; None: torch's default
     # keep freed CPU memory for the next tensor instead of returning it to the OS (glibc; the

@@ -448,7 +448,17 @@ def _paths(cfg) -> None:
 
 def validate_config(cfg: DictConfig, disk: bool = True) -> None:
     """Run every registered check; raise the first ``ConfigError``. ``disk=False`` skips the
-    checks that need files on this machine (``harness.inspect``: nothing is read or written)."""
+    checks that need files on this machine (``harness.inspect``: nothing is read or written).
+
+    The user's modules (``run.imports``, the ``fpdm_bench.plugins`` entry points) are imported first,
+    so the names they register are valid here (harness/config/user_code.py)."""
+    from harness.config.user_code import UserCodeError, import_user_modules, load_entry_points
+
+    try:
+        load_entry_points()
+        import_user_modules(cfg.run.get("imports") or [])
+    except UserCodeError as exc:
+        raise ConfigError(str(exc)) from None
     for fn in _CHECKS:
         if disk or fn not in _DISK_CHECKS:
             fn(cfg)
