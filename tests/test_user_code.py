@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from harness.config.validate import ConfigError
 from harness.app.precheck import precheck
+from harness.config.validate import ConfigError
 
 PACKAGE = '''
 """A user's package: registers what it adds on import."""
@@ -57,14 +57,21 @@ def test_a_users_sampler_and_schedule_run_through_inspect_and_a_job(user_package
     budget = ["sample.budget=20", "sample.steps=5"]  # 2 explicit blocks + 10 iterations over 5 steps
     proc = subprocess.run(
         [sys.executable, "-m", "harness.inspect", *plugin, *budget, "inspect.format=json"],
-        env=env, capture_output=True, text=True, timeout=240,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["plan"]["iters"] == [6, 1, 1, 1, 1]
     overrides = [o for o in fast_overrides if not o.startswith("sample.steps")]
     proc = subprocess.run(
         [sys.executable, "-m", "harness.run", *overrides, *plugin, *budget, "run.stages=[train,sample]"],
-        env=env, capture_output=True, text=True, timeout=240, cwd=user_package,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=user_package,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads(next(user_package.glob("run/record.json")).read_text())
