@@ -20,7 +20,8 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-ZSNR = dict(prediction_type="v_prediction", zero_terminal_snr=True, timestep_spacing="trailing")
+# zero terminal SNR as protocol=paper runs it (v-prediction, the official linspace respacing)
+ZSNR = dict(prediction_type="v_prediction", zero_terminal_snr=True, timestep_spacing="linspace")
 
 
 # ---------------------------------------------------------------- oracles

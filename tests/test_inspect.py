@@ -48,14 +48,17 @@ def test_inspect_counts_every_combination_without_data(model, method, solver, da
     assert info["params"]["total"] == sum(v for k, v in info["params"].items() if k not in ("total", "note"))
     plan = info["plan"]
     assert plan["steps"] == 5 and plan["block_passes"] == sum(plan["block_passes_per_step"])
+    assert plan["timesteps"] == [999, 749, 500, 250, 0]  # DDIM on linspace: IDDPM's respacing, by hand
     mem = info["memory"]
     assert mem["mem_params_bytes"] == 4 * info["params"]["total"]
-    assert mem["mem_total_max_bytes"] >= mem["mem_total_bytes"] > 0
+    assert mem["mem_total_bytes"] >= mem["mem_total_expected_bytes"] > 0  # the headline is the peak
+    assert mem["ddp"] is False and mem["mem_ddp_buckets_bytes"] == 0  # digits trains in one process
+    assert mem["paper"]["comparable"] is False  # the tiny preset is not Table 1's model
     if model == "fpdm":
         assert plan["iters"] == [4] * 5 and plan["block_passes_per_step"] == [6] * 5  # tiny: depth 6 - 1 - 1
         assert mem["train_method"] == method and mem["with_grad_iters_max"] >= 1
     else:
-        assert mem["with_grad_iters_max"] is None and mem["mem_saved_max_bytes"] == mem["mem_saved_bytes"]
+        assert mem["with_grad_iters_max"] is None and mem["mem_saved_expected_bytes"] == mem["mem_saved_bytes"]
 
 
 def test_paper_xl2_counts_without_imagenet_on_disk(tmp_path):
@@ -68,6 +71,41 @@ def test_paper_xl2_counts_without_imagenet_on_disk(tmp_path):
     assert (fpdm["model"]["channels"], fpdm["model"]["image_size"], fpdm["model"]["num_classes"]) == (4, 32, 1000)
     assert fpdm["plan"]["steps"] == 28 and fpdm["plan"]["iters"] == [8] * 28  # 280 / (1 + 8 + 1)
     assert dit["plan"]["steps"] == 10 and dit["plan"]["block_passes"] == 280  # 280 / 28
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_paper_protocol_prints_the_official_timesteps(model, capsys):
+    """create_diffusion(str(5)): evenly over [0, 999], rounded (not trailing's 999, 799, 599, 399, 199)."""
+    assert main(["protocol=paper", f"model={model}", "sample.steps=5", "inspect.format=json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plan"]["timesteps"] == [999, 749, 500, 250, 0]
+    assert main(["protocol=paper", f"model={model}", "sample.steps=5"]) == 0
+    assert "timesteps (noisiest first): [999, 749, 500, 250, 0]" in capsys.readouterr().out
+    _, info = inspect_argv(["protocol=paper", f"model={model}", "sample.steps=10", "sample.sampler=ddpm"])
+    assert info["plan"]["timesteps"] == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+
+
+def test_paper_xl2_memory_headline_is_the_peak_beside_table_1(tmp_path, capsys):
+    """FPDM-XL/2 under protocol=paper at batch 64: DDP counted as the official training ran it, the
+    peak first, the expectation second, then Table 1 (10.2 GB; FPDM/DiT 10.2 / 25.2 = 0.40) beside
+    FPDM / DiT-XL/2 under the same assumptions, which a separate DiT-XL/2 inspect confirms."""
+    paper = ["protocol=paper", "model.preset=XL/2", "data=latents", f"data.root={tmp_path}", "train.batch_size=64"]
+    _, fpdm = inspect_argv(["model=fpdm", *paper])
+    _, dit = inspect_argv(["model=dit", *paper])
+    mem, dmem = fpdm["memory"], dit["memory"]
+    assert mem["ddp"] and mem["mem_ddp_buckets_bytes"] == 4 * 86_500_256
+    assert dmem["mem_ddp_buckets_bytes"] == 4 * 674_834_720
+    assert mem["mem_total_bytes"] > mem["mem_total_expected_bytes"]
+    assert mem["paper"]["ratio_to_paper"] == mem["mem_total_bytes"] / (10.2 * 2**30)
+    assert dmem["paper"]["ratio_to_paper"] == dmem["mem_total_bytes"] / (25.2 * 2**30)
+    assert mem["paper"]["ratio_fpdm_to_dit"] == mem["mem_total_bytes"] / dmem["mem_total_bytes"]
+    assert round(mem["paper"]["paper_ratio_fpdm_to_dit"], 2) == 0.40
+    assert main(["model=fpdm", *paper]) == 0
+    out = capsys.readouterr().out
+    at = [out.index(s) for s in ("peak (headline)", "expected ", "paper Table 1: 10.2 GB", "the paper: 0.40x")]
+    assert at == sorted(at)
+    _, single = inspect_argv(["model=fpdm", *paper, "inspect.ddp=false"])  # the override still works
+    assert single["memory"]["mem_ddp_buckets_bytes"] == 0
+    assert mem["mem_total_bytes"] - single["memory"]["mem_total_bytes"] == 4 * 86_500_256
 
 
 def _dit_params(d: int, depth: int, channels: int = 1, patch: int = 2, classes: int = 10, mlp: int = 4) -> int:
@@ -119,8 +157,10 @@ def test_inspect_is_deterministic_and_json_has_the_keys(capsys):
         "plan.iters",
         "plan.block_passes",
         "flops.per_forward",
+        "plan.timesteps",
         "memory.mem_total_bytes",
-        "memory.mem_total_max_bytes",
+        "memory.mem_total_expected_bytes",
+        "memory.paper",
         "memory.assumptions",
     ):
         node = info
@@ -160,7 +200,7 @@ def test_the_command_line_no_longer_crashes_on_the_default_fpdm():
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-    assert "total_max" in proc.stdout and "assumptions:" in proc.stdout
+    assert "peak (headline)" in proc.stdout and "assumptions:" in proc.stdout
 
 
 def test_released_diffusers_weights_are_counted_from_their_config_alone(tmp_path):

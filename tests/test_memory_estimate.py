@@ -75,12 +75,9 @@ def test_parameter_sized_parts(precision, ddp):
     )
     assert mem["mem_ddp_buckets_bytes"] == (4 * p if ddp else 0)
     assert mem["mem_autocast_weights_bytes"] == (2 * (p - LABEL_TABLE) if precision == "bf16" else 0)
-    parts = [
-        k
-        for k in mem
-        if k.startswith("mem_") and k not in ("mem_total_bytes", "mem_total_max_bytes", "mem_saved_max_bytes")
-    ]
+    parts = [k for k in mem if k.startswith("mem_") and "total" not in k and "expected" not in k]
     assert mem["mem_total_bytes"] == sum(mem[k] for k in parts)
+    assert mem["mem_total_expected_bytes"] == mem["mem_total_bytes"]  # DiT: no random draw of depth
 
 
 def test_sjfb_memory_at_expected_and_maximum_m():
@@ -89,11 +86,62 @@ def test_sjfb_memory_at_expected_and_maximum_m():
     a = MemoryAssumptions(batch_size=2, precision="fp32")
     mem = estimate_training_memory(model, 8, a)
     assert (mem["with_grad_iters_expected"], mem["with_grad_iters_max"]) == (2.0, 3)
-    assert mem["mem_saved_max_bytes"] - mem["mem_saved_bytes"] == 215_040
-    assert mem["mem_total_max_bytes"] - mem["mem_total_bytes"] == 215_040
+    assert mem["mem_saved_bytes"] - mem["mem_saved_expected_bytes"] == 215_040
+    assert mem["mem_total_bytes"] - mem["mem_total_expected_bytes"] == 215_040
     assert estimate_training_memory(model, 8, a) == mem  # no random draw: the same every time
     jfb = _model("fpdm", method="jfb", no_grad_min=0, no_grad_max=3, with_grad_min=1, with_grad_max=3)
-    assert estimate_training_memory(jfb, 8, a)["mem_saved_bytes"] == mem["mem_saved_bytes"] - 215_040
+    jfb_mem = estimate_training_memory(jfb, 8, a)  # m = 1 always: one iteration below S-JFB's E[m] = 2
+    assert (
+        jfb_mem["mem_saved_bytes"] == jfb_mem["mem_saved_expected_bytes"] == mem["mem_saved_expected_bytes"] - 215_040
+    )
+
+
+def test_headline_is_the_peak_at_the_maximum_with_grad_iterations():
+    """The headline (mem_total_bytes) is what the largest S-JFB draw holds: with m ~ U{lo..hi} it
+    grows by one iteration's 215,040 bytes per unit of hi and not at all with lo; the expectation
+    (lo + hi) / 2 grows by half an iteration, 107,520 bytes, with either."""
+    a = MemoryAssumptions(batch_size=2, precision="fp32")
+
+    def mem(lo, hi):
+        spec = dict(method="sjfb", no_grad_min=0, no_grad_max=3, with_grad_min=lo, with_grad_max=hi)
+        return estimate_training_memory(_model("fpdm", **spec), 8, a)
+
+    base, more_max, more_min = mem(1, 3), mem(1, 4), mem(2, 3)
+    assert more_max["mem_total_bytes"] - base["mem_total_bytes"] == 215_040
+    assert more_min["mem_total_bytes"] == base["mem_total_bytes"]
+    assert more_max["mem_total_expected_bytes"] - base["mem_total_expected_bytes"] == 107_520
+    assert more_min["mem_total_expected_bytes"] - base["mem_total_expected_bytes"] == 107_520
+    # a fixed m = 3 (multi-step JFB) is the same step as S-JFB's largest draw
+    fixed = estimate_training_memory(
+        _model("fpdm", method="multistep_jfb", no_grad_min=0, no_grad_max=3, with_grad_min=3, with_grad_max=3), 8, a
+    )
+    assert fixed["mem_total_bytes"] == base["mem_total_bytes"]
+
+
+@pytest.mark.parametrize(
+    "overrides,ddp",
+    [
+        (["protocol=paper"], True),
+        (["protocol=official"], True),
+        ([], False),  # digits: the harness trains in one process
+        (["protocol=paper", "inspect.ddp=false"], False),
+        (["inspect.ddp=true"], True),
+    ],
+)
+def test_ddp_is_assumed_where_the_protocols_training_ran_it(overrides, ddp):
+    """The official train.py (protocol=paper / official) is a DDP job; inspect.ddp overrides."""
+    from hydra import compose, initialize_config_module
+
+    import harness.config  # noqa: F401  (fills the ConfigStore)
+    from harness.compute.memory_estimate import assumptions_from_config
+
+    with initialize_config_module("harness.config", version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    a = assumptions_from_config(cfg)
+    assert a.ddp is ddp
+    line = next(d for d in a.describe() if "DDP" in d)
+    assert line.startswith("DDP gradient buckets" if ddp else "single process")
+    assert ("inspect.ddp=" in line) == any(o.startswith("inspect.ddp") for o in overrides)
 
 
 @pytest.mark.parametrize(
@@ -115,14 +163,41 @@ def test_with_grad_iterations_per_method(method, expected):
     assert with_grad_iterations(spec) == expected
 
 
-def test_paper_scale_estimate_states_assumptions_and_both_m():
+def test_paper_scale_estimate_headline_is_the_peak_under_ddp_beside_table_1():
+    """Paper Table 1: DiT-XL/2 25.2 GB, FPDM-XL/2 10.2 GB at batch 64, FPDM/DiT = 10.2 / 25.2 =
+    0.405. The official training is a DDP job, so its buckets (4 bytes per parameter) are counted;
+    the headline ratio is FPDM's peak (m = 12) over DiT, the expectation (m = 6.5) second."""
     from harness.compute.memory_estimate import paper_scale_estimate
 
     est = paper_scale_estimate()
     dit, fpdm = est["dit"], est["fpdm"]
     assert dit["mem_params_bytes"] == 674_834_720 * 4 and fpdm["mem_params_bytes"] == 86_500_256 * 4
+    assert dit["mem_ddp_buckets_bytes"] == 674_834_720 * 4 and fpdm["mem_ddp_buckets_bytes"] == 86_500_256 * 4
+    assert est["assumptions"]["ddp"] is True
     assert (fpdm["with_grad_iters_expected"], fpdm["with_grad_iters_max"]) == (6.5, 12)
-    assert fpdm["mem_total_bytes"] < fpdm["mem_total_max_bytes"]
+    assert fpdm["mem_total_expected_bytes"] < fpdm["mem_total_bytes"]
     # checkpointing on: the recompute peak is one XL block, the same block in both models
     assert dit["mem_recompute_bytes"] == fpdm["mem_recompute_bytes"] > 0
     assert any("autocast" in n for n in est["assumptions"]["notes"])
+    assert est["ratio_fpdm_to_dit"] == fpdm["mem_total_bytes"] / dit["mem_total_bytes"]
+    assert est["ratio_fpdm_to_dit_expected"] == fpdm["mem_total_expected_bytes"] / dit["mem_total_bytes"]
+    assert round(est["paper_ratio_fpdm_to_dit"], 4) == 0.4048
+    assert (dit["paper_gb"], fpdm["paper_gb"]) == (25.2, 10.2) and dit["comparable"] and fpdm["comparable"]
+    assert fpdm["ratio_to_paper"] == fpdm["mem_total_bytes"] / (10.2 * 2**30)
+    text = est["disagreement"]
+    assert f"{est['ratio_fpdm_to_dit']:.2f}x where the paper has 0.40x" in text
+    assert f"fpdm {fpdm['mem_total_bytes'] / 2**30:.2f} GiB vs 10.2 GB" in text
+    single = paper_scale_estimate(ddp=False)["dit"]
+    assert dit["mem_total_bytes"] - single["mem_total_bytes"] == 674_834_720 * 4
+
+
+def test_paper_comparison_only_for_the_papers_models_at_batch_64():
+    from harness.compute.memory_estimate import paper_comparison
+
+    mem = {"mem_total_bytes": 2 * 2**30, "mem_total_expected_bytes": 2**30}
+    row = paper_comparison("fpdm", mem, 86_500_256, (4, 32), 64)
+    assert row["comparable"] and row["ratio_to_paper"] == 2 / 10.2 and row["ratio_expected_to_paper"] == 1 / 10.2
+    assert not paper_comparison("fpdm", mem, 86_500_256, (4, 32), 16)["comparable"]  # batch 16
+    assert "batch 64" in paper_comparison("fpdm", mem, 86_500_256, (4, 32), 16)["why"]
+    assert not paper_comparison("fpdm", mem, 478_600, (4, 32), 64)["comparable"]  # not XL/2
+    assert not paper_comparison("dit", mem, 674_834_720, (4, 64), 64)["comparable"]  # 512 px latents

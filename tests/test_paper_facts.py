@@ -74,14 +74,23 @@ def test_8_5_official_linear_controller():
 
 
 def test_8_5_null_class_index_and_diffusion_defaults():
-    from harness.diffusion.spec import DiffusionSpec, make_train_scheduler
+    from hydra import compose, initialize_config_module
+
+    import harness.config  # noqa: F401  (fills the ConfigStore)
+    from harness.diffusion.samplers import spaced_timesteps
+    from harness.diffusion.spec import DiffusionSpec, diffusion_spec, make_train_scheduler
 
     model = build_fpdm("tiny", input_size=8, in_channels=4, num_classes=1000)
     assert model.y_embedder.embedding_table.num_embeddings == 1001  # null class = index 1000
-    sched = make_train_scheduler(
-        DiffusionSpec(prediction_type="v_prediction", zero_terminal_snr=True, timestep_spacing="trailing")
-    )
+    with initialize_config_module("harness.config", version_base="1.3"):
+        spec = diffusion_spec(compose("config", overrides=["protocol=paper"]))
+    assert (spec.prediction_type, spec.zero_terminal_snr, spec.timestep_spacing) == ("v_prediction", True, "linspace")
+    sched = make_train_scheduler(spec)
     assert sched.config.num_train_timesteps == 1000
     assert abs(float(sched.alphas_cumprod[-1])) < 1e-6  # zero terminal SNR
+    # §4.5: the official respacing still starts at t = T-1, where the SNR is zero and only
+    # v-prediction can name x_0 (Lin et al. 2024, Sec. 3.3)
+    for steps in (4, 5, 10, 20, 56, 93):
+        assert int(spaced_timesteps(spec, steps)[0]) == 999
     plain = make_train_scheduler(DiffusionSpec())
     assert abs(float(plain.betas[0]) - 1e-4) < 1e-9 and abs(float(plain.betas[-1]) - 0.02) < 1e-9

@@ -46,10 +46,20 @@ def test_digits_is_the_default_and_keeps_the_schema_defaults():
 def test_paper_protocol_sets_sec_4_1():
     cfg = _cfg("protocol=paper")
     assert cfg.diffusion.prediction_type == "v_prediction" and cfg.diffusion.zero_terminal_snr
-    assert cfg.diffusion.timestep_spacing == "trailing" and cfg.diffusion.mse_weighting == "p2"
+    assert cfg.diffusion.timestep_spacing == "linspace" and cfg.diffusion.mse_weighting == "p2"
     assert cfg.model.learn_sigma and cfg.sample.cfg_scale == 1.0 and cfg.sample.eta == 0.0
     assert cfg.train.ema_warmup is True
-    assert protocol_label(cfg).startswith("protocol paper: v_prediction, zero-SNR, trailing, learned sigma (hybrid)")
+    assert protocol_label(cfg).startswith("protocol paper: v_prediction, zero-SNR, linspace, learned sigma (hybrid)")
+    assert protocol_deviations(cfg) == {}
+
+
+def test_trailing_spacing_under_the_paper_protocol_is_a_named_deviation():
+    """The official code respaces with create_diffusion(str(S)) (docs/paper-notes.md §4.5); Lin et
+    al.'s trailing spacing is a choice the record must name, not the paper's default."""
+    cfg = _cfg("protocol=paper", "diffusion.timestep_spacing=trailing")
+    assert protocol_deviations(cfg) == {"diffusion.timestep_spacing": "trailing"}
+    assert protocol_label(cfg).endswith('deviates: diffusion.timestep_spacing="trailing"')
+    assert job_axes(cfg)["protocol"] == "paper*"
 
 
 def test_official_protocol_has_the_official_ema_and_respacing():
@@ -89,8 +99,62 @@ def test_paper_mirroring_sweeps_run_the_paper_protocol_or_state_each_deviation(n
     if cfg.protocol == "paper":
         return
     assert "Protocol:" in header, f"{name}: mirrors the paper but does not state its protocol"
-    for word in ("epsilon", "zero terminal SNR", "p2", "spacing"):  # each deviation of digits from paper
+    for word in ("epsilon", "zero terminal SNR", "p2"):  # each deviation of digits from paper (same spacing)
         assert word in header, f"{name}: the header does not state the deviation {word!r}"
+
+
+# ----------------------------------------------------------------------------- timesteps
+def iddpm_space_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """IDDPM's respace.py ``space_timesteps(T, str(S))`` for its one section, written out from its
+    definition: frac_stride = (T-1)/(S-1) (1 for S = 1), an index starting at 0.0 advanced by
+    frac_stride S times, each value rounded with Python's round; returned noisiest first."""
+    frac_stride = 1 if steps <= 1 else (num_timesteps - 1) / (steps - 1)
+    cur_idx, taken = 0.0, []
+    for _ in range(steps):
+        taken.append(round(cur_idx))
+        cur_idx += frac_stride
+    return sorted(set(taken), reverse=True)
+
+
+# DiT-XL/2's 5 / 10 / 20 steps at 140 / 280 / 560 blocks, and every FPDM step count at those budgets
+# with 1 pre + 1 post layer (S = budget // (2 + k), k = 1 .. budget - 2; paper Fig. 4: 93 ... 4)
+PAPER_STEP_COUNTS = sorted({5, 10, 20} | {b // (2 + k) for b in (140, 280, 560) for k in range(1, b - 1)} - {0})
+
+
+@pytest.mark.parametrize("protocol", ["paper", "official"])
+def test_paper_and_official_sample_at_the_official_timesteps(protocol):
+    """create_diffusion(str(S)) at 5 and 10 steps, by hand: evenly over [0, 999], rounded."""
+    from harness.diffusion.samplers import make_sample_scheduler
+    from harness.diffusion.spec import diffusion_spec
+
+    spec = diffusion_spec(_cfg(f"protocol={protocol}"))
+    for sampler in ("ddpm", "ddim"):
+        at = lambda s: make_sample_scheduler(spec, sampler, s).model_timesteps.tolist()  # noqa: E731
+        assert at(5) == [999, 749, 500, 250, 0]  # trailing: 999, 799, 599, 399, 199
+        assert at(10) == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+
+
+def test_linspace_is_iddpm_respacing_at_every_step_count():
+    """The harness's "linspace" places S steps as IDDPM does at every S the sweeps or the paper can
+    ask for (all of 1..1000 at T = 1000), and the DDPM / DDIM samplers run exactly those. numpy's
+    linspace (diffusers' formula) rounds apart at some of the paper's own counts, e.g. 93 steps
+    (280 blocks, one iteration per step): a harness that used it would fail here."""
+    import numpy as np
+
+    from harness.diffusion.samplers import make_sample_scheduler, spaced_timesteps
+    from harness.diffusion.spec import diffusion_spec
+
+    spec = diffusion_spec(_cfg("protocol=paper"))
+    for steps in range(1, 1001):
+        assert spaced_timesteps(spec, steps).tolist() == iddpm_space_timesteps(1000, steps), steps
+    for steps in PAPER_STEP_COUNTS:
+        want = iddpm_space_timesteps(1000, steps)
+        for sampler in ("ddpm", "ddim"):
+            assert make_sample_scheduler(spec, sampler, steps).model_timesteps.tolist() == want, (sampler, steps)
+    numpy_linspace = {s: [int(v) for v in np.linspace(0, 999, s).round()[::-1]] for s in PAPER_STEP_COUNTS}
+    differ = [s for s in PAPER_STEP_COUNTS if numpy_linspace[s] != iddpm_space_timesteps(1000, s)]
+    assert 93 in differ and 4 in PAPER_STEP_COUNTS and 186 in PAPER_STEP_COUNTS
+    assert iddpm_space_timesteps(1000, 93)[46] == 500 and numpy_linspace[93][46] == 499
 
 
 # ----------------------------------------------------------------------------- EMA

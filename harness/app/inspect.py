@@ -2,13 +2,16 @@
 
 Composes the same config as ``harness.run`` and prints parameter counts (total and by part), the
 resolved architecture, FLOPs per image (one forward and the whole sampling plan), the sampling
-plan for the ``sample.*`` settings (steps, per-step iterations in sampling order, block passes per
-step and in total) and a training-memory estimate at ``train.batch_size`` with its assumptions
-(``harness.compute.memory_estimate``). Everything runs on the meta device: nothing is allocated, no data
-is read (the input shape comes from the ``data`` config, ``harness.data.shape``), so the paper's
-XL/2 on ImageNet latents is counted on a laptop, and the output is the same on every run.
-``inspect.format=json`` prints one JSON object instead; ``inspect.ddp=true`` adds DDP's gradient
-buckets to the memory estimate. A bad config prints one ``error:`` line and exits 2.
+plan for the ``sample.*`` settings (steps, the timesteps sampled, noisiest first, per-step
+iterations in sampling order, block passes per step and in total) and a training-memory estimate at
+``train.batch_size`` with its assumptions (``harness.compute.memory_estimate``): the peak first (the
+maximum with-grad iterations), the expectation second, and the paper's Table 1 figure beside it.
+Everything runs on the meta device: nothing is allocated, no data is read (the input shape comes
+from the ``data`` config, ``harness.data.shape``), so the paper's XL/2 on ImageNet latents is
+counted on a laptop, and the output is the same on every run.
+``inspect.format=json`` prints one JSON object instead; ``inspect.ddp=true|false`` overrides whether
+the memory estimate counts DDP's gradient buckets (by default: as the protocol's training ran). A bad
+config prints one ``error:`` line and exits 2.
 """
 
 from __future__ import annotations
@@ -65,10 +68,6 @@ def _architecture(cfg, model) -> dict:
 
 def inspect_config(cfg: DictConfig) -> dict:
     from harness.compute.flops import flop_breakdown, sampling_flops
-    from harness.compute.memory_estimate import (
-        assumptions_from_config,
-        estimate_training_memory,
-    )
     from harness.compute.params import params_by_part
     from harness.compute.plan import flop_match_inputs, sampling_plan
     from harness.data.shape import input_shape
@@ -85,9 +84,6 @@ def inspect_config(cfg: DictConfig) -> dict:
     depth = model.depth if cfg.model.name == "dit_diffusers" else None
     plan = sampling_plan(cfg, depth=depth, flops=match_flops, dit_flops_per_forward=dit_flops)
     plan, calibration = _calibrated(cfg, plan)
-    assumptions = assumptions_from_config(cfg, ddp=bool(cfg.inspect.ddp))
-    memory = estimate_training_memory(model, size, assumptions)
-    method = cfg.train.method if model.is_implicit else None
     iters_per_step = list(plan.iters) if model.is_implicit else None
     out = {
         "model": {
@@ -105,25 +101,57 @@ def inspect_config(cfg: DictConfig) -> dict:
         "flops": {**flops.as_dict(), "sampling_per_image": sampling_flops(flops, iters_per_step, plan.steps)},
         "plan": {
             "steps": plan.steps,
+            "timesteps": _timesteps(cfg, plan.steps),
             "iters": list(plan.iters),
             "block_passes_per_step": list(plan.block_passes_per_step),
             "block_passes": plan.block_passes,
             "k_mean": plan.k_mean,
             "schedule": plan.schedule,
         },
-        "memory": {
-            **memory,
-            "batch_size": cfg.train.batch_size,
-            "precision": cfg.train.precision,
-            "train_method": method,
-            "assumptions": assumptions.describe(method),
-        },
+        "memory": _memory(cfg, model, size, (shape.channels, size), params["total"]),
     }
     if calibration is not None:
         out["plan"]["calibration"] = calibration
     if getattr(model, "param_count_note", None):
         out["params"]["note"] = model.param_count_note
     return out
+
+
+def _timesteps(cfg, steps: int) -> list[int]:
+    """The original timesteps the configured sampler visits, noisiest first (what the sample stage
+    runs: ``sample.sampler`` on ``diffusion.*``; docs/paper-notes.md §4.5 for the paper's)."""
+    from harness.diffusion.samplers import make_sample_scheduler
+    from harness.diffusion.spec import diffusion_spec
+
+    return make_sample_scheduler(diffusion_spec(cfg), cfg.sample.sampler, steps).model_timesteps.tolist()
+
+
+def _memory(cfg, model, size: int, input_shape: tuple[int, int], params: int) -> dict:
+    """The training-memory estimate: the peak as headline, the expectation second, and paper
+    Table 1 beside it (for FPDM-XL/2 also FPDM / DiT-XL/2 under the same assumptions)."""
+    from harness.compute.memory_estimate import (
+        assumptions_from_config,
+        estimate_training_memory,
+        fpdm_to_dit,
+        paper_comparison,
+        paper_dit_memory,
+    )
+
+    assumptions = assumptions_from_config(cfg)
+    memory = estimate_training_memory(model, size, assumptions)
+    method = cfg.train.method if model.is_implicit else None
+    paper = paper_comparison(cfg.model.name, memory, params, input_shape, assumptions.batch_size)
+    if paper["comparable"] and model.is_implicit:
+        paper.update(fpdm_to_dit(memory, paper_dit_memory(assumptions)))
+    return {
+        **memory,
+        "batch_size": cfg.train.batch_size,
+        "precision": cfg.train.precision,
+        "train_method": method,
+        "ddp": assumptions.ddp,
+        "paper": paper,
+        "assumptions": assumptions.describe(method),
+    }
 
 
 def _calibrated(cfg, plan):
@@ -155,19 +183,39 @@ def _calibrated(cfg, plan):
 def _memory_lines(mem: dict) -> list[str]:
     method = f", train.method={mem['train_method']}" if mem["train_method"] else ""
     lines = [f"training memory at batch {mem['batch_size']} ({mem['precision']}{method}):"]
-    if mem["with_grad_iters_max"] is not None:
+    m_max = mem["with_grad_iters_max"]
+    at = f"  at the maximum with-grad iterations m = {m_max}" if m_max is not None else ""
+    lines.append(f"  peak (headline)    {mem['mem_total_bytes'] / 2**20:>12,.1f} MiB{at}")
+    if m_max is not None:
         lines.append(
-            f"  with-grad iterations m: expected {mem['with_grad_iters_expected']:g}, "
-            f"maximum {mem['with_grad_iters_max']} (the *_max rows)"
+            f"  expected           {mem['mem_total_expected_bytes'] / 2**20:>12,.1f} MiB"
+            f"  at E[m] = {mem['with_grad_iters_expected']:g}"
         )
+    lines.append("  " + _paper_line(mem["paper"]))
+    lines.append("  breakdown at the peak:")
     lines += [
-        f"  {k.replace('mem_', '').replace('_bytes', ''):<18} {v / 2**20:>12,.1f} MiB"
+        f"    {k.replace('mem_', '').replace('_bytes', ''):<18} {v / 2**20:>12,.1f} MiB"
         for k, v in mem.items()
-        if k.startswith("mem_") and (v or "total" in k or "saved" in k)
+        if k.startswith("mem_") and "total" not in k and "expected" not in k and (v or "saved" in k)
     ]
     lines.append("  assumptions:")
     lines += [f"    - {a}" for a in mem["assumptions"]]
     return lines
+
+
+def _paper_line(paper: dict) -> str:
+    if not paper["comparable"]:
+        return f"paper Table 1: not comparable ({paper['why']})"
+    line = (
+        f"paper Table 1: {paper['paper_gb']} GB at batch 64; the peak is {paper['ratio_to_paper']:.2f}x it"
+        f" (expected {paper['ratio_expected_to_paper']:.2f}x; GB read as GiB)"
+    )
+    if "ratio_fpdm_to_dit" in paper:
+        line += (
+            f"\n  FPDM / DiT-XL/2 (same assumptions): {paper['ratio_fpdm_to_dit']:.2f}x at the peak, "
+            f"{paper['ratio_fpdm_to_dit_expected']:.2f}x expected; the paper: {paper['paper_ratio_fpdm_to_dit']:.2f}x"
+        )
+    return line
 
 
 def _text(info: dict) -> str:
@@ -201,6 +249,7 @@ def _text(info: dict) -> str:
     ]
     if any(pl["iters"]):
         lines.append(f"  iterations per step (sampling order): {pl['iters']}")
+    lines.append(f"  timesteps (noisiest first): {pl['timesteps']}")
     lines.append(f"  block passes per step: {pl['block_passes_per_step']}")
     if "calibration" in pl:
         lines.append("  calibration: " + ", ".join(f"{k}={v}" for k, v in pl["calibration"].items()))

@@ -17,8 +17,15 @@ One training step holds (bytes; P = trainable parameters):
 FPDM's fixed point layer saves activations for the m iterations run with gradient (S-JFB, FPDM
 Sec. 3.4; the n no-grad iterations run under ``torch.no_grad`` and save nothing). Every iteration
 saves the same tensors, so the saved bytes are measured at m=1 and m=2 and extrapolated linearly
-(exact), and reported at the expectation of m over the training draw and at its maximum, per
-``train.method`` - no random draw happens here, so the estimate is deterministic.
+(exact). The headline (``mem_total_bytes``, ``mem_saved_bytes``) is at the *maximum* m of
+``train.method``'s draw: a GPU must hold the largest step it will be dealt, and a measured peak
+sees it. The expectation of m over the draw is the second figure (``*_expected_bytes``). No random
+draw happens here, so the estimate is deterministic.
+
+DDP is assumed where the protocol's own training ran it (``protocol_ddp``: the official train.py
+that the paper's Table 1 memory comes from is a DDP job, docs/paper-notes.md §8.5); ``inspect.ddp``
+overrides. ``paper_comparison`` and ``disagreement`` set the headline beside Table 1 (DiT-XL/2
+25.2 GB, FPDM-XL/2 10.2 GB at batch 64) and say by how much they disagree.
 """
 
 from __future__ import annotations
@@ -37,7 +44,24 @@ if TYPE_CHECKING:
 
     from fpdm.training_modes import ImplicitTrainSpec
 
-PAPER_TRAIN_MEMORY_GB = {"dit": 25.2, "fpdm": 10.2}  # FPDM paper Table 1, batch 64
+PAPER_TRAIN_MEMORY_GB = {"dit": 25.2, "fpdm": 10.2}  # FPDM paper Table 1, batch 64 (per GPU)
+PAPER_BATCH_SIZE = 64
+# the models of Table 1 (docs/paper-notes.md §8.1): DiT-XL/2 and FPDM-XL/2 (1 pre + 1 post,
+# class-conditional) on 32x32x4 SD-VAE latents of 256 px images; the parameter count pins the
+# architecture, the label table and the learned-sigma output
+PAPER_PARAMS = {"dit": 674_834_720, "fpdm": 86_500_256}
+PAPER_INPUT = (4, 32)  # channels, latent size
+GIB = 2**30  # the paper's "GB" is read as GiB; it does not say (as 10^9 bytes each figure is 7% smaller)
+
+# whether each protocol's own training ran under DistributedDataParallel: the official train.py
+# (paper, official) is a DDP job, 8 GPUs at global batch 512 = 64 per GPU, the batch of Table 1's
+# memory (docs/paper-notes.md §8.5); the harness's digits protocol trains in one process
+PROTOCOL_DDP = {"paper": True, "official": True, "digits": False}
+
+
+def protocol_ddp(protocol: str) -> bool:
+    """Whether ``protocol``'s training ran DDP (``PROTOCOL_DDP``; a protocol not listed: no)."""
+    return PROTOCOL_DDP.get(protocol, False)
 
 
 @dataclass(frozen=True)
@@ -48,6 +72,7 @@ class MemoryAssumptions:
     ddp: bool = False  # DistributedDataParallel gradient buckets
     optimizer_states: int = 2  # AdamW: two moments per parameter
     ema: bool = True
+    ddp_reason: str = ""  # why DDP is (not) assumed, for describe()
 
     def describe(self, method: str | None = None) -> list[str]:
         """The assumptions in words, for ``harness.inspect`` and the paper-scale report."""
@@ -68,12 +93,13 @@ class MemoryAssumptions:
             )
             if self.grad_checkpointing
             else "no gradient checkpointing",
-            "DDP gradient buckets: one fp32 gradient-sized buffer" if self.ddp else "single process (no DDP buckets)",
+            ("DDP gradient buckets: one fp32 gradient-sized buffer" if self.ddp else "single process (no DDP buckets)")
+            + (f" ({self.ddp_reason})" if self.ddp_reason else ""),
         ]
         if method is not None:
             lines.append(
-                f"fixed point layer ({method}): saved activations at the expected and the maximum number of "
-                "with-grad iterations; no-grad iterations save nothing"
+                f"fixed point layer ({method}): headline at the maximum number of with-grad iterations (the "
+                "peak a step can reach), the expectation over the draw second; no-grad iterations save nothing"
             )
         if method == "implicit":
             lines.append("implicit: the adjoint solver's history buffers are not counted")
@@ -149,8 +175,9 @@ def _recompute_peak(model, image_size, a: MemoryAssumptions) -> int:
 
 
 def estimate_training_memory(model: nn.Module, image_size: int, assumptions: MemoryAssumptions) -> dict:
-    """Bytes of one training step of ``model`` (built on the meta device) under ``assumptions``;
-    ``*_max`` entries at the maximum with-grad iterations, the others at their expectation."""
+    """Bytes of one training step of ``model`` (built on the meta device) under ``assumptions``:
+    ``mem_total_bytes`` and ``mem_saved_bytes`` at the maximum with-grad iterations (the peak, the
+    headline), ``*_expected_bytes`` at their expectation."""
     from harness.compute.memory import parameter_bytes
 
     a = assumptions
@@ -180,68 +207,122 @@ def estimate_training_memory(model: nn.Module, image_size: int, assumptions: Mem
     fixed = sum(static.values()) + recompute
     return {
         **static,
-        "mem_saved_bytes": saved,
-        "mem_saved_max_bytes": saved_max,
+        "mem_saved_bytes": saved_max,
         "mem_recompute_bytes": recompute,
-        "mem_total_bytes": fixed + saved,
-        "mem_total_max_bytes": fixed + saved_max,
+        "mem_total_bytes": fixed + saved_max,
+        "mem_saved_expected_bytes": saved,
+        "mem_total_expected_bytes": fixed + saved,
         "with_grad_iters_expected": expected_m,
         "with_grad_iters_max": max_m,
     }
 
 
+def paper_comparison(name: str, mem: dict, params: int, input_shape: tuple[int, int], batch_size: int) -> dict:
+    """The headline (peak) and the expectation beside paper Table 1's figure for the same model, as
+    ratios (``GIB``); ``comparable`` is false, with the reason, unless this is one of the paper's
+    two models (``PAPER_PARAMS``, ``PAPER_INPUT``) at its batch of 64."""
+    if PAPER_PARAMS.get(name) != params or tuple(input_shape) != PAPER_INPUT:
+        return {
+            "comparable": False,
+            "why": "Table 1 measured DiT-XL/2 and FPDM-XL/2 (1 pre + 1 post) on 32x32x4 latents "
+            "(model.preset=XL/2 data=latents)",
+        }
+    if batch_size != PAPER_BATCH_SIZE:
+        return {
+            "comparable": False,
+            "why": f"Table 1 measured batch {PAPER_BATCH_SIZE} per GPU; this is train.batch_size={batch_size}",
+        }
+    paper = PAPER_TRAIN_MEMORY_GB[name]
+    return {
+        "comparable": True,
+        "paper_gb": paper,
+        "ratio_to_paper": mem["mem_total_bytes"] / (paper * GIB),
+        "ratio_expected_to_paper": mem["mem_total_expected_bytes"] / (paper * GIB),
+    }
+
+
+def fpdm_to_dit(fpdm: dict, dit: dict) -> dict:
+    """FPDM / DiT training memory at FPDM's peak (the headline) and at its expectation, beside the
+    paper's 10.2 / 25.2 = 0.40 (Table 1; the "60% less memory" claim)."""
+    return {
+        "ratio_fpdm_to_dit": fpdm["mem_total_bytes"] / dit["mem_total_bytes"],
+        "ratio_fpdm_to_dit_expected": fpdm["mem_total_expected_bytes"] / dit["mem_total_bytes"],
+        "paper_ratio_fpdm_to_dit": PAPER_TRAIN_MEMORY_GB["fpdm"] / PAPER_TRAIN_MEMORY_GB["dit"],
+    }
+
+
+def disagreement(ratios: dict, rows: dict[str, dict]) -> str:
+    """One sentence: where the estimate disagrees with Table 1 and by how much. ``ratios`` as
+    ``fpdm_to_dit`` returns them; ``rows``: model name -> {mem_total_bytes, paper_gb}."""
+    r, paper = ratios["ratio_fpdm_to_dit"], ratios["paper_ratio_fpdm_to_dit"]
+    per_model = "; ".join(
+        f"{name} {row['mem_total_bytes'] / GIB:.2f} GiB vs {row['paper_gb']} GB "
+        f"({row['mem_total_bytes'] / (row['paper_gb'] * GIB):.2f}x)"
+        for name, row in rows.items()
+    )
+    return (
+        f"FPDM/DiT at the peak {r:.2f}x where the paper has {paper:.2f}x ({r / paper:.2f}x the paper's ratio; "
+        f"{ratios['ratio_fpdm_to_dit_expected']:.2f}x at the expected with-grad iterations); {per_model}"
+    )
+
+
+def paper_dit_memory(assumptions: MemoryAssumptions) -> dict:
+    """DiT-XL/2 of Table 1 (32x32x4 latents, 1000 classes) under ``assumptions``."""
+    from baselines.dit import build_dit
+
+    with torch.device("meta"):
+        dit = build_dit("XL/2", input_size=PAPER_INPUT[1], in_channels=PAPER_INPUT[0], num_classes=1000)
+    return estimate_training_memory(dit, PAPER_INPUT[1], assumptions)
+
+
 def paper_scale_estimate(
-    batch_size: int = 64,
+    batch_size: int = PAPER_BATCH_SIZE,
     precision: str = "bf16",
     grad_checkpointing: bool = True,
-    ddp: bool = False,
+    ddp: bool = True,
     method: str = "sjfb",
     no_grad: tuple[int, int] = (0, 10),
     with_grad: tuple[int, int] = (1, 12),
 ) -> dict:
     """DiT-XL/2 vs FPDM-XL/2 (1 pre + 1 post) on 32x32x4 latents, 1000 classes, learned sigma,
-    beside the paper's 25.2 GB vs 10.2 GB (Table 1). Defaults follow the official training code:
-    bf16 autocast, checkpointed explicit blocks, S-JFB with no-grad 0..10 and with-grad 1..12."""
-    from baselines.dit import build_dit
+    beside the paper's 25.2 GB vs 10.2 GB (Table 1), with the sentence saying where they disagree.
+    Defaults follow the official training code: a DDP job (``PROTOCOL_DDP``) at 64 per GPU, bf16
+    autocast, checkpointed explicit blocks, S-JFB with no-grad 0..10 and with-grad 1..12."""
     from fpdm.model import build_fpdm
     from fpdm.training_modes import ImplicitTrainSpec
 
-    a = MemoryAssumptions(batch_size=batch_size, precision=precision, grad_checkpointing=grad_checkpointing, ddp=ddp)
-    spec = ImplicitTrainSpec(
-        method=method,
-        no_grad_min=no_grad[0],
-        no_grad_max=no_grad[1],
-        with_grad_min=with_grad[0],
-        with_grad_max=with_grad[1],
-    )
+    reason = "the official train.py is a DDP job" if ddp else ""
+    a = MemoryAssumptions(batch_size, precision, grad_checkpointing, ddp=ddp, ddp_reason=reason)
+    spec = ImplicitTrainSpec(method, no_grad[0], no_grad[1], with_grad[0], with_grad[1])
     with torch.device("meta"):
-        models = {
-            "dit": build_dit("XL/2", input_size=32, in_channels=4, num_classes=1000),
-            "fpdm": build_fpdm("XL/2", input_size=32, in_channels=4, num_classes=1000, train_spec=spec),
-        }
+        fpdm = build_fpdm("XL/2", input_size=32, in_channels=4, num_classes=1000, train_spec=spec)
+    mems = {"dit": paper_dit_memory(a), "fpdm": estimate_training_memory(fpdm, 32, a)}
+    notes = a.describe(method)
     result: dict = {
-        "assumptions": {
-            **asdict(a),
-            "method": method,
-            "no_grad": list(no_grad),
-            "with_grad": list(with_grad),
-            "notes": a.describe(method),
-        }
+        "assumptions": {**asdict(a), "method": method, "no_grad": list(no_grad), "with_grad": list(with_grad)},
     }
-    for name, model in models.items():
-        result[name] = {**estimate_training_memory(model, 32, a), "paper_gb": PAPER_TRAIN_MEMORY_GB[name]}
-    dit, fpdm = result["dit"], result["fpdm"]
-    result["ratio_fpdm_to_dit"] = fpdm["mem_total_bytes"] / dit["mem_total_bytes"]
-    result["ratio_fpdm_to_dit_max"] = fpdm["mem_total_max_bytes"] / dit["mem_total_bytes"]
-    result["paper_ratio_fpdm_to_dit"] = PAPER_TRAIN_MEMORY_GB["fpdm"] / PAPER_TRAIN_MEMORY_GB["dit"]
+    result["assumptions"]["notes"] = notes
+    for name, mem in mems.items():
+        result[name] = {**mem, **paper_comparison(name, mem, PAPER_PARAMS[name], PAPER_INPUT, batch_size)}
+    result.update(fpdm_to_dit(mems["fpdm"], mems["dit"]))
+    if result["dit"]["comparable"]:
+        result["disagreement"] = disagreement(result, {n: result[n] for n in mems})
     return result
 
 
-def assumptions_from_config(cfg: DictConfig, ddp: bool = False) -> MemoryAssumptions:
+def assumptions_from_config(cfg: DictConfig, ddp: bool | None = None) -> MemoryAssumptions:
+    """The estimate's assumptions for a job config. DDP: ``ddp`` if given, else ``inspect.ddp`` if
+    set, else what the protocol's own training ran (``protocol_ddp``)."""
+    ddp = cfg.inspect.ddp if ddp is None else ddp
+    if ddp is None:
+        ddp, why = protocol_ddp(str(cfg.protocol)), f"as protocol={cfg.protocol}'s training ran; inspect.ddp overrides"
+    else:
+        why = f"inspect.ddp={str(bool(ddp)).lower()}"
     return replace(
         MemoryAssumptions(),
         batch_size=int(cfg.train.batch_size),
         precision=str(cfg.train.precision),
         grad_checkpointing=bool(cfg.model.grad_checkpointing),
-        ddp=ddp,
+        ddp=bool(ddp),
+        ddp_reason=why,
     )

@@ -58,7 +58,7 @@ class DiffusionConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     prediction_type: str = "epsilon"  # epsilon | v_prediction (paper: v_prediction)
-    zero_terminal_snr: bool = False  # paper: true (Lin et al.), needs trailing spacing
+    zero_terminal_snr: bool = False  # paper: true (Lin et al.), needs a spacing from t = T-1 (linspace, trailing)
     timestep_spacing: str = "linspace"  # linspace (the paper's respacing) | leading | trailing
     mse_weighting: str = "none"  # none (DiT) | p2 (official FPDM code with v-prediction)
 
@@ -226,7 +226,9 @@ class RunConfig:
 @dataclass
 class InspectConfig:
     format: str = "text"  # text | json
-    ddp: bool = False  # memory estimate: add DistributedDataParallel's gradient buckets
+    # memory estimate: add DistributedDataParallel's gradient buckets; null = as the protocol's own
+    # training ran (paper, official: the official train.py is a DDP job; digits: one process)
+    ddp: Optional[bool] = None
 
 
 @dataclass

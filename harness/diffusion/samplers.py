@@ -4,9 +4,13 @@ docs/paper-notes.md §4.5: DDPM and DDIM (eta = 0) are the paper's samplers; DPM
 2022, 2nd-order multistep), Euler (Karras et al. 2022, Algorithm 1's first-order step on the
 probability-flow ODE) and UniPC (Zhao et al. 2023, predictor-corrector multistep) are modern
 references. Each evaluates the model once per sampling step, so a block budget means the same for
-all of them. S sampling steps are placed by the scheduler's
-`set_timesteps` with `spec.timestep_spacing`; the model always receives the *original* timestep
-indices in [0, T), as IDDPM respacing does.
+all of them. S sampling steps are placed by `spec.timestep_spacing` (`spaced_timesteps`); the model
+always receives the *original* timestep indices in [0, T), as IDDPM respacing does. "linspace" is
+the official respacing, IDDPM's `space_timesteps(T, str(S))`, placed here as that function places it
+(`adm_space_timesteps`): diffusers' `np.linspace(...).round()` computes the same strides another way,
+and where a stride lands on .5 the two round apart, so at 278 of the step counts 1..1000 (S = 21, 23,
+35, 93, ...) one or more timesteps differ by one, e.g. 499 for IDDPM's 500 (docs/paper-notes.md
+§4.5). "leading" and "trailing" are diffusers' own.
 
 Respacing and DDIM: diffusers' DDIMScheduler derives the previous timestep as t - T // S, which is
 wrong whenever the gaps are unequal ("linspace", or "trailing" with S not dividing T). We therefore
@@ -105,9 +109,28 @@ def register_sampler(name: str) -> Callable[[type[Sampler]], type[Sampler]]:
     return deco
 
 
+def adm_space_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:
+    """IDDPM's ``space_timesteps(T, str(S))`` (one section; ``create_diffusion(str(S))`` in the DiT
+    and FPDM code), descending: a float index advanced by (T-1)/(S-1) and rounded with Python's
+    round at each step, so t = T-1 and t = 0 are both sampled (docs/paper-notes.md §4.5)."""
+    stride = 1.0 if num_steps <= 1 else (num_train_timesteps - 1) / (num_steps - 1)
+    index, taken = 0.0, set()
+    for _ in range(num_steps):
+        taken.add(round(index))
+        index += stride  # accumulated, not i * stride: the two round 499.5 differently
+    return sorted(taken, reverse=True)
+
+
+# spacings placed here rather than by diffusers' formula (see the module docstring)
+_EXACT_SPACINGS: dict[str, Callable[[int, int], list[int]]] = {"linspace": adm_space_timesteps}
+
+
 def spaced_timesteps(spec: DiffusionSpec, num_steps: int) -> torch.Tensor:
-    """The S original timesteps (descending) that `spec.timestep_spacing` picks, via diffusers."""
+    """The S original timesteps (descending) that `spec.timestep_spacing` picks."""
     _check_steps(spec, num_steps)
+    exact = _EXACT_SPACINGS.get(spec.timestep_spacing)
+    if exact is not None:
+        return torch.tensor(exact(spec.num_train_timesteps, int(num_steps)), dtype=torch.long)
     s = DDPMScheduler(**spec.scheduler_kwargs())
     s.set_timesteps(num_steps)
     return s.timesteps.clone()
@@ -125,9 +148,9 @@ class DDPMSampler(Sampler):
     uses_variance_channels = True
 
     def make_schedule(self, spec, num_steps, device):
-        _check_steps(spec, num_steps)
         s = make_train_scheduler(spec)  # variance_type learned_range / fixed_large (DiT's choice)
-        s.set_timesteps(num_steps)  # previous_timestep() follows the spaced list: correct respacing
+        # previous_timestep() follows the given list: correct respacing
+        s.set_timesteps(timesteps=spaced_timesteps(spec, num_steps).tolist())
         return SampleSchedule(s, s.timesteps.clone(), s.timesteps)
 
     def is_stochastic(self, eta):

@@ -54,14 +54,15 @@ class DiffusionSpec:
     - `prediction_type`: what channels `[:C]` of the model output predict, "epsilon" or "v_prediction".
     - `zero_terminal_snr`: rescale betas so alpha_bar_{T-1} = 0 (Lin et al.). Needs v-prediction
       (epsilon cannot be inverted to x_0 at SNR 0) and a sampling spacing that starts at t = T-1,
-      i.e. "trailing" (Lin et al.'s choice) or "linspace"; "leading" starts at T - T/S and would
-      never see the zero-SNR step, so it is refused instead of silently changed.
+      i.e. "linspace" (the official code's) or "trailing" (Lin et al.'s choice); "leading" starts at
+      T - T/S and would never see the zero-SNR step, so it is refused instead of silently changed.
     - `learn_sigma`: the model outputs 2C channels, `[C:]` interpolate the log-variance between the
       posterior variance and beta_t (IDDPM "learned_range"); training adds the VB term. Without it
       DDPM sampling uses the fixed variance beta_t ("fixed_large"), as DiT does.
     - `timestep_spacing`: how S sampling steps are placed in [0, T) (diffusers' names, Lin et al.
       Table 2). "linspace" = evenly spaced including t = T-1 and t = 0, which is the paper's
-      respacing (IDDPM `space_timesteps`, `create_diffusion(str(S))`, docs/paper-notes.md §4.5).
+      respacing (IDDPM `space_timesteps`, `create_diffusion(str(S))`, docs/paper-notes.md §4.5),
+      placed exactly as that function rounds (`harness.diffusion.samplers.adm_space_timesteps`).
     - `clip_mode`: clip the predicted x_0 to [-clip_sample_range, clip_sample_range] while
       sampling, and how the clipped x_0 enters the update (`CLIP_MODES`): "official" (ADM's
       `ddim_sample`, as the DiT and FPDM code run it: epsilon re-derived from the clipped x_0),
@@ -98,7 +99,7 @@ class DiffusionSpec:
             )
         if self.zero_terminal_snr and self.timestep_spacing == "leading":
             raise ValueError(
-                "zero_terminal_snr=True needs timestep_spacing='trailing' (or 'linspace'): 'leading' "
+                "zero_terminal_snr=True needs timestep_spacing='linspace' (or 'trailing'): 'leading' "
                 "never samples from t = T-1 where the SNR is zero (Lin et al. 2024, Sec. 3.3)"
             )
         _check_choice("mse_weighting", self.mse_weighting, tuple(list_mse_weightings()))
