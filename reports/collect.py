@@ -7,7 +7,9 @@ sweeps. Nothing absolute is stored in the frame (paths are relative to their swe
 sweeps are named by their directory's base name), so a moved sweep rebuilds byte-identically.
 
 Columns: the meta columns below, then every axis, every metric, the protocol, the keys and the
-provenance. ``df.attrs`` carries the axis and metric column lists; ``SweepData`` additionally holds
+provenance. ``budget_blocks`` is the budget the job asked for (``sample.budget``, the quantity FPDM
+and DiT are matched on); the passes its plan spends are ``block_passes_planned`` and the passes and
+FLOPs it measured ``block_passes_per_image`` and ``flops_per_image``. ``df.attrs`` carries the axis and metric column lists; ``SweepData`` additionally holds
 the per-timestep solver traces (long format), the Optuna studies and the sweep roots on disk.
 """
 
@@ -150,7 +152,24 @@ def _row_from_record(rec: dict, sweep: str, rel_dir: str) -> tuple[dict, dict, d
     # The grid path is stored relative to the record's directory; re-root it on the sweep directory.
     row["grid_path"] = Path(rel_dir, grid).as_posix() if isinstance(grid, str) and grid else None
     trace = rec.get("solver_trace") if isinstance(rec.get("solver_trace"), dict) else {}
-    return row, _flat_scalars(rec.get("axes"), "axes"), _flat_scalars(rec.get("metrics"), "metrics"), trace
+    axes, metrics = _flat_scalars(rec.get("axes"), "axes"), _flat_scalars(rec.get("metrics"), "metrics")
+    if "budget_blocks" in axes:
+        # Cells are keyed by the budget asked for, the matched quantity: under sample.match=flops the
+        # record's axis holds the passes the plan spends (FPDM 49 where DiT spends 60), which would
+        # split one FLOP-matched pair into two unrelated cells (reports.accounting).
+        metrics.setdefault("block_passes_planned", axes["budget_blocks"])
+        axes["budget_blocks"] = requested_budget(rec)
+    return row, axes, metrics, trace
+
+
+def requested_budget(record: dict) -> Any:
+    """The block budget asked for: ``config.sample.budget``, else the record's ``budget_blocks`` axis
+    (a job planned by ``sample.steps`` has no budget: its plan's passes are what it asked for)."""
+    sample = (record.get("config") or {}).get("sample") or {}
+    budget = sample.get("budget") if isinstance(sample, dict) else None
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        return budget
+    return (record.get("axes") or {}).get("budget_blocks")
 
 
 def _trace_frame(job_id: str, trace: dict) -> pd.DataFrame | None:

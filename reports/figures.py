@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from baselines.registry import Registry
+from reports.accounting import accounting_note, budget_axis_label, budget_title, single_match
 from reports.collect import SweepData, setting_axes
 from reports.searched import schedule_label
 from reports.tables import (
@@ -62,6 +63,7 @@ class FigureSpec:
     required: tuple[str, ...]  # job columns that must hold values
     fn: Callable[[SweepData, pd.DataFrame], Figure | None]
     per_protocol: bool = True  # plots FID: drawn once per protocol label
+    by_budget: bool = False  # keyed by budget: the caption names the accounting (reports.accounting)
 
 
 @dataclass
@@ -83,10 +85,16 @@ FIGURES: Registry[FigureSpec] = Registry("figure", sort=False)  # report order
 
 
 def register_figure(
-    name: str, required: tuple[str, ...] | list[str] = (), *, title: str, caption: str = "", per_protocol: bool = True
+    name: str,
+    required: tuple[str, ...] | list[str] = (),
+    *,
+    title: str,
+    caption: str = "",
+    per_protocol: bool = True,
+    by_budget: bool = False,
 ) -> Callable[[Callable], Callable]:
     def deco(fn):
-        FIGURES.register(name, FigureSpec(name, title, caption, tuple(required), fn, per_protocol))
+        FIGURES.register(name, FigureSpec(name, title, caption, tuple(required), fn, per_protocol, by_budget))
         return fn
 
     return deco
@@ -179,8 +187,9 @@ def _numeric(rows: pd.DataFrame, *cols: str) -> pd.DataFrame:
 @register_figure(
     "fid_vs_budget",
     ("model", "budget_blocks", "fid"),
-    title="FID vs block budget",
+    title="FID vs budget",
     caption="Best setting per model and budget; line = mean over seeds, band = +/- 1 std (paper Table 1).",
+    by_budget=True,
 )
 def fid_vs_budget(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     panels = context(rows, ("model", "budget_blocks", "sampler"))
@@ -202,7 +211,7 @@ def fid_vs_budget(data: SweepData, rows: pd.DataFrame) -> Figure | None:
             hue_order=sorted(pts["model"].unique()),
         )
         ax.set(
-            xlabel="block passes per image",
+            xlabel=budget_axis_label(rows),
             ylabel=fid_axis_label(rows),
             title=mtext(f"{panels[0]}={name}") if panels else "",
         )
@@ -214,8 +223,8 @@ def fid_vs_budget(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     "fid_vs_iters",
     ("iters_per_step", "fid"),
     title="FID vs iterations per step at a fixed budget",
-    caption="One panel per block budget (fixed compute); more iterations per step means fewer "
-    "sampling steps (paper Fig. 4, smoothing).",
+    caption="One panel per budget; more iterations per step means fewer sampling steps (paper Fig. 4, smoothing).",
+    by_budget=True,
 )
 def fid_vs_iters(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     rows = rows[rows["iters_per_step"].notna()]
@@ -249,7 +258,7 @@ def fid_vs_iters(data: SweepData, rows: pd.DataFrame) -> Figure | None:
         ax.set(
             xlabel="iterations per step",
             ylabel=fid_axis_label(rows),
-            title=f"{value_label(b)} blocks" if b is not None else "",
+            title=budget_title(b, single_match(rows)) if b is not None else "",
         )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
@@ -353,6 +362,7 @@ def residual_per_timestep(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     "with the study trial it came from and that trial's objective). "
     "One panel per budget.",
     per_protocol=False,
+    by_budget=True,
 )
 def schedule_shapes(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     rows = rows[rows["schedule"].notna()] if "schedule" in rows else rows.iloc[:0]
@@ -379,7 +389,7 @@ def schedule_shapes(data: SweepData, rows: pd.DataFrame) -> Figure | None:
             hue_order=order,
         )
         ax.set(
-            title=f"budget {mtext(budget)} blocks",
+            title=mtext(budget_title(budget, single_match(rows))),
             ylabel="iterations per step",
             xlabel="timestep (sampling runs right to left)" if x == "timestep" else "sampling step",
         )
@@ -550,8 +560,10 @@ def build_figures(data: SweepData, protocols: list[tuple[dict, pd.DataFrame]]) -
                     if several and spec.per_protocol
                     else f"{spec.name}.png"
                 )
+                note = accounting_note(rows) if spec.by_budget else None
+                caption = f"{spec.caption} {note}" if note else spec.caption
                 out.append(
-                    FigureResult(spec.name, spec.title, spec.caption, fname, png_bytes(fig), label, vector_bytes(fig))
+                    FigureResult(spec.name, spec.title, caption, fname, png_bytes(fig), label, vector_bytes(fig))
                 )
         for sweep in sorted(data.studies):
             study = data.studies[sweep]

@@ -10,6 +10,12 @@ takes the difference (treatment - baseline; negative = the treatment is better).
 from the records), so a rebuild gives the same bytes. Where there are several seed ranges or
 training seeds the table also gives a t-interval over them and says when an ordering flips.
 Each ruler (feature network) is compared separately; a claim stands only where all agree.
+
+Cells are keyed by the budget asked for (``budget_blocks`` = ``sample.budget``, reports.collect),
+never by what each side spent, and one table holds one accounting (``sample.match``); every row
+carries each side's measured FLOPs and block passes per image (reports.accounting). Verdicts are
+Holm-corrected over the rows of one table under one ruler (reports.multiplicity): the printed
+intervals are per comparison, the verdict is the family's.
 """
 
 from __future__ import annotations
@@ -25,13 +31,16 @@ import numpy as np
 import pandas as pd
 
 from harness.metrics.bootstrap import bootstrap_fid_draws, debias, fid_per_range, percentile_ci, ref_sqrt, t_interval
+from reports.accounting import flop_gap, flops_matched, match_of, side_costs
 from reports.collect import SweepData, setting_axes
+from reports.multiplicity import bootstrap_p, decide, family_text, holm
 from reports.searched import schedule_label
 from reports.tables import CONTEXT_AXES, aggregate_seeds, present, row_keys, sort_frame, value_label, varies
 
 DEFAULT_COMPARE = {"model": "dit", "schedule": "constant", "reuse": False, "solver": "picard", "depth": [1, 1]}
 PAIR_AXES = ("seed", "train_seed")  # jobs are paired on these (same images, same trained model)
 NOT_MATCHED = ("steps",)  # derived from the others (depth changes the step count at a budget)
+ROW_FIELDS = ("cell", "value", "label", "pairs", "costs")  # the non-ruler entries of a result row
 
 
 @dataclass(frozen=True)
@@ -184,10 +193,6 @@ def _best_treatments(rows: pd.DataFrame, cells: list[str], value_col: str) -> pd
     return rows[row_keys(rows, keys).isin(set(row_keys(best, keys)))]
 
 
-def _verdict(lo: float, hi: float) -> str:
-    return "better" if hi < 0 else "worse" if lo > 0 else "tie"
-
-
 def _one_pairing(base: pd.DataFrame, treat: pd.DataFrame, ev: dict[str, JobEvidence]) -> dict | None:
     """Pairs of (baseline job, treatment job) sharing seeds -> interval columns per ruler."""
     # Jobs of one setting that differ only in a knob the model ignores (DiT's schedule name) are
@@ -199,12 +204,20 @@ def _one_pairing(base: pd.DataFrame, treat: pd.DataFrame, ev: dict[str, JobEvide
     if not pairs:
         return None
     rulers = sorted(set.intersection(*(set(ev[b].features) & set(ev[t].features) for b, t, _ in pairs)))
-    out: dict[str, Any] = {"pairs": len(pairs)}
+    out: dict[str, Any] = {"pairs": len(pairs), "costs": _costs(base, treat, pairs)}
     for ruler in rulers:
         res = _ruler_stats(pairs, ev, ruler, treat)
         if res is not None:
             out[ruler] = res
-    return out if len(out) > 1 else None
+    return out if len(out) > 2 else None
+
+
+def _costs(base: pd.DataFrame, treat: pd.DataFrame, pairs: list) -> dict:
+    """Each side's measured FLOPs and block passes per image over the paired jobs, and the FLOP gap."""
+    b = side_costs(base, [j for j, _, _ in pairs])
+    t = side_costs(treat, [j for _, j, _ in pairs])
+    gap = flop_gap(t["flops_per_image"], b["flops_per_image"])
+    return {"baseline": b, "setting": t, "flop_gap": gap, "flops_matched": flops_matched(gap)}
 
 
 def _ruler_stats(pairs, ev, ruler: str, treat: pd.DataFrame) -> dict | None:
@@ -223,6 +236,7 @@ def _ruler_stats(pairs, ev, ruler: str, treat: pd.DataFrame) -> dict | None:
         seed_d.setdefault(ts, []).append(float(ft.mean() - fb.mean()))
     db_m, dt_m = np.mean(db, axis=0), np.mean(dt, axis=0)
     lo, hi = percentile_ci(dt_m - db_m)
+    p = bootstrap_p(dt_m - db_m)
     per_seed = [float(np.mean(v)) for _, v in sorted(seed_d.items(), key=lambda kv: str(kv[0]))]
     rng_ci = t_interval(range_d) if ev[pairs[0][0]].ranges > 1 else None
     seed_ci = t_interval(per_seed)
@@ -233,7 +247,8 @@ def _ruler_stats(pairs, ev, ruler: str, treat: pd.DataFrame) -> dict | None:
         "ci": percentile_ci(dt_m),
         "diff": float(np.mean(pt) - np.mean(pb)),
         "ci_diff": (lo, hi),
-        "verdict": _verdict(lo, hi),
+        "p": p,
+        "verdict": None,  # the family's decision, set by _holm_verdicts
         "ci_ranges": rng_ci,
         "ci_train_seeds": seed_ci,
         "flips": len(per_seed) > 1 and min(per_seed) < 0 < max(per_seed),
@@ -249,32 +264,18 @@ class ComparisonResult:
     cells: list[str]  # the matched axes that vary (they name a row)
     rows: list[dict]  # one per (cell, treatment value): cell values, value, ruler -> stats
     rulers: list[str]
+    match: str = "blocks"  # the budget accounting of every row (sample.match, reports.accounting)
+    family: str = ""  # the multiplicity family the verdicts are corrected over
 
 
-def compare(cmp: Comparison, rows: pd.DataFrame, ev: dict[str, JobEvidence], protocol: dict) -> ComparisonResult | None:
-    if not all(present(rows, a) for a in cmp.axes) or "fid" not in rows:
-        return None
-    rows = rows.assign(_value=cmp.value(rows))
-    rows = rows[rows["_value"].notna() & rows["job_id"].isin(set(ev))]
-    if rows["_value"].astype(str).nunique() < 2:
-        return None
+def _baseline(cmp: Comparison, rows: pd.DataFrame, ev: dict[str, JobEvidence]) -> Any:
     compare_cfg = next((e.compare for j, e in ev.items() if j in set(rows["job_id"]) and e.compare), {})
-    baseline = (
-        compare_cfg.get(cmp.key, DEFAULT_COMPARE[cmp.key]) if cmp.key in compare_cfg else DEFAULT_COMPARE[cmp.key]
-    )
-    if baseline is None:
-        return None
-    base_text = f"{baseline[0]}/{baseline[1]}" if cmp.key == "depth" else value_label(baseline)
-    rows = rows.assign(_vtext=rows["_value"].map(value_label))
-    if base_text not in set(rows["_vtext"]):
-        return None
-    cells = _cells(rows, cmp)
-    if cmp.match_context_only:
-        rows = _best_treatments(rows, cells, cmp.axes[0])
-    shown = [c for c in cells if varies(rows, c)]
+    return compare_cfg.get(cmp.key, DEFAULT_COMPARE[cmp.key]) if cmp.key in compare_cfg else DEFAULT_COMPARE[cmp.key]
+
+
+def _pair_cells(cmp: Comparison, ordered: pd.DataFrame, shown: list[str], base_text: str, ev) -> list[dict]:
+    """One row per (cell, treatment value) that pairs with the cell's baseline."""
     out_rows = []
-    ordered = sort_frame(rows, cells)
-    ordered = ordered.assign(_cell=row_keys(ordered, cells).values)
     for cell_key in dict.fromkeys(ordered["_cell"]):
         part = ordered[ordered["_cell"] == cell_key]
         base = part[part["_vtext"] == base_text]
@@ -291,11 +292,50 @@ def compare(cmp: Comparison, rows: pd.DataFrame, ev: dict[str, JobEvidence], pro
                     **stats,
                 }
             )
+    return out_rows
+
+
+def _holm_verdicts(out_rows: list[dict], rulers: list[str]) -> str:
+    """Set each row's verdict per ruler from Holm-adjusted p-values over the table's rows (one
+    family per ruler, reports.multiplicity) -> the family's description."""
+    sizes = []
+    for ruler in rulers:
+        rows = [r for r in out_rows if ruler in r]
+        for r, p_adj in zip(rows, holm([r[ruler]["p"] for r in rows])):
+            r[ruler]["p_holm"] = p_adj
+            r[ruler]["verdict"] = decide(r[ruler]["diff"], p_adj)
+        sizes.append(len(rows))
+    return family_text(max(sizes))
+
+
+def compare(cmp: Comparison, rows: pd.DataFrame, ev: dict[str, JobEvidence], protocol: dict) -> ComparisonResult | None:
+    """The paired comparison ``cmp`` over ``rows`` (one protocol and one accounting)."""
+    if not all(present(rows, a) for a in cmp.axes) or "fid" not in rows:
+        return None
+    rows = rows.assign(_value=cmp.value(rows))
+    rows = rows[rows["_value"].notna() & rows["job_id"].isin(set(ev))]
+    if rows["_value"].astype(str).nunique() < 2:
+        return None
+    baseline = _baseline(cmp, rows, ev)
+    if baseline is None:
+        return None
+    base_text = f"{baseline[0]}/{baseline[1]}" if cmp.key == "depth" else value_label(baseline)
+    rows = rows.assign(_vtext=rows["_value"].map(value_label))
+    if base_text not in set(rows["_vtext"]):
+        return None
+    cells = _cells(rows, cmp)
+    if cmp.match_context_only:
+        rows = _best_treatments(rows, cells, cmp.axes[0])
+    shown = [c for c in cells if varies(rows, c)]
+    ordered = sort_frame(rows, cells)
+    ordered = ordered.assign(_cell=row_keys(ordered, cells).values)
+    out_rows = _pair_cells(cmp, ordered, shown, base_text, ev)
     if not out_rows:
         return None
-    rulers = sorted({k for r in out_rows for k in r if k not in ("cell", "value", "label", "pairs")})
+    rulers = sorted({k for r in out_rows for k in r if k not in ROW_FIELDS})
     primary = protocol.get("extractor")
     rulers = sorted(rulers, key=lambda r: (r != primary, r))
-    return ComparisonResult(
-        cmp, protocol, cmp.label(baseline if cmp.key != "depth" else base_text), shown, out_rows, rulers
-    )
+    family = _holm_verdicts(out_rows, rulers)
+    match = str(match_of(rows).iloc[0])  # build_significance hands in one accounting at a time
+    label = cmp.label(baseline if cmp.key != "depth" else base_text)
+    return ComparisonResult(cmp, protocol, label, shown, out_rows, rulers, match, family)

@@ -10,8 +10,11 @@ Conventions shared by every table:
 - a table cell may hold several settings (e.g. FPDM at 280 blocks with 4, 8 or 12 iterations per
   step); like the paper's "our best model" the cell reports the best (lowest FID) setting and the
   ``setting`` column names it;
-- the context axes (data, model, budget, sampler) become extra row keys whenever they vary, so a
-  table never averages over them silently.
+- the context axes (accounting, data, model, budget, sampler) become extra row keys whenever they
+  vary, so a table never averages over them silently;
+- ``budget_blocks`` is the budget asked for (``sample.budget``, reports.collect), the quantity FPDM
+  and DiT are matched on; a table keyed by it says which accounting ran (``sample.match``,
+  reports.accounting) and the budget table shows the block passes and FLOPs each side spent.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ import pandas as pd
 from baselines.registry import Registry
 from reports.collect import setting_axes
 
-CONTEXT_AXES = ("data", "model", "budget_blocks", "sampler")
+CONTEXT_AXES = ("match", "data", "model", "budget_blocks", "sampler")  # match: the budget accounting
 NFE_METRICS = ("solver_nfe_per_image", "solver_nfe", "nfe_per_image", "nfe", "trace_nfe")
 RESIDUAL_METRICS = ("solver_final_residual", "final_residual", "solver_residual", "trace_residual_mean")
 TIME_METRICS = ("time_per_image_s", "sample_time_per_image_s")
 TRAIN_MEMORY_TOTALS = ("train_mem_peak_bytes", "train_mem_total_bytes")
 MIB = 2.0**20
+SPENT_COSTS = (("block_passes_per_image", "Block passes / image", 1.0), ("flops_per_image", "GFLOPs / image", 1e9))
 
 
 @dataclass(frozen=True)
@@ -277,7 +281,10 @@ def _with_fid_interval(out: pd.DataFrame, best: pd.DataFrame, rows: list[str], c
 
 
 @register_table(
-    "table1_budget", ("model", "budget_blocks"), title="FID by block budget, model and sampler", paper="Table 1"
+    "table1_budget",
+    ("model", "budget_blocks"),
+    title="FID by budget (as asked for), model and sampler, with the passes and FLOPs spent",
+    paper="Table 1",
 )
 def table1_budget(df: pd.DataFrame) -> pd.DataFrame:
     rows = [*context(df, ("model", "budget_blocks", "sampler")), "budget_blocks", "model"]
@@ -294,6 +301,9 @@ def table1_budget(df: pd.DataFrame) -> pd.DataFrame:
         out = _with_fid_interval(out, best, rows, col)
     per_row = best.groupby(rows, dropna=False, sort=False)
     extra = pd.DataFrame(index=per_row.size().index)
+    for src, dst, scale in SPENT_COSTS:  # what each side spent on the budget (reports.accounting)
+        if present(best, src):
+            extra[dst] = per_row[src].mean() / scale
     if present(best, "params_total"):
         extra["Params (M)"] = per_row["params_total"].mean() / 1e6
     mem = train_memory_column(best)
@@ -465,6 +475,7 @@ def applicable(spec: TableSpec, df: pd.DataFrame) -> bool:
 
 def build_tables(df: pd.DataFrame) -> list[TableResult]:
     """Every registered table whose axes the ok records hold, once per protocol."""
+    from reports.accounting import accounting_note
     from reports.merge import merge_same_artifact, schedule_notes
 
     ok = df[df["status"] == "ok"].copy()
@@ -479,5 +490,7 @@ def build_tables(df: pd.DataFrame) -> list[TableResult]:
             frame = spec.fn(part)
             if not frame.empty:
                 notes = schedule_notes(frame) if "schedule" in spec.required_axes else []
+                if "budget_blocks" in frame and (note := accounting_note(part)):
+                    notes.insert(0, note)
                 results.append(TableResult(spec.name, spec.title, spec.paper, info, frame, notes))
     return results

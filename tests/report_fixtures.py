@@ -221,3 +221,39 @@ def write_fixture_sweeps(base: Path) -> tuple[Path, Path]:
     (b / "optuna" / "trials.csv").write_text("\n".join(rows) + "\n")
     _write(b / "optuna" / "study.json", {"study_name": "tune", "directions": ["minimize"], "metric_names": ["fid"]})
     return a, b
+
+
+# paired-comparison features (tests/test_significance*.py)
+D, N = 8, 300
+
+
+def gaussian_features(job_dir, shift: float, rulers=("digits-cnn", "digits-mlp")):
+    """Stored features of one job: image i is z_i (the same draw in every job: one sample seed) shifted
+    by ``shift`` along a fixed direction, so its FID against the N(0, I) reference is about shift^2;
+    the second ruler sees them rotated (FID unchanged)."""
+    z = np.random.default_rng(0).normal(size=(N, D))  # shared by every job: same sample seed
+    direction = np.ones(D) / np.sqrt(D)
+    q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(D, D)))  # second ruler: a rotation
+    for ruler, m in zip(rulers, (np.eye(D), q)):
+        d = job_dir / "features"
+        d.mkdir(parents=True, exist_ok=True)
+        np.save(d / f"{ruler}.npy", ((z + shift * direction) @ m).astype(np.float32))
+        np.savez(d / f"{ruler}.ref.npz", mu=np.zeros(D), sigma=np.eye(D), n=np.int64(5000))
+    return {r: f"features/{r}.npy" for r in rulers}
+
+
+def paired_sweep(root: Path, jobs: list[tuple[dict, dict, float, dict]], bootstrap: int = 400) -> Path:
+    """A sweep of (axes, metrics, feature shift, config sections) jobs, each with stored features
+    (``gaussian_features``) and ``metrics.bootstrap`` resamples seeded alike, so every pair of jobs
+    that shares the sample seed is a paired comparison."""
+    recs = []
+    for axes, metrics, _, config in jobs:
+        rec = record(axes, metrics)
+        rec["config"].update(config)
+        rec["config"]["metrics"] = {"bootstrap": bootstrap, "bootstrap_seed": 3}
+        recs.append(rec)
+    write_sweep(root, recs)
+    for rec, (_, _, shift, _) in zip(recs, jobs):
+        rec["artifacts"] = {"features": gaussian_features(root / rec["job_id"], shift)}
+        (root / rec["job_id"] / "record.json").write_text(json.dumps(rec))
+    return root

@@ -434,7 +434,7 @@ def test_fid_axes_carry_the_protocol_label(built):
     rows = data.jobs[data.jobs["status"] == "ok"]
     label = "FID-64 (digits-cnn, vs train split)"  # from the fixture's "FID-64, digits-cnn, vs train split"
     for name, xlabel in (
-        ("fid_vs_budget", "block passes per image"),
+        ("fid_vs_budget", "block budget per image (block-matched, paper Sec. 4.2)"),  # no sample.match: blocks
         ("fid_vs_iters", "iterations per step"),
         ("pareto", "FLOPs per image"),
     ):
