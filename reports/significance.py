@@ -35,7 +35,8 @@ from reports.accounting import flop_gap, flops_matched, match_of, side_costs
 from reports.collect import SweepData, setting_axes
 from reports.multiplicity import bootstrap_p, decide, family_text, holm
 from reports.searched import schedule_label
-from reports.tables import CONTEXT_AXES, aggregate_seeds, present, row_keys, sort_frame, value_label, varies
+from reports.selection import HeldOut, choose_on_held_out, held_out
+from reports.tables import CONTEXT_AXES, present, row_keys, sort_frame, value_label, varies
 
 DEFAULT_COMPARE = {"model": "dit", "schedule": "constant", "reuse": False, "solver": "picard", "depth": [1, 1]}
 PAIR_AXES = ("seed", "train_seed")  # jobs are paired on these (same images, same trained model)
@@ -51,7 +52,8 @@ class Comparison:
     value: Callable[[pd.DataFrame], pd.Series]  # the compared value of each row (None: not in this comparison)
     label: Callable[[Any], str]  # how a value reads in a sentence
     axes: tuple[str, ...]  # job columns the value is made of
-    match_context_only: bool = False  # match cells on CONTEXT_AXES, best treatment setting per cell
+    # match cells on CONTEXT_AXES, one setting per cell chosen on held-out images (reports/selection.py)
+    match_context_only: bool = False
 
 
 def _col(name: str) -> Callable[[pd.DataFrame], pd.Series]:
@@ -115,6 +117,7 @@ class JobEvidence:
     resamples: int
     seed: int
     compare: dict = field(default_factory=dict)
+    held_out: HeldOut | None = None  # the selection set's FID and seeds (reports/selection.py)
 
 
 def job_evidence(data: SweepData) -> dict[str, JobEvidence]:
@@ -147,6 +150,7 @@ def job_evidence(data: SweepData) -> dict[str, JobEvidence]:
                 int(m.get("bootstrap", 200)),
                 int(m.get("bootstrap_seed", 0)),
                 cfg.get("compare") or {},
+                held_out(rec),
             )
     return out
 
@@ -183,14 +187,6 @@ def _cells(df: pd.DataFrame, cmp: Comparison) -> list[str]:
     return [a for a in setting_axes(df) if a not in cmp.axes and a not in NOT_MATCHED and a not in PAIR_AXES]
 
 
-def _best_treatments(rows: pd.DataFrame, cells: list[str], value_col: str) -> pd.DataFrame:
-    """For context-only matching: keep the best (lowest mean FID) setting of each value in each cell."""
-    settings = aggregate_seeds(rows.drop(columns=["_value"]))
-    settings["_value"] = settings[value_col]
-    keys = setting_axes(rows)
-    settings = sort_frame(settings.assign(_cell=row_keys(settings, cells + ["_value"]).values), ["fid", *keys])
-    best = settings.groupby("_cell", sort=False).head(1)
-    return rows[row_keys(rows, keys).isin(set(row_keys(best, keys)))]
 
 
 def _one_pairing(base: pd.DataFrame, treat: pd.DataFrame, ev: dict[str, JobEvidence]) -> dict | None:
@@ -288,7 +284,7 @@ def _pair_cells(cmp: Comparison, ordered: pd.DataFrame, shown: list[str], base_t
                 {
                     "cell": {c: first[c] for c in shown},
                     "value": v,
-                    "label": cmp.label(part.loc[part["_vtext"] == v, "_value"].iloc[0]),
+                    "label": part.loc[part["_vtext"] == v, "_label"].iloc[0],
                     **stats,
                 }
             )
@@ -320,12 +316,13 @@ def compare(cmp: Comparison, rows: pd.DataFrame, ev: dict[str, JobEvidence], pro
     if baseline is None:
         return None
     base_text = f"{baseline[0]}/{baseline[1]}" if cmp.key == "depth" else value_label(baseline)
-    rows = rows.assign(_vtext=rows["_value"].map(value_label))
+    rows = rows.assign(_vtext=rows["_value"].map(value_label), _label=rows["_value"].map(cmp.label))
     if base_text not in set(rows["_vtext"]):
         return None
     cells = _cells(rows, cmp)
-    if cmp.match_context_only:
-        rows = _best_treatments(rows, cells, cmp.axes[0])
+    note = ""
+    if cmp.match_context_only:  # never on the images it is scored on
+        rows, note = choose_on_held_out(rows, cells, {j: e.held_out for j, e in ev.items()}, base_text)
     shown = [c for c in cells if varies(rows, c)]
     ordered = sort_frame(rows, cells)
     ordered = ordered.assign(_cell=row_keys(ordered, cells).values)
@@ -338,4 +335,6 @@ def compare(cmp: Comparison, rows: pd.DataFrame, ev: dict[str, JobEvidence], pro
     family = _holm_verdicts(out_rows, rulers)
     match = str(match_of(rows).iloc[0])  # build_significance hands in one accounting at a time
     label = cmp.label(baseline if cmp.key != "depth" else base_text)
+    if note:  # which setting each cell chose, on which seeds, and which were scored (reports/selection.py)
+        protocol = {**protocol, "label": "; ".join(filter(None, [protocol.get("label"), note])), "selection": note}
     return ComparisonResult(cmp, protocol, label, shown, out_rows, rulers, match, family)

@@ -244,6 +244,16 @@ class CompareConfig:
 
 
 @dataclass
+class SelectionConfig:
+    """The held-out selection set (harness/stages/selection.py): where a report chooses one of several
+    settings (the best FPDM setting of a cell to pair with DiT, reports/selection.py), it chooses by
+    the FID of these images, never by the FID of the images it then reports (a winner's curse)."""
+
+    images: int = 0  # images sampled and scored (FID, primary extractor) only to choose settings; 0: off
+    seed: int = 2_000_000  # image i uses seed + i: disjoint from sample.seed's and the calibration's images
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     solver: Any = MISSING
@@ -256,6 +266,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     sweep: Any = None  # the name of the sweep preset, set by sweeps/sweep/NAME.yaml
     protocol: str = "digits"  # set by the protocol group (harness/config/protocol/*.yaml): digits | paper | official
 

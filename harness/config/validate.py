@@ -281,6 +281,29 @@ def _sample(cfg) -> None:
         raise ConfigError(str(exc)) from None
 
 
+@check
+def _selection(cfg) -> None:
+    """The held-out selection images (harness/stages/selection.py) share no seed with the evaluated
+    images nor, for a calibrated schedule, with the calibration batch: a setting chosen on images it
+    is then scored on would be favoured by their luck."""
+    from harness.stages.selection import seed_ranges
+
+    n = cfg.selection.images
+    if n is None or n < 0 or n == 1:
+        raise ConfigError(f"selection.images={n} must be 0 (off) or >= 2 (FID needs two images)")
+    ranges = seed_ranges(cfg)
+    if "selection" not in ranges:
+        return
+    (a, b) = ranges.pop("selection")
+    for name, (c, d) in ranges.items():
+        if a < d and c < b:
+            free = max(end for _, end in ranges.values())
+            raise ConfigError(
+                f"selection.seed={a}: the selection images' seeds [{a}, {b}) overlap the {name} images' [{c}, {d}); "
+                f"set selection.seed >= {free}"
+            )
+
+
 def _calibrated_schedule(cfg, plan) -> None:
     """sample.schedule=adaptive | greedy: the calibration settings, and a budget some tolerance or
     allocation within 1..max_iters_per_step iterations per step can spend (before any compute)."""

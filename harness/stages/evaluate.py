@@ -32,32 +32,71 @@ def _check_samples(images: np.ndarray, path: Path, n: int | None = None) -> None
         raise ValueError(f"{path}: need at least 2 samples to score, got {n}; raise sample.num_images")
 
 
-def evaluate_samples(samples_path: Path, data: DataSource, cfg: DictConfig, work_dir: Path) -> dict:
-    from harness.metrics import ReferenceSpec, compute_metrics
-    from harness.metrics.choice import extractor_name
+def _stored_images(samples_path: Path):
+    """The samples as ``ImageChunks``, streamed from disk through the extractor: the images are never
+    all in memory at once."""
     from harness.metrics.fidelity import ImageChunks
     from harness.runtime.npz_stream import iter_npz_rows, npz_shape
 
     shape, dtype = npz_shape(samples_path, "images")
     _check_samples(np.empty((0, *shape[1:]), dtype), samples_path, n=shape[0])
-    # streamed from disk through the extractor: the images are never all in memory at once
-    images = ImageChunks(shape[0], lambda: iter_npz_rows(samples_path, "images", EVAL_CHUNK_IMAGES))
+    return ImageChunks(shape[0], lambda: iter_npz_rows(samples_path, "images", EVAL_CHUNK_IMAGES))
+
+
+def _reference(data: DataSource, cfg: DictConfig):
+    """The reference split as a ``ReferenceSpec``; checks the extractor weights' hash when one is set."""
+    from harness.metrics import ReferenceSpec
+
     mc = cfg.metrics
     split = mc.reference_split
-    reference = ReferenceSpec(
+    if mc.weights and mc.weights_sha256:
+        from harness.metrics.inception import load_inception_weights
+
+        load_inception_weights(mc.weights, expected_sha256=mc.weights_sha256)  # one-line error on a mismatch
+    return ReferenceSpec(
         name=data.name,
         split=split,
         fingerprint=f"{data.fingerprint()}:{split}",
         images_fn=lambda: data.reference_images(split),
     )
+
+
+def _device(cfg: DictConfig) -> str:
+    return "cuda" if torch.cuda.is_available() and cfg.run.device != "cpu" else "cpu"
+
+
+def selection_fid(samples_path: Path, data: DataSource, cfg: DictConfig) -> dict:
+    """FID of the held-out selection set (harness/stages/selection.py) under the primary extractor
+    only: it ranks settings and is never reported as a result, so no KID, precision/recall, second
+    ruler, bootstrap or noise floor. Returns ``fid`` and the ``protocol`` it was measured under."""
+    from harness.metrics import compute_metrics
+    from harness.metrics.choice import extractor_name
+
+    out = compute_metrics(
+        _stored_images(samples_path),
+        _reference(data, cfg),
+        extractor=extractor_name(cfg),
+        weights=cfg.metrics.weights,
+        kid=False,
+        prc=False,
+        isc=False,
+        cache_dir=cfg.paths.extractor_cache or cfg.paths.cache_dir,
+        device=_device(cfg),
+    )
+    return {"fid": out["fid"], "protocol": out["protocol"]}
+
+
+def evaluate_samples(samples_path: Path, data: DataSource, cfg: DictConfig, work_dir: Path) -> dict:
+    from harness.metrics import compute_metrics
+    from harness.metrics.choice import extractor_name
+
+    images = _stored_images(samples_path)
+    mc = cfg.metrics
+    reference = _reference(data, cfg)
     cache_dir = cfg.paths.extractor_cache or cfg.paths.cache_dir  # extractors/ and reference/ go below it
     weights = mc.weights
-    if weights and mc.weights_sha256:
-        from harness.metrics.inception import load_inception_weights
-
-        load_inception_weights(weights, expected_sha256=mc.weights_sha256)  # one-line error on a mismatch
     seed_ranges = cfg.sample.seed_ranges if cfg.sample.seed_ranges > 1 else None
-    device = "cuda" if torch.cuda.is_available() and cfg.run.device != "cpu" else "cpu"
+    device = _device(cfg)
     keep: dict = {}
     out = compute_metrics(
         images,

@@ -19,6 +19,7 @@ from baselines.diffusers_dit import uses_pretrained_weights
 from harness.compute.plan import flop_match_inputs, sampling_plan
 from harness.diffusion.spec import diffusion_spec
 from harness.stages.cache import ArtifactCache, StageKeys, stage_keys
+from harness.stages.selection import selection_images
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -161,8 +162,13 @@ def run_job(cfg: DictConfig, *, progress: bool = True, plan_only: bool = False) 
     if "sample" not in stages:
         return result
     sample_dir = _sample_stage(cfg, cache, result, model, data, spec, plan, device, info, progress)
+    held_out = None  # the selection set, scored with the evaluation (harness/stages/selection.py)
+    if selection_images(cfg) and "evaluate" in stages:
+        held_out = _selection_sample_stage(cfg, cache, result, model, data, spec, plan, device, info, progress)
     if info.is_main and "evaluate" in stages:
         _evaluate_stage(cfg, cache, result, data, sample_dir)
+        if held_out is not None:
+            _selection_score_stage(cfg, cache, result, data, held_out)
     return result
 
 
@@ -195,16 +201,54 @@ def _sample_stage(
     return sample_dir
 
 
+def _selection_sample_stage(
+    cfg, cache: ArtifactCache, result: JobResult, model, data, spec, plan, device, info, progress: bool
+) -> Path:
+    """Sample the held-out selection set (harness/stages/selection.py) like the evaluated set: every
+    rank its share, the same plan (a calibrated plan is read back from the calibration cache), under
+    the selection set's own sample key."""
+    from harness.runtime.distributed import broadcast_flag
+    from harness.stages.calibrate import calibrated_plan
+    from harness.stages.sample import sample_model
+    from harness.stages.selection import selection_config, selection_keys
+
+    sel = selection_config(cfg)
+    plan, adaptive, _, _ = calibrated_plan(cfg, cache, result.keys.train, model, data, spec, plan, device)
+    _, result.stage_status["selection_sample"], sample_dir = cache.run_stage(
+        "sample",
+        selection_keys(cfg)[0],
+        lambda d: sample_model(model, data, spec, sel, plan, d, device, progress, info, adaptive),
+        lead=info.is_main,
+        agree=lambda need: broadcast_flag(need, info),
+    )
+    return sample_dir
+
+
+def _selection_score_stage(cfg, cache: ArtifactCache, result: JobResult, data, sample_dir: Path) -> None:
+    """Score the selection set by FID only (rank 0; cached under its own key) into the record:
+    ``metrics.selection_fid`` and ``protocol.selection`` (its seeds, count and FID protocol)."""
+    from harness.stages.evaluate import selection_fid
+    from harness.stages.selection import selection_keys, selection_protocol
+
+    scored, result.stage_status["selection_evaluate"], _ = cache.run_stage(
+        "select", selection_keys(cfg)[1], lambda d: selection_fid(sample_dir / "samples.npz", data, cfg)
+    )
+    result.metrics["selection_fid"] = scored["fid"]
+    result.protocol["selection"] = selection_protocol(cfg, scored)
+
+
 def _evaluate_stage(cfg, cache: ArtifactCache, result: JobResult, data, sample_dir: Path) -> None:
     """Evaluate the samples (rank 0; cached under the eval key) and label the protocol."""
     from harness.compute.memory import peak_rss_bytes
     from harness.stages.evaluate import evaluate_samples
     from harness.stages.protocol import protocol_label
+    from harness.stages.selection import eval_seeds
 
     metrics, result.stage_status["evaluate"], _ = cache.run_stage(
         "eval", result.keys.eval, lambda d: evaluate_samples(sample_dir / "samples.npz", data, cfg, d)
     )
     result.protocol = metrics.pop("protocol", {})
+    result.protocol["eval_seeds"] = eval_seeds(cfg)  # [start, end): image i of the set is seeded start + i
     # The FID protocol (samples, extractor, reference) and the diffusion protocol travel together:
     # reports group tables by this label, so runs of different protocols never share a table.
     result.protocol["diffusion"] = protocol_label(cfg)
@@ -223,6 +267,12 @@ def _plan_only(cfg, cache: ArtifactCache, result: JobResult) -> JobResult:
         "sample": cache.status("sample", keys.sample),
         "evaluate": cache.status("eval", keys.eval),
     }
+    if selection_images(cfg):
+        from harness.stages.selection import selection_keys
+
+        sample_key, score_key = selection_keys(cfg)
+        result.stage_status["selection_sample"] = cache.status("sample", sample_key)
+        result.stage_status["selection_evaluate"] = cache.status("select", score_key)
     if not uses_pretrained_weights(cfg.model):
         result.axes = job_axes(cfg, sampling_plan(cfg))
     return result
