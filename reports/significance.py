@@ -187,8 +187,6 @@ def _cells(df: pd.DataFrame, cmp: Comparison) -> list[str]:
     return [a for a in setting_axes(df) if a not in cmp.axes and a not in NOT_MATCHED and a not in PAIR_AXES]
 
 
-
-
 def _one_pairing(base: pd.DataFrame, treat: pd.DataFrame, ev: dict[str, JobEvidence]) -> dict | None:
     """Pairs of (baseline job, treatment job) sharing seeds -> interval columns per ruler."""
     # Jobs of one setting that differ only in a knob the model ignores (DiT's schedule name) are

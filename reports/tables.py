@@ -177,23 +177,35 @@ def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+SELECTION_METRIC = "selection_fid"  # FID on the held-out selection images (harness/stages/selection.py)
+
+
 def best_per_cell(df: pd.DataFrame, cell: list[str], metric: str = "fid") -> pd.DataFrame:
-    """Best setting (lowest mean ``metric``) per table cell, with a ``setting`` column naming it."""
+    """Best setting per table cell, with a ``setting`` column naming it and ``chosen_on`` saying
+    which images chose it: the held-out selection images (lowest mean ``selection_fid``) where every
+    setting has them, else the evaluated images themselves (lowest mean ``metric``), which the
+    ``setting`` text then says, since a best-of-several scored on its own images is biased low."""
     settings = aggregate_seeds(df)
     settings = settings[settings[metric].notna()] if metric in settings else settings.iloc[0:0]
     if settings.empty:
         return settings
     others = [a for a in setting_axes(df) if a not in cell and varies(settings, a)]
     settings = settings.assign(_key=row_keys(settings, cell).values)
+    held_out = SELECTION_METRIC in settings and settings[SELECTION_METRIC].notna().all()
     # Ties go to the first setting in sorted order so the choice is deterministic.
-    settings = sort_frame(settings, [metric, *others])
+    settings = sort_frame(settings, [SELECTION_METRIC if held_out else metric, *others])
     best = settings.groupby("_key", sort=False).head(1).copy()
     best["settings"] = best["_key"].map(settings["_key"].value_counts())
+    best["chosen_on"] = [
+        "" if n < 2 else "held-out images" if held_out else "the evaluated images" for n in best["settings"]
+    ]
     best["setting"] = (
         best.apply(lambda r: ", ".join(f"{a}={value_label(r[a])}" for a in others if pd.notna(r[a])), axis=1)
         if others
         else ""
     )
+    if others:  # say which images chose it
+        best["setting"] = [f"{t} (chosen on {c})" if t and c else t for t, c in zip(best["setting"], best["chosen_on"])]
     best = best.drop(columns=["_key"])
     best.attrs = dict(df.attrs)
     return sort_frame(best, cell)

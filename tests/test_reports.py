@@ -380,7 +380,37 @@ def test_markdown_tables_parse_to_the_csv_cells(built, name):
 
 def test_markdown_escapes_pipes_inside_cells(built):
     md = (built["out1"] / "tables" / "table1_budget.md").read_text()
-    assert "ddim: iters_per_step=4, reuse=on, schedule=constant, solver=picard \\| ddpm:" in md
+    assert (
+        "ddim: iters_per_step=4, reuse=on, schedule=constant, solver=picard (chosen on the evaluated images) \\| ddpm:"
+        in md
+    )
+
+
+def test_the_best_setting_per_cell_is_chosen_on_held_out_images_where_every_setting_has_them():
+    """The paper tables' "best setting" picks by selection FID when it can, and says which images
+    chose it (the one chosen on the evaluated images would be the other row here)."""
+    import pandas as pd
+
+    from reports.tables import best_per_cell
+
+    df = pd.DataFrame(
+        {
+            "job_id": ["a", "b", "c"],
+            "model": ["fpdm"] * 3,
+            "budget_blocks": [60, 60, 60],
+            "schedule": ["constant", "increasing", "decreasing"],
+            "fid": [1.0, 1.2, 1.1],
+            "selection_fid": [2.2, 2.0, 2.1],
+        }
+    )
+    df.attrs.update(axes=["model", "budget_blocks", "schedule"], metrics=["fid", "selection_fid"])
+    best = best_per_cell(df, ["budget_blocks"])
+    assert best["schedule"].tolist() == ["increasing"] and best["fid"].tolist() == [1.2]
+    assert best["setting"].iloc[0] == "schedule=increasing (chosen on held-out images)"
+    without = df.drop(columns=["selection_fid"])
+    without.attrs = dict(df.attrs)
+    best = best_per_cell(without, ["budget_blocks"])
+    assert best["setting"].iloc[0] == "schedule=constant (chosen on the evaluated images)"
 
 
 def test_per_model_table_counts_params_flops_and_training_memory_once_per_model(tmp_path):
