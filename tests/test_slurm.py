@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from rank_helpers import free_port, wait_ranks
 
 PROFILES = ["slurm_cpu", "slurm_gpu1", "slurm_gpu8", "local"]
 
@@ -155,6 +156,124 @@ def test_preemption_signal_checkpoints_before_submitit_requeues(tmp_path):
     resumed = [json.loads(line)["step"] for line in log.read_text().splitlines()]
     assert resumed == list(range(1, steps[-1] + 3))  # each step once: resumed, not restarted
     assert summary["train_steps"] == steps[-1] + 2
+
+
+# --------------------------------------------------------------------------- several nodes (no Slurm)
+
+
+def _two_node_step(job: str, step: str, rank: int, nodelist: str = "node[01-02]") -> dict[str, str]:
+    """The variables ``srun`` gives task ``rank`` of a step of 2 nodes x 2 tasks (the environment
+    of ``hydra.launcher.nodes=2 hydra.launcher.tasks_per_node=2``): tasks 0, 1 on the first node."""
+    return {
+        "SLURM_JOB_ID": job,
+        "SLURM_STEP_ID": step,
+        "SLURM_JOB_NODELIST": nodelist,
+        "SLURM_STEP_NODELIST": nodelist,
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NODEID": str(rank // 2),
+        "SLURM_PROCID": str(rank),
+        "SLURM_LOCALID": str(rank % 2),
+        "SLURM_NTASKS": "4",
+        "SLURM_STEP_NUM_TASKS": "4",
+    }
+
+
+@pytest.fixture
+def slurm_free_env(monkeypatch):
+    """No rendezvous or Slurm variable of the process running the tests leaks in."""
+    for k in list(os.environ):
+        if k.startswith(("SLURM_", "SUBMITIT_")) or k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):
+            monkeypatch.delenv(k)
+    return monkeypatch
+
+
+def test_two_node_rendezvous_from_slurm_variables(slurm_free_env):
+    """Task 3 of job 4242, step 1, on 2 nodes x 2 tasks: global rank 3 of 4, local rank 1 (its
+    node's second GPU), and rank 0's address and port as every other task derives them: the first
+    node of the step, port 29500 + (4242 * 50 + 1) mod 20000 = 29500 + 12101 = 41601."""
+    from harness.runtime.distributed import DistInfo, _from_submitit
+
+    for k, v in _two_node_step("4242", "1", 3).items():
+        slurm_free_env.setenv(k, v)
+    assert _from_submitit() == DistInfo(rank=3, world_size=4, local_rank=1)
+    assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("node01", "41601")
+
+
+def test_rank0_address_is_the_first_node_of_the_step_not_of_the_job(slurm_free_env):
+    """``srun -N2 -n4`` on nodes 3-4 of a 4-node allocation: task 0 runs on node03, so the ranks
+    must meet there; the job's first node (node01) runs none of this step's tasks."""
+    from harness.runtime.distributed import _from_submitit
+
+    for k, v in {
+        **_two_node_step("7", "2", 1),
+        "SLURM_JOB_NODELIST": "node[01-04]",
+        "SLURM_JOB_NUM_NODES": "4",
+    }.items():
+        slurm_free_env.setenv(k, v)
+    slurm_free_env.setenv("SLURM_STEP_NODELIST", "node[03-04]")
+    _from_submitit()
+    assert os.environ["MASTER_ADDR"] == "node03"
+
+
+def _port_of_a_step() -> tuple[str, str, int]:
+    """A (job id, step id) whose ``master_port`` is free here now, so parallel runs do not collide."""
+    from harness.runtime.distributed import PORT_BASE, PORT_SPAN, STEPS_PER_JOB
+
+    while True:
+        port = free_port()
+        if PORT_BASE <= port < PORT_BASE + PORT_SPAN:
+            job, step = divmod(port - PORT_BASE, STEPS_PER_JOB)
+            return str(job), str(step), port
+
+
+@pytest.mark.timeout(300)
+def test_two_nodes_of_two_tasks_train_together_from_slurm_variables(tmp_path):
+    """As close to 2 nodes as one machine allows: 4 processes with the variables ``srun`` gives the
+    tasks of a 2-node x 2-task step whose nodes are 127.0.0.1 and 127.0.0.2 (two loopback
+    addresses of this machine), nothing else: each derives its rank, the world size and rank 0's
+    address and port, joins the process group and trains 2 steps through DistributedDataParallel.
+    Simulated: the second node (its processes run here) and the network between nodes."""
+    from harness.runtime.distributed import master_port
+
+    job, step, port = _port_of_a_step()
+    assert master_port(job, step) == port
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_", "MASTER_"))}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, str(tmp_path)],
+            env={**base, **_two_node_step(job, step, r, "127.0.0.[1-2]"), "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(4)
+    ]
+    codes, logs = wait_ranks(procs, 240, "a rank hung: the 4 tasks did not meet")
+    assert codes == [0] * 4, "\n".join(log[-1500:] for log in logs)
+    summaries = [json.loads((tmp_path / f"summary-rank{r}.json").read_text()) for r in range(4)]
+    assert [s["train_world_size"] for s in summaries] == [4] * 4
+    assert [s["rendezvous"] for s in summaries] == [["127.0.0.1", str(port), r] for r in range(4)]
+    assert len({s["train_final_loss"] for s in summaries}) == 1  # one global-batch loss, agreed
+    assert json.loads((tmp_path / "train_summary.json").read_text())["train_images"] == 2 * 16  # rank 0 wrote it
+
+
+def _two_node_task(out: Path) -> None:
+    """One task of the simulated 2-node step: the rendezvous comes from Slurm's variables alone."""
+    import torch
+
+    from harness.data import build_dataset
+    from harness.diffusion.spec import diffusion_spec
+    from harness.runtime.distributed import setup_distributed
+    from harness.stages.job import _build
+    from harness.stages.train import train_model
+
+    torch.set_num_threads(1)
+    cfg = _compose(["train.batch_size=16", "train.budget.value=2", "train.log_every=1", "run.device=cpu"])
+    data, device = build_dataset(cfg.data), torch.device("cpu")
+    info = setup_distributed(device)
+    summary = train_model(_build(cfg, data), data, diffusion_spec(cfg), cfg, out, device, info, progress=False)
+    summary["rendezvous"] = [os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"], info.rank]
+    (out / f"summary-rank{info.rank}.json").write_text(json.dumps(summary))
 
 
 # --------------------------------------------------------------------------- the real cluster
@@ -297,3 +416,7 @@ def test_ddp_job_is_preempted_requeued_and_resumes(slurm, app, tmp_path):
     assert steps == list(range(1, budget + 1))  # a restart from scratch would log step 1 twice
     show = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=15).stdout
     assert "Restarts=1" in show, show  # requeued once
+
+
+if __name__ == "__main__":
+    _two_node_task(Path(sys.argv[1]))

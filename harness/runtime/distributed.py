@@ -2,12 +2,16 @@
 variables of a Slurm ``srun`` step.
 
 gloo on CPU, NCCL on CUDA. The global batch is split across ranks (each rank takes a contiguous
-slice of the same globally drawn batch), so 2 processes compute the same losses as 1 process at
-the same global batch, within float tolerance; rank 0 writes checkpoints, the others wait.
+slice of the same globally drawn batch) and training wraps the model in PyTorch's
+``DistributedDataParallel`` (``data_parallel``), so 2 processes compute the same losses as 1 process
+at the same global batch, within float tolerance; rank 0 writes checkpoints, the others wait.
+Several nodes: every rank derives the same rendezvous (``MASTER_ADDR`` = the first host of the
+step, ``MASTER_PORT`` = ``master_port(job, step)``) from Slurm's variables (docs/cluster.md).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -48,10 +52,23 @@ def _from_submitit() -> DistInfo | None:
         return None
     if env.num_tasks <= 1 or _alone_in_slurm_allocation():
         return None
-    os.environ.setdefault("MASTER_ADDR", env.hostnames[0] if env.hostnames else "127.0.0.1")
+    os.environ.setdefault("MASTER_ADDR", _first_host_of_step(env.hostnames))
     job = os.environ.get("SLURM_JOB_ID") or env.job_id.split("_")[0]
     os.environ.setdefault("MASTER_PORT", str(master_port(job, os.environ.get("SLURM_STEP_ID", "0"))))
     return DistInfo(env.global_rank, env.num_tasks, env.local_rank)
+
+
+def _first_host_of_step(job_hosts: list[str]) -> str:
+    """Where rank 0 of this step runs: the first node of the step (``SLURM_STEP_NODELIST``, set by
+    ``srun``), else of the job. They differ for a step on part of an allocation (``srun -N1 -n2``
+    twice in a 2-node ``salloc``): the job's first node would send the second step's ranks to a
+    node where none of its tasks listens. Slurm places task 0 on the first node of the step."""
+    step_nodes = os.environ.get("SLURM_STEP_NODELIST")
+    if step_nodes:
+        from submitit.slurm.slurm import _parse_node_list
+
+        return _parse_node_list(step_nodes)[0]
+    return job_hosts[0] if job_hosts else "127.0.0.1"
 
 
 PORT_BASE, PORT_SPAN, STEPS_PER_JOB = 29500, 20000, 50
@@ -143,12 +160,31 @@ def raise_if_any_rank_failed(error: Exception | None, info: DistInfo) -> None:
         raise RuntimeError(f"{len(failed)} of {info.world_size} ranks failed: " + "; ".join(failed)) from error
 
 
-def all_reduce_mean_(tensors: list[torch.Tensor], info: DistInfo) -> None:
+def data_parallel(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """``model`` wrapped in PyTorch's ``DistributedDataParallel`` when there are several ranks, else
+    ``model`` itself (one process pays nothing). DDP averages the gradients in buckets (25 MiB)
+    whose all-reduce starts while backward is still computing the earlier layers' gradients, where
+    an all-reduce of each gradient after backward waited for the whole backward and then sent one
+    message per parameter (benchmarks/bench_ddp.py compares the two; docs/cluster.md).
+
+    - ``find_unused_parameters=False``: every parameter gets a gradient in every training forward
+      of the project's models, in every ``train.method`` (FPDM's no-grad iterations run under
+      ``torch.no_grad()`` and reach no parameter that the with-grad ones do not reach too), and
+      S-JFB's iteration counts come from the step's generator, the same on every rank
+      (harness/stages/train.py), so each rank's backward reduces the same buckets.
+    - ``broadcast_buffers=False``: the only buffers are fixed positional embeddings, equal on every
+      rank; re-sending them before each forward would be a collective per step for nothing.
+    - ``device_ids=None``: the model is already on this rank's device (DDP then moves no input,
+      so the forward's ``trace`` and ``generator`` keyword arguments reach the model as passed).
+    The constructor broadcasts rank 0's parameters and buffers, as ``broadcast_module_`` does."""
     if not info.enabled:
-        return
-    for t in tensors:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t.div_(info.world_size)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # torch 2.14 renamed the switch (its old name warns); either way buffers still sync at construction
+    params = inspect.signature(DistributedDataParallel).parameters
+    no_resync = {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=None, find_unused_parameters=False, **no_resync)
 
 
 def broadcast_module_(module: torch.nn.Module, info: DistInfo) -> None:

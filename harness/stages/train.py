@@ -30,7 +30,7 @@ from fpdm.model import SolveTrace
 from harness.compute.memory import cuda_peak, training_memory_breakdown
 from harness.compute.train_compute import BUDGET_UNITS, model_step_compute, step_generator
 from harness.runtime.compile import set_compiled
-from harness.runtime.distributed import DistInfo, all_reduce_mean_, all_reduce_values, barrier, broadcast_module_
+from harness.runtime.distributed import DistInfo, all_reduce_values, barrier, broadcast_module_, data_parallel
 from harness.runtime.io import atomic_write, atomic_write_json
 from harness.runtime.matmul_precision import stage_tf32, tf32_matmuls
 from harness.runtime.progress import progress_bar
@@ -190,6 +190,9 @@ class _Run:
     tc: Any
     work_dir: Path
     info: DistInfo
+    # what the step calls: ``model`` in DistributedDataParallel on several ranks, else ``model``
+    # itself; checkpoints, the EMA and the exports read ``model``, so state-dict keys stay un-prefixed
+    forward: nn.Module | None = None
 
     def save(self) -> None:
         """Checkpoint on rank 0; every rank waits for it."""
@@ -223,8 +226,8 @@ def _prepare(model: nn.Module, tc, work_dir: Path, device: torch.device, info: D
         run.opt.load_state_dict(blob["optimizer"])
         restore_rng_states(blob["rng"])
         run.state = TrainState(**blob["state"])
-    for module in (model, ema):  # every rank starts from rank 0's weights
-        broadcast_module_(module, info)
+    broadcast_module_(ema, info)  # every rank starts from rank 0's weights (DDP's constructor: the model's)
+    run.forward = data_parallel(model, info)
     return run
 
 
@@ -262,16 +265,18 @@ def _step_batch(X, Y, spec, cfg, step: int, info: DistInfo, device: torch.device
 
 
 def _train_step(run: _Run, b: _Batch, spec) -> tuple[list[float], SolveTrace]:
-    """Forward, backward, gradient all-reduce, clip, AdamW and EMA; returns this rank's
-    (loss, mse, vb) and the trace the forward filled (counts completed by backward)."""
+    """Forward, backward (DDP averages the gradients over the ranks as backward produces them),
+    clip, AdamW and EMA; returns this rank's (loss, mse, vb) and the trace the forward filled
+    (counts completed by backward)."""
     from harness.diffusion import training_loss
 
     model, tc = run.model, run.tc
+    net = run.forward if run.forward is not None else model
     trace = SolveTrace()
     autocast = torch.autocast(b.x0.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     with autocast:
         loss, parts = training_loss(
-            lambda a, t, y: model(a, t, y, drop_labels=b.drop, generator=b.draws, trace=trace),
+            lambda a, t, y: net(a, t, y, drop_labels=b.drop, generator=b.draws, trace=trace),
             b.x0,
             b.y,
             spec,
@@ -285,8 +290,7 @@ def _train_step(run: _Run, b: _Batch, spec) -> tuple[list[float], SolveTrace]:
             f"training loss became {local_values[0]} at step {run.state.step}; lower train.lr or enable train.grad_clip"
         )
     run.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    all_reduce_mean_([p.grad for p in model.parameters() if p.grad is not None], run.info)
+    loss.backward()  # on several ranks, returns once DDP's bucket all-reduces have finished
     if tc.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
     run.opt.step()
