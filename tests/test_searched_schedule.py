@@ -153,3 +153,20 @@ def test_inspect_prints_the_plan_of_the_searched_knots(tmp_path, monkeypatch):
     _, by_hand = inspect_argv(["sweep=schedule_compare", "sample.schedule=density", "sample.budget=120", knots])
     assert info["plan"] == by_hand["plan"]
     assert info["plan"] != inspect_argv(["sweep=schedule_compare", "sample.budget=120"])[1]["plan"]  # not constant
+
+
+def test_searched_knots_are_never_scored_on_the_images_the_search_chose_them_on(tmp_path):
+    """The best trial's record names its scored seeds; a comparison job on overlapping seeds is
+    refused in one line, a disjoint one records both ranges."""
+    from hydra_plugins.fpdm_optuna_sweeper.storage import RUN_DIR
+
+    trials = _trials()
+    run_dir = tmp_path / "trial1"
+    run_dir.mkdir()
+    (run_dir / "record.json").write_text(json.dumps({"protocol": {"eval_seeds": [3_000_000, 3_000_500]}}))
+    trials[1].set_user_attr(RUN_DIR, str(run_dir))
+    write_study(tmp_path, trials)
+    with pytest.raises(ConfigError, match=r"sample.seed=2999800: .* overlap the seeds \[3000000, 3000500\]"):
+        apply_searched_knots(_cfg(**{"sample.seed": 2_999_800, "sample.num_images": 1000}), tmp_path)
+    found = apply_searched_knots(_cfg(**{"sample.seed": 0, "sample.num_images": 1000}), tmp_path)
+    assert found.seeds == [3_000_000, 3_000_500] and found.as_record()["seeds"] == [3_000_000, 3_000_500]

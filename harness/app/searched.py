@@ -5,7 +5,9 @@
 ``sample.search.study`` naming that study. Every such job takes the knots of the study's best
 COMPLETE trial (Optuna's ``best_trial``: failed, pruned and running trials never count) before its
 cache keys are computed, so the knots enter the sample key and the recorded config, and the record
-names the trial (``search``: study, storage, trial number, its value, knots and steps).
+names the trial (``search``: study, storage, trial number, its value, knots, steps and the seeds it
+was scored on). The knots are a setting chosen on the search's images: a job that would score them
+on any of those images is refused (``check_disjoint_from_search``).
 
 Documented choices:
 - explicit ``sample.knots`` win: the study is read only for a density job whose knots are null;
@@ -44,6 +46,7 @@ class SearchedTrial:
     value: float
     knots: list[float]
     steps: int | None  # the steps the trial ran (not carried, see the module docstring)
+    seeds: list[int] | None = None  # [start, end): the images the trial was scored on (its record), None: unknown
 
     def as_record(self) -> dict:
         return asdict(self)
@@ -99,8 +102,44 @@ def best_searched_trial(study_name: str, spec: str, root: str | Path) -> Searche
         ) from None
     steps = best.params.get("sample.steps")
     return SearchedTrial(
-        study_name, where, best.number, float(best.value), knots, None if steps is None else int(steps)
+        study_name,
+        where,
+        best.number,
+        float(best.value),
+        knots,
+        None if steps is None else int(steps),
+        _scored_seeds(best),
     )
+
+
+def _scored_seeds(trial) -> list[int] | None:
+    """The seeds ``[start, end)`` the trial's job scored (``protocol.eval_seeds`` of the record in
+    its run directory, which the sweeper stores on the trial); None when that record is not at hand."""
+    from harness.runtime.io import read_json
+    from harness.stages.records import RECORD_NAME
+    from hydra_plugins.fpdm_optuna_sweeper.storage import RUN_DIR
+
+    run_dir = trial.user_attrs.get(RUN_DIR)
+    try:
+        seeds = read_json(Path(run_dir) / RECORD_NAME)["protocol"]["eval_seeds"] if run_dir else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [int(seeds[0]), int(seeds[1])] if seeds else None
+
+
+def check_disjoint_from_search(found: SearchedTrial, cfg: DictConfig) -> None:
+    """A searched shape is a selected setting: it must be scored on images the search never saw
+    (``sample.seed`` .. ``+ num_images`` disjoint from the trial's seeds), or the comparison would
+    favour it (a winner's curse). One line naming ``sample.seed`` and the fix."""
+    if found.seeds is None:
+        return
+    start, end = int(cfg.sample.seed), int(cfg.sample.seed) + int(cfg.sample.num_images)
+    if start < found.seeds[1] and found.seeds[0] < end:
+        raise ConfigError(
+            f"sample.seed={start}: the evaluated images' seeds [{start}, {end}) overlap the seeds "
+            f"{found.seeds} that trial {found.trial} of study {found.study} was chosen on; score the searched "
+            f"shape on other images (sample.seed >= {found.seeds[1]} or the search on other seeds)"
+        )
 
 
 def apply_searched_knots(cfg: DictConfig, root: str | Path) -> SearchedTrial | None:
@@ -110,5 +149,6 @@ def apply_searched_knots(cfg: DictConfig, root: str | Path) -> SearchedTrial | N
         return None
     s = cfg.sample
     found = best_searched_trial(str(s.search.study), str(s.search.storage), root)
+    check_disjoint_from_search(found, cfg)
     s.knots = list(found.knots)
     return found
