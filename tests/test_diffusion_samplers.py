@@ -52,7 +52,8 @@ def test_point_oracle_recovers_the_data_point(sampler, kw):
 
 
 @pytest.mark.parametrize(
-    "sampler,steps,tol", [("ddim", 100, 0.02), ("dpmpp", 20, 0.02), ("euler", 100, 0.02), ("unipc", 20, 0.02)]
+    "sampler,steps,tol",
+    [("ddim", 100, 0.02), ("dpmpp", 20, 0.02), ("euler", 100, 0.02), ("unipc", 20, 0.02), ("heun", 41, 0.02)],
 )
 @pytest.mark.parametrize("kw", [dict(prediction_type="epsilon"), dict(ZSNR)])
 def test_deterministic_samplers_follow_the_probability_flow_ode(sampler, steps, tol, kw):
@@ -72,6 +73,34 @@ def test_deterministic_samplers_follow_the_probability_flow_ode(sampler, steps, 
     assert (x.double() - ref).abs().mean() < tol
     # and the map is not trivial: it depends on the noise
     assert (x[0] - x[1]).abs().mean() > 0.1
+
+
+@pytest.mark.parametrize("kw", [dict(prediction_type="epsilon"), dict(ZSNR)])
+def test_heun_counts_model_evaluations_and_recovers_the_data_point(kw):
+    """Heun's ``num_steps`` is the number of model evaluations (2 per step but the last): 11
+    evaluations are 6 timesteps, each but the last evaluated twice; an even count is refused."""
+    spec = DiffusionSpec(**kw)
+    calls = []
+    oracle = gaussian_oracle(spec, mu_img(), 0.0)
+
+    def counting(x, t, y, i):
+        calls.append((i, int(t[0])))
+        return oracle(x, t, y, i)
+
+    x = sample_loop(
+        counting,
+        (3, *SHAPE),
+        None,
+        spec,
+        sampler="heun",
+        num_steps=11,
+        generator_per_image=per_image_generators(0, 0, 3),
+    )
+    torch.testing.assert_close(x, mu_img().expand(3, *SHAPE), atol=2e-3, rtol=0)
+    ts = [t for _, t in calls]
+    assert [i for i, _ in calls] == list(range(11)) and len(set(ts)) == 6 and ts[0] != ts[1] == ts[2]
+    with pytest.raises(ValueError, match="sample.sampler=heun .* must be odd: use 9 or 11"):
+        make_sample_scheduler(spec, "heun", 10)
 
 
 def expected_ddpm_std(spec, steps, s, var_value):

@@ -135,7 +135,7 @@ class SearchConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddim"  # ddpm | ddim | dpmpp | euler | unipc (harness/diffusion/samplers.py)
+    sampler: str = "ddim"  # ddpm | ddim | dpmpp | euler | heun | unipc (harness/diffusion/samplers.py)
     # With a budget (block passes per image): DiT runs budget/depth steps; FPDM plans from
     # `iters` when set (steps = floor(budget / (pre + iters + post)), paper Sec. 4.2), else from
     # `steps`. Without a budget: DiT runs `steps`; FPDM runs `steps` x `iters` (default: the

@@ -4,7 +4,7 @@
   learned sigma, timestep spacing) and the diffusers-derived per-timestep tables.
 - `weighting`: epsilon / v -> x_0 and the MSE weighting registry (none, p2).
 - `loss`: `training_loss` (MSE plus DiT/IDDPM's hybrid VB term when sigma is learned).
-- `samplers`: `sample_loop` with a registry of `ddpm`, `ddim`, `dpmpp`, `euler`, `unipc`; CFG; per-image seeds.
+- `samplers`: `sample_loop` with a registry of `ddpm`, `ddim`, `dpmpp`, `euler`, `heun`, `unipc`; CFG; per-image seeds.
 
 FPDM paper Sec. 4.1 and the official code (docs/paper-notes.md §3.2, §4.5).
 """

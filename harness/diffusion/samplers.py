@@ -2,9 +2,10 @@
 
 docs/paper-notes.md §4.5: DDPM and DDIM (eta = 0) are the paper's samplers; DPM-Solver++ (Lu et al.
 2022, 2nd-order multistep), Euler (Karras et al. 2022, Algorithm 1's first-order step on the
-probability-flow ODE) and UniPC (Zhao et al. 2023, predictor-corrector multistep) are modern
-references. Each evaluates the model once per sampling step, so a block budget means the same for
-all of them. S sampling steps are placed by `spec.timestep_spacing` (`spaced_timesteps`); the model
+probability-flow ODE), Heun (its 2nd-order step, two evaluations per step) and UniPC (Zhao et al.
+2023, predictor-corrector multistep) are modern references. A block budget counts model
+evaluations: every sampler but Heun evaluates once per step, and for Heun ``num_steps`` counts the
+evaluations themselves (HeunSampler). S sampling steps are placed by `spec.timestep_spacing` (`spaced_timesteps`); the model
 always receives the *original* timestep indices in [0, T), as IDDPM respacing does. "linspace" is
 the official respacing, IDDPM's `space_timesteps(T, str(S))`, placed here as that function places it
 (`adm_space_timesteps`): diffusers' `np.linspace(...).round()` computes the same strides another way,
@@ -44,6 +45,7 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
     UniPCMultistepScheduler,
 )
 from diffusers.utils.torch_utils import randn_tensor
@@ -91,6 +93,10 @@ class Sampler:
     def model_input(self, sched: SampleSchedule, i: int, x: torch.Tensor) -> torch.Tensor:
         """What the model sees at step ``i`` (a sigma-space sampler maps its state back to x_t)."""
         return x
+
+    def check_steps(self, num_steps: int) -> None:
+        """Raise ``ValueError`` (one line naming ``sample.steps``) if the sampler cannot take
+        ``num_steps`` model evaluations; every evaluation-per-step sampler can take any count."""
 
 
 SAMPLERS: Registry[Sampler] = Registry("sampler", key="sample.sampler")
@@ -242,6 +248,36 @@ class EulerSampler(Sampler):
 
     def step(self, sched, i, out, x, *, generators, eta):
         return sched.scheduler.step(out, sched.step_timesteps[i], x).prev_sample
+
+
+@register_sampler("heun")
+class HeunSampler(EulerSampler):
+    """Heun's 2nd-order method (Karras et al. 2022, Algorithm 1) on the probability-flow ODE
+    (diffusers' HeunDiscreteScheduler), at the harness's integer timesteps. It evaluates the model
+    twice per step except the last, so its ``num_steps`` counts model *evaluations*, the unit every
+    block budget is made of (an FPDM schedule gives each evaluation its own iterations): E
+    evaluations are (E + 1) / 2 timesteps, so E must be odd (a DiT at depth d spends E * d block
+    passes)."""
+
+    def check_steps(self, num_steps):
+        if int(num_steps) % 2 == 0:
+            raise ValueError(
+                f"sample.sampler=heun evaluates the model twice per step but the last, so its {int(num_steps)} "
+                f"model evaluations (sample.steps, or sample.budget / blocks per evaluation) must be odd: "
+                f"use {int(num_steps) - 1} or {int(num_steps) + 1}"
+            )
+
+    def make_schedule(self, spec, num_steps, device):
+        self.check_steps(num_steps)
+        ts = spaced_timesteps(spec, (int(num_steps) + 1) // 2)
+        kwargs = spec.scheduler_kwargs()
+        if kwargs.pop("rescale_betas_zero_snr"):  # Heun has no such option: the same betas, given directly,
+            ab = make_train_scheduler(spec).alphas_cumprod.double().clone()
+            ab[-1] = 2.0**-24  # with a finite last sigma, as diffusers' Euler does for zero terminal SNR
+            kwargs["trained_betas"] = (1.0 - ab / torch.cat([ab.new_ones(1), ab[:-1]])).tolist()
+        s = HeunDiscreteScheduler(**kwargs)
+        s.set_timesteps(timesteps=[int(t) for t in ts], device=device)
+        return SampleSchedule(s, s.timesteps.round().long(), s.timesteps)
 
 
 @register_sampler("unipc")
