@@ -19,7 +19,7 @@ the common part of the images' randomness cancels (common random numbers).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,7 @@ __all__ = [
     "batched_fid",
     "fid_exact",
     "bootstrap_indices",
+    "iter_bootstrap_indices",
     "bootstrap_fid_draws",
     "percentile_ci",
     "t_interval",
@@ -57,20 +58,25 @@ def ref_sqrt(mu: np.ndarray, sigma: np.ndarray) -> RefSqrt:
     return RefSqrt(np.asarray(mu, np.float64), root, float(np.trace(s)))
 
 
-def batched_fid(features: np.ndarray, idx: np.ndarray, ref: RefSqrt) -> np.ndarray:
+def _rows_per_chunk(n: int, d: int) -> int:
+    """Resamples of ``n`` images of ``d`` features that fit ``_CHUNK_BYTES`` (at least one)."""
+    return max(1, _CHUNK_BYTES // (8 * (2 * n * d + min(n, d) ** 2)))
+
+
+def batched_fid(features: np.ndarray, idx: np.ndarray, ref: RefSqrt, z: np.ndarray | None = None) -> np.ndarray:
     """FID of `features[idx[b]]` against `ref` for every row b of the (B, n) index matrix -> (B,).
 
     With Z = X R, R S R is the covariance of Z's rows, so each resample needs the eigenvalues of
     Zc^T Zc / (n - 1) (D x D) or, when n < D, of the Gram matrix Zc Zc^T / (n - 1) (n x n), which has
-    the same non-zero eigenvalues: O(min(n, D)^3) per resample instead of a D x D `sqrtm`."""
+    the same non-zero eigenvalues: O(min(n, D)^3) per resample instead of a D x D `sqrtm`. ``z``:
+    ``features @ ref.root`` when the caller already has it (one product for every chunk of resamples)."""
     f = np.asarray(features, np.float64)
     idx = np.atleast_2d(idx)
     n, d = idx.shape[1], f.shape[1]
     if n < 2:
         raise ValueError("batched_fid: need at least 2 images per resample")
-    z = f @ ref.root
-    k = min(n, d)
-    per = max(1, _CHUNK_BYTES // (8 * (2 * n * d + k * k)))
+    z = f @ ref.root if z is None else z
+    per = _rows_per_chunk(n, d)
     out = np.empty(idx.shape[0])
     for s in range(0, idx.shape[0], per):
         x, zz = f[idx[s : s + per]], z[idx[s : s + per]]  # (b, n, D)
@@ -92,21 +98,46 @@ def fid_exact(features: np.ndarray, ref: RefSqrt, start: int = 0, end: int | Non
     return float(batched_fid(features, np.arange(start, end)[None, :], ref)[0])
 
 
+def _check_resamples(resamples: int) -> None:
+    if resamples < 1:
+        raise ValueError(f"metrics.bootstrap={resamples} must be >= 1 (e.g. metrics.bootstrap=200)")
+
+
 def bootstrap_indices(ranges: Sequence[tuple[int, int]], resamples: int, seed: int) -> list[np.ndarray]:
     """One (resamples, end - start) index matrix per seed range, drawn with replacement within the
     range from `np.random.default_rng(seed)`: the same for every sample set of the same size."""
-    if resamples < 1:
-        raise ValueError(f"metrics.bootstrap={resamples} must be >= 1 (e.g. metrics.bootstrap=200)")
+    _check_resamples(resamples)
     rng = np.random.default_rng(seed)
     return [rng.integers(a, b, size=(resamples, b - a)) for a, b in ranges]
+
+
+def iter_bootstrap_indices(
+    ranges: Sequence[tuple[int, int]], resamples: int, seed: int, rows: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``bootstrap_indices`` in chunks of at most ``rows`` resamples: (range number, (b, end - start)
+    matrix), range by range. The generator hands out the same stream whether one call draws the
+    whole matrix or several draw its rows in order (numpy's bounded integers keep no per-call state:
+    tests/test_bootstrap.py checks it), so the draws are those of ``bootstrap_indices`` while only
+    one chunk is in memory (200 x 50,000 indices are 80 MB)."""
+    _check_resamples(resamples)
+    rng = np.random.default_rng(seed)
+    for r, (a, b) in enumerate(ranges):
+        for s in range(0, resamples, rows):
+            yield r, rng.integers(a, b, size=(min(rows, resamples - s), b - a))
 
 
 def bootstrap_fid_draws(
     features: np.ndarray, ref: RefSqrt, ranges: Sequence[tuple[int, int]], resamples: int, seed: int
 ) -> np.ndarray:
-    """(resamples,) draws of the mean-over-seed-ranges FID."""
-    mats = bootstrap_indices(ranges, resamples, seed)
-    return np.mean([batched_fid(features, m, ref) for m in mats], axis=0)
+    """(resamples,) draws of the mean-over-seed-ranges FID. Memory: the features (float64, and their
+    product with R) and one chunk of resamples, whatever ``resamples`` and the image count."""
+    f = np.asarray(features, np.float64)
+    z = f @ ref.root
+    rows = _rows_per_chunk(max(b - a for a, b in ranges), f.shape[1])
+    per_range: list[list[np.ndarray]] = [[] for _ in ranges]
+    for r, idx in iter_bootstrap_indices(ranges, resamples, seed, rows):
+        per_range[r].append(batched_fid(f, idx, ref, z))
+    return np.mean([np.concatenate(p) for p in per_range], axis=0)
 
 
 def fid_per_range(features: np.ndarray, ref: RefSqrt, ranges: Sequence[tuple[int, int]]) -> np.ndarray:

@@ -259,6 +259,19 @@ def _ranges(n: int, seed_ranges) -> list[tuple[int, int]]:
     return out
 
 
+_PRC_BYTES = 1 << 26  # one block of precision/recall distances (float32): 64 MiB
+
+
+def prc_rows(n: int) -> int:
+    """Rows of each block of k-NN distances in precision/recall (torch-fidelity's ``prc_batch_size``).
+
+    torch-fidelity (``save_cpu_ram``) holds a (rows, n) block of distances to all ``n`` features at
+    once, twice while it concatenates: with its default 10,000 rows that is 2 GB at FID-50K and grows
+    with n. Capping a block at ``_PRC_BYTES`` keeps it flat; up to 1,677 images (the default 1,000
+    included) the rows stay torch-fidelity's 10,000, so those scores are unchanged."""
+    return min(10_000, max(1, _PRC_BYTES // (4 * int(n))))
+
+
 def _one_range(
     feats: dict, ref: ReferenceStats, spec: ExtractorSpec, *, kid: bool, prc: bool, isc: bool, tf_kw: dict
 ) -> dict:
@@ -275,7 +288,8 @@ def _one_range(
             kid_subset_size=size,
         )
     if prc:  # torch-fidelity convention: input1 = generated, input2 = real
-        m = prc_featuresdict_to_metric(feats, real, spec.feature_layer, **tf_kw)
+        rows = prc_rows(max(f.shape[0], ref.n))
+        m = prc_featuresdict_to_metric(feats, real, spec.feature_layer, prc_batch_size=rows, **tf_kw)
         out.update(precision=m[torch_fidelity.KEY_METRIC_PRECISION], recall=m[torch_fidelity.KEY_METRIC_RECALL])
     if isc:
         m = isc_featuresdict_to_metric(feats, spec.logits_layer, **tf_kw)
