@@ -224,6 +224,7 @@ def calibrated_runs(hydra_app, fast_overrides_for, tmp_path_factory):
         overrides = [
             *fast_overrides_for(root),
             "run.stages=[train,sample]",
+            "sample.match=blocks",  # the calibration target is the budget in block passes
             f"sample.adaptive.calibration_images={CAL_IMAGES}",
             *over,
             f"hydra.run.dir={root / name}",
@@ -360,6 +361,7 @@ def test_killed_schedule_search_resumes_to_the_same_total(tmp_path, offline_env,
         "sweep=schedule_search",
         "hydra.sweeper.n_trials=3",
         "sample.budget=60",
+        "sample.match=blocks",  # every searched step count (4..20) plans at 60 blocks; in FLOPs 17..20 do not
         "sample.num_images=32",
         "sample.batch_size=32",
         "train.budget.value=20",

@@ -11,6 +11,7 @@ from harness.compute.plan import (
     BudgetError,
     SamplingPlan,
     dit_flops_budget,
+    dit_flops_target,
     plan_dit,
     plan_fpdm,
     plan_fpdm_flops,
@@ -175,6 +176,22 @@ def test_flop_matching_against_dit():
         plan_fpdm_flops(budget, 2.08, 1.48, n_explicit=2, steps=100)
     with pytest.raises(BudgetError, match="flops_per_iter > 0"):
         plan_fpdm_flops(budget, 2.08, 0, n_explicit=2, steps=10)
+
+
+def test_dit_flops_target_is_whole_steps_or_pro_rata():
+    """What DiT spends on a budget: 60 blocks at depth 6 = 10 forwards (an exact int); 20 blocks = 3 1/3
+    forwards of 10,207,232 = 34,024,106.67 (an FPDM-only budget still has a FLOP equivalent)."""
+    assert dit_flops_target(60, 6, 10_207_232) == 102_072_320 and isinstance(dit_flops_target(60, 6, 7), int)
+    assert dit_flops_target(20, 6, 10_207_232) == pytest.approx(34_024_106.667, abs=1e-3)
+    assert dit_flops_target(280, 28, 237_000_000_000) == 10 * 237_000_000_000
+    with pytest.raises(BudgetError, match="sample.budget must be >= 1"):
+        dit_flops_target(0, 6, 10)
+
+
+def test_a_flop_plan_carries_its_target():
+    plan = plan_fpdm_flops(280.0, 2.08, 1.48, n_explicit=2, iters=6)
+    assert plan.flops_target == 280.0 and plan.to_dict()["flops_target"] == 280.0
+    assert plan_fpdm(280, 2, iters=6).flops_target is None  # the paper's block count: no FLOP target
 
 
 # ------------------------------------------------------------------ errors

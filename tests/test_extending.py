@@ -25,6 +25,8 @@ hydra:
       sample.budget: 60,120
 model:
   name: fpdm
+sample:
+  iters: 2
 """
 MINE_LAUNCHER = "defaults:\n  - basic\n"  # Hydra's basic launcher under the user's own name
 CLUSTER_LAUNCHER = "defaults:\n  - slurm_cpu\n  - _self_\npartition: mygpu\ntimeout_min: 17\n"
@@ -103,7 +105,9 @@ def test_user_primary_config_via_config_path_and_searchpath(tmp_path, user_dir, 
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     plans = _planned(proc.stdout)
-    assert len(plans) == 2 and all("iters_per_step=2.0" in p for p in plans), plans
+    # iters=2 from the user's primary config: FLOP-matched, 60 and 120 blocks give 12 and 24 steps
+    # (tests/test_flops.py); the default sample.steps=20 would not fit 60 blocks' FLOPs at all
+    assert len(plans) == 2 and sorted(p.split(" steps=")[1].split()[0] for p in plans) == ["12", "24"], plans
     records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/record.json")]
     assert not records  # plan only: no job record
 

@@ -142,3 +142,78 @@ def test_flop_matched_plan_uses_the_same_count_on_both_sides():
     assert plan.total_iters == (budget - plan.steps * E_TINY) // I_TINY
     assert plan.flops_per_image == plan.steps * E_TINY + plan.total_iters * I_TINY <= budget
     assert budget - plan.flops_per_image < I_TINY
+
+
+def test_the_default_match_is_flops_and_budget_60_at_2_iterations_passes():
+    """60 blocks = 10 DiT steps = 102,072,320 FLOPs. At 2 iterations per step FPDM fits
+    floor(102,072,320 / (E + 2 I) = 8,224,768) = 12 steps and floor((102,072,320 - 12 E) / I) = 25
+    iterations: 12 E + 25 I = 100,859,904, 1.19% short, inside the default 2% (the old 1% refused it)."""
+    from harness.compute.plan import flop_match_inputs, sampling_plan
+    from harness.stages.models import build_model
+
+    cfg = _cfg(**{"sample.budget": 60, "sample.iters": 2})
+    assert (cfg.sample.match, cfg.sample.flops_tolerance) == ("flops", 0.02)
+    model = build_model(cfg.model, cfg.train, image_size=8, channels=1, num_classes=10)
+    flops, dit = flop_match_inputs(cfg, model, image_size=8, channels=1, num_classes=10)
+    plan = sampling_plan(cfg, flops=flops, dit_flops_per_forward=dit)
+    assert (plan.steps, plan.total_iters) == (12, 25) and plan.block_passes == 12 * 2 + 25
+    assert plan.flops_per_image == 100_859_904 and plan.flops_target == 10 * DIT_TINY == 102_072_320
+
+
+def test_the_papers_block_count_gives_fpdm_a_fifth_more_flops():
+    """sample.match=blocks (the paper's accounting, Sec. 4.2) at 60 blocks and 2 iterations per step:
+    15 steps of 2 explicit blocks + 2 iterations, 15 (E + 2 I) = 123,371,520 FLOPs against DiT's
+    10 x 10,207,232: 20.9% more, because an iteration costs I / block = 1.28 blocks, not 1."""
+    from harness.compute.plan import sampling_plan
+
+    plan = sampling_plan(_cfg(**{"sample.match": "blocks", "sample.budget": 60, "sample.iters": 2}))
+    assert (plan.steps, plan.block_passes, plan.flops_target) == (15, 60, None)
+    assert 15 * (E_TINY + 2 * I_TINY) == 123_371_520 and round(123_371_520 / (10 * DIT_TINY) - 1, 3) == 0.209
+
+
+def test_an_fpdm_only_budget_off_a_whole_dit_step_is_matched_pro_rata():
+    """23 blocks at depth 6 is 3 5/6 DiT steps: the target is 23 x 10,207,232 / 6 = 39,127,722.67.
+    floor(39,127,722.67 / (E + I) = 6,062,080) = 6 steps, floor((39,127,722.67 - 6 E) / I) = 7
+    iterations: 6 E + 7 I = 38,535,168, 1.51% short."""
+    from harness.compute.plan import sampling_plan
+
+    cfg = _cfg(**{"sample.budget": 23, "sample.iters": 1})
+    plan = sampling_plan(cfg, flops=flop_breakdown_tiny(), dit_flops_per_forward=DIT_TINY)
+    assert plan.flops_target == pytest.approx(23 * DIT_TINY / 6)
+    assert (plan.steps, plan.total_iters, plan.flops_per_image) == (6, 7, 38_535_168)
+
+
+def flop_breakdown_tiny():
+    from harness.compute.flops import FlopBreakdown
+
+    return FlopBreakdown(0, E_TINY, block(16, 64), I_TINY, injection(16, 64))
+
+
+def test_a_flop_matched_fpdm_job_records_its_flops_and_dits(data, tmp_path):
+    """The record's metrics carry both sides of the match (flops_per_image, flops_match_target) and
+    its budget axis is the budget both models are compared at, not the 49 block passes FPDM runs."""
+    from harness.diffusion.spec import diffusion_spec
+    from harness.stages.job import job_axes, plan_for_model
+    from harness.stages.models import build_model
+    from harness.stages.sample import sample_model
+
+    cfg = _cfg(**{"sample.budget": 60, "sample.iters": 2})
+    model = build_model(cfg.model, cfg.train, image_size=8, channels=1, num_classes=data.num_classes)
+    plan = plan_for_model(cfg, model, data)
+    s = sample_model(model, data, diffusion_spec(cfg), cfg, plan, tmp_path, torch.device("cpu"), progress=False)
+    assert (s["flops_per_image"], s["flops_match_target"]) == (100_859_904, 102_072_320)
+    assert s["block_passes_per_image"] == 49
+    assert job_axes(cfg, plan)["budget_blocks"] == 60
+    dit_cfg = _cfg(**{"model.name": "dit", "sample.budget": 60})
+    dit = build_model(dit_cfg.model, dit_cfg.train, image_size=8, channels=1, num_classes=data.num_classes)
+    d = sample_model(
+        dit,
+        data,
+        diffusion_spec(dit_cfg),
+        dit_cfg,
+        plan_for_model(dit_cfg, dit, data),
+        tmp_path / "d",
+        torch.device("cpu"),
+        progress=False,
+    )
+    assert (d["flops_per_image"], d["flops_match_target"]) == (102_072_320, None)

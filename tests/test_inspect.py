@@ -69,8 +69,14 @@ def test_paper_xl2_counts_without_imagenet_on_disk(tmp_path):
     _, dit = inspect_argv(["model=dit", *paper])
     assert fpdm["params"]["total"] == 86_500_256 and dit["params"]["total"] == 674_834_720
     assert (fpdm["model"]["channels"], fpdm["model"]["image_size"], fpdm["model"]["num_classes"]) == (4, 32, 1000)
-    assert fpdm["plan"]["steps"] == 28 and fpdm["plan"]["iters"] == [8] * 28  # 280 / (1 + 8 + 1)
     assert dit["plan"]["steps"] == 10 and dit["plan"]["block_passes"] == 280  # 280 / 28
+    # matched in FLOPs (the default; closed forms of tests/test_flops.py at N = 256, D = 1152): DiT's 10
+    # forwards are 10 x 237,242,843,136; FPDM's explicit part E = 19,034,505,216 and iteration
+    # I = 11,173,625,856 (1.32 blocks) fit floor(2,372,428,431,360 / (E + 8 I)) = 21 steps and
+    # floor((2,372,428,431,360 - 21 E) / I) = 176 iterations, 8 each and the 8 spare on the first steps
+    assert fpdm["plan"]["steps"] == 21 and fpdm["plan"]["iters"] == [9] * 8 + [8] * 13
+    _, blocks = inspect_argv(["model=fpdm", *paper, "sample.iters=8", "sample.match=blocks"])
+    assert blocks["plan"]["steps"] == 28 and blocks["plan"]["iters"] == [8] * 28  # the paper's: 280 / (1 + 8 + 1)
 
 
 @pytest.mark.parametrize("model", MODELS)

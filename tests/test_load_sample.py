@@ -53,6 +53,7 @@ def test_sample_cli_writes_the_requested_images_and_a_grid(trained, offline_env,
         "sample.num_images=64",
         "sample.budget=20",
         "sample.steps=5",
+        "sample.match=blocks",  # a toy budget: in FLOPs 5 steps fall 4.6% short of DiT's 3 1/3 forwards
         "run.progress=false",
         "run.threads=1",
         f"out={out}",

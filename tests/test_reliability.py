@@ -298,6 +298,7 @@ def test_the_optuna_sweeper_tells_failed_jobs_as_FAIL(tmp_path, hydra_app, fast_
             "hydra.sweeper.n_trials=2",
             "hydra.sweeper.max_failure_rate=1.0",
             "sample.budget=12",
+            "sample.match=blocks",  # a toy budget every sampled iters can plan (tests/test_app.py)
             "train.lr=1e6",
         ],
         multirun=True,

@@ -68,10 +68,11 @@ def test_identical_integer_plans_share_one_sample_key():
     from hydra import compose, initialize_config_module
 
     import harness.config  # noqa: F401
-    from harness.compute.plan import plan_from_sample_config
+    from harness.compute.plan import plan_from_sample_config, sampling_plan
     from harness.stages.cache import stage_keys
+    from harness.stages.meta_flops import sampling_flop_inputs
 
-    def key_and_plan(schedule, budget=60):
+    def key_and_plan(schedule, budget=60, match="blocks"):
         with initialize_config_module("harness.config", version_base="1.3"):
             cfg = compose(
                 "config",
@@ -80,8 +81,11 @@ def test_identical_integer_plans_share_one_sample_key():
                     "model=fpdm",
                     f"sample.budget={budget}",
                     f"sample.schedule={schedule}",
+                    f"sample.match={match}",
                 ],
             )
+        if match == "flops":  # the plan measured FLOPs give, as the job plans it
+            return stage_keys(cfg).sample, sampling_plan(cfg, **sampling_flop_inputs(cfg)).iters
         plan = plan_from_sample_config("fpdm", budget, 2, iters=2, schedule=schedule, ratio=[0.5, 1.5])
         return stage_keys(cfg).sample, plan.iters
 
@@ -89,3 +93,11 @@ def test_identical_integer_plans_share_one_sample_key():
     assert p_inc == p_cos and k_inc == k_cos  # same plan -> same artifact
     assert p_inc != p_dec and k_inc != k_dec
     assert key_and_plan("increasing", 120)[0] != k_inc
+    # matched in FLOPs (the default): 12 steps and 25 iterations at 60 blocks, where constant and
+    # decreasing both give the spare iteration to the first step
+    (k_con, p_con), (k_fdec, p_fdec), (k_finc, p_finc) = (
+        key_and_plan(s, match="flops") for s in ("constant", "decreasing", "increasing")
+    )
+    assert p_con == p_fdec == (3,) + (2,) * 11 and k_con == k_fdec
+    assert p_finc != p_con and k_finc != k_con
+    assert k_con != key_and_plan("constant")[0]  # a block plan is another artifact

@@ -17,10 +17,13 @@ Policies (decided here, tested in tests/test_budget.py):
     spends exactly ``B`` block passes. The mean count ``k_mean`` is therefore ``>= k``
     (k=1 at 280 blocks: 92 steps of 1 and one of 2, where the paper used 279 blocks).
   * FPDM with ``steps=S``: the share ``B - S * n`` must be ``>= S`` (one iteration per step).
-  * FLOP matching (``plan_fpdm_flops``): the same, with measured FLOPs in place of block
-    counts: the plan with the largest total FLOPs not exceeding the budget. It exists because
-    the paper's block count ignores the injection MLP (about 0.48 block per iteration at XL,
-    docs/paper-notes.md §8.4).
+  * FLOP matching (``plan_fpdm_flops``, ``sample.match=flops``, the default): the same, with
+    measured FLOPs in place of block counts: the plan with the largest total FLOPs not exceeding
+    what DiT spends on ``B`` block passes (``B / depth`` forwards, pro rata when ``B`` is not a
+    whole number of DiT steps). The block count (``sample.match=blocks``) is the paper's
+    accounting (Sec. 4.2): it charges an iteration as one block, but one costs about 1.28 blocks
+    at the tiny preset and 1.32 at XL/2 (the injection MLP, docs/paper-notes.md §8.4), so a
+    block-matched FPDM spends about a fifth more FLOPs per image than its DiT.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ __all__ = [
     "plan_fpdm_flops",
     "plan_from_sample_config",
     "dit_flops_budget",
+    "dit_flops_target",
     "sampling_block_passes",
     "MODEL_KINDS",
     "sampling_plan",
@@ -71,7 +75,8 @@ class SamplingPlan:
     """Per-image sampling plan; every tuple is in sampling order (index 0 = noisiest step).
 
     For DiT ``iters`` is all zeros (no fixed point layer) and ``n_explicit`` is the depth.
-    ``flops_per_image`` is set only by the FLOP-matched planner.
+    ``flops_per_image`` (what the plan spends) and ``flops_target`` (what DiT spends on the same
+    budget, the other side of the match) are set only by the FLOP-matched planner.
     """
 
     model: str
@@ -82,6 +87,7 @@ class SamplingPlan:
     n_explicit: int
     schedule: str = "constant"
     flops_per_image: float | None = None
+    flops_target: float | None = None
 
     def __post_init__(self) -> None:
         # the bookkeeping invariant of design.md: block passes = n_explicit + iters per step
@@ -141,7 +147,12 @@ def _nearest_multiples(budget: int, unit: int) -> str:
 
 
 def _make_plan(
-    model: str, iters: Sequence[int], n_explicit: int, schedule: str, flops: float | None = None
+    model: str,
+    iters: Sequence[int],
+    n_explicit: int,
+    schedule: str,
+    flops: float | None = None,
+    target: float | None = None,
 ) -> SamplingPlan:
     iters = tuple(int(k) for k in iters)
     per_step = tuple(n_explicit + k for k in iters)
@@ -154,6 +165,7 @@ def _make_plan(
         n_explicit=n_explicit,
         schedule=schedule,
         flops_per_image=flops,
+        flops_target=target,
     )
 
 
@@ -242,6 +254,15 @@ def dit_flops_budget(steps: int, flops_per_forward: float) -> float:
     return _int(steps, KEY_STEPS, 1) * flops_per_forward
 
 
+def dit_flops_target(budget_blocks: int, depth: int, flops_per_forward: int) -> int | float:
+    """What DiT spends on ``budget_blocks`` block passes per image: ``budget / depth`` forwards,
+    an exact integer when the budget is a whole number of DiT steps, else pro rata (a float), so
+    an FPDM-only budget such as 20 blocks at depth 6 still has a FLOP equivalent."""
+    budget, depth = _int(budget_blocks, KEY_BUDGET, 1), _int(depth, "depth", 1)
+    whole, rest = divmod(budget * flops_per_forward, depth)
+    return whole if rest == 0 else budget * flops_per_forward / depth
+
+
 def plan_fpdm_flops(
     flops_budget: float,
     flops_explicit_per_step: float,
@@ -280,18 +301,18 @@ def plan_fpdm_flops(
         steps = _largest_fitting(lambda s: cost(s, s * k) <= F, _floor_div(F, E + k * I))
         if steps == 0:
             raise BudgetError(
-                f"FLOP budget {F:.4g} is below one step at {KEY_ITERS}={k} "
-                f"({E + k * I:.4g} FLOPs); raise it or lower {KEY_ITERS}"
+                f"the FLOP budget {F:.4g} is below one step at {KEY_ITERS}={k} "
+                f"({E + k * I:.4g} FLOPs); raise {KEY_BUDGET} or lower {KEY_ITERS}"
             )
     total = _largest_fitting(lambda t: cost(steps, t) <= F, _floor_div(F - steps * E, I))
     if total < steps:
         raise BudgetError(
-            f"FLOP budget {F:.4g} cannot run {KEY_STEPS}={steps} with >= 1 iteration per step "
-            f"(needs {cost(steps, steps):.4g}); lower {KEY_STEPS} to <= "
+            f"the FLOP budget {F:.4g} cannot run {KEY_STEPS}={steps} with >= 1 iteration per step "
+            f"(needs {cost(steps, steps):.4g}); raise {KEY_BUDGET} or lower {KEY_STEPS} to <= "
             f"{_largest_fitting(lambda s: cost(s, s) <= F, _floor_div(F, E + I))}"
         )
     plan_iters = _schedule(total, steps, schedule, ratio, values)
-    return _make_plan("fpdm", plan_iters, n, schedule, flops=cost(steps, total))
+    return _make_plan("fpdm", plan_iters, n, schedule, flops=cost(steps, total), target=F)
 
 
 def _floor_div(a: float, b: float) -> int:
@@ -428,16 +449,16 @@ def sampling_plan(
 
 
 def _flop_matched_plan(cfg, n: int, steps, iters, values, flops, dit_flops: int) -> SamplingPlan:
-    """The FPDM plan spending the most FLOPs not above what DiT spends on ``sample.budget`` blocks.
-    Its shortfall is under one fixed point iteration; above ``sample.flops_tolerance`` (relative)
-    it is refused with how close it gets and the nearest larger budget that is within tolerance."""
+    """The FPDM plan spending the most FLOPs not above what DiT spends on ``sample.budget`` blocks
+    (``dit_flops_target``). Its shortfall is under one fixed point iteration; above
+    ``sample.flops_tolerance`` (relative) it is refused with how close it gets and the nearest
+    larger budget within tolerance (a whole number of DiT steps when ``sample.budget`` is one)."""
     sc = cfg.sample
     depth = _arch(cfg).depth
 
-    def plan_at(budget: int) -> tuple[int, SamplingPlan]:
-        target = plan_from_sample_config("dit", budget, depth).steps * dit_flops
-        return target, plan_fpdm_flops(
-            target,
+    def plan_at(budget: int) -> SamplingPlan:
+        return plan_fpdm_flops(
+            dit_flops_target(budget, depth, dit_flops),
             flops.explicit_per_forward,
             flops.per_iteration,
             n_explicit=n,
@@ -448,29 +469,41 @@ def _flop_matched_plan(cfg, n: int, steps, iters, values, flops, dit_flops: int)
             values=values,
         )
 
-    def shortfall(target: int, plan: SamplingPlan) -> float:
-        return 1.0 - plan.flops_per_image / target
+    def shortfall(plan: SamplingPlan) -> float:
+        return 1.0 - plan.flops_per_image / plan.flops_target
 
-    target, plan = plan_at(sc.budget)
-    gap = shortfall(target, plan)
+    where = f"sample.match=flops at sample.budget={sc.budget}"
+    try:
+        plan = plan_at(sc.budget)
+    except BudgetError as exc:  # the budget's FLOPs do not fit the steps / iterations asked for
+        better = _larger_budget(plan_at, shortfall, sc.budget, depth, sc.flops_tolerance)
+        hint = f" (sample.budget={better} fits)" if better else ""
+        raise BudgetError(f"{where}: {exc}{hint}") from None
+    gap = shortfall(plan)
     if gap <= sc.flops_tolerance:
         return plan
-    better = None
-    for budget in range(sc.budget + depth, 8 * sc.budget + 1, depth):
-        try:
-            if shortfall(*plan_at(budget)) <= sc.flops_tolerance:
-                better = budget
-                break
-        except BudgetError:
-            continue
+    better = _larger_budget(plan_at, shortfall, sc.budget, depth, sc.flops_tolerance)
     hint = f"sample.budget={better} is within it" if better else "a larger sample.budget shrinks it"
     raise BudgetError(
-        f"sample.match=flops at sample.budget={sc.budget}: the closest FPDM plan ({plan.steps} steps, "
-        f"{plan.total_iters} iterations) spends {int(plan.flops_per_image):,} FLOPs per image, {gap:.2%} below "
-        f"DiT's {target:,}, more than sample.flops_tolerance={sc.flops_tolerance}; the gap is under one "
-        f"iteration ({flops.per_iteration:,} FLOPs): move sample.budget ({hint}), sample.iters or "
-        f"sample.steps, or raise sample.flops_tolerance"
+        f"{where}: the closest FPDM plan ({plan.steps} steps, {plan.total_iters} iterations) spends "
+        f"{int(plan.flops_per_image):,} FLOPs per image, {gap:.2%} below DiT's {plan.flops_target:,.0f}, more than "
+        f"sample.flops_tolerance={sc.flops_tolerance}; the gap is under one iteration ({flops.per_iteration:,} "
+        f"FLOPs): move sample.budget ({hint}), sample.iters or sample.steps, raise sample.flops_tolerance, "
+        f"or count blocks (sample.match=blocks)"
     )
+
+
+def _larger_budget(plan_at, shortfall, budget: int, depth: int, tolerance: float) -> int | None:
+    """The smallest budget above ``budget`` (up to 8x) whose FLOP-matched plan exists and is within
+    ``tolerance``; a whole number of DiT steps when ``budget`` is one, so the hint stays comparable."""
+    stride = depth if budget % depth == 0 else 1
+    for candidate in range(budget + stride, 8 * budget + 1, stride):
+        try:
+            if shortfall(plan_at(candidate)) <= tolerance:
+                return candidate
+        except BudgetError:
+            continue
+    return None
 
 
 def flop_match_inputs(

@@ -228,12 +228,24 @@ def _train(cfg) -> None:
 
 @check
 def _train_compute_budget(cfg) -> None:
-    """A compute budget the run would miss by more than its tolerance, before training."""
+    """A compute or FLOP budget the run would miss by more than its tolerance, before training
+    (FLOPs counted on a shape-only copy of the model, as the run counts the real one)."""
     from harness.compute.train_compute import check_compute_budget
 
-    if cfg.train.budget.unit != "compute" or (cfg.model.name == "dit_diffusers" and cfg.model.pretrained_path):
+    unit = cfg.train.budget.unit
+    if unit not in ("compute", "flops") or uses_pretrained_weights(cfg.model):
         return
-    problem = check_compute_budget(cfg)
+    flops = None
+    if unit == "flops":
+        from harness.stages.meta_flops import meta_breakdown
+
+        flops = meta_breakdown(cfg)
+        if flops is None:
+            return  # the data check names the unreadable data
+    try:
+        problem = check_compute_budget(cfg, flops)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if problem:
         raise ConfigError(problem)
 
@@ -271,7 +283,9 @@ def _sample(cfg) -> None:
         return  # the depth is known once the weights are loaded
     if not 0.0 <= s.flops_tolerance < 1.0:
         raise ConfigError(f"sample.flops_tolerance={s.flops_tolerance} must be in [0, 1)")
-    flops = _flop_match_on_meta(cfg)
+    from harness.stages.meta_flops import sampling_flop_inputs
+
+    flops = sampling_flop_inputs(cfg)  # sample.match=flops: both sides counted on a shape-only model
     if flops is None:
         return  # the data check below names the data problem
     try:
@@ -319,28 +333,6 @@ def _calibrated_schedule(cfg, plan) -> None:
             f"sample.adaptive.tol_min={a.tol_min} and tol_max={a.tol_max} must satisfy 0 < tol_min < tol_max"
         )
     target_iters(plan.block_passes, plan.steps, plan.n_explicit, int(a.max_iters_per_step))
-
-
-def _flop_match_on_meta(cfg) -> dict | None:
-    """FLOP counts for a ``sample.match=flops`` plan, from a shape-only model (nothing allocated),
-    counted as the run counts them; None when the data's shape cannot be read."""
-    if not (cfg.sample.match == "flops" and cfg.model.name == "fpdm" and cfg.sample.budget is not None):
-        return {}
-    import torch
-
-    from harness.compute.plan import flop_match_inputs
-    from harness.data.shape import input_shape
-    from harness.stages.models import build_model
-
-    try:
-        shape = input_shape(cfg.data)
-        channels, size, classes = shape.channels, shape.image_size, shape.num_classes
-    except Exception:  # noqa: BLE001 - a missing or unreadable data set is reported by the data check
-        return None
-    with torch.device("meta"):
-        model = build_model(cfg.model, cfg.train, image_size=size, channels=channels, num_classes=classes)
-    flops, dit = flop_match_inputs(cfg, model, image_size=size, channels=channels, num_classes=classes)
-    return {"flops": flops, "dit_flops_per_forward": dit}
 
 
 @check

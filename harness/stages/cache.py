@@ -131,17 +131,24 @@ def _key_by_plan(cfg, sample: dict) -> None:
     2 iterations per step) share one artifact, so a sweep samples that plan once and the report
     shows one row naming both (``reports.merge``)."""
     from harness.compute.plan import BudgetError, sampling_plan
+    from harness.stages.meta_flops import sampling_flop_inputs
 
     if cfg.sample.schedule in ("adaptive", "greedy"):
         from harness.compute.adaptive import CALIBRATION_VERSION
 
         sample["calibration"] = CALIBRATION_VERSION  # what the calibration decides: recalibrated, resampled
         return  # decided by a calibration run, not by the nominal plan: keyed by the settings
+    flops = sampling_flop_inputs(cfg)  # sample.match=flops: the plan the measured FLOPs give
+    if flops is None:
+        return  # the data's shape is unreadable: the job fails on its data with its own message
     try:
-        planned = sampling_plan(cfg)
+        planned = sampling_plan(cfg, **flops)
     except (BudgetError, ValueError):
         return  # an infeasible budget fails later with its own message; keep the plain key
-    for k in ("budget", "steps", "iters", "schedule", "schedule_values", "ratio"):
+    # a block plan spends its budget exactly; a FLOP plan may be the plan of several budgets, whose
+    # DiT targets (recorded with the samples) differ, so its key keeps the budget
+    dropped = ("steps", "iters", "schedule", "schedule_values", "ratio")
+    for k in (*dropped, "budget") if cfg.sample.match == "blocks" else dropped:
         sample.pop(k, None)
     sample["plan_iters"] = list(planned.iters)
 
@@ -183,7 +190,7 @@ def stage_keys(cfg: DictConfig) -> StageKeys:
             sample.pop(k, None)
         if cfg.sample.budget is not None:
             sample.pop("steps", None)
-    if cfg.model.name == "fpdm" and cfg.sample.match == "blocks":
+    if cfg.model.name == "fpdm":
         _key_by_plan(cfg, sample)
     # the FLOP counting convention decides a FLOP-matched plan and the FLOP figures cached with samples
     from harness.compute.flops import FLOP_COUNT_VERSION

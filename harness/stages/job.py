@@ -60,7 +60,9 @@ def job_axes(cfg: DictConfig, plan: SamplingPlan | None = None) -> dict:
         "preset": cfg.model.preset,
         "data": cfg.data.name,
         "sampler": cfg.sample.sampler,
-        "budget_blocks": plan.block_passes if plan is not None else cfg.sample.budget,
+        # the budget a job is compared at: a FLOP-matched FPDM plan runs fewer block passes
+        # (block_passes_per_image), each iteration costing more than a block
+        "budget_blocks": cfg.sample.budget if cfg.sample.budget is not None or plan is None else plan.block_passes,
         "steps": plan.steps if plan is not None else cfg.sample.steps,
         "iters_per_step": (plan.k_mean if plan is not None else cfg.sample.iters) if fpdm else None,
         "schedule": cfg.sample.schedule if fpdm else None,
@@ -274,7 +276,10 @@ def _plan_only(cfg, cache: ArtifactCache, result: JobResult) -> JobResult:
         result.stage_status["selection_sample"] = cache.status("sample", sample_key)
         result.stage_status["selection_evaluate"] = cache.status("select", score_key)
     if not uses_pretrained_weights(cfg.model):
-        result.axes = job_axes(cfg, sampling_plan(cfg))
+        from harness.stages.meta_flops import sampling_flop_inputs
+
+        flops = sampling_flop_inputs(cfg)  # sample.match=flops: both sides counted on a shape-only model
+        result.axes = job_axes(cfg, None if flops is None else sampling_plan(cfg, **flops))
     return result
 
 

@@ -374,6 +374,8 @@ def _cost_summary(model, image_size: int, plan, steps: _StepStats, implicit: boo
         "block_passes_per_image": passes * guidance,
         "flops_planned": planned_flops,
         "flops_per_image": flops * guidance,
+        # sample.match=flops: what DiT spends on the same budget, the other side of the match (else null)
+        "flops_match_target": None if plan.flops_target is None else plan.flops_target * guidance,
         "flops_per_forward": breakdown.per_forward,
         "flops_block": breakdown.block,
         "flops_injection_per_iter": breakdown.injection_per_iteration,

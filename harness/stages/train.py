@@ -9,8 +9,8 @@ from generators seeded by ``(train.seed, step)`` and drawn over the *global* bat
   gradients, which reproduces one process at the same global batch within float tolerance.
 Compute is counted as it is spent: block passes per image per step are ``depth`` for DiT and
 ``n_pre + (iterations drawn) + n_post`` for FPDM (S-JFB draws a random number each step), and
-forward-equivalents (backward and recompute included, harness/train_compute.py) from the counts
-the training mode reports after backward.
+forward-equivalents and FLOPs (backward and recompute included, harness/compute/train_compute.py)
+from the counts the training mode reports after backward.
 """
 
 from __future__ import annotations
@@ -27,8 +27,15 @@ import torch
 from torch import nn
 
 from fpdm.model import SolveTrace
+from harness.compute.flops import flop_breakdown
 from harness.compute.memory import cuda_peak, training_memory_breakdown
-from harness.compute.train_compute import BUDGET_UNITS, model_step_compute, step_generator
+from harness.compute.train_compute import (
+    BUDGET_UNITS,
+    model_step_compute,
+    model_step_flops,
+    require_priced_recompute,
+    step_generator,
+)
 from harness.runtime.compile import set_compiled
 from harness.runtime.distributed import DistInfo, all_reduce_values, barrier, broadcast_module_, data_parallel
 from harness.runtime.io import atomic_write, atomic_write_json
@@ -67,6 +74,7 @@ class TrainState:
     step: int = 0
     block_passes: int = 0  # forward block passes per image, summed over steps
     compute: int = 0  # forward-equivalents per image (backward 2, recompute 1, VJP 2), summed over steps
+    flops: float = 0  # training FLOPs per image (the same weights on measured FLOPs), summed over steps
     images: int = 0
     elapsed_s: float = 0.0
     losses: list = field(default_factory=list)
@@ -116,6 +124,7 @@ def _budget_reached(budget, state: TrainState) -> bool:
         "seconds": state.elapsed_s,
         "block_passes": state.block_passes,
         "compute": state.compute,
+        "flops": state.flops,
     }[budget.unit]
     return spent >= budget.value
 
@@ -143,6 +152,9 @@ def _train(model, data, spec, cfg, work_dir, device, info: DistInfo, progress: b
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     X, Y = _load_dataset_tensors(data.train)
+    flops = flop_breakdown(model, data.image_size)  # measured once, on meta copies, before any compile
+    if tc.budget.unit == "flops":  # a budget never reached must fail now (the config check says so first)
+        require_priced_recompute(flops, bool(model.grad_checkpointing))
     run = _prepare(model, tc, work_dir, device, info)
     log = _TrainLog(work_dir / "train_log.jsonl", tc, run.state, f"train {cfg.model.name}", progress and info.is_main)
     peaks: dict = {}
@@ -150,7 +162,7 @@ def _train(model, data, spec, cfg, work_dir, device, info: DistInfo, progress: b
         while not _budget_reached(tc.budget, run.state):
             t0 = time.perf_counter()
             local_values, trace = _train_step(run, _step_batch(X, Y, spec, cfg, run.state.step, info, device), spec)
-            _account(run.state, run.model, trace, tc.batch_size, time.perf_counter() - t0)
+            _account(run.state, run.model, trace, flops, tc.batch_size, time.perf_counter() - t0)
             # the logged loss is the global-batch mean (each rank holds the mean of its equal slice)
             log.step(run.state, all_reduce_values(local_values, info), info)
             signum = signals.poll(info)
@@ -225,7 +237,8 @@ def _prepare(model: nn.Module, tc, work_dir: Path, device: torch.device, info: D
         ema.load_state_dict(blob["ema"])
         run.opt.load_state_dict(blob["optimizer"])
         restore_rng_states(blob["rng"])
-        run.state = TrainState(**blob["state"])
+        # a checkpoint written before the FLOP counter existed: its FLOPs so far are unknown (NaN), not 0
+        run.state = TrainState(**{"flops": math.nan, **blob["state"]})
     broadcast_module_(ema, info)  # every rank starts from rank 0's weights (DDP's constructor: the model's)
     run.forward = data_parallel(model, info)
     return run
@@ -298,11 +311,12 @@ def _train_step(run: _Run, b: _Batch, spec) -> tuple[list[float], SolveTrace]:
     return local_values, trace
 
 
-def _account(state: TrainState, model: nn.Module, trace: SolveTrace, batch_size: int, seconds: float) -> None:
-    """Count the step as spent: block passes and forward-equivalents per image from its trace."""
+def _account(state: TrainState, model: nn.Module, trace: SolveTrace, flops, batch_size: int, seconds: float) -> None:
+    """Count the step as spent: block passes, forward-equivalents and FLOPs per image from its trace."""
     state.step += 1
     state.block_passes += trace.block_passes
     state.compute += model_step_compute(model, trace)
+    state.flops += model_step_flops(model, trace, flops)
     state.images += batch_size
     state.elapsed_s += seconds
 
@@ -342,6 +356,7 @@ class _TrainLog:
                 "images_per_s": self.window_images / max(now - self.window_t, 1e-9),
                 "block_passes": state.block_passes,
                 "compute_fwd_equiv": state.compute,
+                "flops_per_image": state.flops,
                 "elapsed_s": state.elapsed_s,
             }
             with open(self.path, "a") as fh:
@@ -358,6 +373,8 @@ def _summary(state: TrainState, tc, info: DistInfo) -> dict:
         "train_steps": state.step,
         "train_block_passes_per_image": state.block_passes,
         "train_compute_fwd_equiv": state.compute,
+        "train_flops_per_image": state.flops,  # forward + backward (+ recompute, VJPs), summed over steps
+        "train_flops": state.flops * tc.batch_size,  # the whole run: every image of every (global) batch
         "train_images": state.images,
         "train_time_s": state.elapsed_s,
         "train_images_per_s": state.images / state.elapsed_s if state.elapsed_s else math.nan,
