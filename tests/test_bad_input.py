@@ -76,6 +76,7 @@ BAD = [
     (["-m", "model=dit,fpdm", "sample.budget=61"], "sample.budget=61"),
     (["model.pre_depth=3", "model.post_depth=3"], "model.pre_depth + model.post_depth"),  # deeper than the preset
     (["solver=newton"], "newton does not exist; valid solver options"),  # unknown names
+    (["model=dit", "sample.sampler=heun", "sample.budget=60"], "must be odd: use 9 or 11"),  # 10 evaluations
     (["sample.schedule=zigzag"], "sample.schedule='zigzag'"),
     # issue 15: adaptive / greedy / searched schedules, refused before any calibration or sampling
     (["sample.schedule=adaptive", "sample.budget=8", "sample.steps=5"], "cannot run sample.steps=5"),

@@ -235,3 +235,22 @@ def test_released_diffusers_weights_are_counted_from_their_config_alone(tmp_path
     )
     assert info["params"]["total"] == expected
     assert info["model"]["architecture"]["depth"] == 2 and info["model"]["image_size"] == 8
+
+
+def test_the_plan_names_its_accounting_and_counts_guidance_twice(capsys):
+    """FLOP-matched: the ratio to DiT's target is printed; with cfg_scale != 1 an image costs the
+    conditional and the unconditional forward: twice the plan's passes and FLOPs."""
+    base = ["sample.budget=60", "sample.iters=2", "inspect.format=json"]
+    _, plain = inspect_argv(base)
+    _, guided = inspect_argv([*base, "sample.cfg_scale=1.5"])
+    p, g = plain["plan"], guided["plan"]
+    assert p["accounting"] == "flops" and p["guidance_forwards"] == 1 and g["guidance_forwards"] == 2
+    assert p["flops_to_dit"] == pytest.approx(plain["flops"]["sampling_per_image"] / p["dit_flops_target"])
+    assert 0.98 <= p["flops_to_dit"] <= 1.0  # within sample.flops_tolerance, never above DiT
+    assert g["block_passes_per_image"] == 2 * p["block_passes"] == 2 * g["block_passes"]
+    assert g["flops_per_image"] == 2 * plain["flops"]["sampling_per_image"]
+    _, blocks = inspect_argv(["sample.budget=60", "sample.iters=2", "sample.match=blocks"])
+    assert blocks["plan"]["accounting"] == "blocks" and blocks["plan"]["dit_flops_target"] is None
+    assert main(["sample.budget=60", "sample.iters=2", "sample.cfg_scale=1.5"]) == 0
+    text = capsys.readouterr().out
+    assert "accounting: measured FLOPs" in text and "guidance: cfg_scale != 1 runs the conditional" in text

@@ -110,11 +110,48 @@ def inspect_config(cfg: DictConfig) -> dict:
         },
         "memory": _memory(cfg, model, size, (shape.channels, size), params["total"]),
     }
+    out["plan"].update(_accounting(cfg, plan, out["flops"]["sampling_per_image"]))
     if calibration is not None:
         out["plan"]["calibration"] = calibration
     if getattr(model, "param_count_note", None):
         out["params"]["note"] = model.param_count_note
     return out
+
+
+def _accounting(cfg, plan, sampling_per_image: float) -> dict:
+    """How the plan's compute is counted: the match (measured FLOPs, or the paper's block count,
+    Sec. 4.2) with DiT's target and the ratio to it, and what classifier-free guidance adds: with
+    ``sample.cfg_scale != 1`` every step runs the conditional and the unconditional forward, so an
+    image costs twice the plan's passes and FLOPs, on both models alike (the match is unchanged)."""
+    forwards = 2 if float(cfg.sample.cfg_scale) != 1.0 else 1
+    target = getattr(plan, "flops_target", None)
+    return {
+        "accounting": cfg.sample.match,
+        "dit_flops_target": target,
+        "flops_to_dit": (sampling_per_image / target) if target else None,
+        "guidance_forwards": forwards,
+        "block_passes_per_image": plan.block_passes * forwards,
+        "flops_per_image": sampling_per_image * forwards,
+    }
+
+
+def _accounting_lines(pl: dict) -> list[str]:
+    if pl["dit_flops_target"]:
+        lines = [
+            f"  accounting: measured FLOPs, {pl['flops_to_dit']:.3f} of DiT's {int(pl['dit_flops_target']):,} "
+            "per image on the same budget (sample.match=flops)"
+        ]
+    elif pl["accounting"] == "blocks" and any(pl["iters"]):
+        lines = ["  accounting: the paper's block count (Sec. 4.2): an iteration charged as one block pass"]
+    else:
+        lines = []
+    if pl["guidance_forwards"] == 2:
+        lines.append(
+            f"  guidance: cfg_scale != 1 runs the conditional and unconditional forward every step: "
+            f"{pl['block_passes_per_image']} block passes, {int(pl['flops_per_image']):,} FLOPs per image "
+            "(twice the plan, on both models; the paper's FIDs use no guidance)"
+        )
+    return lines
 
 
 def _timesteps(cfg, steps: int) -> list[int]:
@@ -251,6 +288,7 @@ def _text(info: dict) -> str:
         lines.append(f"  iterations per step (sampling order): {pl['iters']}")
     lines.append(f"  timesteps (noisiest first): {pl['timesteps']}")
     lines.append(f"  block passes per step: {pl['block_passes_per_step']}")
+    lines += _accounting_lines(pl)
     if "calibration" in pl:
         lines.append("  calibration: " + ", ".join(f"{k}={v}" for k, v in pl["calibration"].items()))
     return "\n".join(lines + _memory_lines(info["memory"]))

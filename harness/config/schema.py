@@ -203,7 +203,10 @@ class MetricsConfig:
     # A second feature network scores every sample set too (reports show whether the two rulers
     # agree on each ordering): auto = the registered partner (digits-cnn <-> digits-mlp), null = none.
     second_extractor: Optional[str] = "auto"
-    bootstrap: int = 200  # resamples of the images' features for every FID interval (percentile, 95%)
+    # resamples of the images' features for every FID interval (percentile, 95%) and paired p-value:
+    # a bootstrap p is at least 2/(B+1), so Holm over m comparisons can declare one only when
+    # 2/(B+1) <= 0.05/m; 500 covers the 12-comparison tables of the main job (reports/multiplicity.py)
+    bootstrap: int = 500
     bootstrap_seed: int = 0  # seeds the resampled indices (and the noise floor's splits)
     noise_floor_splits: int = 5  # real-vs-real FIDs averaged into the noise floor
 

@@ -255,6 +255,7 @@ def _sample(cfg) -> None:
     from fpdm.schedules import list_schedules
     from harness.compute.plan import BudgetError, sampling_plan
     from harness.diffusion import list_samplers
+    from harness.diffusion.samplers import get_sampler
 
     s = cfg.sample
     _choice("sample.sampler", s.sampler, list_samplers())
@@ -290,6 +291,7 @@ def _sample(cfg) -> None:
         return  # the data check below names the data problem
     try:
         plan = sampling_plan(cfg, **flops)
+        get_sampler(s.sampler).check_steps(plan.steps)  # e.g. heun: an odd number of model evaluations
         _calibrated_schedule(cfg, plan)
     except (BudgetError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
@@ -383,7 +385,7 @@ def _metrics(cfg) -> None:
     if m.bootstrap < 1:
         raise ConfigError(
             f"metrics.bootstrap={m.bootstrap} must be >= 1: it is the number of bootstrap resamples "
-            "behind every interval; use e.g. metrics.bootstrap=200"
+            "behind every interval; use e.g. metrics.bootstrap=500"
         )
     _positive("metrics.noise_floor_splits", m.noise_floor_splits, allow_none=False)
     if m.weights and not Path(m.weights).expanduser().is_file():

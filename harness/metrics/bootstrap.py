@@ -100,7 +100,7 @@ def fid_exact(features: np.ndarray, ref: RefSqrt, start: int = 0, end: int | Non
 
 def _check_resamples(resamples: int) -> None:
     if resamples < 1:
-        raise ValueError(f"metrics.bootstrap={resamples} must be >= 1 (e.g. metrics.bootstrap=200)")
+        raise ValueError(f"metrics.bootstrap={resamples} must be >= 1 (e.g. metrics.bootstrap=500)")
 
 
 def bootstrap_indices(ranges: Sequence[tuple[int, int]], resamples: int, seed: int) -> list[np.ndarray]:

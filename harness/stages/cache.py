@@ -196,6 +196,8 @@ def stage_keys(cfg: DictConfig) -> StageKeys:
     from harness.compute.flops import FLOP_COUNT_VERSION
 
     sample["flop_count"] = FLOP_COUNT_VERSION
+    if cfg.diffusion.timestep_spacing == "linspace":  # placed as IDDPM's space_timesteps (harness.diffusion.samplers);
+        sample["respacing"] = "iddpm"  # samples cached under diffusers' rounding differ at some step counts
     sample_key = config_hash("sample", train_key, sample, solver)
     from harness.metrics.choice import extractor_name
 
