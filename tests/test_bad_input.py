@@ -93,7 +93,7 @@ BAD = [
         "sample.knots has 4 knots for 3 steps",
     ),
     (["sample.schedule=adaptive", "sample.adaptive.tol_min=0"], "sample.adaptive.tol_min=0.0"),
-    (["sample.sampler=euler"], "sample.sampler='euler'"),
+    (["sample.sampler=lms"], "sample.sampler='lms'"),
     (["data=imagenet"], "imagenet does not exist; valid data options"),
     (["data.name=imagenet"], "data.name='imagenet'"),
     (["model=unet"], "unet does not exist; valid model options"),

@@ -30,8 +30,8 @@ def test_spec_validation_messages():
     with pytest.raises(ValueError, match="mse_weighting"):
         DiffusionSpec(mse_weighting="nope")
     with pytest.raises(KeyError, match="ddim"):
-        get_sampler("euler")
-    assert set(list_samplers()) >= {"ddpm", "ddim", "dpmpp"}
+        get_sampler("lms")
+    assert set(list_samplers()) >= {"ddpm", "ddim", "dpmpp", "euler", "heun", "unipc"}
 
 
 def test_default_schedule_and_tables_come_from_diffusers():

@@ -121,6 +121,6 @@ def test_a_job_and_its_cache_moved_elsewhere_still_load_and_sample(trained, tmp_
     model, _ = load(moved / "job", cache_dir=moved / "cache")
     reference, _ = load(trained["run"])
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
-    args = ["sample.num_images=4", "sample.budget=20", "sample.steps=5", "run.progress=false", "run.threads=1"]
+    args = ["sample.num_images=4", "sample.budget=20", "sample.steps=5", "sample.match=blocks", "run.progress=false"]
     assert main([str(moved / "job"), *args, f"paths.cache_dir={moved / 'cache'}", f"out={tmp_path / 's'}"]) == 0
     assert (tmp_path / "s" / "samples.npz").is_file()

@@ -3,8 +3,6 @@ settings, cache state and cost, and calls no launcher (harness/app/plan.py)."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from harness.app.plan import varying_keys
@@ -20,7 +18,6 @@ def test_varying_keys_are_the_keys_that_differ_as_typed():
     assert varying_keys([["a=1"]]) == []
 
 
-@pytest.mark.skipif(shutil.which("srun") is not None, reason="checks the plan where Slurm is absent")
 def test_a_plan_under_the_slurm_launcher_submits_nothing_and_writes_nothing(tmp_path, run_cli):
     proc = run_cli(
         ["-m", "sweep=depth", "hydra/launcher=slurm_cpu", "run.plan=true", f"paths.cache_dir={tmp_path / 'cache'}"],

@@ -54,7 +54,7 @@ def test_a_module_that_does_not_import_is_named_in_one_line(tmp_path, monkeypatc
 def test_a_users_sampler_and_schedule_run_through_inspect_and_a_job(user_package, offline_env, fast_overrides):
     env = {**offline_env, "PYTHONPATH": f"{user_package}:{offline_env.get('PYTHONPATH', '')}"}
     plugin = ["run.imports=[my_fpdm_plugins]", "sample.sampler=my_ddim", "sample.schedule=front_loaded"]
-    budget = ["sample.budget=20", "sample.steps=5"]  # 2 explicit blocks + 10 iterations over 5 steps
+    budget = ["sample.budget=20", "sample.steps=5", "sample.match=blocks"]  # 2 explicit blocks + 10 iterations
     proc = subprocess.run(
         [sys.executable, "-m", "harness.inspect", *plugin, *budget, "inspect.format=json"],
         env=env,

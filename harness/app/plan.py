@@ -52,8 +52,8 @@ def _cost(cfg: DictConfig, stage_status: dict, axes: dict, trained_by: int | Non
         parts.append(f"train {budget.value:g} {budget.unit}" if trained_by is None else f"train in job {trained_by}")
     if stage_status.get("sample") != "cached" and "sample" in cfg.run.stages:
         blocks = axes.get("budget_blocks")
-        per_image = f" x {blocks:g} block passes" if isinstance(blocks, (int, float)) else ""
-        parts.append(f"sample {cfg.sample.num_images} images{per_image}")
+        budget = f" at a budget of {blocks:g} blocks ({cfg.sample.match})" if isinstance(blocks, (int, float)) else ""
+        parts.append(f"sample {cfg.sample.num_images} images{budget}")
     return "; ".join(parts) or "nothing (every stage cached)"
 
 
@@ -66,6 +66,7 @@ def plan_lines(jobs: Sequence[Sequence[str]], configs: Sequence[DictConfig]) -> 
         trained_by = first_to_train.setdefault(result.keys.train, i)
         state = _state(result.stage_status)
         cost = _cost(cfg, result.stage_status, result.axes, None if trained_by == i else trained_by)
-        lines.append(f"[plan] job {i}/{len(jobs)}  {_settings(job, keys)}  ->  {state}; cost: {cost}")
-    lines.append(f"[plan] {len(jobs)} job(s); nothing was run or written: drop run.plan=true to run them")
+        steps = f"  steps={result.axes['steps']}" if result.axes.get("steps") is not None else ""
+        lines.append(f"[plan] job {i}/{len(jobs)}  {_settings(job, keys)}{steps}  ->  {state}; cost: {cost}")
+    lines.append(f"{len(jobs)} job(s) planned; nothing was run or written: drop run.plan=true to run them")
     return lines
