@@ -642,3 +642,16 @@ def test_kid_precision_and_recall_have_a_table_and_intervals_share_a_cell(paired
     qhead, qrows = _latex_rows(qtex)
     assert qhead[2:6] == ["FID", "KID", "Precision", "Recall"]
     assert qrows[0][3] == "0.0120 $\\pm$ 0.0020"  # KID 0.012 +/- 0.002: "200" -> two digits
+
+
+def test_the_real_vs_real_line_needs_only_the_matched_value():
+    """Records with the real-vs-real FID at matched sizes but no reference-halves estimate: the
+    report states the matched value (it used to raise KeyError while formatting the halves)."""
+    from reports.conclusions import floor_html
+
+    text = floor_html(
+        "FID-100, digits-cnn; protocol digits: epsilon",
+        {"noise_floor_matched": 0.5, "noise_floor_n": 100, "noise_floor_ref_n": 1000},
+    )
+    assert "sets of 100 and 1,000 images" in text and "give 0.5." in text and "halves" not in text
+    assert "protocol digits" not in text  # the protocol's diffusion part is stated once, at the top
