@@ -113,7 +113,7 @@ def _build(dirs: list[Path], out_dir, title: str, with_figures: bool) -> tuple[P
     tables = build_tables(jobs)
     figures = build_figures(data, protocol_groups(ok)) if with_figures else []
     grids = sample_grids(data)
-    from reports.conclusions import build_significance, csv_frames, section_html
+    from reports.conclusions import build_significance, csv_frames, headline, section_html
 
     significance = build_significance(data)  # paired bootstrap from the features beside the records
 
@@ -146,6 +146,7 @@ def _build(dirs: list[Path], out_dir, title: str, with_figures: bool) -> tuple[P
         sweeps=list(data.roots),
         notes=notes,
         extra_sections=[("significance", "Differences you can believe", section_html(significance))],
+        headline=headline(significance, ok),  # the first sentence, computed from the comparison below it
     )
     html_path = out / "report.html"
     atomic_write(html_path, render_html(content, title=title))

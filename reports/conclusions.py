@@ -20,8 +20,9 @@ import pandas as pd
 
 from reports.accounting import COST_COLUMNS, FLOP_TOLERANCE, accounting_label, budget_text, budgets_text, match_of
 from reports.multiplicity import ALPHA, too_few_resamples
+from reports.render import fmt_interval, fmt_std
 from reports.significance import COMPARISONS, ComparisonResult, compare, job_evidence
-from reports.tables import protocol_groups, value_label
+from reports.tables import best_per_cell, present, protocol_groups, value_label, varies
 
 if TYPE_CHECKING:
     from reports.collect import SweepData
@@ -201,8 +202,9 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
 
 
-def _ci(x: float, ci) -> str:
-    return f"{_fmt(x)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+def _ci(x: float, ci, signed: bool = False) -> str:
+    """The value and its interval to the interval's precision (reports.render.fmt_interval)."""
+    return fmt_interval(x, ci[0], ci[1], signed)
 
 
 def _sides(costs: dict, col: str) -> str:
@@ -252,12 +254,14 @@ def _html_rows(res: ComparisonResult) -> str:
             _sides(r["costs"], "block_passes_per_image"),
             _ci(s["fid_base"], s["ci_base"]),
             _ci(s["fid"], s["ci"]),
-            _ci(s["diff"], s["ci_diff"]),
+            _ci(s["diff"], s["ci_diff"], signed=True),
             f"{_fmt(s['p'])} ({_fmt(s['p_holm'])})",
             _verdict_cell(s),
         ]
         cells += [
-            (_ci(r[x]["diff"], r[x]["ci_diff"]) + f" p {_fmt(r[x]['p_holm'])} {r[x]['verdict']}") if x in r else "—"
+            (_ci(r[x]["diff"], r[x]["ci_diff"], signed=True) + f" p {_fmt(r[x]['p_holm'])} {r[x]['verdict']}")
+            if x in r
+            else "—"
             for x in res.rulers[1:]
         ] + [claim(r, res.rulers)]
         body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
@@ -271,14 +275,18 @@ def floor_html(label: str, f: dict) -> str:
     def val(k: str) -> str:
         return _fmt(f[k]) + (f" ± {_fmt(f[k + '_std'])}" if k + "_std" in f else "")
 
-    where = html.escape(label)
+    where = html.escape(fid_part(label))
     if "noise_floor_matched" in f and "noise_floor_n" in f and "noise_floor_ref_n" in f:
         n, big = int(round(f["noise_floor_n"])), int(round(f["noise_floor_ref_n"]))
-        halves = f" (two halves of the reference, {big // 2:,} images each, give {val('noise_floor_halves')})"
+        halves = (
+            f" (two halves of the reference, {big // 2:,} images each, give {val('noise_floor_halves')})"
+            if "noise_floor_halves" in f
+            else ""
+        )
         return (
             f"<p><b>Real-vs-real FID</b> ({where}): two independent real sample sets of {n:,} and {big:,} "
             f"images, the sizes these FIDs use, give {val('noise_floor_matched')}"
-            f"{halves if 'noise_floor_halves' in f else ''}. It is FID's small-sample bias, extrapolated "
+            f"{halves}. It is FID's small-sample bias, extrapolated "
             "in 1/n from disjoint splits of the reference (Chong &amp; Forsyth 2020): about what a "
             "perfect generator scores here, not a limit on the differences below, which the paired "
             "intervals judge.</p>"
@@ -324,6 +332,19 @@ def _notes(res: ComparisonResult) -> str:
     return f'<p class="muted">{text}</p>'
 
 
+def fid_part(label: str) -> str:
+    """'FID-1k, digits-cnn, vs train split' of a full protocol label (the diffusion protocol after
+    '; ' is stated once at the top of the report)."""
+    return (label or "").split("; ")[0]
+
+
+def _protocol_box(res: ComparisonResult) -> str:
+    """Which FID protocol (short: the full label is at the top) and how each cell's setting was chosen."""
+    bits = [fid_part(res.protocol.get("label") or ""), res.protocol.get("selection") or ""]
+    text = "; ".join(b for b in bits if b)
+    return f'<div class="protocol">{html.escape(text)}</div>' if text else ""
+
+
 def section_html(sig: Significance) -> str:
     parts = [floor_html(label, f) for label, f in sig.floors]
     for res in sig.results:
@@ -338,7 +359,7 @@ def section_html(sig: Significance) -> str:
         parts.append(
             f'<h3 id="s-{res.comparison.name}-{html.escape(res.match)}">{html.escape(res.comparison.title)}, '
             f"{html.escape(accounting_label(res.match))}</h3>"
-            f'<div class="protocol">{html.escape(res.protocol.get("label") or "")}</div>'
+            f"{_protocol_box(res)}"
             f'<p class="conclusion"><b>{html.escape(conclusion(res))}</b></p>'
             f'<p class="muted">{agree}</p>{_notes(res)}{_html_rows(res)}'
         )
@@ -355,3 +376,92 @@ def csv_frames(sig: Significance) -> dict[str, pd.DataFrame]:
             frame(res).assign(protocol=res.protocol.get("label") or "")
         )
     return {k: pd.concat(v, ignore_index=True) for k, v in by.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# the headline: the report's first sentence, computed from the numbers below it
+
+HEADLINE = "fpdm_vs_dit"  # the comparison the benchmark exists for (paper Table 1)
+
+
+def headline(sig: Significance, ok: pd.DataFrame) -> list[str]:
+    """The report's opening: the FPDM-vs-DiT paired difference with its interval and verdict, one
+    sentence per accounting and protocol; without that comparison, the best FID per model with its
+    interval; without models, what the sweep varies."""
+    main = [res for res in sig.results if res.comparison.name == HEADLINE]
+    if main:
+        return [comparison_headline(res, ok) for res in main]
+    best = best_fid_headline(ok)
+    if best:
+        return [best]
+    axes = [a for a in ok.attrs.get("axes", []) if varies(ok, a)]
+    return [f"This sweep varies {', '.join(axes)}: no FID per model to headline."] if axes else []
+
+
+def _where(cell: dict, ok: pd.DataFrame, match: str) -> str:
+    """The row's budget (and any other matched axis that varies); a budget the sweep holds fixed is
+    not in the row's cell, so it is read from the jobs."""
+    if not cell and present(ok, "budget_blocks") and ok["budget_blocks"].dropna().nunique() == 1:
+        cell = {"budget_blocks": ok["budget_blocks"].dropna().iloc[0]}
+    return f" at {cell_text(cell, match)}" if cell else ""
+
+
+def _verdict_words(row: dict, res: ComparisonResult) -> str:
+    return {
+        "better": f"{row['label']} better",
+        "worse": f"{res.baseline} better",
+        "tie": "a tie",
+        "disputed": "the rulers disagree",
+    }[claim(row, res.rulers)]
+
+
+def comparison_headline(res: ComparisonResult, ok: pd.DataFrame) -> str:
+    """E.g. 'FLOP-matched, FPDM − DiT FID (digits-cnn, 95% interval): +0.40 [+0.24, +0.57] at the
+    FLOPs of 120 DiT blocks (DiT better, adjusted p 0.003); both rulers agree; Holm over the 3
+    comparisons of this table, per ruler.'"""
+    ruler = res.rulers[0]
+    acc = accounting_label(res.match)
+    parts = [
+        f"{_ci(r[ruler]['diff'], r[ruler]['ci_diff'], signed=True)}{_where(r['cell'], ok, res.match)} "
+        f"({_verdict_words(r, res)}, adjusted p {_fmt(r[ruler]['p_holm'])})"
+        for r in res.rows
+        if ruler in r
+    ]
+    labels = " / ".join(dict.fromkeys(r["label"] for r in res.rows))
+    disputed = sum(claim(r, res.rulers) == "disputed" for r in res.rows)
+    rulers = (
+        "one ruler"
+        if len(res.rulers) < 2
+        else f"the rulers disagree in {disputed} of {len(res.rows)}"
+        if disputed
+        else ("both rulers agree" if len(res.rulers) == 2 else f"all {len(res.rulers)} rulers agree")
+    )
+    return (
+        f"{acc[:1].upper() + acc[1:]}, {labels} − {res.baseline} FID ({ruler}, 95% interval): "
+        + "; ".join(parts)
+        + f"; {rulers}; {res.family}."
+    )
+
+
+def best_fid_headline(ok: pd.DataFrame) -> str:
+    """'Best FID per model (FID-1k, digits-cnn, vs train split), not a paired comparison: DiT 22.3
+    [19.6, 25.0] at 240 blocks; FPDM 53 [44, 64] at 60 blocks.' (first protocol only)."""
+    groups = [(info, rows) for info, rows in protocol_groups(ok) if present(rows, "model") and present(rows, "fid")]
+    if not groups:
+        return ""
+    info, rows = groups[0]
+    best = best_per_cell(rows, ["model"])
+    if best.empty:
+        return ""
+    match = str(rows["match"].dropna().iloc[0]) if present(rows, "match") else "blocks"
+    items = []
+    for _, b in best.iterrows():
+        name = {"fpdm": "FPDM", "dit": "DiT"}.get(str(b["model"]), str(b["model"]))
+        if present(best, "fid_ci_low") and present(best, "fid_ci_high"):
+            value = fmt_interval(b["fid"], b["fid_ci_low"], b["fid_ci_high"])
+        else:
+            value = fmt_std(b["fid"], b.get("fid std"))
+        budget = f" at {budget_text(b['budget_blocks'], match)}" if present(best, "budget_blocks") else ""
+        items.append(f"{name} {value}{budget}")
+    where = f" ({fid_part(info.get('label') or '')})" if info.get("label") else ""
+    return f"Best FID per model{where}, not a paired comparison: " + "; ".join(items) + "."

@@ -2,9 +2,10 @@
 ``to_markdown``, i.e. tabulate) and LaTeX (booktabs ``\\toprule``/``\\midrule``/``\\bottomrule``,
 through pandas' ``Styler.to_latex``, i.e. jinja2).
 
-Both show the cells the HTML report shows (``render.display_frame``: ``X`` and ``X std`` merged
-into ``mean ± std``, numbers at 4 significant digits), escape record text for their format, and
-depend on the table alone, so two builds give the same bytes.
+Both show the cells the HTML report shows (``render.display_frame``: ``X``, ``X lo``/``X hi`` and
+``X std`` merged into ``value [lo, hi]`` or ``mean ± std``, rounded to that interval or spread;
+headers named for readers with their units, ``render.column_label``), escape record text for their
+format, and depend on the table alone, so two builds give the same bytes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def _pipe_escape(text: str) -> str:
 
 def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub pipe table; numeric columns right-aligned, ``|`` in cells escaped as ``\\|``."""
-    disp, numeric = display_frame(frame)
+    disp, numeric = display_frame(frame, labelled=True)
     disp = disp.map(_pipe_escape)
     disp.columns = [_pipe_escape(c) for c in disp.columns]
     if disp.empty and not len(disp.columns):
@@ -34,10 +35,13 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def latex_table(frame: pd.DataFrame, caption: str | None = None, label: str | None = None) -> str:
     """A booktabs ``tabular`` (in a ``table`` float when ``caption`` is given); ``±`` as ``$\\pm$``.
+    The caption says what the brackets and ``±`` mean when the table has them.
 
     Needs ``\\usepackage{booktabs}`` in the document."""
-    disp, numeric = display_frame(frame)
+    disp, numeric = display_frame(frame, labelled=True)
     styler = disp.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+    if caption:
+        caption = " ".join([caption, *interval_notes(frame)])
     tex = styler.to_latex(
         hrules=True,
         column_format="".join("r" if n else "l" for n in numeric),
@@ -46,6 +50,21 @@ def latex_table(frame: pd.DataFrame, caption: str | None = None, label: str | No
         position_float="centering" if caption else None,
     )
     return tex.replace("±", r"$\pm$")
+
+
+def interval_notes(frame: pd.DataFrame) -> list[str]:
+    """What a table's brackets and ``±`` mean, for its caption."""
+    cols = set(map(str, frame.columns))
+    notes = []
+    if any(c.endswith(" lo") and c[:-3] in cols for c in cols):
+        notes.append(
+            "Brackets: 95% bootstrap interval over the evaluated images, to whose precision values are rounded."
+        )
+    if any(c.endswith(" std") and c[:-4] in cols for c in cols - {"KID std"}):
+        notes.append("±, sd: standard deviation over seeds.")
+    if "KID std" in cols:  # reports.tables.quality
+        notes.append("KID ±: standard deviation over KID subsets.")
+    return notes
 
 
 _LATEX_SPECIAL = {

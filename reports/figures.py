@@ -135,13 +135,55 @@ def vector_bytes(fig: Figure) -> dict[str, bytes]:
 
 
 def fid_axis_label(rows: pd.DataFrame) -> str:
-    """The FID axis names its protocol: "FID-1k (digits-cnn, vs train split)" from the records'
-    protocol label "FID-1k, digits-cnn, vs train split"; plain "FID" when none is recorded."""
-    labels = rows["protocol_label"].dropna().astype(str).unique() if "protocol_label" in rows else []
-    if len(labels) != 1 or not labels[0]:
+    """A short FID axis label, "FID (digits-cnn, 1k)": the feature network and the images per FID
+    of the records' protocol (the full protocol is stated once at the top of the report; a long
+    label was clipped off the figure); plain "FID" when the rows do not share one."""
+    ext, n = (_single(rows, f"protocol_{k}") for k in ("extractor", "num_samples"))
+    if ext is None:
         return "FID"
-    head, _, rest = labels[0].partition(", ")
-    return mtext(f"{head} ({rest})" if rest else head)
+    return mtext(f"FID ({ext}, {_count(n)})" if n is not None else f"FID ({ext})")
+
+
+def _single(rows: pd.DataFrame, col: str) -> Any:
+    vals = rows[col].dropna().unique() if col in rows else []
+    return vals[0] if len(vals) == 1 else None
+
+
+def _count(n: Any) -> str:
+    """1000 -> '1k', 50000 -> '50k', 1500 -> '1.5k', 64 -> '64'."""
+    n = int(n)
+    return f"{n / 1000:g}k" if n >= 1000 and n % 100 == 0 else str(n)
+
+
+CI_COLUMNS = ("fid_ci_low", "fid_ci_high")  # the 95% bootstrap interval each record carries
+
+
+def draw_intervals(
+    ax: Any, pts: pd.DataFrame, x: str, hue: str | None, palette: dict | None, style: str | None = None
+) -> bool:
+    """Shade each line's (hue x style) 95% bootstrap interval over images (the records'
+    ``fid_ci_low`` / ``fid_ci_high``, mean over seeds per x), in the line's colour; each band is an
+    SVG group ``fid-interval-<i>``. -> whether any band was drawn."""
+    if not all(present(pts, c) for c in CI_COLUMNS):
+        return False
+    pts = _numeric(pts, x, *CI_COLUMNS)
+    keys = [k for k in (hue, style) if k]
+    lines = list(pts.groupby(keys, sort=True)) if keys else [((None,), pts)]
+    for i, (name, part) in enumerate(lines):
+        band = part.groupby(x, sort=True)[list(CI_COLUMNS)].mean()
+        color = palette.get(name[0], "C0") if palette and hue else "C0"
+        label = "95% interval over images" if i == 0 else "_nolegend_"
+        poly = ax.fill_between(band.index, band[CI_COLUMNS[0]], band[CI_COLUMNS[1]], color=color, alpha=0.2, lw=0)
+        poly.set_label(label)
+        poly.set_gid(f"fid-interval-{i}")
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend() is not None:
+        ax.legend(handles, labels, fontsize=8)
+    return bool(lines)
+
+
+def _palette(values: list) -> dict:
+    return dict(zip(values, sns.color_palette(n_colors=len(values))))
 
 
 def best_setting_rows(rows: pd.DataFrame, cell: list[str], metric: str = "fid") -> pd.DataFrame:
@@ -188,7 +230,9 @@ def _numeric(rows: pd.DataFrame, *cols: str) -> pd.DataFrame:
     "fid_vs_budget",
     ("model", "budget_blocks", "fid"),
     title="FID vs budget",
-    caption="Best setting per model and budget; line = mean over seeds, band = +/- 1 std (paper Table 1).",
+    caption="Best setting per model and budget (paper Table 1); line = mean over seeds; shaded band = 95% "
+    "bootstrap interval over images where the records carry one (bars: +/- 1 std over seeds), else +/- 1 std "
+    "over seeds.",
     by_budget=True,
 )
 def fid_vs_budget(data: SweepData, rows: pd.DataFrame) -> Figure | None:
@@ -198,6 +242,8 @@ def fid_vs_budget(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     pts = _labelled(_numeric(pts, "budget_blocks", "fid"), ["model", style, *panels])
     groups = [("", pts)] if not panels else list(pts.groupby(panels[0], sort=True))
     fig, axes = new_figure(len(groups))
+    palette = _palette(sorted(pts["model"].unique()))
+    banded = all(present(pts, c) for c in CI_COLUMNS)
     for ax, (name, part) in zip(axes, groups):
         sns.lineplot(
             data=part,
@@ -206,10 +252,13 @@ def fid_vs_budget(data: SweepData, rows: pd.DataFrame) -> Figure | None:
             hue="model",
             style=style,
             errorbar="sd",
+            err_style="bars" if banded else "band",  # the band is the interval; seeds' std as bars
             marker="o",
             ax=ax,
-            hue_order=sorted(pts["model"].unique()),
+            hue_order=list(palette),
+            palette=palette,
         )
+        draw_intervals(ax, part, "budget_blocks", "model", palette, style)
         ax.set(
             xlabel=budget_axis_label(rows),
             ylabel=fid_axis_label(rows),
@@ -223,7 +272,8 @@ def fid_vs_budget(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     "fid_vs_iters",
     ("iters_per_step", "fid"),
     title="FID vs iterations per step at a fixed budget",
-    caption="One panel per budget; more iterations per step means fewer sampling steps (paper Fig. 4, smoothing).",
+    caption="One panel per budget; more iterations per step means fewer sampling steps (paper Fig. 4, "
+    "smoothing). Shaded: 95% bootstrap intervals over images where the records carry them.",
     by_budget=True,
 )
 def fid_vs_iters(data: SweepData, rows: pd.DataFrame) -> Figure | None:
@@ -244,6 +294,8 @@ def fid_vs_iters(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     if not groups:
         return None
     fig, axes = new_figure(len(groups))
+    palette = _palette(sorted(pts[hue].unique())) if hue else None
+    banded = all(present(pts, c) for c in CI_COLUMNS)
     for ax, (b, part) in zip(axes, groups):
         sns.lineplot(
             data=part,
@@ -251,10 +303,13 @@ def fid_vs_iters(data: SweepData, rows: pd.DataFrame) -> Figure | None:
             y="fid",
             hue=hue,
             errorbar="sd",
+            err_style="bars" if banded else "band",
             marker="o",
             ax=ax,
-            hue_order=sorted(pts[hue].unique()) if hue else None,
+            hue_order=list(palette) if palette else None,
+            palette=palette,
         )
+        draw_intervals(ax, part, "iters_per_step", hue, palette)
         ax.set(
             xlabel="iterations per step",
             ylabel=fid_axis_label(rows),

