@@ -3,8 +3,6 @@ settings, cache state and cost, and calls no launcher (harness/app/plan.py)."""
 
 from __future__ import annotations
 
-import pytest
-
 from harness.app.plan import varying_keys
 
 
