@@ -267,14 +267,14 @@ def _fake_mlflow(monkeypatch) -> _Recorder:
     return rec
 
 
-def test_mlflow_adapter_keeps_one_run_per_job_in_a_file_store_under_the_sweep(tmp_path, monkeypatch):
+def test_mlflow_adapter_keeps_one_run_per_job_in_a_store_under_the_sweep(tmp_path, monkeypatch):
     rec = _fake_mlflow(monkeypatch)
     cfg = _cfg(tmp_path, "mlflow")
     t = open_tracker(cfg)
     t.log_scalars(2, {"train/loss": 0.25})
     t.close()
     log_job_metrics(cfg, {"fid": 4.0, "train_steps": 2})  # the evaluation: the same run, no new one
-    store = (tmp_path / "track" / "mlruns").resolve().as_uri()  # outside Hydra the sweep is logger.dir
+    store = f"sqlite:///{(tmp_path / 'track').resolve()}/mlflow.db"  # outside Hydra the sweep is logger.dir
     assert rec.calls == [
         ("client", store),
         ("exp", "fpdm-bench"),
@@ -289,7 +289,7 @@ def test_mlflow_adapter_keeps_one_run_per_job_in_a_file_store_under_the_sweep(tm
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="needs mlflow (the [tracking] extra)")
-def test_real_mlflow_file_store_reads_back_the_curve(tmp_path):
+def test_real_mlflow_store_reads_back_the_curve_and_the_metrics(tmp_path):
     from mlflow.tracking import MlflowClient
 
     cfg = _cfg(tmp_path, "mlflow")
@@ -297,12 +297,14 @@ def test_real_mlflow_file_store_reads_back_the_curve(tmp_path):
     for step, loss in ((1, 0.5), (2, 0.25)):
         t.log_scalars(step, {"train/loss": loss})
     t.close()
-    client = MlflowClient((tmp_path / "track" / "mlruns").resolve().as_uri())
+    log_job_metrics(cfg, {"fid": 4.0, "train_steps": 2})  # the evaluation: the same run
+    client = MlflowClient(f"sqlite:///{(tmp_path / 'track').resolve()}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("fpdm-bench").experiment_id])
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss")] == [
         (1, 0.5),
         (2, 0.25),
     ]
+    assert run.data.metrics["metrics/fid"] == 4.0 and run.info.run_name == "track"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="needs wandb (the [tracking] extra)")

@@ -264,7 +264,7 @@ class LoggerConfig:
     dir: Optional[str] = None  # null: the job's output folder (tb/, wandb/); a path: <dir>/<job id>
     project: str = "fpdm-bench"  # the W&B project / the MLflow experiment
     mode: str = "offline"  # wandb: offline (`wandb sync` later) | online | disabled
-    tracking_uri: Optional[str] = None  # mlflow: null = a file store <sweep dir>/mlruns
+    tracking_uri: Optional[str] = None  # mlflow: null = SQLite in <sweep dir>/mlflow.db
 
 
 @dataclass

@@ -9,8 +9,8 @@ as locally: the job's output folder is where it writes.
 Where: ``logger.dir`` null puts everything under the job's output folder (TensorBoard in
 ``<job dir>/tb``, W&B in ``<job dir>/wandb``; ``tensorboard --logdir <sweep dir>`` shows every job
 of a sweep side by side); a path puts it under ``<logger.dir>/<job id>``. MLflow writes to
-``logger.tracking_uri``, by default a file store ``<sweep dir>/mlruns`` (``mlflow ui
---backend-store-uri <sweep dir>/mlruns``).
+``logger.tracking_uri``, by default a SQLite store ``<sweep dir>/mlflow.db`` (``mlflow ui
+--backend-store-uri sqlite:///<sweep dir>/mlflow.db``).
 
 One run per job folder: the training and the evaluation of a job open the backend in turn and
 append to the same run (TensorBoard: the same folder; W&B: the run id; MLflow: a tag), and a
@@ -56,7 +56,7 @@ class RunPlace:
 
     job_id: str  # the run's name: the job folder's name (job-<hash> in a sweep)
     out_dir: Path  # the folder this job's backend writes under
-    sweep_dir: Path  # the sweep's folder (a single run: the job's own); MLflow's file store lives here
+    sweep_dir: Path  # the sweep's folder (a single run: the job's own); MLflow's store lives here
     run_key: str  # a hash of the job folder's absolute path: a rerun of the job continues its run,
     # the same overrides in another sweep start a new one
     config: dict = field(default_factory=dict)  # the resolved config, stored with the run
@@ -232,35 +232,40 @@ register_tracker("wandb", Backend(lambda place, lc, resumed_from: WandbTracker(p
 RUN_KEY_TAG = "fpdm.run_key"
 
 
+MLFLOW_DB = "mlflow.db"
+
+
 class MlflowTracker(Tracker):
     """An MLflow run through ``MlflowClient`` (no process-global active run, so jobs that share a
     process never write into each other's run): experiment ``logger.project``, run name the job id,
-    found again by its run-key tag."""
+    found again by its run-key tag. The default store is MLflow's own default backend, SQLite, in
+    ``<sweep dir>/mlflow.db`` (MLflow 3 refuses new file stores); the jobs of a sweep create it,
+    the experiment and their runs one at a time under a file lock beside it."""
 
     def __init__(self, place: RunPlace, lc: Any):
+        from filelock import FileLock
         from mlflow.tracking import MlflowClient
 
-        uri = lc.tracking_uri or (place.sweep_dir / "mlruns").resolve().as_uri()
-        self.client = MlflowClient(tracking_uri=uri)
-        experiment = self._experiment_id(lc.project)
-        found = self.client.search_runs(
-            [experiment], filter_string=f"tags.`{RUN_KEY_TAG}` = '{place.run_key}'", max_results=1
-        )
-        if found:
-            self.run_id = found[0].info.run_id
-            return
-        tags = {RUN_KEY_TAG: place.run_key, "fpdm.job_dir": str(place.out_dir)}
-        self.run_id = self.client.create_run(experiment, run_name=place.job_id, tags=tags).info.run_id
-        self.client.log_dict(self.run_id, place.config, "config.json")
+        place.sweep_dir.mkdir(parents=True, exist_ok=True)
+        uri = lc.tracking_uri or f"sqlite:///{place.sweep_dir / MLFLOW_DB}"
+        with FileLock(str(place.sweep_dir / f".{MLFLOW_DB}.lock"), timeout=600):
+            self.client = MlflowClient(tracking_uri=uri)
+            self.run_id = self._run_id(place, self._experiment_id(lc.project))
 
     def _experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        try:
-            return self.client.create_experiment(name)
-        except Exception:  # another job created it first
-            return self.client.get_experiment_by_name(name).experiment_id
+        return found.experiment_id if found is not None else self.client.create_experiment(name)
+
+    def _run_id(self, place: RunPlace, experiment: str) -> str:
+        """The job's run: found by its run-key tag, else created (with the resolved config)."""
+        query = f"tags.`{RUN_KEY_TAG}` = '{place.run_key}'"
+        found = self.client.search_runs([experiment], filter_string=query, max_results=1)
+        if found:
+            return found[0].info.run_id
+        tags = {RUN_KEY_TAG: place.run_key, "fpdm.job_dir": str(place.out_dir)}
+        run_id = self.client.create_run(experiment, run_name=place.job_id, tags=tags).info.run_id
+        self.client.log_dict(run_id, place.config, "config.json")
+        return run_id
 
     def log_scalars(self, step: int, values: dict[str, float]) -> None:
         from mlflow.entities import Metric
