@@ -234,8 +234,9 @@ def _fake_mlflow(monkeypatch) -> _Recorder:
         def get_experiment_by_name(self, name):
             return types.SimpleNamespace(experiment_id="1") if ("exp", name) in rec.calls else None
 
-        def create_experiment(self, name):
+        def create_experiment(self, name, artifact_location):
             rec.calls.append(("exp", name))
+            rec.calls.append(("artifacts", artifact_location))
             return "1"
 
         def search_runs(self, experiment_ids, filter_string, max_results):
@@ -278,6 +279,7 @@ def test_mlflow_adapter_keeps_one_run_per_job_in_a_store_under_the_sweep(tmp_pat
     assert rec.calls == [
         ("client", store),
         ("exp", "fpdm-bench"),
+        ("artifacts", (tmp_path / "track" / "mlartifacts").resolve().as_uri()),
         ("create_run", "1", "track"),
         ("log_dict", "r0", "config.json"),
         ("log_batch", "r0", [("train/loss", 0.25, 2)]),
@@ -289,9 +291,10 @@ def test_mlflow_adapter_keeps_one_run_per_job_in_a_store_under_the_sweep(tmp_pat
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="needs mlflow (the [tracking] extra)")
-def test_real_mlflow_store_reads_back_the_curve_and_the_metrics(tmp_path):
+def test_real_mlflow_store_reads_back_the_curve_and_the_metrics(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
+    monkeypatch.chdir(tmp_path)  # nothing may land in the current folder
     cfg = _cfg(tmp_path, "mlflow")
     t = open_tracker(cfg)
     for step, loss in ((1, 0.5), (2, 0.25)):
@@ -305,6 +308,8 @@ def test_real_mlflow_store_reads_back_the_curve_and_the_metrics(tmp_path):
         (2, 0.25),
     ]
     assert run.data.metrics["metrics/fid"] == 4.0 and run.info.run_name == "track"
+    assert [p.name for p in tmp_path.iterdir()] == ["track"]
+    assert (tmp_path / "track" / "mlartifacts").is_dir()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="needs wandb (the [tracking] extra)")

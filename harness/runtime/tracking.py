@@ -9,8 +9,8 @@ as locally: the job's output folder is where it writes.
 Where: ``logger.dir`` null puts everything under the job's output folder (TensorBoard in
 ``<job dir>/tb``, W&B in ``<job dir>/wandb``; ``tensorboard --logdir <sweep dir>`` shows every job
 of a sweep side by side); a path puts it under ``<logger.dir>/<job id>``. MLflow writes to
-``logger.tracking_uri``, by default a SQLite store ``<sweep dir>/mlflow.db`` (``mlflow ui
---backend-store-uri sqlite:///<sweep dir>/mlflow.db``).
+``logger.tracking_uri``, by default a SQLite store ``<sweep dir>/mlflow.db`` with its artifacts in
+``<sweep dir>/mlartifacts`` (``mlflow ui --backend-store-uri sqlite:///<sweep dir>/mlflow.db``).
 
 One run per job folder: the training and the evaluation of a job open the backend in turn and
 append to the same run (TensorBoard: the same folder; W&B: the run id; MLflow: a tag), and a
@@ -248,13 +248,17 @@ class MlflowTracker(Tracker):
 
         place.sweep_dir.mkdir(parents=True, exist_ok=True)
         uri = lc.tracking_uri or f"sqlite:///{place.sweep_dir / MLFLOW_DB}"
+        # artifacts (the config) beside the default store; a server given by URI keeps its own place
+        artifacts = None if lc.tracking_uri else (place.sweep_dir / "mlartifacts").as_uri()
         with FileLock(str(place.sweep_dir / f".{MLFLOW_DB}.lock"), timeout=600):
             self.client = MlflowClient(tracking_uri=uri)
-            self.run_id = self._run_id(place, self._experiment_id(lc.project))
+            self.run_id = self._run_id(place, self._experiment_id(lc.project, artifacts))
 
-    def _experiment_id(self, name: str) -> str:
+    def _experiment_id(self, name: str, artifacts: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
-        return found.experiment_id if found is not None else self.client.create_experiment(name)
+        if found is not None:
+            return found.experiment_id
+        return self.client.create_experiment(name, artifact_location=artifacts)
 
     def _run_id(self, place: RunPlace, experiment: str) -> str:
         """The job's run: found by its run-key tag, else created (with the resolved config)."""
