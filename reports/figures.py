@@ -492,6 +492,41 @@ def memory_breakdown(data: SweepData, rows: pd.DataFrame) -> Figure | None:
     return fig
 
 
+@register_figure(
+    "training_curves",
+    ("model",),
+    title="Training loss",
+    caption=(
+        "Training loss (global-batch mean of the logged step, every train.log_every steps) of each "
+        "distinct training the report compares, read from its train_log.jsonl; right: against the "
+        "training compute spent, in forward-equivalents per image (forward 1, backward 2, recompute 1)."
+    ),
+    per_protocol=False,
+)
+def training_curves(data: SweepData, rows: pd.DataFrame) -> Figure | None:
+    from reports.train_logs import training_curves as curves
+
+    long = curves(data, rows)
+    if long.empty:
+        return None
+    xs = [("step", "training step")]
+    if "compute_fwd_equiv" in long and long["compute_fwd_equiv"].notna().any():
+        xs.append(("compute_fwd_equiv", "training compute (forward-equivalents per image)"))
+    long = long.assign(training=long["training"].map(mtext))
+    fig, axes = new_figure(len(xs))
+    for ax, (x, label) in zip(axes, xs):
+        pts = _numeric(long, x, "loss")
+        sns.lineplot(data=pts, x=x, y="loss", hue="training", estimator=None, sort=True, ax=ax, linewidth=1.2)
+        if (pts["loss"] > 0).all():
+            ax.set_yscale("log")
+        ax.set(xlabel=label, ylabel="training loss")
+        if ax.get_legend() is not None and ax is not axes[-1]:
+            ax.get_legend().remove()
+    if axes[-1].get_legend() is not None:
+        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
+    return fig
+
+
 def _study_values(trials: pd.DataFrame) -> list[str]:
     return [c for c in trials.columns if c == "value" or c.startswith("values_")]
 

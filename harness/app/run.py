@@ -137,6 +137,7 @@ def _record_result(cfg: DictConfig, job: _Job, result) -> float | tuple:
     from harness.metrics.evidence import keep_beside_record
 
     _copy_grid(result.artifacts, job.dir)
+    _copy_train_log(result.artifacts, job.dir)
     keep_beside_record(result.artifacts, job.dir)  # features + reference stats: reports rebuild from the sweep dir
     names = job.objective_names
     objective = _objective(result.metrics, names)
@@ -214,6 +215,17 @@ def _copy_grid(artifacts: dict, job_dir: Path) -> None:
     if src and Path(src).is_file():
         shutil.copyfile(src, job_dir / "grid.png")
         artifacts["grid"] = "grid.png"
+
+
+def _copy_train_log(artifacts: dict, job_dir: Path) -> None:
+    """Keep the training's ``train_log.jsonl`` beside the record (the report's training curves come
+    from the sweep directory alone); a cached training's log is its cache's, copied all the same."""
+    from harness.runtime.io import atomic_write
+
+    src = artifacts.get("train_log")
+    if src and Path(src).is_file():
+        atomic_write(job_dir / "train_log.jsonl", Path(src).read_bytes())
+        artifacts["train_log"] = "train_log.jsonl"
 
 
 def _exit_failed(reason: str, record_path: Path) -> None:

@@ -266,6 +266,20 @@ class SelectionConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Experiment tracking (harness/runtime/tracking.py), chosen with the group
+    ``logger=none|tensorboard|wandb|mlflow`` (harness/config/logger/): the training loss, learning
+    rate, gradient norm, throughput and FPDM's iterations every ``train.log_every`` steps, and the
+    record's metrics, from rank 0."""
+
+    name: str = "none"  # none | tensorboard | wandb | mlflow
+    dir: Optional[str] = None  # null: the job's output folder (tb/, wandb/); a path: <dir>/<job id>
+    project: str = "fpdm-bench"  # the W&B project / the MLflow experiment
+    mode: str = "offline"  # wandb: offline (`wandb sync` later) | online | disabled
+    tracking_uri: Optional[str] = None  # mlflow: null = SQLite in <sweep dir>/mlflow.db
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     solver: Any = MISSING
@@ -279,6 +293,7 @@ class Config:
     inspect: InspectConfig = field(default_factory=InspectConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # set by the logger group (harness/config/logger/)
     sweep: Any = None  # the name of the sweep preset, set by sweeps/sweep/NAME.yaml
     protocol: str = "digits"  # set by the protocol group (harness/config/protocol/*.yaml): digits | paper | official
 

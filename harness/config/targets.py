@@ -4,7 +4,7 @@ Two sources, two rules (docs/extending.md, "Callbacks and _target_"):
 
 - **What the user writes** (their command line, ``--config-dir``, ``hydra.searchpath``): any
   importable ``_target_`` is allowed: Hydra's ``LogJobReturnCallback``, the project's
-  ``reports.callback.ReportCallback``, a W&B or MLflow callback. The user runs their own code on their
+  ``reports.callback.ReportCallback``, a callback of their own. The user runs their own code on their
   own machine; the pre-launch check only makes sure the target imports, so a typo is one line
   before anything runs instead of a traceback after the sweep started.
 - **What the project loads back from files** (a job's ``record.json``, a cache's

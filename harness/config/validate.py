@@ -494,3 +494,12 @@ def _protocol(cfg) -> None:
     problem = check_weights_carry_protocol(cfg)
     if problem:
         raise ConfigError(problem)
+
+
+@check(disk=True)  # what is installed on this machine (inspect runs without the backend)
+def _logger(cfg) -> None:
+    from harness.runtime.tracking import check_logger
+
+    problem = check_logger(cfg.logger)
+    if problem:
+        raise ConfigError(problem)

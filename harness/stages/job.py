@@ -171,6 +171,9 @@ def run_job(cfg: DictConfig, *, progress: bool = True, plan_only: bool = False) 
         _evaluate_stage(cfg, cache, result, data, sample_dir)
         if held_out is not None:
             _selection_score_stage(cfg, cache, result, data, held_out)
+        from harness.runtime.tracking import log_job_metrics
+
+        log_job_metrics(cfg, result.metrics)  # logger=...: the record's numbers to the job's tracked run
     return result
 
 
@@ -307,6 +310,7 @@ def _train_stage(cfg, cache: ArtifactCache, result: JobResult, model, data, spec
     _store_train_config(cfg, data, train_dir)
     _add_scalars(result.metrics, summary)
     result.artifacts["checkpoint"] = str(train_dir / "ema.safetensors")
+    result.artifacts["train_log"] = str(train_dir / "train_log.jsonl")  # the report's training curves
 
 
 def plan_for_model(cfg: DictConfig, model: nn.Module, data: DataSource, pretrained: bool = False) -> SamplingPlan:

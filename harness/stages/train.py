@@ -156,22 +156,21 @@ def _train(model, data, spec, cfg, work_dir, device, info: DistInfo, progress: b
     if tc.budget.unit == "flops":  # a budget never reached must fail now (the config check says so first)
         require_priced_recompute(flops, bool(model.grad_checkpointing))
     run = _prepare(model, tc, work_dir, device, info)
-    log = _TrainLog(work_dir / "train_log.jsonl", tc, run.state, f"train {cfg.model.name}", progress and info.is_main)
+    log = _TrainLog(work_dir / "train_log.jsonl", cfg, run.state, f"train {cfg.model.name}", progress, info)
     peaks: dict = {}
-    with _SignalCheckpoint() as signals, cuda_peak(device, peaks, "train_cuda_peak_bytes"):
+    with log, _SignalCheckpoint() as signals, cuda_peak(device, peaks, "train_cuda_peak_bytes"):
         while not _budget_reached(tc.budget, run.state):
             t0 = time.perf_counter()
             local_values, trace = _train_step(run, _step_batch(X, Y, spec, cfg, run.state.step, info, device), spec)
             _account(run.state, run.model, trace, flops, tc.batch_size, time.perf_counter() - t0)
             # the logged loss is the global-batch mean (each rank holds the mean of its equal slice)
-            log.step(run.state, all_reduce_values(local_values, info), info)
+            log.step(run, all_reduce_values(local_values, info), trace)
             signum = signals.poll(info)
             if signum is not None:
                 run.save()
                 signals.release(signum, info, step=run.state.step)
             if run.state.step % tc.ckpt_every == 0:
                 run.save()
-    log.close()
     run.save()
     summary = {**_summary(run.state, tc, info), **peaks, "train_tf32_matmul": tf32}
     set_compiled(run.model, False, "train.compile")  # saved-tensor hooks measure the eager graph
@@ -205,6 +204,7 @@ class _Run:
     # what the step calls: ``model`` in DistributedDataParallel on several ranks, else ``model``
     # itself; checkpoints, the EMA and the exports read ``model``, so state-dict keys stay un-prefixed
     forward: nn.Module | None = None
+    grad_norm: torch.Tensor | None = None  # the last step's gradient norm before clipping (train.grad_clip)
 
     def save(self) -> None:
         """Checkpoint on rank 0; every rank waits for it."""
@@ -304,8 +304,9 @@ def _train_step(run: _Run, b: _Batch, spec) -> tuple[list[float], SolveTrace]:
         )
     run.opt.zero_grad(set_to_none=True)
     loss.backward()  # on several ranks, returns once DDP's bucket all-reduces have finished
+    run.grad_norm = None  # without clipping, the log measures the norm on the steps it writes
     if tc.grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        run.grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
     run.opt.step()
     _ema_update(run.ema, model, ema_decay_at(tc.ema_decay, run.state.step, tc.ema_warmup))
     return local_values, trace
@@ -322,50 +323,87 @@ def _account(state: TrainState, model: nn.Module, trace: SolveTrace, flops, batc
 
 
 class _TrainLog:
-    """The progress bar and ``train_log.jsonl`` (rank 0): one line every ``train.log_every`` steps
-    and at the last, with the images per second of the window since the previous line."""
+    """The progress bar, ``train_log.jsonl`` and the experiment tracker (``logger=...``,
+    harness/runtime/tracking.py), all on rank 0: one line and one point per curve every
+    ``train.log_every`` steps and at the last. A line holds the step's global-batch loss, the
+    learning rate, the gradient norm (before clipping), the images per second of the window since
+    the previous line, the compute spent so far and, for FPDM, the step's fixed point iterations."""
 
-    def __init__(self, path: Path, tc, state: TrainState, desc: str, show_bar: bool):
-        self.path, self.tc = path, tc
+    def __init__(self, path: Path, cfg, state: TrainState, desc: str, progress: bool, info: DistInfo):
+        from harness.runtime.tracking import open_tracker
+
+        self.path, self.tc = path, cfg.train
         self.bar = None
-        if show_bar:
-            total = tc.budget.value if tc.budget.unit == "steps" else None
+        if progress and info.is_main:
+            total = self.tc.budget.value if self.tc.budget.unit == "steps" else None
             self.bar = progress_bar(total=total, initial=state.step if total else 0, desc=desc, unit="step")
         self.window_t, self.window_images = time.perf_counter(), 0
+        # a resumed training drops what an earlier attempt logged past its checkpoint
+        self.tracker = open_tracker(cfg, info.is_main, resumed_from=state.step)
+        self.is_main = info.is_main
 
-    def step(self, state: TrainState, values: list[float], info: DistInfo) -> None:
-        loss_value, mse_value, vb_value = values
-        state.losses.append(loss_value)
+    def __enter__(self) -> _TrainLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def step(self, run: _Run, values: list[float], trace: SolveTrace) -> None:
+        state = run.state
+        state.losses.append(values[0])
         del state.losses[:-100]  # only the recent losses are read (summary, checkpoint)
         self.window_images += self.tc.batch_size
         if self.bar is not None:
             self.bar.update(1 if self.bar.total else 0)
             self.bar.set_postfix(
-                loss=f"{loss_value:.4f}",
+                loss=f"{values[0]:.4f}",
                 img_s=f"{state.images / max(state.elapsed_s, 1e-9):.0f}",
                 passes=state.block_passes,
                 refresh=False,
             )
-        if info.is_main and (state.step % self.tc.log_every == 0 or _budget_reached(self.tc.budget, state)):
-            now = time.perf_counter()
-            line = {
-                "step": state.step,
-                "loss": loss_value,
-                "mse": mse_value,
-                "vb": vb_value,
-                "images_per_s": self.window_images / max(now - self.window_t, 1e-9),
-                "block_passes": state.block_passes,
-                "compute_fwd_equiv": state.compute,
-                "flops_per_image": state.flops,
-                "elapsed_s": state.elapsed_s,
-            }
+        if self.is_main and (state.step % self.tc.log_every == 0 or _budget_reached(self.tc.budget, state)):
+            line = self._line(run, values, trace)
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(line) + "\n")
-            self.window_t, self.window_images = now, 0
+            self.tracker.log_scalars(state.step, {f"train/{k}": v for k, v in line.items() if k != "step"})
+
+    def _line(self, run: _Run, values: list[float], trace: SolveTrace) -> dict:
+        now, state = time.perf_counter(), run.state
+        loss_value, mse_value, vb_value = values
+        line = {
+            "step": state.step,
+            "loss": loss_value,
+            "mse": mse_value,
+            "vb": vb_value,
+            "lr": float(run.opt.param_groups[0]["lr"]),
+            "grad_norm": _grad_norm(run),
+            "images_per_s": self.window_images / max(now - self.window_t, 1e-9),
+            "block_passes": state.block_passes,
+            "compute_fwd_equiv": state.compute,
+            "flops_per_image": state.flops,
+            "elapsed_s": state.elapsed_s,
+        }
+        counts = getattr(trace, "counts", None)
+        if counts is not None:  # FPDM: the fixed point layer's evaluations in this step
+            line.update(fp_iters_no_grad=counts.no_grad, fp_iters_with_grad=counts.with_grad, fp_vjps=counts.vjp)
+        self.window_t, self.window_images = now, 0
+        return line
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+        self.tracker.close()
+
+
+def _grad_norm(run: _Run) -> float:
+    """The L2 norm of the step's gradient (the one clipping measured, else read from the gradients,
+    which the optimiser step leaves in place; DDP's are averaged over ranks, so rank 0's are the
+    global gradient)."""
+    if run.grad_norm is not None:
+        return float(run.grad_norm)
+    grads = [p.grad for p in run.model.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
 def _summary(state: TrainState, tc, info: DistInfo) -> dict:
