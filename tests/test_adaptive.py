@@ -211,6 +211,13 @@ RUNS = {
     "constant-cfg": ["sample.schedule=constant", "sample.steps=10", *CFG],
     "adaptive-cfg-20": ["sample.schedule=adaptive", "sample.steps=20", *CFG],  # one iteration per step
     "greedy-40": ["sample.schedule=greedy", "sample.budget=40"],
+    # FLOP-matched (the default accounting): the calibration aims at the FLOP plan's block passes
+    "adaptive-flops-40": [
+        "sample.schedule=adaptive",
+        "sample.budget=40",
+        "sample.match=flops",
+        "sample.flops_tolerance=0.1",
+    ],
 }
 
 
@@ -224,7 +231,7 @@ def calibrated_runs(hydra_app, fast_overrides_for, tmp_path_factory):
         overrides = [
             *fast_overrides_for(root),
             "run.stages=[train,sample]",
-            "sample.match=blocks",  # the calibration target is the budget in block passes
+            *([] if any(o.startswith("sample.match") for o in over) else ["sample.match=blocks"]),
             f"sample.adaptive.calibration_images={CAL_IMAGES}",
             *over,
             f"hydra.run.dir={root / name}",
@@ -404,3 +411,20 @@ def test_killed_schedule_search_resumes_to_the_same_total(tmp_path, offline_env,
         assert any(t.user_attrs.get(st.FAIL_REASON) == "interrupted" for t in study.trials)
     assert all(math.isfinite(t.value) for t in complete)
     assert len(list((tmp_path / "cache" / "train").glob("*/complete.json"))) == 1  # one model for every trial
+
+
+def test_adaptive_under_flop_matching_spends_the_flop_plans_passes_within_dits_flops(calibrated_runs):
+    """sample.match=flops: the nominal plan is the FPDM plan within DiT's FLOPs; adaptive calibrates to
+    that plan's block passes, so the evaluated images spend them within one pass and their FLOPs stay
+    at DiT's target (within the tolerance, plus at most one pass's worth of overspend)."""
+    rec = calibrated_runs["adaptive-flops-40"]
+    m = rec["metrics"]
+    assert rec["status"] == "ok" and rec["stages"]["calibrate"] == "ran"
+    planned = m["block_passes_budget"]
+    assert planned < 40  # an iteration costs more than a block: fewer passes than the block budget
+    assert planned - 1 <= m["calibration_block_passes"] <= planned
+    # never more than one pass over (that would favour FPDM); the 16-image calibration batch can
+    # leave the 32 evaluated images a little under, which only costs FPDM
+    assert not m["block_passes_over_budget"] and planned - 2 <= m["block_passes_per_image_mean"] <= planned + 1
+    per_pass = m["flops_planned"] / planned  # an upper bound of one pass's FLOPs share
+    assert m["flops_per_image"] <= m["flops_match_target"] + per_pass
