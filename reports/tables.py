@@ -127,8 +127,8 @@ def value_label(v: Any) -> str:
     """How an axis value reads in a column header (reuse True -> 'on')."""
     if isinstance(v, (bool, np.bool_)):
         return "on" if v else "off"
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
+    if isinstance(v, (float, np.floating)):  # a derived mean (iterations per step) reads at 4 digits
+        return str(int(v)) if float(v).is_integer() else f"{float(v):.4g}"
     return str(v)
 
 
@@ -397,11 +397,28 @@ def table34_training(df: pd.DataFrame) -> pd.DataFrame:
 def table5_schedule(df: pd.DataFrame) -> pd.DataFrame:
     df = df[df["schedule"].notna() & df["iters_per_step"].notna()]
     rows = [*context(df), "schedule"]
+    if not _iters_vary_within_a_cell(df, context(df)):
+        # one iteration count per budget (a FLOP-matched plan derives it): a column per schedule's
+        # FID, the iterations per step beside it, not a pivot whose columns each hold one budget
+        best = best_per_cell(df, rows)
+        parts = [best[rows].reset_index(drop=True), _mean_std(best, "fid", "FID").reset_index(drop=True)]
+        parts.append(
+            pd.DataFrame({"Iterations / step (mean)": best["iters_per_step"].map(value_label)}).reset_index(drop=True)
+        )
+        return sort_frame(_with_setting(pd.concat(parts, axis=1), best, rows), rows)
     best = best_per_cell(df, rows + ["iters_per_step"])
     return sort_frame(
         _with_setting(pivot_metric(best, rows, "iters_per_step", "fid", "FID @ iters"), best, rows, "iters_per_step"),
         rows,
     )
+
+
+def _iters_vary_within_a_cell(df: pd.DataFrame, cell: list[str]) -> bool:
+    """Whether some cell (a budget, say) holds several iteration counts per step (the paper's
+    Table 5 columns); under FLOP matching each budget derives exactly one."""
+    if not cell:
+        return df["iters_per_step"].nunique() > 1
+    return bool((df.groupby(cell, dropna=False)["iters_per_step"].nunique() > 1).any())
 
 
 @register_table(

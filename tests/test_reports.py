@@ -655,3 +655,27 @@ def test_the_real_vs_real_line_needs_only_the_matched_value():
     )
     assert "sets of 100 and 1,000 images" in text and "give 0.5." in text and "halves" not in text
     assert "protocol digits" not in text  # the protocol's diffusion part is stated once, at the top
+
+
+def test_table5_under_flop_matching_is_one_fid_column_not_a_pivot_per_derived_iteration_count():
+    """FLOP-matched plans derive one mean iteration count per budget (2.083 at 60, 2.125 at 120): a
+    pivot on it would give one column per budget, each holding one cell."""
+    import pandas as pd
+
+    from reports.tables import table5_schedule, value_label
+
+    df = pd.DataFrame(
+        {
+            "job_id": list("abcd"),
+            "model": ["fpdm"] * 4,
+            "budget_blocks": [60, 60, 120, 120],
+            "schedule": ["constant", "cosine"] * 2,
+            "iters_per_step": [25 / 12, 25 / 12, 2.125, 2.125],
+            "fid": [1.3, 1.2, 1.1, 1.0],
+        }
+    )
+    df.attrs.update(axes=["model", "budget_blocks", "schedule", "iters_per_step"], metrics=["fid"])
+    out = table5_schedule(df)
+    assert [c for c in out.columns if str(c).startswith("FID")] == ["FID"]
+    assert out["Iterations / step (mean)"].tolist() == ["2.083", "2.083", "2.125", "2.125"]
+    assert value_label(25 / 12) == "2.083" and value_label(4.0) == "4" and value_label(True) == "on"
