@@ -288,3 +288,55 @@ def test_dinov2_without_local_hub_code_is_refused(tmp_path, monkeypatch, digits,
     ref = ReferenceSpec("digits", "train", "d", lambda: digits[0][:20])
     with pytest.raises(FileNotFoundError, match="needs the DINOv2 model code offline"):
         compute_metrics(digits[1][:20], ref, extractor="dinov2-vit-s-14", weights=path, weights_sha256=sha256(path))
+
+
+# ---------------------------------------------------------------------------------------------- the job
+
+
+@pytest.fixture
+def compose_cfg():
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    import harness.config  # noqa: F401  (fills the ConfigStore)
+
+    def compose_(overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_module(config_module="harness.config", version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    yield compose_
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["metrics.sfid=true"], "metrics.sfid=true: metrics.extractor=digits-cnn has no spatial layer"),
+        (["metrics.reference=REF"], r"metrics.reference=.*2048 values, metrics.extractor=digits-cnn gives 64-d"),
+        (["metrics.extractor=dinov2-vit-l-14"], "metrics.extractor=dinov2-vit-l-14 needs local weights offline"),
+    ],
+)
+def test_the_config_check_refuses_before_any_compute(extra, match, compose_cfg, tmp_path):
+    from harness.config.validate import ConfigError, validate_config
+
+    ref = tmp_path / "VIRTUAL_imagenet256_labeled.npz"
+    np.savez(ref, mu=np.zeros(2048), sigma=np.eye(2048))
+    cfg = compose_cfg([f"paths.cache_dir={tmp_path / 'c'}", *(e.replace("REF", str(ref)) for e in extra)])
+    with pytest.raises(ConfigError, match=match) as e:
+        validate_config(cfg)
+    assert "\n" not in str(e.value)
+
+
+def test_a_job_scores_against_a_reference_file_and_records_its_hash(tmp_path, run_cli, fast_overrides):
+    import json
+
+    real, _ = digits_uint8("test", 8)
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, arr_0=real.numpy().transpose(0, 2, 3, 1))
+    proc = run_cli([*fast_overrides, f"metrics.reference={ref}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert rec["status"] == "ok" and np.isfinite(rec["metrics"]["fid"])
+    assert rec["protocol"]["reference_file"] == {"path": str(ref.resolve()), "sha256": sha256(ref)}
+    assert "vs ref.npz" in rec["protocol"]["label"]
