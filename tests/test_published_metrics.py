@@ -340,3 +340,29 @@ def test_a_job_scores_against_a_reference_file_and_records_its_hash(tmp_path, ru
     assert rec["status"] == "ok" and np.isfinite(rec["metrics"]["fid"])
     assert rec["protocol"]["reference_file"] == {"path": str(ref.resolve()), "sha256": sha256(ref)}
     assert "vs ref.npz" in rec["protocol"]["label"]
+
+
+def test_sfid_scores_the_spatial_features_against_the_files_mu_s_sigma_s(tmp_path):
+    path = random_inception(tmp_path, zero_fc=False)
+    x = (torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8)
+    net = FeatureExtractorInceptionADM("a", ["2048", "mixed_6/conv"], feature_extractor_weights_path=str(path)).eval()
+    with torch.no_grad():
+        pool, spatial = (f.double().numpy() for f in net(x))
+    rng = np.random.default_rng(0)
+    mu, mu_s = rng.normal(size=2048), rng.normal(size=2023)
+    ref = tmp_path / "adm.npz"
+    np.savez(ref, mu=mu, sigma=np.eye(2048), mu_s=mu_s, sigma_s=np.eye(2023))
+    out = compute_metrics(x, open_reference_file(ref), extractor="inception-v3-compat", weights=path, sfid=True)
+
+    def vs_identity(f, m_ref):  # against N(m_ref, I): ||m - m_ref||^2 + tr(S) + D - 2 tr(S^(1/2))
+        m, s = stats(f)
+        # S has rank 5 (6 samples): FID then puts pytorch-fid's ridge eps = 1e-6 on both covariances
+        # (fid_stats.py), and (S + eps I)(I + eps I) has eigenvalues (lambda + eps)(1 + eps)
+        eps = 1e-6
+        root = np.sqrt((np.clip(np.linalg.eigvalsh(s), 0, None) + eps) * (1 + eps)).sum()
+        return float(((m - m_ref) ** 2).sum() + np.trace(s) + len(m) - 2 * root)
+
+    assert out["sfid"] == pytest.approx(vs_identity(spatial, mu_s), rel=1e-4)
+    assert out["fid"] == pytest.approx(vs_identity(pool, mu), rel=1e-4)
+    assert out["protocol"]["sfid_layer"].startswith("mixed_6/conv")
+    assert "isc_mean" in out  # random weights have a non-zero classifier: isc=None scores it
