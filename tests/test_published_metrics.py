@@ -366,3 +366,22 @@ def test_sfid_scores_the_spatial_features_against_the_files_mu_s_sigma_s(tmp_pat
     assert out["fid"] == pytest.approx(vs_identity(pool, mu), rel=1e-4)
     assert out["protocol"]["sfid_layer"].startswith("mixed_6/conv")
     assert "isc_mean" in out  # random weights have a non-zero classifier: isc=None scores it
+
+
+def test_the_eval_key_is_unchanged_by_the_new_defaults_and_follows_the_reference_files_content(tmp_path):
+    from config_helpers import structured_config
+    from omegaconf import OmegaConf
+
+    from harness.stages.cache import stage_keys
+
+    base = structured_config({})
+    older = OmegaConf.create(OmegaConf.to_container(base))  # a config written before these keys existed
+    del older.metrics["isc"], older.metrics["sfid"], older.metrics["reference"]
+    assert stage_keys(older) == stage_keys(base)
+    assert stage_keys(structured_config({"metrics.sfid": True})).eval != stage_keys(base).eval
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, mu=np.zeros(64), sigma=np.eye(64))
+    first = stage_keys(structured_config({"metrics.reference": str(ref)}))
+    assert first.eval != stage_keys(base).eval and first.sample == stage_keys(base).sample
+    np.savez(ref, mu=np.ones(64), sigma=np.eye(64))  # same path, other content
+    assert stage_keys(structured_config({"metrics.reference": str(ref)})).eval != first.eval

@@ -20,6 +20,7 @@ before any image is scored.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +34,15 @@ from harness.runtime.io import sha256_file
 if TYPE_CHECKING:
     from harness.metrics.extractors import ExtractorSpec
 
-__all__ = ["ADM_IMAGES", "ADM_STATS", "ReferenceFile", "FileContents", "open_reference_file", "read_reference_file"]
+__all__ = [
+    "file_sha256",
+    "ADM_IMAGES",
+    "ADM_STATS",
+    "ReferenceFile",
+    "FileContents",
+    "open_reference_file",
+    "read_reference_file",
+]
 
 ADM_IMAGES = "arr_0"  # uint8 (N, H, W, 3) reference images
 ADM_STATS = {"pool": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}  # role -> (mean key, covariance key)
@@ -67,6 +76,17 @@ class FileContents(NamedTuple):
     fmt: str  # "adm-npz" | "torch-fidelity"
 
 
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime key the cache: a changed file re-hashes
+    return sha256_file(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a (possibly multi-GB) reference file, hashed once per process while it is unchanged."""
+    st = Path(path).expanduser().stat()
+    return _sha256(str(Path(path).expanduser().resolve()), st.st_size, st.st_mtime_ns)
+
+
 def open_reference_file(path: str | Path) -> ReferenceFile:
     """Check that ``path`` is a readable reference file and hash it."""
     p = Path(path).expanduser()
@@ -79,7 +99,7 @@ def open_reference_file(path: str | Path) -> ReferenceFile:
             f"metrics.reference={path}: expected an ADM reference batch (.npz) or torch-fidelity statistics "
             f"(<input>-<extractor>-stat-fid-<layer>.pt), got a {p.suffix or 'suffix-less'} file"
         )
-    return ReferenceFile(str(p), sha256_file(p))
+    return ReferenceFile(str(p), file_sha256(p))
 
 
 def _read_npz(path: str) -> FileContents:
