@@ -195,6 +195,16 @@ def test_spatial_layer_is_mixed_6d_branch1x1_and_other_layers_are_unchanged(tmp_
 # ---------------------------------------------------------------------------------------------- Inception Score
 
 
+def test_the_config_check_refuses_isc_with_fid_only_weights(compose_cfg, tmp_path):
+    from harness.config.validate import ConfigError, validate_config
+
+    path = random_inception(tmp_path, zero_fc=True)
+    over = ["metrics.extractor=inception-v3-compat", f"metrics.weights={path}", f"paths.cache_dir={tmp_path / 'c'}"]
+    validate_config(compose_cfg(over))  # isc=null: FID only, accepted
+    with pytest.raises(ConfigError, match="metrics.isc needs Inception weights with a classifier"):
+        validate_config(compose_cfg([*over, "metrics.isc=true"]))
+
+
 def test_isc_with_fid_only_weights_is_refused_naming_the_weights(tmp_path):
     path = random_inception(tmp_path, zero_fc=True)
     ref = ReferenceSpec("x", "train", "x", lambda: pytest.fail("no reference may be computed"))

@@ -406,8 +406,18 @@ def _metrics(cfg) -> None:
         raise ConfigError(f"metrics.extractor=inception-v3-compat{default} needs metrics.weights; {INCEPTION_HOWTO}")
     if name == "inception-v3-compat":
         _check_weights_hash(Path(m.weights).expanduser(), m.weights_sha256)
+        if m.isc:  # FID-only weights carry a zero classifier (harness/metrics/inception.py)
+            _check_classifier(m)
     _dinov2_offline(name, m)
     _metric_options(name, m)
+
+
+def _check_classifier(m) -> None:
+    from harness.metrics.extractors import get_extractor
+    from harness.metrics.fidelity import ISC_WEIGHTS
+
+    if not get_extractor("inception-v3-compat").resolve_weights(m.weights, expected_sha256=m.weights_sha256).has_logits:
+        raise ConfigError(f"{ISC_WEIGHTS} (metrics.weights={m.weights} has a zero classifier: FID-only weights)")
 
 
 def _dinov2_offline(name: str, m) -> None:
