@@ -192,14 +192,20 @@ class DataConfig:
 
 @dataclass
 class MetricsConfig:
-    # digits-cnn | inception-v3-compat; null: the data source's (digits: digits-cnn, else inception)
+    # digits-cnn | inception-v3-compat | dinov2-vit-{s,b,l,g}-14; null: the data source's (digits: digits-cnn, else inception)
     extractor: Optional[str] = None
-    weights: Optional[str] = None  # inception-v3-compat: local weights file
-    weights_sha256: Optional[str] = None
+    weights: Optional[str] = None  # inception-v3-compat / dinov2-vit-*-14: local weights file (docs/metrics.md)
+    weights_sha256: Optional[str] = None  # else PATH.sha256 beside the file, else the hash in a torch-hub name
     fid: bool = True
     kid: bool = True
     prc: bool = True
+    # Inception Score: null = when the weights have a classifier; true = required (FID-only weights refused)
+    isc: Optional[bool] = None
+    sfid: bool = False  # sFID from Inception's spatial mixed_6/conv features, as ADM (docs/metrics.md)
     reference_split: str = "train"
+    # A reference file instead of the split: an ADM reference batch (.npz: arr_0 images and/or mu/sigma,
+    # mu_s/sigma_s) or torch-fidelity cached statistics (.pt); its sha256 goes into the protocol
+    reference: Optional[str] = None
     # A second feature network scores every sample set too (reports show whether the two rulers
     # agree on each ordering): auto = the registered partner (digits-cnn <-> digits-mlp), null = none.
     second_extractor: Optional[str] = "auto"

@@ -406,6 +406,60 @@ def _metrics(cfg) -> None:
         raise ConfigError(f"metrics.extractor=inception-v3-compat{default} needs metrics.weights; {INCEPTION_HOWTO}")
     if name == "inception-v3-compat":
         _check_weights_hash(Path(m.weights).expanduser(), m.weights_sha256)
+        if m.isc:  # FID-only weights carry a zero classifier (harness/metrics/inception.py)
+            _check_classifier(m)
+    _dinov2_offline(name, m)
+    _metric_options(name, m)
+
+
+def _check_classifier(m) -> None:
+    from harness.metrics.extractors import get_extractor
+    from harness.metrics.fidelity import ISC_WEIGHTS
+
+    if not get_extractor("inception-v3-compat").resolve_weights(m.weights, expected_sha256=m.weights_sha256).has_logits:
+        raise ConfigError(f"{ISC_WEIGHTS} (metrics.weights={m.weights} has a zero classifier: FID-only weights)")
+
+
+def _dinov2_offline(name: str, m) -> None:
+    """FD-DINOv2 runs offline only from local weights and a local copy of the DINOv2 hub code."""
+    from harness.metrics.dinov2 import DINOV2_DIMS, MODEL_METADATA, hub_code_dir
+
+    if name not in DINOV2_DIMS:
+        return
+    if not m.weights:
+        raise ConfigError(
+            f"metrics.extractor={name} needs local weights offline: download {MODEL_METADATA[name]}_pretrain.pth "
+            "from the DINOv2 release and set metrics.weights=PATH metrics.weights_sha256=HASH"
+        )
+    if not (hub_code_dir() / "hubconf.py").is_file():
+        raise ConfigError(
+            f"metrics.extractor={name} needs the DINOv2 model code offline: copy github.com/facebookresearch/dinov2 "
+            f"to {hub_code_dir()} (torch.hub puts it there after one online use; $TORCH_HOME moves it)"
+        )
+    _check_weights_hash(Path(m.weights).expanduser(), m.weights_sha256)
+
+
+def _metric_options(name: str, m) -> None:
+    """metrics.sfid and metrics.reference fit the extractor (read, not computed: before any compute)."""
+    from harness.metrics import get_extractor
+
+    spec = get_extractor(name)
+    if m.sfid and spec.spatial_layer is None:
+        raise ConfigError(f"metrics.sfid=true: metrics.extractor={name} has no spatial layer; use inception-v3-compat")
+    if m.isc and spec.logits_layer is None:
+        raise ConfigError(f"metrics.isc=true: metrics.extractor={name} has no classifier; use inception-v3-compat")
+    if not m.reference:
+        return
+    from harness.metrics.reference_file import open_reference_file, pick_file_stats, read_reference_file
+
+    try:
+        ref = open_reference_file(m.reference)
+        contents = read_reference_file(ref)
+        pick_file_stats(ref, contents, spec, spec.feature_layer, "pool")
+        if m.sfid:
+            pick_file_stats(ref, contents, spec, spec.spatial_layer, "spatial")
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def _has_image_file(root: Path) -> bool:

@@ -107,7 +107,7 @@ class FeatureExtractorDigitsMLP(FeatureExtractorDigitsCNN):
         self.eval()
 
 
-def _weights(weights=None, cache_dir=None) -> WeightsInfo:
+def _weights(weights=None, cache_dir=None, expected_sha256=None) -> WeightsInfo:
     if weights is not None:
         raise ValueError(
             "metrics.weights applies to metrics.extractor only; digits-mlp always uses its cached "

@@ -53,7 +53,10 @@ def ruler_evidence(keep: dict, fid: float, *, resamples: int, seed: int, floor_s
     ranges = keep["ranges"]
     n = min(b - a for a, b in ranges)
     ref = keep["reference"]
-    floor = cached_noise_floor(keep["reference_path"], ref.features, n, splits=floor_splits, seed=seed)
+    if ref.features is None:  # statistics-only reference file: no real images to split
+        floor = dict.fromkeys(FLOOR_KEYS)
+    else:
+        floor = cached_noise_floor(keep["reference_path"], ref.features, n, splits=floor_splits, seed=seed)
     draws = bootstrap_fid_draws(keep["features"], ref_sqrt(ref.mu, ref.sigma), ranges, resamples, seed)
     lo, hi = percentile_ci(debias(draws, fid))
     out = {f"{k}{suffix}": floor[k] for k in FLOOR_KEYS}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +29,14 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from baselines.registry import Registry
+from harness.metrics.dinov2 import (
+    DINOV2_DIMS,
+    DINOV2_SIZES,
+    LOCAL_PREFIX,
+    FeatureExtractorDinoV2Local,
+    load_dinov2_weights,
+)
+from harness.metrics.sfid import ADM_INCEPTION, SPATIAL_DIM, SPATIAL_LAYER, FeatureExtractorInceptionADM
 from harness.runtime.io import atomic_write, sha256_file
 
 __all__ = [
@@ -78,6 +86,14 @@ class ExtractorSpec:
     # A classifier trained on 8x8 grey digits says nothing about colour photographs.
     data_sources: tuple[str, ...] | None = None
     trained_on: str = "ImageNet photographs"
+    # Feature size per layer: a reference file's statistics of another size are refused (reference_file.py).
+    dims: dict[str, int] = field(default_factory=dict)
+    # Layer of spatial features for sFID (Nash et al. 2021), None when the network has none.
+    spatial_layer: str | None = None
+    # torch-fidelity registry name when it differs from `name` (a subclass adding layers or offline loading).
+    tf_name: str | None = None
+    # What the protocol label calls the network (e.g. the model size: ViT-S and ViT-L numbers do not compare).
+    label: str | None = None
 
 
 EXTRACTORS: Registry[ExtractorSpec] = Registry("feature extractor", key="metrics.extractor")
@@ -250,7 +266,7 @@ class FeatureExtractorDigitsCNN(FeatureExtractorBase):
 # Registrations
 
 
-def _digits_weights(weights=None, cache_dir=None) -> WeightsInfo:
+def _digits_weights(weights=None, cache_dir=None, expected_sha256=None) -> WeightsInfo:
     if weights is not None:
         p = Path(weights)
         if not p.is_file():
@@ -258,15 +274,20 @@ def _digits_weights(weights=None, cache_dir=None) -> WeightsInfo:
                 f"metrics.weights={str(p)!r} does not exist; leave it unset for digits-cnn "
                 "to train and cache the default extractor"
             )
-        return WeightsInfo(str(p), sha256_file(p), True)
+        digest = sha256_file(p)
+        if expected_sha256 and not digest.startswith(expected_sha256.lower()):
+            raise ValueError(
+                f"metrics.weights={p}: sha256 {digest[:16]}... != metrics.weights_sha256={expected_sha256}"
+            )
+        return WeightsInfo(str(p), digest, True)
     path, meta = ensure_digits_cnn(cache_dir)
     return WeightsInfo(str(path), meta["sha256"], True)
 
 
-def _inception_weights(weights=None, cache_dir=None) -> WeightsInfo:
+def _inception_weights(weights=None, cache_dir=None, expected_sha256=None) -> WeightsInfo:
     from harness.metrics.inception import load_inception_weights
 
-    state, sha = load_inception_weights(weights)
+    state, sha = load_inception_weights(weights, expected_sha256)
     has_logits = bool(state["fc.weight"].abs().sum() > 0)  # converted FID weights carry a zero fc
     return WeightsInfo(str(weights), sha, has_logits)
 
@@ -281,6 +302,7 @@ register_extractor(
         _digits_weights,
         data_sources=("digits",),
         trained_on="scikit-learn's 8x8 grey digits",
+        dims={"64": 64, "logits": 10},
     )
 )
 register_extractor(
@@ -291,8 +313,39 @@ register_extractor(
         3,
         "uint8; grey->RGB; TF1 bilinear resize to 299x299; (x-128)/128",
         _inception_weights,
+        dims={"2048": 2048, "logits_unbiased": 1008, SPATIAL_LAYER: SPATIAL_DIM},
+        spatial_layer=SPATIAL_LAYER,
+        tf_name=ADM_INCEPTION,
     )
 )
 
+
+def _dinov2_weights(name: str) -> Callable[..., WeightsInfo]:
+    def resolve(weights=None, cache_dir=None, expected_sha256=None) -> WeightsInfo:
+        return WeightsInfo(str(weights), load_dinov2_weights(name, weights, expected_sha256)[1], False)
+
+    return resolve
+
+
+for _name, _dim in DINOV2_DIMS.items():  # FD-DINOv2 (docs/metrics.md): offline weights, no logits
+    register_extractor(
+        ExtractorSpec(
+            _name,
+            "dinov2",
+            None,
+            3,
+            "uint8; grey->RGB; TF1 bilinear resize to 224x224; ImageNet mean/std",
+            _dinov2_weights(_name),
+            dims={"dinov2": _dim},
+            tf_name=LOCAL_PREFIX + _name,
+            label=f"DINOv2 {DINOV2_SIZES[_name]}",
+            trained_on="LVD-142M photographs",
+        )
+    )
+    if LOCAL_PREFIX + _name not in FEATURE_EXTRACTORS_REGISTRY:
+        torch_fidelity.register_feature_extractor(LOCAL_PREFIX + _name, FeatureExtractorDinoV2Local)
+
+if ADM_INCEPTION not in FEATURE_EXTRACTORS_REGISTRY:
+    torch_fidelity.register_feature_extractor(ADM_INCEPTION, FeatureExtractorInceptionADM)
 if "digits-cnn" not in FEATURE_EXTRACTORS_REGISTRY:
     torch_fidelity.register_feature_extractor("digits-cnn", FeatureExtractorDigitsCNN)

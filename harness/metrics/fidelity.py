@@ -36,6 +36,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from harness.metrics.extractors import ExtractorSpec, WeightsInfo, default_cache_dir, get_extractor
 from harness.metrics.fid_stats import features_to_stats, fid_from_stats
+from harness.metrics.reference_file import ReferenceFile, iter_file_images, pick_file_stats, read_reference_file
 from harness.runtime.io import atomic_write
 
 __all__ = [
@@ -154,7 +155,7 @@ def extract_features(
     device = device if device is not None else (first.device if first is not None else "cpu")
     cuda = _use_cuda(device)
     kw = {"feature_extractor_weights_path": weights.path, "verbose": False}
-    fe = create_feature_extractor(spec.name, list(dict.fromkeys(layers)), cuda=cuda, **kw)  # built once
+    fe = create_feature_extractor(spec.tf_name or spec.name, list(dict.fromkeys(layers)), cuda=cuda, **kw)  # built once
 
     def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return get_featuresdict_from_dataset(
@@ -173,14 +174,16 @@ def extract_features(
     return out
 
 
-def _ref_key(ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo) -> tuple[str, dict]:
+def _ref_key(
+    ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo, layer: str | None = None
+) -> tuple[str, dict]:
     ident = {
         "format": _REF_FORMAT,
         "dataset": ref.name,
         "fingerprint": ref.fingerprint,
         "split": ref.split,
         "extractor": spec.name,
-        "layer": spec.feature_layer,
+        "layer": layer or spec.feature_layer,
         "weights_sha256": weights.sha256,
         "preprocessing": spec.preprocessing,
     }
@@ -193,10 +196,14 @@ def _load_ref(path: Path) -> ReferenceStats:
 
 
 def reference_path(
-    ref: ReferenceSpec, spec: ExtractorSpec, weights: WeightsInfo, cache_dir: str | Path | None = None
+    ref: ReferenceSpec,
+    spec: ExtractorSpec,
+    weights: WeightsInfo,
+    cache_dir: str | Path | None = None,
+    layer: str | None = None,
 ) -> Path:
     """Where `reference_stats` caches these statistics (the noise floor is cached beside them)."""
-    key = _ref_key(ref, spec, weights)[0]
+    key = _ref_key(ref, spec, weights, layer)[0]
     return default_cache_dir(cache_dir) / "reference" / f"{ref.name}-{ref.split}-{spec.name}-{key[:16]}.npz"
 
 
@@ -207,17 +214,18 @@ def reference_stats(
     *,
     cache_dir: str | Path | None = None,
     device: torch.device | str | None = None,
+    layer: str | None = None,
 ) -> ReferenceStats:
-    """Reference statistics, computed once per (data, split, extractor, weights, preprocessing) and
-    cached under <cache>/reference/ (file-locked, atomic)."""
-    key, ident = _ref_key(ref, spec, weights)
-    path = reference_path(ref, spec, weights, cache_dir)
+    """Reference statistics of ``layer`` (default: the FID layer), computed once per (data, split,
+    extractor, weights, preprocessing, layer) and cached under <cache>/reference/ (file-locked, atomic)."""
+    layer = layer or spec.feature_layer
+    key, ident = _ref_key(ref, spec, weights, layer)
+    path = reference_path(ref, spec, weights, cache_dir, layer)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
             return _load_ref(path)
-        feats = extract_features(ref.images_fn(), spec, weights, [spec.feature_layer], device=device)
-        f = feats[spec.feature_layer]
+        f = extract_features(ref.images_fn(), spec, weights, [layer], device=device)[layer]
         mu, sigma = features_to_stats(f)
         prov = {
             **ident,
@@ -238,6 +246,35 @@ def reference_stats(
         )
         atomic_write(path, buf.getvalue())
         return ReferenceStats(mu, sigma, int(f.shape[0]), f.numpy(), prov)
+
+
+def file_as_reference(ref: ReferenceFile, rows: int = 1000) -> ReferenceSpec:
+    """The images of a reference file as a ``ReferenceSpec`` keyed by the file's hash (so its
+    statistics are cached like a data set's)."""
+    from harness.runtime.npz_stream import npz_shape
+
+    n = npz_shape(ref.path, "arr_0")[0][0]
+    return ReferenceSpec(ref.name, "file", ref.sha256, lambda: ImageChunks(n, lambda: iter_file_images(ref, rows)))
+
+
+def resolve_reference(
+    reference: ReferenceSpec | ReferenceFile, spec: ExtractorSpec, weights: WeightsInfo, layer: str, **kw
+) -> ReferenceStats:
+    """Statistics of ``layer`` for a data split (``reference_stats``) or a reference file: the file's
+    own mu/sigma when it has them for this layer (as ADM's evaluator uses them), its images for the
+    features KID, precision/recall and the noise floor need; ``features`` is None without images."""
+    if not isinstance(reference, ReferenceFile):
+        return reference_stats(reference, spec, weights, layer=layer, **kw)
+    contents = read_reference_file(reference)
+    role = "spatial" if layer == spec.spatial_layer else "pool"
+    stats = pick_file_stats(reference, contents, spec, layer, role)
+    prov = {"reference_file": reference.record(), "format": contents.fmt, "layer": layer}
+    if contents.images is None:
+        return ReferenceStats(stats[0], stats[1], 0, None, {**prov, "stats_from": "file"})
+    ref = reference_stats(file_as_reference(reference), spec, weights, layer=layer, **kw)
+    if stats is None:
+        return ref._replace(provenance={**ref.provenance, **prov, "stats_from": "images"})
+    return ref._replace(mu=stats[0], sigma=stats[1], provenance={**ref.provenance, **prov, "stats_from": "file"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,7 +315,7 @@ def _one_range(
     f = feats[spec.feature_layer]
     mu, sigma = features_to_stats(f)
     out = {"fid": fid_from_stats(mu, sigma, ref.mu, ref.sigma)}
-    real = {spec.feature_layer: torch.from_numpy(ref.features)}
+    real = {spec.feature_layer: torch.from_numpy(ref.features)} if kid or prc else {}
     if kid:
         size = min(1000, f.shape[0], ref.n)  # torch-fidelity's default subset, capped by the sample count
         m = kid_featuresdict_to_metric(feats, real, spec.feature_layer, kid_subset_size=size, **tf_kw)
@@ -297,54 +334,86 @@ def _one_range(
     return out
 
 
+ISC_WEIGHTS = (
+    "metrics.isc needs Inception weights with a classifier: torch-fidelity's "
+    "weights-inception-2015-12-05-6726825d.pth; set metrics.weights=PATH"
+)
+
+
+def isc_wanted(spec: ExtractorSpec, winfo: WeightsInfo, isc: bool | None) -> bool:
+    """metrics.isc: None -> when the weights have a classifier; True -> required (one-line refusal
+    naming the weights it needs); False -> off."""
+    has_logits = spec.logits_layer is not None and winfo.has_logits
+    if isc and not has_logits:
+        if spec.logits_layer is None:
+            raise ValueError(
+                f"metrics.isc=true: metrics.extractor={spec.name} has no classifier; use inception-v3-compat"
+            )
+        raise ValueError(ISC_WEIGHTS + " (these weights have a zero classifier: FID-only weights)")
+    return has_logits if isc is None else bool(isc)
+
+
+def _cache_path(reference, spec: ExtractorSpec, winfo: WeightsInfo, cache_dir) -> Path:
+    """Where the reference's statistics are cached (the noise floor goes beside them)."""
+    if isinstance(reference, ReferenceFile):  # one with images: they are cached like a data split
+        reference = file_as_reference(reference)
+    return reference_path(reference, spec, winfo, cache_dir)
+
+
 def compute_metrics(
     samples_uint8: torch.Tensor | np.ndarray | ImageChunks,
-    reference: ReferenceSpec,
+    reference: ReferenceSpec | ReferenceFile,
     *,
     extractor: str = "digits-cnn",
     weights: str | Path | None = None,
+    weights_sha256: str | None = None,
     kid: bool = True,
     prc: bool = True,
     isc: bool | None = None,
+    sfid: bool = False,
     seed_ranges: Sequence[tuple[int, int]] | None = None,
     cache_dir: str | Path | None = None,
     device: torch.device | str | None = None,
     rng_seed: int = 2020,
     keep: dict | None = None,
 ) -> dict:
-    """Score uint8 (N, C, H, W) samples against `reference`.
+    """Score uint8 (N, C, H, W) samples against `reference` (a data split or a reference file,
+    harness.metrics.reference_file).
 
     Returns fid, fid_std (None for one range), fid_min, fid_values, kid_mean, kid_std, precision,
-    recall, isc_mean/isc_std (when the extractor has logits; `isc=None` means "when available"),
-    and `protocol` {num_samples (per range), num_ranges, extractor, reference, label, ...}. With
-    several seed ranges every metric is the mean over ranges. A `keep` dict receives the sample
+    recall (only when the reference has images), isc_mean/isc_std (see `isc_wanted`), sfid (when
+    `sfid`), and `protocol` {num_samples (per range), num_ranges, extractor, reference, label, ...}.
+    With several seed ranges every metric is the mean over ranges. A `keep` dict receives the sample
     features (`features`, (N, D) float32), the `reference` statistics and their cache `reference_path`,
     so callers (bootstrap, noise floor) never extract twice.
     """
     spec = get_extractor(extractor)
     x = samples_uint8 if isinstance(samples_uint8, ImageChunks) else _as_uint8_tensor(samples_uint8, "samples_uint8")
     n_samples = x.n if isinstance(x, ImageChunks) else x.shape[0]
-    winfo = spec.resolve_weights(weights=weights, cache_dir=cache_dir)
-    has_logits = spec.logits_layer is not None and winfo.has_logits
-    if isc and not has_logits:
-        raise ValueError(f"isc=True: extractor {extractor!r} with these weights has no logits; set isc=None or False")
-    isc = has_logits if isc is None else bool(isc)
-    ref = reference_stats(reference, spec, winfo, cache_dir=cache_dir, device=device)
-    layers = [spec.feature_layer] + ([spec.logits_layer] if isc else [])
+    sha = {"expected_sha256": weights_sha256} if weights_sha256 else {}
+    winfo = spec.resolve_weights(weights=weights, cache_dir=cache_dir, **sha)
+    isc = isc_wanted(spec, winfo, isc)
+    if sfid and spec.spatial_layer is None:
+        raise ValueError(
+            f"metrics.sfid=true: metrics.extractor={extractor} has no spatial layer; use inception-v3-compat"
+        )
+    ref_kw = {"cache_dir": cache_dir, "device": device}
+    ref = resolve_reference(reference, spec, winfo, spec.feature_layer, **ref_kw)
+    ref_s = resolve_reference(reference, spec, winfo, spec.spatial_layer, **ref_kw) if sfid else None
+    layers = [spec.feature_layer] + ([spec.logits_layer] if isc else []) + ([spec.spatial_layer] if sfid else [])
     feats = extract_features(x, spec, winfo, layers, device=device)
     ranges = _ranges(n_samples, seed_ranges)
     if keep is not None:
-        keep.update(
-            features=feats[spec.feature_layer].numpy().astype(np.float32),
-            reference=ref,
-            ranges=ranges,
-            reference_path=reference_path(reference, spec, winfo, cache_dir),
-        )
+        path = None if ref.features is None else _cache_path(reference, spec, winfo, cache_dir)
+        keep.update(features=feats[spec.feature_layer].numpy().astype(np.float32), reference=ref, ranges=ranges)
+        keep.update(reference_path=path)
+    has_real = ref.features is not None  # KID and precision/recall need the reference's features
     tf_kw = {"verbose": False, "save_cpu_ram": True, "rng_seed": rng_seed}
-    per = [
-        _one_range({k: v[a:b] for k, v in feats.items()}, ref, spec, kid=kid, prc=prc, isc=isc, tf_kw=tf_kw)
-        for a, b in ranges
-    ]
+    one = {"kid": kid and has_real, "prc": prc and has_real, "isc": isc, "tf_kw": tf_kw}
+    per = [_one_range({k: v[a:b] for k, v in feats.items()}, ref, spec, **one) for a, b in ranges]
+    if sfid:
+        for p, (a, b) in zip(per, ranges):
+            p["sfid"] = fid_from_stats(*features_to_stats(feats[spec.spatial_layer][a:b]), ref_s.mu, ref_s.sigma)
     out = {k: float(np.mean([p[k] for p in per])) for k in per[0] if k != "kid_subset_size"}
     fids = [p["fid"] for p in per]
     out.update(
@@ -354,24 +423,31 @@ def compute_metrics(
     return out
 
 
-def _protocol(ranges, per, *, extractor: str, reference: ReferenceSpec, ref: ReferenceStats, winfo, spec) -> dict:
+def _protocol(ranges, per, *, extractor: str, reference, ref: ReferenceStats, winfo, spec) -> dict:
     """The ``protocol`` block of ``compute_metrics``: what was measured, against which reference, and how."""
     n = min(b - a for a, b in ranges)
-    return {
+    name = f"{extractor} ({spec.label})" if spec.label else extractor
+    out = {
         "num_samples": n,
         "num_ranges": len(ranges),
         "extractor": extractor,
         "reference": reference.label,
         "reference_dataset": reference.name,
-        "reference_n": ref.n,
+        "reference_n": ref.n or None,  # None: statistics from a file that does not say
         "weights_sha256": winfo.sha256,
         "preprocessing": spec.preprocessing,
         "fid_dtype": "float64",
         "kid_subset_size": per[0].get("kid_subset_size"),
         "torch_fidelity": torch_fidelity.__version__,
-        "label": fid_label(n, extractor, reference.label)
+        "label": fid_label(n, name, reference.label)
         + (f", mean of {len(ranges)} seed ranges" if len(ranges) > 1 else ""),
     }
+    if isinstance(reference, ReferenceFile):
+        out["reference_file"] = reference.record()
+        out["reference_stats_from"] = ref.provenance.get("stats_from")
+    if "sfid" in per[0]:
+        out["sfid_layer"] = f"{spec.spatial_layer} (first 7 channels, {spec.dims[spec.spatial_layer]}-d, as ADM)"
+    return out
 
 
 class SeedRangeFID(NamedTuple):

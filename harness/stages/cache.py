@@ -101,6 +101,8 @@ _SAMPLE_RUNTIME_KEYS = ("batch_size", "flops_tolerance", "compile", "search")
 # before the knob existed stay valid: TF32 changes nothing on CPU, and a CUDA training made before
 # it (in full fp32) differs from a TF32 one by the rounding of its products, as compile's does
 _KEYED_WHEN_CHANGED = {stage: {"tf32": default} for stage, default in OFFICIAL_TF32.items()}
+# metrics added later (docs/metrics.md): an evaluation made before them keys as their defaults do
+_KEYED_WHEN_CHANGED["eval"] = {"isc": None, "sfid": False, "reference": None}
 
 
 def drop_default_knobs(stage: str, part: dict) -> dict:
@@ -202,5 +204,10 @@ def stage_keys(cfg: DictConfig) -> StageKeys:
     from harness.metrics.choice import extractor_name
 
     metrics = {**_plain(cfg.metrics), "extractor": extractor_name(cfg)}  # null and its default: one key
+    metrics = drop_default_knobs("eval", metrics)
+    if metrics.get("reference") and Path(metrics["reference"]).expanduser().is_file():  # keyed by content too
+        from harness.metrics.reference_file import file_sha256
+
+        metrics["reference_sha256"] = file_sha256(metrics["reference"])
     eval_key = config_hash("eval", sample_key, metrics)
     return StageKeys(train_key, sample_key, eval_key)

@@ -1,4 +1,5 @@
-"""The evaluation stage: sample quality through torch-fidelity against the data's reference split.
+"""The evaluation stage: sample quality through torch-fidelity against the data's reference split,
+or against a reference file (``metrics.reference``, docs/metrics.md).
 
 The protocol (sample count, extractor, reference split, seed ranges) travels with every number:
 a FID computed from 1,000 digits samples with the digits CNN is labelled
@@ -44,15 +45,16 @@ def _stored_images(samples_path: Path):
 
 
 def _reference(data: DataSource, cfg: DictConfig):
-    """The reference split as a ``ReferenceSpec``; checks the extractor weights' hash when one is set."""
+    """The reference: ``metrics.reference`` (a file, harness/metrics/reference_file.py) when set,
+    else the data's ``metrics.reference_split`` as a ``ReferenceSpec``."""
     from harness.metrics import ReferenceSpec
 
     mc = cfg.metrics
-    split = mc.reference_split
-    if mc.weights and mc.weights_sha256:
-        from harness.metrics.inception import load_inception_weights
+    if mc.get("reference"):
+        from harness.metrics.reference_file import open_reference_file
 
-        load_inception_weights(mc.weights, expected_sha256=mc.weights_sha256)  # one-line error on a mismatch
+        return open_reference_file(mc.reference)
+    split = mc.reference_split
     return ReferenceSpec(
         name=data.name,
         split=split,
@@ -77,6 +79,7 @@ def selection_fid(samples_path: Path, data: DataSource, cfg: DictConfig) -> dict
         _reference(data, cfg),
         extractor=extractor_name(cfg),
         weights=cfg.metrics.weights,
+        weights_sha256=cfg.metrics.weights_sha256,
         kid=False,
         prc=False,
         isc=False,
@@ -103,8 +106,11 @@ def evaluate_samples(samples_path: Path, data: DataSource, cfg: DictConfig, work
         reference,
         extractor=extractor_name(cfg),
         weights=weights,
+        weights_sha256=mc.weights_sha256,
         kid=mc.kid,
         prc=mc.prc,
+        isc=mc.isc,
+        sfid=mc.sfid,
         seed_ranges=seed_ranges,
         cache_dir=cache_dir,
         device=device,
@@ -135,7 +141,7 @@ def _add_evidence(
         ruler_evidence(keep, out["fid"], **kw), bootstrap_resamples=mc.bootstrap, bootstrap_seed=mc.bootstrap_seed
     )
     second = second_ruler(first, mc.second_extractor)
-    if second is None:
+    if second is None or mc.reference:  # a reference file's statistics belong to one network
         return
     keep2: dict = {}
     fid2 = compute_metrics(
