@@ -127,3 +127,28 @@ def test_a_jobs_flop_matched_plan_is_counted_once_per_model_and_equals_the_real_
     assert _job_plan(cfg, model, data, False) == expected  # the second job of this model in a worker
     assert calls == []
     json.dumps(expected.__dict__, default=str)  # a plain dataclass: equality above compares every field
+
+
+@pytest.mark.slow
+def test_a_fully_cached_parallel_sweep_writes_its_records_in_process_and_they_match(tmp_path, fast_overrides, run_cli):
+    """hydra/launcher=parallel on a warm cache: no worker starts, and every record equals the cold
+    run's apart from what varies between any two runs (provenance, peak memory) and the stages'
+    status (computed then, cached now)."""
+    over = [o for o in fast_overrides if not o.startswith("hydra.sweep.dir=")]
+    args = ["-m", "model=dit,fpdm", "hydra/launcher=parallel", *over]
+    cold = run_cli([*args, f"hydra.sweep.dir={tmp_path / 'cold'}"], tmp_path)
+    assert cold.returncode == 0, cold.stdout[-3000:] + cold.stderr[-3000:]
+    assert "in this process" not in cold.stdout + cold.stderr  # stages to compute: the workers run them
+    warm = run_cli([*args, f"hydra.sweep.dir={tmp_path / 'warm'}"], tmp_path)
+    assert warm.returncode == 0, warm.stdout[-3000:] + warm.stderr[-3000:]
+    assert "every stage of the 2 jobs is cached: writing their records in this process" in warm.stdout + warm.stderr
+    cold_recs = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "cold").glob("*/record.json")}
+    warm_recs = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "warm").glob("*/record.json")}
+    assert sorted(cold_recs) == sorted(warm_recs) and len(warm_recs) == 2
+    for job, w in warm_recs.items():
+        c = cold_recs[job]
+        assert set(w["stages"].values()) == {"cached"}
+        for rec in (c, w):
+            rec.pop("provenance"), rec.pop("stages"), rec["metrics"].pop("peak_rss_bytes", None)
+        assert w == c
+    assert (tmp_path / "warm" / "report.html").is_file()
