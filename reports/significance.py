@@ -20,6 +20,8 @@ intervals are per comparison, the verdict is the family's.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from harness.metrics.bootstrap import bootstrap_fid_draws, debias, fid_per_range, percentile_ci, ref_sqrt, t_interval
+from harness.runtime.io import atomic_write
 from reports.accounting import flop_gap, flops_matched, match_of, side_costs
 from reports.collect import SweepData, setting_axes
 from reports.multiplicity import bootstrap_p, decide, family_text, holm
@@ -118,6 +121,7 @@ class JobEvidence:
     seed: int
     compare: dict = field(default_factory=dict)
     held_out: HeldOut | None = None  # the selection set's FID and seeds (reports/selection.py)
+    store: Path | None = None  # where its bootstrap draws are kept between builds (_bootstrap_store)
 
 
 def job_evidence(data: SweepData) -> dict[str, JobEvidence]:
@@ -151,8 +155,22 @@ def job_evidence(data: SweepData) -> dict[str, JobEvidence]:
                 int(m.get("bootstrap_seed", 0)),
                 cfg.get("compare") or {},
                 held_out(rec),
+                _bootstrap_store(cfg, root),
             )
     return out
+
+
+BOOTSTRAP_STORE_VERSION = 1  # part of every stored entry's key: bump when the bootstrap's arithmetic changes
+
+
+def _bootstrap_store(cfg: dict, root: Path) -> Path:
+    """The folder a job's bootstrap draws are kept in between report builds: under the job's
+    ``paths.cache_dir`` (recorded absolute), so a re-run into a new sweep folder finds them, else
+    ``<sweep>/.cache``. Entries are keyed by the content of their inputs (_store_key)."""
+    cache_dir = (cfg.get("paths") or {}).get("cache_dir")
+    if isinstance(cache_dir, str) and Path(cache_dir).is_absolute():
+        return Path(cache_dir) / "report_bootstrap"
+    return root / ".cache" / "report_bootstrap"
 
 
 def _load(path: str, size: int, mtime_ns: int) -> tuple[np.ndarray, Any]:
@@ -162,15 +180,51 @@ def _load(path: str, size: int, mtime_ns: int) -> tuple[np.ndarray, Any]:
     return f, ref
 
 
-def _fids(path: str, ranges: int, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _fids(
+    path: str, ranges: int, resamples: int, seed: int, store: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(per-range FIDs, debiased bootstrap draws of their mean) of one stored feature set."""
     st = Path(path).stat()  # a rewritten file is a new cache entry
-    return _fids_cached(path, st.st_size, st.st_mtime_ns, ranges, resamples, seed)
+    return _fids_cached(path, st.st_size, st.st_mtime_ns, ranges, resamples, seed, store)
 
 
 @lru_cache(maxsize=4096)
-def _fids_cached(path: str, size: int, mtime_ns: int, ranges: int, resamples: int, seed: int):
-    f, ref = _load(path, size, mtime_ns)
+def _fids_cached(path: str, size: int, mtime_ns: int, ranges: int, resamples: int, seed: int, store: Path | None):
+    if store is None:
+        return _fids_computed(path, ranges, resamples, seed)
+    entry = store / f"{_store_key(path, ranges, resamples, seed)}.npz"
+    try:
+        with np.load(entry, allow_pickle=False) as z:
+            return z["per"], z["draws"]
+    except (OSError, ValueError, KeyError):  # absent, or unreadable: computed again and rewritten
+        pass
+    per, draws = _fids_computed(path, ranges, resamples, seed)
+    buf = io.BytesIO()
+    np.savez(buf, per=per, draws=draws)
+    try:
+        atomic_write(entry, buf.getvalue())
+    except OSError:  # a read-only cache still gives the same report, only slower
+        pass
+    return per, draws
+
+
+def _store_key(path: str, ranges: int, resamples: int, seed: int) -> str:
+    """sha256 of everything the draws depend on: the features' and the reference's bytes, the
+    seed-range count, the resample count and seed, and the store's version."""
+    h = hashlib.sha256(f"v{BOOTSTRAP_STORE_VERSION} {ranges} {resamples} {seed}".encode())
+    for p in (Path(path), _ref_path(path)):
+        h.update(b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def _ref_path(path: str) -> Path:
+    return Path(path).with_name(Path(path).name.replace(".npy", ".ref.npz"))
+
+
+def _fids_computed(path: str, ranges: int, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    f = np.load(path, allow_pickle=False)
+    with np.load(_ref_path(path), allow_pickle=False) as z:
+        ref = ref_sqrt(z["mu"], z["sigma"])
     k = len(f) // ranges
     rr = [(i * k, (i + 1) * k) for i in range(ranges)]
     per = fid_per_range(f, ref, rr)
@@ -220,8 +274,8 @@ def _ruler_stats(pairs, ev, ruler: str, treat: pd.DataFrame) -> dict | None:
         eb, et = ev[b], ev[t]
         if (eb.ranges, eb.resamples, eb.seed) != (et.ranges, et.resamples, et.seed):
             return None
-        fb, fb_draws = _fids(str(eb.features[ruler]), eb.ranges, eb.resamples, eb.seed)
-        ft, ft_draws = _fids(str(et.features[ruler]), et.ranges, et.resamples, et.seed)
+        fb, fb_draws = _fids(str(eb.features[ruler]), eb.ranges, eb.resamples, eb.seed, eb.store)
+        ft, ft_draws = _fids(str(et.features[ruler]), et.ranges, et.resamples, et.seed, et.store)
         if len(fb) != len(ft) or len(fb_draws) != len(ft_draws):
             return None
         pb.append(fb.mean()), pt.append(ft.mean()), db.append(fb_draws), dt.append(ft_draws)

@@ -263,6 +263,10 @@ def main() -> None:
     from harness.app.precheck import run_precheck_or_exit
 
     checked = run_precheck_or_exit(sys.argv[1:], calling_file=__file__)
+    if checked is not None and checked.multirun and checked.basic_sweeper:
+        from hydra_plugins.fpdm_parallel_launcher.launcher import note_checked_jobs
+
+        note_checked_jobs(checked.jobs, checked.configs)  # hydra/launcher=parallel: are they all cached?
     if checked is not None and checked.plan_only:  # a plan never reaches a launcher (harness/app/plan.py)
         from harness.app.plan import plan_lines
 

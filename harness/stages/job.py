@@ -159,7 +159,7 @@ def run_job(cfg: DictConfig, *, progress: bool = True, plan_only: bool = False) 
         _train_stage(cfg, cache, result, model, data, spec, device, info, progress)
     model = model.to(device).eval()  # every rank samples its share of the images; rank 0 evaluates
 
-    plan = plan_for_model(cfg, model, data, uses_pretrained_weights(cfg.model))
+    plan = _job_plan(cfg, model, data, uses_pretrained_weights(cfg.model))
     result.axes = job_axes(cfg, plan)
     if "sample" not in stages:
         return result
@@ -323,6 +323,19 @@ def plan_for_model(cfg: DictConfig, model: nn.Module, data: DataSource, pretrain
     return sampling_plan(
         cfg, depth=getattr(model, "depth", None) if pretrained else None, flops=flops, dit_flops_per_forward=dit_flops
     )
+
+
+def _job_plan(cfg: DictConfig, model: nn.Module, data: DataSource, pretrained: bool) -> SamplingPlan:
+    """``plan_for_model`` for a model built from ``cfg`` itself: its FLOP counts are the shape-only
+    copy's of harness.stages.meta_flops (the same counter on the same architecture, so the same
+    numbers), which the config check of this job already counted and which are kept per process,
+    so the jobs of one worker count each model once (docs/performance.md)."""
+    from harness.stages.meta_flops import sampling_flop_inputs
+
+    counted = None if pretrained else sampling_flop_inputs(cfg)
+    if not counted:  # loaded weights (the depth comes from them), no FLOP match, or an unreadable shape
+        return plan_for_model(cfg, model, data, pretrained)
+    return sampling_plan(cfg, **counted)
 
 
 def _add_scalars(metrics: dict, summary: dict) -> None:
