@@ -165,10 +165,11 @@ BOOTSTRAP_STORE_VERSION = 1  # part of every stored entry's key: bump when the b
 
 def _bootstrap_store(cfg: dict, root: Path) -> Path:
     """The folder a job's bootstrap draws are kept in between report builds: under the job's
-    ``paths.cache_dir`` (recorded absolute), so a re-run into a new sweep folder finds them, else
-    ``<sweep>/.cache``. Entries are keyed by the content of their inputs (_store_key)."""
+    ``paths.cache_dir`` (recorded absolute) where that cache still exists, so a re-run into a new
+    sweep folder finds them, else ``<sweep>/.cache`` (a sweep folder copied elsewhere without its
+    cache never recreates the old path). Entries are keyed by the content of their inputs (_store_key)."""
     cache_dir = (cfg.get("paths") or {}).get("cache_dir")
-    if isinstance(cache_dir, str) and Path(cache_dir).is_absolute():
+    if isinstance(cache_dir, str) and Path(cache_dir).is_absolute() and Path(cache_dir).is_dir():
         return Path(cache_dir) / "report_bootstrap"
     return root / ".cache" / "report_bootstrap"
 

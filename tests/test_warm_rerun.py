@@ -98,6 +98,11 @@ def test_the_store_key_names_every_input(tmp_path):
 
 
 def test_a_record_names_the_cache_dir_the_draws_are_kept_in(tmp_path):
+    # a sweep folder copied elsewhere without its cache: the old path is never recreated
+    assert sig._bootstrap_store({"paths": {"cache_dir": str(tmp_path / "c")}}, tmp_path / "s") == (
+        tmp_path / "s" / ".cache" / "report_bootstrap"
+    )
+    (tmp_path / "c").mkdir()
     assert sig._bootstrap_store({"paths": {"cache_dir": str(tmp_path / "c")}}, tmp_path / "s") == (
         tmp_path / "c" / "report_bootstrap"
     )
