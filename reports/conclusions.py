@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from harness.metrics.noise_floor import FLOOR_KEYS
 from reports.accounting import COST_COLUMNS, FLOP_TOLERANCE, accounting_label, budget_text, budgets_text, match_of
 from reports.multiplicity import ALPHA, too_few_resamples
 from reports.render import fmt_interval, fmt_std
@@ -27,16 +28,7 @@ from reports.tables import best_per_cell, present, protocol_groups, value_label,
 if TYPE_CHECKING:
     from reports.collect import SweepData
 
-FLOOR_COLUMNS = (
-    "noise_floor_matched",
-    "noise_floor_matched_std",
-    "noise_floor_n",
-    "noise_floor_ref_n",
-    "noise_floor_halves",
-    "noise_floor_halves_std",
-    "noise_floor_subset",
-    "noise_floor_subset_std",
-)
+FLOOR_COLUMNS = FLOOR_KEYS  # the real-vs-real figures each record carries (harness.metrics.noise_floor)
 
 
 @dataclass

@@ -205,22 +205,28 @@ class DDIMSampler(Sampler):
         ).prev_sample
 
 
+def _multistep_schedule(cls, spec: DiffusionSpec, num_steps: int, device, **extra) -> SampleSchedule:
+    """A 2nd-order multistep scheduler (DPM-Solver++, UniPC) on its own timestep placement
+    (``spec.timestep_spacing``, ending at sigma = 0); thresholding with ``sample_max_value = r``
+    clamps x_0 to [-r, r]: plain clipping."""
+    _check_steps(spec, num_steps)
+    s = cls(
+        **spec.scheduler_kwargs(),
+        **extra,
+        solver_order=2,
+        thresholding=spec.clip_sample,
+        sample_max_value=spec.clip_sample_range,
+    )
+    s.set_timesteps(num_steps, device=device)
+    return SampleSchedule(s, s.timesteps.clone(), s.timesteps)
+
+
 @register_sampler("dpmpp")
 class DPMSolverPPSampler(Sampler):
     """DPM-Solver++ (2M), deterministic; diffusers' own spacing (it ends at sigma = 0)."""
 
     def make_schedule(self, spec, num_steps, device):
-        _check_steps(spec, num_steps)
-        s = DPMSolverMultistepScheduler(
-            **spec.scheduler_kwargs(),
-            algorithm_type="dpmsolver++",
-            solver_order=2,
-            # thresholding with sample_max_value = r clamps x_0 to [-r, r]: plain clipping.
-            thresholding=spec.clip_sample,
-            sample_max_value=spec.clip_sample_range,
-        )
-        s.set_timesteps(num_steps, device=device)
-        return SampleSchedule(s, s.timesteps.clone(), s.timesteps)
+        return _multistep_schedule(DPMSolverMultistepScheduler, spec, num_steps, device, algorithm_type="dpmsolver++")
 
     def step(self, sched, i, out, x, *, generators, eta):
         return sched.scheduler.step(out, sched.step_timesteps[i], x).prev_sample
@@ -287,15 +293,7 @@ class UniPCSampler(Sampler):
     and ends at sigma = 0, and clips x_0 through thresholding at ``clip_sample_range``."""
 
     def make_schedule(self, spec, num_steps, device):
-        _check_steps(spec, num_steps)
-        s = UniPCMultistepScheduler(
-            **spec.scheduler_kwargs(),
-            solver_order=2,
-            thresholding=spec.clip_sample,
-            sample_max_value=spec.clip_sample_range,
-        )
-        s.set_timesteps(num_steps, device=device)
-        return SampleSchedule(s, s.timesteps.clone(), s.timesteps)
+        return _multistep_schedule(UniPCMultistepScheduler, spec, num_steps, device)
 
     def step(self, sched, i, out, x, *, generators, eta):
         return sched.scheduler.step(out, sched.step_timesteps[i], x).prev_sample
