@@ -1,4 +1,4 @@
-"""Wall time of an early-stopping solve with and without compaction (issue 15).
+"""Wall time of an early-stopping solve with and without compaction.
 
 FPDM's fixed point layer (the ``tiny`` or a given preset, random init) at batch B: the first half
 of the batch starts at (near) its fixed point, so with a tolerance those samples stop after one

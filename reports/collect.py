@@ -33,7 +33,7 @@ PROTOCOL_FIELDS = ("label", "num_samples", "extractor", "reference", "sampler")
 KEY_FIELDS = ("train", "sample", "eval")
 PROVENANCE_COLUMNS = ("git_sha", "python", "hostname", "hardware", "packages", "config_hash")
 # Seed-like axes: rows that differ only in these are repetitions of one setting (mean +/- std);
-# training seeds too (issue 13: tables give mean and interval over training seeds).
+# training seeds too (tables give mean and interval over training seeds).
 SEED_AXES = ("seed", "seed_range", "sample_seed", "train_seed")
 # When one job id shows up in several sweeps (a resumed or re-run sweep) the best status wins.
 _STATUS_RANK = {"ok": 0, "failed": 1, "missing": 2}
